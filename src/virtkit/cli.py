@@ -1,0 +1,54 @@
+"""The ``virtkit`` command line: parse, call the library, print. Nothing else lives here.
+
+Each subcommand is a module in :mod:`virtkit.commands` with a ``register(subparsers)`` function;
+registration is lazy-safe: a command whose module is missing is simply absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from virtkit import __version__
+from virtkit.errors import VirtkitError
+
+# Subcommand modules, in the order ``virtkit --help`` lists them.
+COMMAND_MODULES = ["run", "images", "disk", "pool", "volume", "nbd", "net"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(prog="virtkit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"virtkit.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"virtkit.commands.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``virtkit`` console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except VirtkitError as err:
+        print(f"virtkit: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the virtkit CLI: one module each, with register(subparsers)."""

@@ -1,0 +1,75 @@
+"""Guest RAM: one anonymous ``mmap`` per VM, seen as a NumPy array by the CPU engine.
+
+Every engine and device shares this object. Device code never indexes the array with a
+guest-supplied address directly: it calls :meth:`GuestMemory.read`, :meth:`write` or
+:meth:`view`, which check the whole range against RAM first (the guest is hostile).
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+from virtkit.errors import GuestMemoryError
+
+
+class GuestMemory:
+    """A contiguous block of guest-physical RAM starting at ``base``."""
+
+    def __init__(self, size: int, base: int = 0) -> None:
+        if size <= 0 or size % mmap.PAGESIZE:
+            raise GuestMemoryError(f"guest RAM size must be a positive multiple of {mmap.PAGESIZE}: {size}")
+        self.base = base
+        self.size = size
+        self.end = base + size
+        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        #: The RAM as a flat uint8 array (the RISC-V core reads and writes it directly).
+        self.array = np.frombuffer(self._mmap, dtype=np.uint8)
+
+    def contains(self, gpa: int, n: int = 1) -> bool:
+        """True when ``[gpa, gpa+n)`` lies entirely inside RAM."""
+        return n >= 0 and self.base <= gpa and gpa + n <= self.end
+
+    def _offset(self, gpa: int, n: int) -> int:
+        if not self.contains(gpa, n):
+            raise GuestMemoryError(f"guest access [{gpa:#x}, +{n:#x}) outside RAM [{self.base:#x}, {self.end:#x})")
+        return gpa - self.base
+
+    def read(self, gpa: int, n: int) -> bytes:
+        """Copy ``n`` bytes of guest RAM at ``gpa``."""
+        off = self._offset(gpa, n)
+        return self._mmap[off : off + n]
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into guest RAM at ``gpa``."""
+        off = self._offset(gpa, len(data))
+        self._mmap[off : off + len(data)] = data
+
+    def view(self, gpa: int, n: int) -> memoryview:
+        """A zero-copy, writable view of ``[gpa, gpa+n)`` for device DMA."""
+        off = self._offset(gpa, n)
+        return memoryview(self._mmap)[off : off + n]
+
+    def read_u16(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 2), "little")
+
+    def read_u32(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 4), "little")
+
+    def read_u64(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        self.write(gpa, (value & 0xFFFF).to_bytes(2, "little"))
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.write(gpa, (value & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.write(gpa, (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"))
+
+    def close(self) -> None:
+        """Release the RAM (views handed out must be dropped first)."""
+        del self.array
+        self._mmap.close()

@@ -1,0 +1,27 @@
+"""Shared test helpers: skip with a reason when a tool, /dev/kvm or root is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require_tool(*names: str) -> None:
+    """Skip the calling test unless every named program is on PATH."""
+    for name in names:
+        if shutil.which(name) is None:
+            pytest.skip(f"needs {name} (Debian package; `make test` installs it)")
+
+
+def require_root() -> None:
+    """Skip the calling test unless running as root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+def require_kvm() -> None:
+    """Skip the calling test unless /dev/kvm can be opened."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("needs /dev/kvm")
