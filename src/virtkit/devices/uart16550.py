@@ -1,0 +1,180 @@
+"""The NS16550A UART: the console of QEMU's ``virt`` board (and of most PCs).
+
+Registers (byte-wide, ``reg-shift`` 0): RBR/THR/DLL, IER/DLM, IIR/FCR, LCR, MCR, LSR, MSR, SCR.
+Transmission is instant (THR empty again as soon as it is written); received bytes wait in an
+unbounded host-side queue so that nothing typed is lost, and the FIFO/no-FIFO difference only
+shows in IIR. The interrupt output is a callable ``irq(level)`` (a PLIC source).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+# register offsets
+RBR = THR = DLL = 0
+IER = DLM = 1
+IIR = FCR = 2
+LCR = 3
+MCR = 4
+LSR = 5
+MSR = 6
+SCR = 7
+
+IER_RDI, IER_THRI, IER_RLSI, IER_MSI = 0x01, 0x02, 0x04, 0x08
+IIR_NO_INT, IIR_MSI, IIR_THRI, IIR_RDI, IIR_RLSI = 0x01, 0x00, 0x02, 0x04, 0x06
+IIR_FIFO_ENABLED = 0xC0
+FCR_FIFO_ENABLE, FCR_CLEAR_RCVR, FCR_CLEAR_XMIT = 0x01, 0x02, 0x04
+LCR_DLAB = 0x80
+MCR_DTR, MCR_RTS, MCR_OUT1, MCR_OUT2, MCR_LOOP = 0x01, 0x02, 0x04, 0x08, 0x10
+LSR_DR, LSR_OE, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x20, 0x40
+MSR_DCTS, MSR_DDSR, MSR_TERI, MSR_DDCD = 0x01, 0x02, 0x04, 0x08
+MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
+
+
+class Uart16550:
+    """One NS16550A. ``sink(bytes)`` receives transmitted bytes; :meth:`feed` queues input."""
+
+    def __init__(self, sink: Callable[[bytes], None] | None = None, irq: Callable[[bool], None] | None = None) -> None:
+        self.sink = sink or (lambda data: None)
+        self.irq = irq or (lambda level: None)
+        self._lock = threading.RLock()
+        self._rx: deque[int] = deque()
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Power-on register state."""
+        with self._lock:
+            self.ier = 0
+            self.lcr = 0x03  # 8N1
+            self.mcr = MCR_OUT2
+            self.scr = 0
+            self.fcr = 0
+            self.dll, self.dlm = 0x0C, 0x00  # 9600 baud at 1.8432 MHz
+            self.lsr_errors = 0
+            self.msr_delta = 0
+            self.thr_ipending = False
+            self._rx.clear()
+            self._level = False
+            self.irq(False)
+
+    # -- host side ------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Queue bytes typed on the host terminal for the guest to read."""
+        if not data:
+            return
+        with self._lock:
+            self._rx.extend(data)
+            self.rx_bytes += len(data)
+            self._update()
+
+    @property
+    def rx_pending(self) -> int:
+        """Bytes received from the host that the guest has not read yet."""
+        return len(self._rx)
+
+    # -- register interface ---------------------------------------------------------------------
+    def _modem_status(self) -> int:
+        if self.mcr & MCR_LOOP:  # loopback: outputs wire back to the inputs
+            m = self.mcr
+            return ((m & MCR_RTS) << 3) | ((m & MCR_DTR) << 5) | ((m & MCR_OUT1) << 4) | ((m & MCR_OUT2) << 4)
+        return MSR_DCD | MSR_DSR | MSR_CTS
+
+    def _iir(self) -> int:
+        fifo = IIR_FIFO_ENABLED if self.fcr & FCR_FIFO_ENABLE else 0
+        if self.ier & IER_RLSI and self.lsr_errors:
+            return fifo | IIR_RLSI
+        if self.ier & IER_RDI and self._rx:
+            return fifo | IIR_RDI
+        if self.ier & IER_THRI and self.thr_ipending:
+            return fifo | IIR_THRI
+        if self.ier & IER_MSI and self.msr_delta:
+            return fifo | IIR_MSI
+        return fifo | IIR_NO_INT
+
+    def _update(self) -> None:
+        level = not (self._iir() & IIR_NO_INT)
+        if level != self._level:
+            self._level = level
+            self.irq(level)
+
+    def read(self, offset: int, size: int) -> int:
+        """Guest register read (only the low byte of wider accesses is meaningful)."""
+        with self._lock:
+            r = offset & 7
+            dlab = self.lcr & LCR_DLAB
+            if r == RBR:
+                if dlab:
+                    return self.dll
+                v = self._rx.popleft() if self._rx else 0
+                self._update()
+                return v
+            if r == IER:
+                return self.dlm if dlab else self.ier
+            if r == IIR:
+                v = self._iir()
+                if v & 0x0F == IIR_THRI:
+                    self.thr_ipending = False  # reading IIR acknowledges THRE
+                    self._update()
+                return v
+            if r == LCR:
+                return self.lcr
+            if r == MCR:
+                return self.mcr
+            if r == LSR:
+                v = LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0) | self.lsr_errors
+                self.lsr_errors = 0
+                self._update()
+                return v
+            if r == MSR:
+                v = self._modem_status() | self.msr_delta
+                self.msr_delta = 0
+                self._update()
+                return v
+            return self.scr
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """Guest register write."""
+        value &= 0xFF
+        with self._lock:
+            r = offset & 7
+            dlab = self.lcr & LCR_DLAB
+            if r == THR:
+                if dlab:
+                    self.dll = value
+                    return
+                if self.mcr & MCR_LOOP:
+                    self._rx.append(value)
+                else:
+                    self.tx_bytes += 1
+                    self.sink(bytes((value,)))
+                self.thr_ipending = True
+            elif r == IER:
+                if dlab:
+                    self.dlm = value
+                    return
+                was = self.ier
+                self.ier = value & 0x0F
+                if self.ier & IER_THRI and not was & IER_THRI:
+                    self.thr_ipending = True  # enabling THRE with an empty THR interrupts at once
+            elif r == FCR:
+                if value & FCR_CLEAR_RCVR:
+                    self._rx.clear()
+                self.fcr = value & 0xC9
+            elif r == LCR:
+                self.lcr = value
+            elif r == MCR:
+                old = self._modem_status()
+                self.mcr = value & 0x1F
+                new = self._modem_status()
+                changed = (old ^ new) & 0xF0
+                self.msr_delta |= (changed >> 4) & (MSR_DCTS | MSR_DDSR | MSR_DDCD)
+                if old & MSR_RI and not new & MSR_RI:
+                    self.msr_delta |= MSR_TERI
+            elif r == SCR:
+                self.scr = value
+            # LSR and MSR are read-only
+            self._update()
