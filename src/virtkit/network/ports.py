@@ -1,0 +1,357 @@
+"""Port kinds of the virtual switch: TAP devices, host interfaces (AF_PACKET), UDP links, VM sockets.
+
+Each kind reads many frames per wakeup (non-blocking loop until EAGAIN) and reports a busy wire
+by returning False from :meth:`transmit`, which leaves the frame in the port's priority queues.
+
+Spec strings (what ``virtkit net port add`` takes):
+``tap:IF`` · ``host:IF`` · ``udp:LOCAL_PORT:REMOTE_HOST:REMOTE_PORT`` · ``vm:ID``
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import struct
+from pathlib import Path
+
+from virtkit.errors import ConfigError, VirtkitError
+from virtkit.network.switch import Port
+from virtkit.network.tap import Tap
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+SOCK_BUF = 4 << 20
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
+VMID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class PortError(VirtkitError):
+    """A port that cannot be opened or a malformed port spec."""
+
+
+def _bufs(sock: socket.socket) -> None:
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+        except OSError:
+            pass
+
+
+class TapPort(Port):
+    """A TAP interface the switch owns (created if missing); the host or a namespace uses the other side."""
+
+    kind = "tap"
+
+    def __init__(self, name: str, ifname: str, **kw) -> None:
+        self.tap = Tap(ifname)
+        self.fd = self.tap.fd
+        super().__init__(name, spec=f"tap:{ifname}", **kw)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def receive_batch(self, limit: int) -> list[bytes]:
+        out: list[bytes] = []
+        read, fd = os.read, self.fd
+        try:
+            for _ in range(limit):
+                out.append(read(fd, 65536))
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass  # interface went down or was deleted: nothing to read
+        return out
+
+    def transmit(self, frame: bytes) -> bool:
+        try:
+            os.write(self.fd, frame)
+        except BlockingIOError:
+            return False
+        except OSError as err:
+            if err.errno in (errno.EIO, errno.EINVAL, errno.ENOBUFS):
+                return True  # interface down: the frame is lost on the wire, like a cable pulled
+            raise
+        return True
+
+    def close(self) -> None:
+        self.tap.close()
+
+
+class HostPort(Port):
+    """An existing host interface (e.g. a veth end) through an AF_PACKET socket in promiscuous mode.
+
+    The kernel strips received VLAN tags into metadata (rx VLAN offload); PACKET_AUXDATA gives
+    them back and they are re-inserted so trunks see the frame as it was on the wire.
+    """
+
+    kind = "host"
+
+    def __init__(self, name: str, ifname: str, **kw) -> None:
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise PortError(f"no host interface {ifname!r}") from None
+        try:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        except PermissionError:
+            raise PortError(f"host:{ifname} needs root (CAP_NET_RAW) for an AF_PACKET socket") from None
+        s.bind((ifname, ETH_P_ALL))
+        s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
+        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass
+        _bufs(s)
+        s.setblocking(False)
+        self.sock = s
+        self.ifname = ifname
+        super().__init__(name, spec=f"host:{ifname}", **kw)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive_batch(self, limit: int) -> list[bytes]:
+        out: list[bytes] = []
+        recvmsg = self.sock.recvmsg
+        space = socket.CMSG_SPACE(20)
+        try:
+            for _ in range(limit):
+                data, anc, _flags, addr = recvmsg(65536, space)
+                if addr[2] == socket.PACKET_OUTGOING:
+                    continue
+                for level, typ, cdata in anc:
+                    if level == SOL_PACKET and typ == PACKET_AUXDATA and len(cdata) >= 20:
+                        status, _l, _s, _m, _n, tci, tpid = struct.unpack_from("IIIHHHH", cdata)
+                        if status & TP_STATUS_VLAN_VALID:
+                            if not status & TP_STATUS_VLAN_TPID_VALID:
+                                tpid = 0x8100
+                            data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+                out.append(data)
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass  # interface down
+        return out
+
+    def transmit(self, frame: bytes) -> bool:
+        try:
+            self.sock.send(frame)
+        except BlockingIOError:
+            return False
+        except OSError as err:
+            if err.errno in (errno.ENETDOWN, errno.ENXIO, errno.EMSGSIZE, errno.ENOBUFS):
+                return True
+            raise
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class UdpPort(Port):
+    """A link to another virtkit switch (or QEMU's ``-netdev socket,udp=``): one frame per UDP datagram.
+
+    A link carries every VLAN tagged by default (it is a trunk between switches).
+    """
+
+    kind = "udp"
+
+    def __init__(self, name: str, local_port: int, remote_host: str, remote_port: int, bind: str = "", **kw) -> None:
+        kw.setdefault("mode", "trunk")
+        try:
+            infos = socket.getaddrinfo(remote_host, remote_port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as err:
+            raise PortError(f"cannot resolve UDP peer {remote_host!r}: {err.strerror}") from None
+        family, _, _, _, addr = infos[0]
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            s.bind((bind or ("::" if family == socket.AF_INET6 else "0.0.0.0"), local_port))
+            s.connect(addr)
+        except OSError as err:
+            s.close()
+            raise PortError(f"cannot open UDP link on port {local_port}: {err.strerror}") from None
+        _bufs(s)
+        s.setblocking(False)
+        self.sock = s
+        host = f"[{remote_host}]" if ":" in remote_host else remote_host
+        super().__init__(name, spec=f"udp:{local_port}:{host}:{remote_port}", **kw)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive_batch(self, limit: int) -> list[bytes]:
+        out: list[bytes] = []
+        recv = self.sock.recv
+        for _ in range(limit):
+            try:
+                out.append(recv(65536))
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                continue  # the peer's ICMP port unreachable for an earlier frame
+            except OSError:
+                break
+        return out
+
+    def transmit(self, frame: bytes) -> bool:
+        try:
+            self.sock.send(frame)
+        except BlockingIOError:
+            return False
+        except (ConnectionRefusedError, OSError):
+            return True  # the peer switch is not up: the frame is lost on the wire
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class VmPort(Port):
+    """A port a VM's virtio-net backend connects to: a Unix SOCK_SEQPACKET socket, one frame per message.
+
+    ``vm:ID`` listens on ``<switch dir>/vm-ID.sock`` and serves one VM at a time (a VM can restart
+    and reconnect). An *attached* port wraps one end of a socketpair handed to
+    :class:`virtkit.network.switchport.SwitchPort` and goes away when the VM closes it.
+    """
+
+    kind = "vm"
+
+    def __init__(self, name: str, vm_id: str, path: str | None = None, conn: socket.socket | None = None,
+                 **kw) -> None:
+        self.listener: socket.socket | None = None
+        self.conn = conn
+        self.path = path
+        self.closed_by_peer = False
+        if conn is None:
+            assert path is not None
+            try:
+                if os.path.exists(path):
+                    os.unlink(path)
+                ls = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                ls.bind(path)
+                ls.listen(1)
+            except OSError as err:
+                raise PortError(f"cannot listen on {path}: {err.strerror}") from None
+            ls.setblocking(False)
+            self.listener = ls
+        else:
+            _bufs(conn)
+            conn.setblocking(False)
+        super().__init__(name, spec=f"vm:{vm_id}", **kw)
+
+    @property
+    def ephemeral(self) -> bool:
+        """True for a port made by ``attach`` (not persisted, removed when the VM leaves)."""
+        return self.listener is None
+
+    def fileno(self) -> int:
+        if self.conn is not None:
+            return self.conn.fileno()
+        return self.listener.fileno() if self.listener is not None else -1
+
+    def receive_batch(self, limit: int) -> list[bytes]:
+        if self.conn is None:
+            if self.listener is None:
+                return []
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return []
+            _bufs(conn)
+            conn.setblocking(False)
+            self.conn = conn
+            return []
+        out: list[bytes] = []
+        recv = self.conn.recv
+        try:
+            for _ in range(limit):
+                data = recv(65536)
+                if not data:
+                    self._peer_gone()
+                    break
+                out.append(data)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._peer_gone()
+        return out
+
+    def _peer_gone(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.listener is None:
+            self.closed_by_peer = True
+
+    def transmit(self, frame: bytes) -> bool:
+        if self.conn is None:
+            return True  # no VM connected: link down, the frame is lost
+        try:
+            self.conn.send(frame)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._peer_gone()
+        return True
+
+    def close(self) -> None:
+        for s in (self.conn, self.listener):
+            if s is not None:
+                s.close()
+        if self.listener is not None and self.path and os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """Split and validate a port spec into (kind, args); :class:`ConfigError` names what is wrong."""
+    kind, sep, rest = spec.partition(":")
+    usage = "want tap:IF, host:IF, udp:LOCAL_PORT:REMOTE_HOST:REMOTE_PORT or vm:ID"
+    if not sep or not rest:
+        raise ConfigError(f"bad port spec {spec!r}: {usage}")
+    if kind in ("tap", "host"):
+        if not IFNAME_RE.match(rest):
+            raise ConfigError(f"bad interface name {rest!r} in {spec!r} (1-15 characters, no '/' or spaces)")
+        return kind, [rest]
+    if kind == "vm":
+        if not VMID_RE.match(rest):
+            raise ConfigError(f"bad VM port id {rest!r} in {spec!r} (letters, digits, '.', '-', '_')")
+        return kind, [rest]
+    if kind == "udp":
+        m = re.match(r"^(\d+):(\[[^\]]+\]|[^:\[\]]+):(\d+)$", rest)
+        if not m:
+            raise ConfigError(f"bad UDP link {spec!r}: want udp:LOCAL_PORT:REMOTE_HOST:REMOTE_PORT")
+        lport, host, rport = int(m.group(1)), m.group(2).strip("[]"), int(m.group(3))
+        for p in (lport, rport):
+            if not 1 <= p <= 65535:
+                raise ConfigError(f"bad UDP link {spec!r}: port {p} out of range 1-65535")
+        return kind, [str(lport), host, str(rport)]
+    raise ConfigError(f"unknown port kind {kind!r} in {spec!r}: {usage}")
+
+
+def default_name(spec: str) -> str:
+    """The port name used when none is given: the interface, ``udpLOCAL`` or ``vm-ID``."""
+    kind, args = parse_spec(spec)
+    if kind in ("tap", "host"):
+        return args[0]
+    return f"udp{args[0]}" if kind == "udp" else f"vm-{args[0]}"
+
+
+def open_port(name: str, spec: str, statedir: Path, **kw) -> Port:
+    """Open the port a spec describes (``kw`` carries the VLAN settings)."""
+    kind, args = parse_spec(spec)
+    if kind == "tap":
+        return TapPort(name, args[0], **kw)
+    if kind == "host":
+        return HostPort(name, args[0], **kw)
+    if kind == "udp":
+        return UdpPort(name, int(args[0]), args[1], int(args[2]), **kw)
+    return VmPort(name, args[0], path=str(statedir / f"vm-{args[0]}.sock"), **kw)

@@ -1,0 +1,113 @@
+"""A VM's connection to a virtkit switch: the :class:`~virtkit.network.backend.NetBackend` behind
+``--net switch:NAME[,vlan=N]``.
+
+``SwitchPort("lab", vlan=7)`` asks the running switch ``lab`` for a new access port on VLAN 7 and
+receives one end of a SOCK_SEQPACKET socket pair (SCM_RIGHTS); each message is one Ethernet frame.
+The port disappears from the switch when the VM closes it. ``SwitchPort("lab", port="web1")``
+instead connects to the persistent ``vm:web1`` port (created by ``virtkit net port add lab vm:web1``),
+whose VLAN settings live in the switch configuration.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from virtkit.errors import ConfigError
+from virtkit.network import config as cfgmod
+from virtkit.network.control import SwitchError, request_fd
+from virtkit.network.switch import parse_vlan
+
+
+class SwitchPort:
+    """One virtual NIC plugged into a virtkit switch (non-blocking; poll ``fileno()``, then ``recv()``)."""
+
+    def __init__(self, switch_name: str, vlan: int | None = None, port: str | None = None,
+                 group: str | None = None) -> None:
+        self.switch_name = cfgmod.check_name(switch_name)
+        if port is not None:
+            if vlan is not None or group is not None:
+                raise ConfigError("a persistent vm: port has its VLAN in the switch config; give port or vlan")
+            path = cfgmod.switch_dir(switch_name) / f"vm-{port}.sock"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                sock.connect(str(path))
+            except OSError as err:
+                sock.close()
+                raise SwitchError(f"cannot connect to port vm:{port} of switch {switch_name!r}: "
+                                  f"{err.strerror}") from None
+            self.port_name = f"vm-{port}"
+        else:
+            args = {} if vlan is None else {"vlan": parse_vlan(vlan)}
+            if group is not None:
+                args["group"] = group
+            reply, fd = request_fd(switch_name, "attach", **args)
+            sock = socket.socket(fileno=fd)
+            self.port_name = reply["port"]
+        sock.setblocking(False)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            except OSError:
+                pass
+        self.sock = sock
+        self._receiver: Callable[[bytes], None] | None = None
+        self.dropped = 0
+
+    def send(self, frame: bytes | memoryview) -> None:
+        """Put one frame on the switch; dropped (and counted) when the switch is not keeping up."""
+        try:
+            self.sock.send(frame)
+        except BlockingIOError:
+            self.dropped += 1
+        except OSError as err:
+            raise SwitchError(f"switch {self.switch_name!r} port {self.port_name} is gone: {err.strerror}") from None
+
+    def recv(self) -> bytes | None:
+        """One frame from the switch, or None when none is waiting."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return None
+        if not data:
+            raise SwitchError(f"switch {self.switch_name!r} closed port {self.port_name}")
+        return data
+
+    def fileno(self) -> int:
+        """Readable when a frame is waiting."""
+        return self.sock.fileno()
+
+    def set_receiver(self, callback: Callable[[bytes], None] | None) -> None:
+        """Remember a callback for an event loop that pushes frames (it calls :meth:`poll`)."""
+        self._receiver = callback
+
+    def poll(self) -> int:
+        """Deliver every waiting frame to the receiver callback; returns how many."""
+        n = 0
+        while self._receiver is not None:
+            frame = self.recv()
+            if frame is None:
+                break
+            self._receiver(frame)
+            n += 1
+        return n
+
+    def close(self) -> None:
+        """Unplug from the switch."""
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+
+
+def from_netspec(spec: str) -> SwitchPort:
+    """Build a SwitchPort from the text after ``--net switch:``: ``NAME[,vlan=N][,port=ID][,group=G]``."""
+    name, *opts = spec.split(",")
+    kw: dict[str, str] = {}
+    for o in opts:
+        k, sep, v = o.partition("=")
+        if not sep or k not in ("vlan", "port", "group") or not v:
+            raise ConfigError(f"bad --net switch option {o!r} (want vlan=N, port=ID or group=G)")
+        kw[k] = v
+    vlan = parse_vlan(kw["vlan"]) if "vlan" in kw else None
+    return SwitchPort(name, vlan=vlan, port=kw.get("port"), group=kw.get("group"))
+
+
