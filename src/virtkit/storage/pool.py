@@ -1,0 +1,1412 @@
+"""Storage pools: physical devices cut into extents, handed out as logical volumes.
+
+A :class:`Pool` groups several devices (files or block devices). Each device carries a label
+and is divided into physical extents (PEs, default 4 MiB). A volume is a list of *chunks*; a
+chunk is ``width`` PEs on distinct devices laid out linear, striped, mirror or parity (see
+:mod:`virtkit.storage.raid`). Chunks are reference counted, which gives thin provisioning
+(a chunk is allocated on first write), copy-on-write snapshots (a snapshot shares its origin's
+chunks) and rollback. Volumes grow while open, extents move between devices online, and a
+failed device is rebuilt onto a replacement. Each volume is a
+:class:`~virtkit.storage.backend.BlockBackend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtkit.storage.backend import BlockError, check_range
+from virtkit.storage.pool_meta import (
+    DATA_START,
+    LABEL_SIZE,
+    META_VERSION,
+    Label,
+    MetadataError,
+    PoolError,
+    load_slots,
+    read_label,
+    write_slot,
+)
+from virtkit.storage.raid import Geometry, xor_into
+
+__all__ = ["Pool", "PoolError", "MetadataError", "VolumeBackend", "parse_size", "format_size", "pools_root"]
+
+DEFAULT_EXTENT = 4 << 20
+DEFAULT_STRIPE = 64 << 10
+DEFAULT_WARN_PERCENT = 80
+POOLS_ENV = "VIRTKIT_POOLS_DIR"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pools_root() -> Path:
+    """Directory holding pools by name: $VIRTKIT_POOLS_DIR or ~/.local/share/virtkit/pools."""
+    env = os.environ.get(POOLS_ENV)
+    return Path(env) if env else Path.home() / ".local" / "share" / "virtkit" / "pools"
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``1G``, ``512M``, ``4096``, ``64KiB`` into bytes (binary units); PoolError otherwise."""
+    if isinstance(text, int):
+        if text < 0:
+            raise PoolError(f"size must not be negative (got {text})")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise PoolError(f"bad size {text!r}: use a whole number with an optional K, M, G or T suffix (e.g. 10G)")
+    return int(m.group(1)) << (10 * " KMGTP".index(m.group(2).upper() or " "))
+
+
+def format_size(n: int) -> str:
+    """Human-readable binary size: 4.0M, 1.5G."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a pool or volume name (letters, digits, ``_.+-``; at most 64 characters)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise PoolError(
+            f"bad {kind} name {name!r}: use 1-64 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def resolve_pool_dir(name_or_path: str | os.PathLike[str], root: Path | None = None) -> Path:
+    """A pool named ``NAME`` lives in ``<root>/NAME``; anything with a slash is a directory path."""
+    text = os.fspath(name_or_path)
+    if "/" in text or text.startswith("."):
+        return Path(text).absolute()
+    check_name("pool", text)
+    return (root or pools_root()) / text
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.fallocate(fd, 0x03, ctypes.c_long(offset), ctypes.c_long(length)) == 0
+
+
+class _Degraded(Exception):
+    """Internal: a column's device is failed or missing; the caller falls back or gives up."""
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass
+class Device:
+    """One physical device of a pool: its label fields, open fd, state and PE allocation map."""
+
+    id: int
+    uuid: str
+    path: str
+    pe_count: int
+    data_start: int
+    extent: int
+    state: str = "ok"  # ok | failed | missing
+    reason: str = ""
+    fd: int = -1
+    used: bytearray = field(default_factory=bytearray)
+    free: int = 0
+    draining: bool = False  # being evacuated: no new allocations here
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "ok" and self.fd >= 0
+
+    def pos(self, pe: int, off: int) -> int:
+        return self.data_start + pe * self.extent + off
+
+    def read(self, pe: int, off: int, buf: memoryview) -> None:
+        n = os.preadv(self.fd, [buf], self.pos(pe, off))
+        if n != len(buf):
+            raise OSError(errno.EIO, f"short read on {self.path}")
+
+    def write(self, pe: int, off: int, data: memoryview | bytes) -> None:
+        n = os.pwritev(self.fd, [data], self.pos(pe, off))
+        if n != len(data):
+            raise OSError(errno.EIO, f"short write on {self.path}")
+
+    def zero(self, pe: int) -> None:
+        """Make extent ``pe`` read as zeros (punch a hole, else write zeros)."""
+        start = self.pos(pe, 0)
+        if _punch(self.fd, start, self.extent):
+            return
+        chunk = bytes(min(self.extent, 1 << 20))
+        for o in range(0, self.extent, len(chunk)):
+            os.pwrite(self.fd, chunk, start + o)
+
+    def alloc(self) -> int:
+        pe = self.used.find(0)
+        if pe < 0:
+            raise PoolError(f"device {self.path} has no free extents")
+        self.used[pe] = 1
+        self.free -= 1
+        return pe
+
+    def release(self, pe: int) -> None:
+        if self.used[pe]:
+            self.used[pe] = 0
+            self.free += 1
+
+    def to_meta(self) -> dict[str, Any]:
+        state = "failed" if self.state != "ok" else "ok"
+        return {
+            "id": self.id,
+            "uuid": self.uuid,
+            "path": self.path,
+            "pe_count": self.pe_count,
+            "data_start": self.data_start,
+            "state": state,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Volume:
+    """A logical volume: size, chunk geometry and the chunk map (None = unallocated, thin)."""
+
+    name: str
+    size: int
+    geo: Geometry
+    thin: bool
+    map: list[int | None]
+    snapshot_of: str | None = None
+    read_only: bool = False
+    created: float = 0.0
+    opened: int = 0
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "layout": self.geo.layout,
+            "width": self.geo.width,
+            "stripe": self.geo.stripe,
+            "thin": self.thin,
+            "map": self.map,
+            "snapshot_of": self.snapshot_of,
+            "read_only": self.read_only,
+            "created": self.created,
+        }
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class Pool:
+    """An open storage pool. Open it with :meth:`create` or :meth:`open`; close it when done.
+
+    One process opens a pool for writing at a time (``flock`` on ``<pool>/lock``); inside that
+    process every volume operation takes the pool's lock, so volumes are thread-safe.
+    """
+
+    def __init__(self, path: Path, read_only: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.lock = threading.RLock()
+        self.devices: dict[int, Device] = {}
+        self.volumes: dict[str, Volume] = {}
+        self.chunks: dict[int, list[tuple[int, int]]] = {}
+        self.refs: dict[int, int] = {}
+        self.warnings: list[str] = []
+        self.seq = 0
+        self.dirty = False
+        self._lock_fd = -1
+        self._bad_slots: list[str] = []
+        self.name = ""
+        self.uuid = ""
+        self.extent = DEFAULT_EXTENT
+        self.warn_percent = DEFAULT_WARN_PERCENT
+        self.next_dev = 0
+        self.next_chunk = 0
+        self.created = 0.0
+
+    # ----------------------------------------------------------------- open / create / close
+
+    def _take_lock(self, create: bool) -> None:
+        lock_path = self.path / "lock"
+        if self.read_only:
+            return  # readers see the atomically replaced metadata; they never block the writer
+        try:
+            fd = os.open(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise PoolError(f"pool {self.path.name!r} is in use by another process (pid {holder or '?'})") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    @classmethod
+    def create(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        devices: list[str],
+        extent_size: int | str = DEFAULT_EXTENT,
+        *,
+        root: Path | None = None,
+        force: bool = False,
+    ) -> Pool:
+        """Create a pool on ``devices`` (existing files or block devices), label them, return it open."""
+        path = resolve_pool_dir(name_or_path, root)
+        extent = parse_size(extent_size)
+        if extent < 4096 or extent > (1 << 30) or extent & (extent - 1):
+            raise PoolError(f"extent size {extent} must be a power of two between 4K and 1G")
+        if not devices:
+            raise PoolError("a pool needs at least one device")
+        if (path / "metadata.0").exists() or (path / "metadata.1").exists():
+            raise PoolError(f"pool {path.name!r} already exists at {path}")
+        if path.exists() and any(p.name.startswith("metadata") for p in path.iterdir()):
+            raise PoolError(f"{path} holds leftover pool files; remove them first")
+        path.mkdir(parents=True, exist_ok=True)
+        pool = cls(path, read_only=False)
+        pool._take_lock(create=True)
+        try:
+            pool.name = path.name
+            pool.uuid = str(uuid.uuid4())
+            pool.extent = extent
+            pool.created = time.time()
+            seen: set[str] = set()
+            for dev in devices:
+                real = os.path.realpath(dev)
+                if real in seen:
+                    raise PoolError(f"device {dev} given twice")
+                seen.add(real)
+                pool._label_device(dev, force)
+            pool.seq = 0
+            pool._commit(sync=False)
+        except BaseException:
+            pool._close_fds()
+            raise
+        return pool
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike[str], *, read_only: bool = False, root: Path | None = None) -> Pool:
+        """Open an existing pool by name (under :func:`pools_root`) or directory path."""
+        path = resolve_pool_dir(name_or_path, root)
+        if not path.is_dir():
+            raise PoolError(
+                f"no pool {os.fspath(name_or_path)!r} (looked in {path}); create it with `virtkit pool create`"
+            )
+        pool = cls(path, read_only=read_only)
+        pool._take_lock(create=False)
+        try:
+            loaded = load_slots(path)
+            pool.warnings += [f"skipped damaged metadata copy: {p}" for p in loaded.problems]
+            pool._bad_slots = loaded.bad_slots
+            pool._load(loaded.body)
+        except BaseException:
+            pool._close_fds()
+            raise
+        return pool
+
+    def _load(self, body: dict[str, Any]) -> None:
+        """Build the in-memory pool from a verified metadata body; MetadataError if it is inconsistent."""
+        try:
+            if body.get("format") != "virtkit-pool":
+                raise MetadataError("metadata format is not virtkit-pool")
+            self.seq = int(body["seq"])
+            self.name = str(body["name"])
+            self.uuid = str(uuid.UUID(body["uuid"]))
+            self.extent = int(body["extent_size"])
+            if self.extent < 4096 or self.extent & (self.extent - 1):
+                raise MetadataError(f"metadata has invalid extent size {self.extent}")
+            self.warn_percent = int(body.get("warn_percent", DEFAULT_WARN_PERCENT))
+            self.next_dev = int(body["next_device_id"])
+            self.next_chunk = int(body["next_chunk_id"])
+            self.created = float(body.get("created", 0))
+            for d in body["devices"]:
+                dev = Device(
+                    id=int(d["id"]),
+                    uuid=str(uuid.UUID(d["uuid"])),
+                    path=str(d["path"]),
+                    pe_count=int(d["pe_count"]),
+                    data_start=int(d["data_start"]),
+                    extent=self.extent,
+                    state=str(d["state"]),
+                    reason=str(d.get("reason", "")),
+                )
+                if (
+                    dev.id in self.devices
+                    or dev.pe_count < 0
+                    or dev.pe_count > (1 << 40)
+                    or dev.data_start < LABEL_SIZE
+                ):
+                    raise MetadataError(f"metadata device entry {dev.id} is invalid")
+                if dev.state not in ("ok", "failed"):
+                    raise MetadataError(f"metadata device {dev.id} has unknown state {dev.state!r}")
+                dev.used = bytearray(dev.pe_count)
+                dev.free = dev.pe_count
+                self.devices[dev.id] = dev
+            for cid, pes in body["chunks"]:
+                cid = int(cid)
+                if cid in self.chunks or cid >= self.next_chunk or not pes:
+                    raise MetadataError(f"metadata chunk {cid} is invalid")
+                cols = []
+                for dev_id, pe in pes:
+                    dev = self.devices.get(int(dev_id))
+                    pe = int(pe)
+                    if dev is None or not 0 <= pe < dev.pe_count or dev.used[pe]:
+                        raise MetadataError(f"metadata chunk {cid} maps an invalid or doubly used extent")
+                    dev.used[pe] = 1
+                    dev.free -= 1
+                    cols.append((dev.id, pe))
+                if len({c[0] for c in cols}) != len(cols):
+                    raise MetadataError(f"metadata chunk {cid} puts two columns on one device")
+                self.chunks[cid] = cols
+                self.refs[cid] = 0
+            for v in body["volumes"]:
+                geo = Geometry(str(v["layout"]), int(v["width"]), int(v["stripe"]), self.extent)
+                problem = geo.check()
+                if problem:
+                    raise MetadataError(f"metadata volume {v.get('name')!r}: {problem}")
+                vmap = [None if c is None else int(c) for c in v["map"]]
+                vol = Volume(
+                    name=check_name("volume", v["name"]),
+                    size=int(v["size"]),
+                    geo=geo,
+                    thin=bool(v["thin"]),
+                    map=vmap,
+                    snapshot_of=v.get("snapshot_of"),
+                    read_only=bool(v.get("read_only", False)),
+                    created=float(v.get("created", 0)),
+                )
+                if vol.size < 0 or len(vmap) != -(-vol.size // geo.capacity) or vol.name in self.volumes:
+                    raise MetadataError(f"metadata volume {vol.name!r} has an inconsistent size or map")
+                for cid in vmap:
+                    if cid is None:
+                        continue
+                    if cid not in self.chunks or len(self.chunks[cid]) != geo.width:
+                        raise MetadataError(f"metadata volume {vol.name!r} maps a missing or mis-sized chunk")
+                    self.refs[cid] += 1
+                self.volumes[vol.name] = vol
+        except MetadataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, PoolError) as err:
+            raise MetadataError(f"pool metadata is malformed ({type(err).__name__}: {err})") from None
+        # unreferenced chunks are garbage from an interrupted operation: free them
+        for cid in [c for c, r in self.refs.items() if r == 0]:
+            self._free_chunk(cid)
+        if self.next_dev <= max(self.devices, default=-1):
+            raise MetadataError("metadata next_device_id is behind its devices")
+        for dev in self.devices.values():
+            self._attach(dev)
+
+    def _attach(self, dev: Device) -> None:
+        """Open a device recorded in metadata and check its label; mark it missing when that fails."""
+        if dev.state != "ok":
+            return
+        try:
+            fd = os.open(dev.path, os.O_RDONLY if self.read_only else os.O_RDWR)
+        except OSError as err:
+            dev.state, dev.reason = "missing", f"cannot open: {err.strerror}"
+            self.warnings.append(f"device {dev.path} is missing ({err.strerror})")
+            return
+        try:
+            label = read_label(fd)
+            size = os.lseek(fd, 0, os.SEEK_END)
+        except (OSError, MetadataError) as err:
+            label, size = None, 0
+            dev.reason = str(err)
+        if label is None or label.pool_uuid != self.uuid or label.dev_uuid != dev.uuid:
+            os.close(fd)
+            dev.state, dev.reason = "missing", dev.reason or "label does not match this pool"
+            self.warnings.append(f"device {dev.path} is missing ({dev.reason})")
+            return
+        if size < dev.data_start + dev.pe_count * self.extent:
+            os.close(fd)
+            dev.state, dev.reason = "missing", "device is smaller than recorded"
+            self.warnings.append(f"device {dev.path} is missing (smaller than recorded)")
+            return
+        dev.fd = fd
+
+    def _label_device(self, path: str, force: bool) -> Device:
+        """Write a pool label on ``path`` and add it as a new device (not yet committed)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise PoolError(f"device {path} does not exist (create a file with `truncate -s 10G {path}`)") from None
+        except OSError as err:
+            raise PoolError(f"cannot open device {path}: {err.strerror}") from None
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            pe_count = (size - DATA_START) // self.extent if size > DATA_START else 0
+            if pe_count < 1:
+                raise PoolError(
+                    f"device {path} is too small ({size} bytes): it needs {DATA_START + self.extent} bytes "
+                    f"for the label area and one {format_size(self.extent)} extent"
+                )
+            try:
+                old = read_label(fd)
+            except MetadataError:
+                old = None
+                if not force:
+                    raise PoolError(f"device {path} has a damaged pool label; use --force to overwrite it") from None
+            if old is not None and not force:
+                raise PoolError(f"device {path} already belongs to pool {old.pool_name!r}; use --force to overwrite it")
+            real = os.path.realpath(path)
+            for dev in self.devices.values():
+                if os.path.realpath(dev.path) == real:
+                    raise PoolError(f"device {path} is already in pool {self.name!r}")
+            dev = Device(
+                id=self.next_dev,
+                uuid=str(uuid.uuid4()),
+                path=os.path.abspath(path),
+                pe_count=pe_count,
+                data_start=DATA_START,
+                extent=self.extent,
+                fd=fd,
+            )
+            dev.used = bytearray(pe_count)
+            dev.free = pe_count
+            label = Label(self.uuid, dev.uuid, self.extent, DATA_START, pe_count, self.name)
+            os.pwrite(fd, label.pack(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.next_dev += 1
+        self.devices[dev.id] = dev
+        return dev
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "format": "virtkit-pool",
+            "version": META_VERSION,
+            "seq": self.seq,
+            "name": self.name,
+            "uuid": self.uuid,
+            "extent_size": self.extent,
+            "warn_percent": self.warn_percent,
+            "created": self.created,
+            "next_device_id": self.next_dev,
+            "next_chunk_id": self.next_chunk,
+            "devices": [d.to_meta() for d in self.devices.values()],
+            "chunks": [[cid, [list(c) for c in cols]] for cid, cols in self.chunks.items()],
+            "volumes": [v.to_meta() for v in self.volumes.values()],
+        }
+
+    def _commit(self, sync: bool = True) -> None:
+        """Persist metadata: data written so far becomes durable first, then the new metadata copy."""
+        if self.read_only:
+            raise PoolError(f"pool {self.name!r} is open read-only")
+        if sync:
+            self._sync_devices()
+        for bad in self._bad_slots:  # keep damaged copies for inspection instead of overwriting them
+            src = self.path / bad
+            if src.exists():
+                os.replace(src, self.path / f"{bad}.damaged-{int(time.time())}")
+        self._bad_slots = []
+        self.seq += 1
+        write_slot(self.path, self._body())
+        self.dirty = False
+
+    def _sync_devices(self) -> None:
+        for dev in self.devices.values():
+            if dev.alive:
+                try:
+                    os.fdatasync(dev.fd)
+                except OSError as err:
+                    self._mark_failed(dev, err, commit=False)
+
+    def _close_fds(self) -> None:
+        for dev in self.devices.values():
+            if dev.fd >= 0:
+                os.close(dev.fd)
+                dev.fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def close(self) -> None:
+        """Flush data and metadata, close every device and release the pool lock."""
+        with self.lock:
+            if self._lock_fd < 0 and all(d.fd < 0 for d in self.devices.values()):
+                return
+            if not self.read_only and self.dirty:
+                self._commit()
+            self._close_fds()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- lookups
+
+    def find_device(self, spec: str) -> Device:
+        """A device by path (as given or resolved), numeric id, or UUID (prefix of >= 4 characters)."""
+        real = os.path.realpath(spec)
+        for dev in self.devices.values():
+            if dev.path == spec or os.path.realpath(dev.path) == real:
+                return dev
+        if spec.isdigit() and int(spec) in self.devices:
+            return self.devices[int(spec)]
+        matches = [d for d in self.devices.values() if len(spec) >= 4 and d.uuid.startswith(spec.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        raise PoolError(f"pool {self.name!r} has no device {spec!r}")
+
+    def volume(self, name: str) -> Volume:
+        """The volume called ``name``; PoolError when there is none."""
+        vol = self.volumes.get(name)
+        if vol is None:
+            raise PoolError(f"pool {self.name!r} has no volume {name!r}")
+        return vol
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise PoolError(f"pool {self.name!r} is open read-only")
+
+    # ----------------------------------------------------------------- allocation
+
+    def _alloc_chunk(self, geo: Geometry, prefer: int | None = None, exclude: set[int] | None = None) -> int:
+        """Allocate ``geo.width`` zeroed PEs on distinct healthy devices; return the new chunk id."""
+        cands = [
+            d
+            for d in self.devices.values()
+            if d.alive and d.free > 0 and not d.draining and d.id not in (exclude or set())
+        ]
+        cands.sort(key=lambda d: (d.id != prefer, -d.free, d.id))
+        if len(cands) < geo.width:
+            need = f"{geo.width} devices with free extents" if geo.width > 1 else "a free extent"
+            raise PoolError(f"pool {self.name!r} is out of space: {geo.layout} needs {need}, {len(cands)} available")
+        cols = []
+        for dev in cands[: geo.width]:
+            pe = dev.alloc()
+            dev.zero(pe)
+            cols.append((dev.id, pe))
+        cid = self.next_chunk
+        self.next_chunk += 1
+        self.chunks[cid] = cols
+        self.refs[cid] = 0
+        return cid
+
+    def _free_chunk(self, cid: int) -> None:
+        for dev_id, pe in self.chunks.pop(cid):
+            self.devices[dev_id].release(pe)
+        self.refs.pop(cid, None)
+
+    def _unref(self, cid: int | None) -> bool:
+        """Drop one reference; True when the chunk was freed (metadata must be committed)."""
+        if cid is None:
+            return False
+        self.refs[cid] -= 1
+        if self.refs[cid] == 0:
+            self._free_chunk(cid)
+            return True
+        return False
+
+    def _space_check(self, geo: Geometry, chunks: int) -> None:
+        alive = [d for d in self.devices.values() if d.alive]
+        if len(alive) < geo.width:
+            raise PoolError(
+                f"{geo.layout} with {geo.width} columns needs {geo.width} healthy devices, pool has {len(alive)}"
+            )
+        # a greedy estimate (exact for linear and when devices are equal): each chunk takes from the freest devices
+        free = sorted((d.free for d in alive), reverse=True)
+        for _ in range(chunks):
+            if free[geo.width - 1] <= 0:
+                raise PoolError(f"pool {self.name!r} has not enough free space for {chunks} more {geo.layout} chunks")
+            for i in range(geo.width):
+                free[i] -= 1
+            free.sort(reverse=True)
+
+    def _exclusive(self, vol: Volume, ci: int) -> int:
+        """Make chunk ``ci`` of ``vol`` allocated and owned by ``vol`` alone (allocate or copy on write)."""
+        cid = vol.map[ci]
+        if cid is not None and self.refs[cid] == 1:
+            return cid
+        prev = vol.map[ci - 1] if ci > 0 else None
+        prefer = self.chunks[prev][0][0] if prev is not None else None
+        new = self._alloc_chunk(vol.geo, prefer=prefer)
+        if cid is not None:  # shared with a snapshot: copy the whole chunk first
+            buf = bytearray(vol.geo.capacity)
+            self._read_chunk(vol.geo, cid, 0, memoryview(buf))
+            self._write_chunk(vol.geo, new, 0, memoryview(buf))
+            self.refs[cid] -= 1
+        self.refs[new] = 1
+        vol.map[ci] = new
+        self.dirty = True
+        return new
+
+    # ----------------------------------------------------------------- column I/O
+
+    def _mark_failed(self, dev: Device, err: BaseException | str, commit: bool = True) -> None:
+        reason = err if isinstance(err, str) else f"I/O error: {getattr(err, 'strerror', None) or err}"
+        dev.state, dev.reason = "failed", reason
+        if dev.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(dev.fd)
+            dev.fd = -1
+        self.warnings.append(f"device {dev.path} failed ({reason})")
+        if commit and not self.read_only:
+            self._commit(sync=False)
+
+    def _col_read(self, col: tuple[int, int], off: int, buf: memoryview) -> None:
+        dev = self.devices[col[0]]
+        if not dev.alive:
+            raise _Degraded(dev.id)
+        try:
+            dev.read(col[1], off, buf)
+        except OSError as err:
+            self._mark_failed(dev, err)
+            raise _Degraded(dev.id) from None
+
+    def _col_write(self, col: tuple[int, int], off: int, data: memoryview | bytes) -> None:
+        dev = self.devices[col[0]]
+        if not dev.alive:
+            raise _Degraded(dev.id)
+        try:
+            dev.write(col[1], off, data)
+        except OSError as err:
+            self._mark_failed(dev, err)
+            raise _Degraded(dev.id) from None
+
+    def _lost(self, geo: Geometry, col: tuple[int, int]) -> BlockError:
+        dev = self.devices[col[0]]
+        what = "a second device of the chunk" if geo.redundant else "a device"
+        return BlockError(f"data unavailable: {what} ({dev.path}) is {dev.state}; {geo.layout} cannot serve it")
+
+    def _read_chunk(self, geo: Geometry, cid: int | None, off: int, out: memoryview) -> None:
+        if cid is None:
+            out[:] = bytes(len(out))
+            return
+        cols = self.chunks[cid]
+        if geo.layout == "linear":
+            try:
+                self._col_read(cols[0], off, out)
+            except _Degraded:
+                raise self._lost(geo, cols[0]) from None
+        elif geo.layout == "mirror":
+            for col in cols:
+                try:
+                    self._col_read(col, off, out)
+                    return
+                except _Degraded:
+                    continue
+            raise BlockError("data unavailable: every copy of a mirror chunk is on a failed device")
+        elif geo.layout == "striped":
+            for p in geo.striped_pieces(off, len(out)):
+                try:
+                    self._col_read(cols[p.col], p.pe_off, out[p.buf_off : p.buf_off + p.length])
+                except _Degraded:
+                    raise self._lost(geo, cols[p.col]) from None
+        else:
+            for row in geo.parity_rows(off, len(out)):
+                for p in row.pieces:
+                    piece = out[p.buf_off : p.buf_off + p.length]
+                    try:
+                        self._col_read(cols[p.col], p.pe_off, piece)
+                    except _Degraded:
+                        self._reconstruct(geo, cols, p.col, p.pe_off, piece)
+
+    def _reconstruct(
+        self, geo: Geometry, cols: list[tuple[int, int]], missing: int, pe_off: int, out: memoryview
+    ) -> None:
+        """Rebuild a range of column ``missing`` as the XOR of every other column (RAID 5)."""
+        acc = bytearray(len(out))
+        tmp = bytearray(len(out))
+        for c, col in enumerate(cols):
+            if c == missing:
+                continue
+            try:
+                self._col_read(col, pe_off, memoryview(tmp))
+            except _Degraded:
+                raise self._lost(geo, col) from None
+            xor_into(acc, tmp)
+        out[:] = acc
+
+    def _write_chunk(self, geo: Geometry, cid: int, off: int, data: memoryview) -> None:
+        cols = self.chunks[cid]
+        if geo.layout == "linear":
+            try:
+                self._col_write(cols[0], off, data)
+            except _Degraded:
+                raise self._lost(geo, cols[0]) from None
+        elif geo.layout == "mirror":
+            done = 0
+            for col in cols:
+                try:
+                    self._col_write(col, off, data)
+                    done += 1
+                except _Degraded:
+                    continue
+            if not done:
+                raise BlockError("write failed: every copy of a mirror chunk is on a failed device")
+        elif geo.layout == "striped":
+            for p in geo.striped_pieces(off, len(data)):
+                try:
+                    self._col_write(cols[p.col], p.pe_off, data[p.buf_off : p.buf_off + p.length])
+                except _Degraded:
+                    raise self._lost(geo, cols[p.col]) from None
+        else:
+            for row in geo.parity_rows(off, len(data)):
+                for _attempt in range(geo.width + 1):
+                    try:
+                        self._write_row(geo, cols, row, data)
+                        break
+                    except _Degraded:
+                        continue  # a device failed mid-row: redo the row in degraded mode
+                else:
+                    raise BlockError("write failed: parity row could not be written")
+
+    def _write_row(self, geo: Geometry, cols: list[tuple[int, int]], row: Any, data: memoryview) -> None:
+        s = geo.stripe
+        base = row.row * s
+        failed = [c for c, col in enumerate(cols) if not self.devices[col[0]].alive]
+        if len(failed) > 1:
+            raise self._lost(geo, cols[failed[1]])
+        pcol = cols[row.parity_col]
+        if row.full and not failed:  # full-stripe write: parity from the new data alone
+            parity = bytearray(s)
+            for p in row.pieces:
+                xor_into(parity, data[p.buf_off : p.buf_off + p.length])
+            for p in row.pieces:
+                self._col_write(cols[p.col], p.pe_off, data[p.buf_off : p.buf_off + p.length])
+            self._col_write(pcol, base, parity)
+        elif not failed:  # read-modify-write: parity ^= old ^ new over the touched range
+            lo = min(p.pe_off for p in row.pieces)
+            hi = max(p.pe_off + p.length for p in row.pieces)
+            parity = bytearray(hi - lo)
+            self._col_read(pcol, lo, memoryview(parity))
+            old = bytearray(s)
+            for p in row.pieces:
+                o = memoryview(old)[: p.length]
+                self._col_read(cols[p.col], p.pe_off, o)
+                span = memoryview(parity)[p.pe_off - lo : p.pe_off - lo + p.length]
+                xor_into(span, o)
+                xor_into(span, data[p.buf_off : p.buf_off + p.length])
+            for p in row.pieces:
+                self._col_write(cols[p.col], p.pe_off, data[p.buf_off : p.buf_off + p.length])
+            self._col_write(pcol, lo, parity)
+        else:  # degraded: rebuild the whole row in memory, apply the write, rewrite parity
+            bufs = [bytearray(s) for _ in cols]
+            for c, col in enumerate(cols):
+                if c != failed[0]:
+                    self._col_read(col, base, memoryview(bufs[c]))
+            for c in range(len(cols)):
+                if c != failed[0]:
+                    xor_into(bufs[failed[0]], bufs[c])
+            touched = set()
+            for p in row.pieces:
+                rel = p.pe_off - base
+                bufs[p.col][rel : rel + p.length] = data[p.buf_off : p.buf_off + p.length]
+                touched.add(p.col)
+            parity = bytearray(s)
+            for c in range(len(cols)):
+                if c != row.parity_col:
+                    xor_into(parity, bufs[c])
+            for c in touched:
+                if c != failed[0]:
+                    self._col_write(cols[c], base, bufs[c])
+            if row.parity_col != failed[0]:
+                self._col_write(pcol, base, parity)
+
+    def _read_column(self, geo: Geometry, cid: int, c: int) -> bytearray:
+        """The raw content of column ``c`` of a chunk, reconstructed from the others when its device is gone."""
+        cols = self.chunks[cid]
+        buf = bytearray(self.extent)
+        try:
+            self._col_read(cols[c], 0, memoryview(buf))
+            return buf
+        except _Degraded:
+            pass
+        if geo.layout == "mirror":
+            for i, col in enumerate(cols):
+                if i != c:
+                    try:
+                        self._col_read(col, 0, memoryview(buf))
+                        return buf
+                    except _Degraded:
+                        continue
+            raise self._lost(geo, cols[c])
+        if geo.layout == "parity":
+            self._reconstruct(geo, cols, c, 0, memoryview(buf))
+            return buf
+        raise self._lost(geo, cols[c])
+
+    # ----------------------------------------------------------------- volume I/O (called by VolumeBackend)
+
+    def _io_read(self, vol: Volume, offset: int, buf: memoryview) -> None:
+        cap = vol.geo.capacity
+        pos, end = offset, offset + len(buf)
+        while pos < end:
+            ci, inner = divmod(pos, cap)
+            n = min(end - pos, cap - inner)
+            self._read_chunk(vol.geo, vol.map[ci], inner, buf[pos - offset : pos - offset + n])
+            pos += n
+
+    def _io_write(self, vol: Volume, offset: int, data: memoryview) -> None:
+        cap = vol.geo.capacity
+        pos, end = offset, offset + len(data)
+        while pos < end:
+            ci, inner = divmod(pos, cap)
+            n = min(end - pos, cap - inner)
+            cid = self._exclusive(vol, ci)
+            self._write_chunk(vol.geo, cid, inner, data[pos - offset : pos - offset + n])
+            pos += n
+
+    def _io_zero(self, vol: Volume, offset: int, length: int) -> None:
+        cap = vol.geo.capacity
+        pos, end = offset, offset + length
+        freed = False
+        while pos < end:
+            ci, inner = divmod(pos, cap)
+            n = min(end - pos, cap - inner)
+            cid = vol.map[ci]
+            whole = inner == 0 and n == cap
+            if cid is None:
+                pass
+            elif whole and vol.thin:  # thin: give the chunk back to the pool
+                vol.map[ci] = None
+                freed |= self._unref(cid)
+                self.dirty = True
+            elif whole and self.refs[cid] > 1:  # shared thick chunk: take a fresh zeroed one, no copy
+                new = self._alloc_chunk(vol.geo)
+                self.refs[new] = 1
+                vol.map[ci] = new
+                self._unref(cid)
+                self.dirty = True
+            elif whole:
+                for dev_id, pe in self.chunks[cid]:
+                    dev = self.devices[dev_id]
+                    if dev.alive:
+                        dev.zero(pe)
+            else:
+                cid = self._exclusive(vol, ci)
+                self._write_chunk(vol.geo, cid, inner, memoryview(bytes(n)))
+            pos += n
+        if freed:
+            self._commit()  # freed extents may be reused: the metadata must not point at them any more
+
+    # ----------------------------------------------------------------- pool management
+
+    def add_device(self, path: str, force: bool = False) -> Device:
+        """Label ``path`` and add its extents to the pool."""
+        with self.lock:
+            self._writable()
+            dev = self._label_device(path, force)
+            self._commit()
+            return dev
+
+    def remove_device(self, spec: str, evacuate: bool = False) -> None:
+        """Remove an empty device (with ``evacuate``, first move its extents to the other devices)."""
+        with self.lock:
+            self._writable()
+            dev = self.find_device(spec)
+            if evacuate and dev.free < dev.pe_count:
+                self._evacuate(dev, None)
+            if dev.free < dev.pe_count:
+                users = sorted(
+                    {
+                        v.name
+                        for v in self.volumes.values()
+                        for cid in v.map
+                        if cid is not None and any(c[0] == dev.id for c in self.chunks[cid])
+                    }
+                )
+                raise PoolError(
+                    f"device {dev.path} still holds {dev.pe_count - dev.free} extents (volumes: {', '.join(users)}); "
+                    "move them first (`virtkit volume move` or `pool remove --evacuate`)"
+                )
+            if len(self.devices) == 1:
+                raise PoolError("cannot remove the last device of a pool")
+            del self.devices[dev.id]
+            self._commit()
+            if dev.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.pwrite(dev.fd, bytes(LABEL_SIZE), 0)
+                    os.fsync(dev.fd)
+                os.close(dev.fd)
+
+    def fail_device(self, spec: str, reason: str = "marked failed by the administrator") -> Device:
+        """Take a device out of service: redundant volumes continue degraded."""
+        with self.lock:
+            self._writable()
+            dev = self.find_device(spec)
+            self._mark_failed(dev, reason)
+            return dev
+
+    def _move_column(self, cid: int, c: int, target: Device, geo: Geometry) -> None:
+        """Copy column ``c`` of chunk ``cid`` to a new PE on ``target``, switch the mapping, persist."""
+        cols = self.chunks[cid]
+        if any(d == target.id for d, _ in cols):
+            raise PoolError(f"device {target.path} already holds another column of this chunk")
+        data = self._read_column(geo, cid, c)
+        pe = target.alloc()
+        try:
+            target.write(pe, 0, data)
+            os.fdatasync(target.fd)
+        except OSError as err:
+            target.release(pe)
+            self._mark_failed(target, err)
+            raise PoolError(f"copy to {target.path} failed: {err.strerror}") from None
+        old_dev, old_pe = cols[c]
+        cols[c] = (target.id, pe)
+        self._commit()  # the new mapping is durable before the old extent can be reused
+        self.devices[old_dev].release(old_pe)
+
+    def _chunk_geos(self) -> dict[int, Geometry]:
+        return {cid: v.geo for v in self.volumes.values() for cid in v.map if cid is not None}
+
+    def _evacuate(self, dev: Device, target: Device | None, only: Volume | None = None) -> int:
+        """Move every chunk column on ``dev`` (of one volume, or all) elsewhere, one chunk at a time.
+
+        While it runs no new chunk is allocated on ``dev``; writers keep going between chunks.
+        """
+        with self.lock:
+            was, dev.draining = dev.draining, True
+        try:
+            moved = 0
+            for _pass in range(100):  # chunks copied on write during a pass are picked up by the next
+                with self.lock:
+                    geos = {c: only.geo for c in only.map if c is not None} if only else self._chunk_geos()
+                    todo = {c: g for c, g in geos.items() if any(d == dev.id for d, _ in self.chunks[c])}
+                if not todo:
+                    return moved
+                moved += self._evacuate_pass(dev, target, todo)
+            raise PoolError(f"extents on {dev.path} keep changing; move did not converge")
+        finally:
+            dev.draining = was
+
+    def _evacuate_pass(self, dev: Device, target: Device | None, geos: dict[int, Geometry]) -> int:
+        moved = 0
+        for cid, geo in geos.items():
+            with self.lock:  # per-chunk lock: writers continue between chunks
+                cols = self.chunks.get(cid)
+                if cols is None:
+                    continue
+                for c, (d, _) in enumerate(cols):
+                    if d != dev.id:
+                        continue
+                    dest = target
+                    if dest is None:
+                        cands = [
+                            x
+                            for x in self.devices.values()
+                            if x.alive and x.free > 0 and x.id != dev.id and all(x.id != dd for dd, _ in cols)
+                        ]
+                        if not cands:
+                            raise PoolError(f"no other device has room for the extents of {dev.path}")
+                        dest = max(cands, key=lambda x: x.free)
+                    elif dest.free == 0:
+                        raise PoolError(f"device {dest.path} is full")
+                    self._move_column(cid, c, dest, geo)
+                    moved += 1
+        return moved
+
+    def move_volume(self, name: str, from_spec: str, to_spec: str | None = None) -> int:
+        """Move a volume's extents off one device (onto ``to_spec`` or any), online; returns extents moved."""
+        with self.lock:
+            self._writable()
+            vol = self.volume(name)
+            src = self.find_device(from_spec)
+            dst = self.find_device(to_spec) if to_spec else None
+            if dst is not None:
+                if dst.id == src.id:
+                    raise PoolError("source and destination devices are the same")
+                if not dst.alive:
+                    raise PoolError(f"destination device {dst.path} is {dst.state}")
+        return self._evacuate(src, dst, only=vol)
+
+    def rebuild(self, old_spec: str, new_path: str, force: bool = False) -> int:
+        """Replace device ``old_spec`` by ``new_path``: copy or reconstruct each extent, then drop the old one."""
+        with self.lock:
+            self._writable()
+            old = self.find_device(old_spec)
+            if not old.alive:
+                lost = sorted(
+                    {
+                        v.name
+                        for v in self.volumes.values()
+                        if not v.geo.redundant
+                        for cid in v.map
+                        if cid is not None and any(c[0] == old.id for c in self.chunks[cid])
+                    }
+                )
+                if lost:
+                    raise PoolError(
+                        f"volumes {', '.join(lost)} have no redundancy and lost data on {old.path}; "
+                        "delete or restore them before rebuilding"
+                    )
+            new = self._label_device(new_path, force)
+            self._commit()
+        moved = self._evacuate(old, new)
+        with self.lock:
+            if old.free < old.pe_count:
+                raise PoolError(f"rebuild incomplete: {old.pe_count - old.free} extents remain on {old.path}")
+            del self.devices[old.id]
+            self._commit()
+            if old.fd >= 0:
+                os.close(old.fd)
+                old.fd = -1
+        return moved
+
+    # ----------------------------------------------------------------- volumes
+
+    def create_volume(
+        self,
+        name: str,
+        size: int | str,
+        layout: str = "linear",
+        *,
+        width: int | None = None,
+        stripe: int | str = DEFAULT_STRIPE,
+        thin: bool = False,
+    ) -> Volume:
+        """Create a volume; thick volumes get their extents now, thin ones on first write."""
+        with self.lock:
+            self._writable()
+            check_name("volume", name)
+            if name in self.volumes:
+                raise PoolError(f"volume {name!r} already exists in pool {self.name!r}")
+            size = parse_size(size)
+            if size <= 0 or size % 512:
+                raise PoolError(f"volume size {size} must be a positive multiple of 512 bytes")
+            alive = sum(1 for d in self.devices.values() if d.alive)
+            if width is None:
+                width = {"linear": 1, "mirror": 2}.get(layout, alive)
+            geo = Geometry(layout, int(width), parse_size(stripe), self.extent)
+            problem = geo.check()
+            if problem:
+                raise PoolError(problem)
+            nchunks = -(-size // geo.capacity)
+            if not thin:
+                self._space_check(geo, nchunks)
+            vol = Volume(name, size, geo, thin, [None] * nchunks, created=time.time())
+            if not thin:
+                try:
+                    for ci in range(nchunks):
+                        self._exclusive(vol, ci)
+                except BaseException:
+                    for cid in vol.map:
+                        self._unref(cid)
+                    raise
+            self.volumes[name] = vol
+            self._commit()
+            return vol
+
+    def resize_volume(self, name: str, size: int | str, shrink: bool = False) -> Volume:
+        """Grow (online: open backends see the new size at once) or, with ``shrink``, shrink a volume."""
+        with self.lock:
+            self._writable()
+            vol = self.volume(name)
+            if vol.read_only:
+                raise PoolError(f"volume {name!r} is a read-only snapshot")
+            size = parse_size(size)
+            if size <= 0 or size % 512:
+                raise PoolError(f"volume size {size} must be a positive multiple of 512 bytes")
+            nchunks = -(-size // vol.geo.capacity)
+            if size < vol.size:
+                if not shrink:
+                    raise PoolError(f"new size {size} is smaller than {vol.size}: shrinking loses data (use --shrink)")
+                if vol.opened:
+                    raise PoolError(f"volume {name!r} is open; close it before shrinking")
+                for cid in vol.map[nchunks:]:
+                    self._unref(cid)
+                del vol.map[nchunks:]
+                if size % vol.geo.capacity:  # zero the cut tail so a later grow reads zeros
+                    self._io_zero(vol, size, nchunks * vol.geo.capacity - size)
+            else:
+                extra = nchunks - len(vol.map)
+                if not vol.thin and extra > 0:
+                    self._space_check(vol.geo, extra)
+                old_len = len(vol.map)
+                vol.map.extend([None] * extra)
+                if not vol.thin:
+                    try:
+                        for ci in range(old_len, nchunks):
+                            self._exclusive(vol, ci)
+                    except BaseException:
+                        for cid in vol.map[old_len:]:
+                            self._unref(cid)
+                        del vol.map[old_len:]
+                        raise
+            vol.size = size
+            self._commit()
+            return vol
+
+    def snapshot(self, name: str, snap: str) -> Volume:
+        """A read-only snapshot of ``name``: shares every chunk; later writes to the origin copy on write."""
+        with self.lock:
+            self._writable()
+            vol = self.volume(name)
+            check_name("snapshot", snap)
+            if snap in self.volumes:
+                raise PoolError(f"volume {snap!r} already exists in pool {self.name!r}")
+            copy = Volume(
+                snap, vol.size, vol.geo, True, list(vol.map), snapshot_of=name, read_only=True, created=time.time()
+            )
+            for cid in copy.map:
+                if cid is not None:
+                    self.refs[cid] += 1
+            self.volumes[snap] = copy
+            self._commit()
+            return copy
+
+    def rollback(self, name: str, snap: str) -> None:
+        """Return volume ``name`` to the content of its snapshot ``snap`` (the snapshot is kept)."""
+        with self.lock:
+            self._writable()
+            vol, src = self.volume(name), self.volume(snap)
+            if src.snapshot_of != name:
+                raise PoolError(f"{snap!r} is not a snapshot of {name!r}")
+            if vol.opened:
+                raise PoolError(f"volume {name!r} is open; close it before rolling back")
+            for cid in src.map:
+                if cid is not None:
+                    self.refs[cid] += 1
+            for cid in vol.map:
+                self._unref(cid)
+            vol.map = list(src.map)
+            vol.size = src.size
+            self._commit()
+
+    def delete_volume(self, name: str) -> None:
+        """Delete a volume (or snapshot) and return its unshared extents to the pool."""
+        with self.lock:
+            self._writable()
+            vol = self.volume(name)
+            if vol.opened:
+                raise PoolError(f"volume {name!r} is open; close it first")
+            for cid in vol.map:
+                self._unref(cid)
+            del self.volumes[name]
+            self._commit()
+
+    def open_volume(self, name: str, read_only: bool | None = None) -> VolumeBackend:
+        """A :class:`VolumeBackend` for volume ``name`` (snapshots and read-only pools open read-only)."""
+        with self.lock:
+            vol = self.volume(name)
+            if read_only is None:
+                read_only = vol.read_only or self.read_only
+            if not read_only and (vol.read_only or self.read_only):
+                raise PoolError(f"volume {name!r} is read-only" + (" (a snapshot)" if vol.read_only else ""))
+            vol.opened += 1
+            return VolumeBackend(self, vol, read_only)
+
+    # ----------------------------------------------------------------- reporting
+
+    def volume_usage(self, vol: Volume) -> dict[str, Any]:
+        """Allocated vs virtual bytes of a volume (shared chunks count for every volume using them)."""
+        alloc = sum(1 for c in vol.map if c is not None)
+        shared = sum(1 for c in vol.map if c is not None and self.refs[c] > 1)
+        return {
+            "name": vol.name,
+            "size": vol.size,
+            "layout": vol.geo.layout,
+            "width": vol.geo.width,
+            "stripe": vol.geo.stripe,
+            "thin": vol.thin,
+            "snapshot_of": vol.snapshot_of,
+            "read_only": vol.read_only,
+            "allocated": alloc * vol.geo.capacity,
+            "allocated_percent": round(100.0 * alloc / len(vol.map), 1) if vol.map else 0.0,
+            "shared_chunks": shared,
+            "chunks": len(vol.map),
+            "open": vol.opened,
+            "devices": sorted({self.devices[d].path for c in vol.map if c is not None for d, _ in self.chunks[c]}),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Everything `pool status` shows: devices, capacity, use, thin over-commit, warnings."""
+        with self.lock:
+            total = sum(d.pe_count for d in self.devices.values())
+            used = sum(d.pe_count - d.free for d in self.devices.values())
+            virtual_thin = sum(v.size for v in self.volumes.values() if v.thin and not v.snapshot_of)
+            pct = round(100.0 * used / total, 1) if total else 0.0
+            warnings = list(self.warnings)
+            if pct >= self.warn_percent:
+                warnings.append(f"pool data {pct}% full (warning threshold {self.warn_percent}%)")
+            degraded = [d.path for d in self.devices.values() if d.state != "ok"]
+            return {
+                "name": self.name,
+                "uuid": self.uuid,
+                "path": str(self.path),
+                "extent_size": self.extent,
+                "seq": self.seq,
+                "state": "degraded" if degraded else "ok",
+                "extents_total": total,
+                "extents_used": used,
+                "size": total * self.extent,
+                "used": used * self.extent,
+                "free": (total - used) * self.extent,
+                "used_percent": pct,
+                "warn_percent": self.warn_percent,
+                "thin_virtual": virtual_thin,
+                "overcommit": round(virtual_thin / (total * self.extent), 2) if total else 0.0,
+                "devices": [
+                    {
+                        "id": d.id,
+                        "uuid": d.uuid,
+                        "path": d.path,
+                        "state": d.state,
+                        "reason": d.reason,
+                        "size": d.pe_count * self.extent,
+                        "used": (d.pe_count - d.free) * self.extent,
+                        "extents": d.pe_count,
+                        "extents_used": d.pe_count - d.free,
+                    }
+                    for d in self.devices.values()
+                ],
+                "volumes": [self.volume_usage(v) for v in self.volumes.values()],
+                "warnings": warnings,
+            }
+
+
+class VolumeBackend:
+    """A pool volume seen as a block device (the :class:`~virtkit.storage.backend.BlockBackend` seam)."""
+
+    def __init__(self, pool: Pool, vol: Volume, read_only: bool) -> None:
+        self.pool = pool
+        self.vol = vol
+        self.read_only = read_only
+        self.closed = False
+        self._on_close: list[Any] = []
+
+    @property
+    def size(self) -> int:
+        """Current size: grows as soon as the volume is resized, even while open."""
+        return self.vol.size
+
+    @property
+    def name(self) -> str:
+        return self.vol.name
+
+    def _check(self, offset: int, length: int, write: bool) -> None:
+        if self.closed:
+            raise BlockError(f"volume {self.vol.name!r} is closed")
+        if write and self.read_only:
+            raise BlockError(f"volume {self.vol.name!r} is read-only")
+        check_range(self, offset, length)
+
+    def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
+        with self.pool.lock:
+            self._check(offset, len(buf), False)
+            self.pool._io_read(self.vol, offset, memoryview(buf).cast("B"))
+        return len(buf)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Convenience: return ``length`` bytes at ``offset``."""
+        buf = bytearray(length)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        mv = memoryview(data).cast("B")
+        with self.pool.lock:
+            self._check(offset, len(mv), True)
+            try:
+                self.pool._io_write(self.vol, offset, mv)
+            except PoolError as err:
+                raise BlockError(str(err)) from None
+        return len(mv)
+
+    def flush(self) -> None:
+        """Make every acknowledged write durable: fdatasync the devices, then commit pending metadata."""
+        with self.pool.lock:
+            if self.read_only or self.closed:
+                return
+            self.pool._sync_devices()
+            if self.pool.dirty:
+                self.pool._commit(sync=False)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        with self.pool.lock:
+            self._check(offset, length, True)
+            try:
+                self.pool._io_zero(self.vol, offset, length)
+            except PoolError as err:
+                raise BlockError(str(err)) from None
+
+    def discard(self, offset: int, length: int) -> None:
+        """Discard: reads return zeros afterwards; whole thin chunks go back to the pool."""
+        self.write_zeroes(offset, length)
+
+    def close(self) -> None:
+        with self.pool.lock:
+            if self.closed:
+                return
+            self.flush()
+            self.closed = True
+            self.vol.opened -= 1
+        for cb in self._on_close:
+            cb()
+
+
+# --------------------------------------------------------------------------- open_disk support
+
+_registry_lock = threading.Lock()
+_open_pools: dict[Path, tuple[Pool, int]] = {}
+
+
+def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = None) -> VolumeBackend:
+    """Open ``POOL/VOLUME`` (POOL a name or directory) as a block backend; shares one Pool per process."""
+    pool_part, sep, vol_name = spec.rpartition("/")
+    if not sep or not pool_part or not vol_name:
+        raise PoolError(f"bad volume spec {spec!r}: use POOL/VOLUME")
+    path = resolve_pool_dir(pool_part, root).resolve()
+    with _registry_lock:
+        entry = _open_pools.get(path)
+        if entry is None:
+            pool = Pool.open(path, read_only=False)
+            entry = (pool, 0)
+        pool, count = entry
+        try:
+            backend = pool.open_volume(vol_name, read_only=True if read_only else None)
+        except BaseException:
+            if count == 0:
+                pool.close()
+            raise
+        _open_pools[path] = (pool, count + 1)
+
+    def release() -> None:
+        with _registry_lock:
+            p, n = _open_pools[path]
+            if n <= 1:
+                del _open_pools[path]
+                p.close()
+            else:
+                _open_pools[path] = (p, n - 1)
+
+    backend._on_close.append(release)
+    return backend
+
+
+def is_volume_spec(spec: str, root: Path | None = None) -> bool:
+    """True when ``spec`` names ``POOL/VOLUME`` of an existing pool (and is not an existing file)."""
+    if os.path.exists(spec):
+        return False
+    pool_part, sep, vol_name = spec.rpartition("/")
+    if not sep or not pool_part or not NAME_RE.match(vol_name):
+        return False
+    try:
+        path = resolve_pool_dir(pool_part, root)
+    except PoolError:
+        return False
+    return (path / "metadata.0").exists() or (path / "metadata.1").exists()
