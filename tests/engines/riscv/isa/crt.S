@@ -8,7 +8,9 @@
  * Traps: the vector jumps to the address in `trap_hook` (a test installs one; t0 is saved in
  * mscratch) or, if it is 0, prints the trap and exits with 255.  mtrap_skip / strap_skip are
  * ready-made hooks that record cause/tval/epc, skip the trapping instruction (or return to ra
- * for instruction-fetch faults) and mask the interrupt that was taken.
+ * for instruction-fetch faults) and mask the interrupt that was taken.  If `trap_resume` is set,
+ * an ecall from U or S mode returns to M mode at that address instead (see RUN_U / RUN_S).
+ * _start also opens PMP entry 0 over all memory so S and U mode can run.
  */
 
 #define CAUSE_FETCH_MISALIGNED 0
@@ -18,7 +20,14 @@
   .section .text.init, "ax"
   .globl _start
 _start:
-  la t0, trap_vector
+  la t0, 1f                 /* PMP entry 0 = all memory RWX for S/U (skipped if PMP traps) */
+  csrw mtvec, t0
+  li t0, -1
+  csrw pmpaddr0, t0
+  li t0, 0x1f               /* NAPOT | X | W | R */
+  csrw pmpcfg0, t0
+  .align 2
+1:la t0, trap_vector
   csrw mtvec, t0
   csrr t0, mhartid
   bnez t0, park
@@ -141,6 +150,20 @@ mtrap_skip:
   sd t0, 0(t1)
   sd t2, 8(t1)
   csrr t0, mcause
+  ld t2, 64(t1)               /* trap_resume set and an ecall from U or S: back to M there */
+  beqz t2, 6f
+  addi t2, t0, -8
+  beqz t2, 5f
+  addi t2, t0, -9
+  bnez t2, 6f
+5:ld t2, 64(t1)
+  sd zero, 64(t1)
+  sd t0, 72(t1)               /* resume_cause */
+  csrw mepc, t2
+  li t2, (3 << 11)
+  csrs mstatus, t2
+  j 4f
+6:
   sd t0, 16(t1)
   csrr t2, mtval
   sd t2, 24(t1)
@@ -244,6 +267,7 @@ fromhost: .dword 0
   .data
   .align 3
   .globl trap_hook, trap_save, trap_cause, trap_tval, trap_epc, trap_count, trap_status, trap_in_s
+  .globl trap_resume, resume_cause
 trap_hook:   .dword 0
 trap_save:   .dword 0, 0     /* layout fixed: the hooks address these by offset from trap_save */
 trap_cause:  .dword 0
@@ -252,3 +276,5 @@ trap_epc:    .dword 0
 trap_count:  .dword 0
 trap_status: .dword 0
 trap_in_s:   .dword 0
+trap_resume: .dword 0       /* M-mode address an ecall from U/S returns to (mtrap_skip) */
+resume_cause: .dword 0      /* mcause of that ecall (8 from U, 9 from S) */

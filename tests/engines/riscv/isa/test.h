@@ -101,13 +101,21 @@
 #define CLEAR_MTRAP      la t5, trap_hook; sd zero, 0(t5);
 /* Reset the recorded trap state. */
 #define CLEAR_TRAP_RECORD la t5, trap_cause; sd zero, 0(t5); sd zero, 8(t5); sd zero, 16(t5); \
-                          sd zero, 24(t5); sd zero, 32(t5); sd zero, 40(t5);
+                          sd zero, 24(t5); sd zero, 32(t5); sd zero, 40(t5); sd zero, 56(t5);
 #define LOAD_TRAP(reg, sym) la reg, sym; ld reg, 0(reg);
 
 /* Enter S or U mode at label (from M). */
 #define GOTO_S(label) li t5, MSTATUS_MPP_MASK; csrc mstatus, t5; li t5, MSTATUS_MPP_S; csrs mstatus, t5; \
                       la t5, label; csrw mepc, t5; mret;
 #define GOTO_U(label) li t5, MSTATUS_MPP_MASK; csrc mstatus, t5; la t5, label; csrw mepc, t5; mret;
+
+/* Run the following code in U (or S) mode; an `ecall` there returns to M at `resume`
+   (resume_cause then holds 8 or 9).  Other traps are recorded by mtrap_skip and skipped. */
+#define RUN_MODE(resume, mpp) la t5, resume; la t6, trap_resume; sd t5, 0(t6); SET_MTRAP(mtrap_skip); \
+                      li t5, MSTATUS_MPP_MASK; csrc mstatus, t5; li t5, mpp; csrs mstatus, t5; \
+                      la t5, 97f; csrw mepc, t5; mret; 97:
+#define RUN_U(resume) RUN_MODE(resume, 0)
+#define RUN_S(resume) RUN_MODE(resume, MSTATUS_MPP_S)
 
 #define CLINT_BASE 0x02000000
 #define CLINT_MSIP (CLINT_BASE)
