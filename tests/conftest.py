@@ -25,3 +25,18 @@ def require_kvm() -> None:
     """Skip the calling test unless /dev/kvm can be opened."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("needs /dev/kvm")
+
+
+@pytest.fixture(scope="session")
+def guest_images():
+    """The default guest (OpenSBI fw_jump, kernel Image, initramfs) as a virtkit.images.Guest.
+
+    Built from Debian packages on first use (minutes; cached in ~/.cache/virtkit/images), so tests
+    using it must be marked slow. Skips with the reason when a needed Debian package is missing.
+    """
+    from virtkit.images import MissingToolError, default_guest
+
+    try:
+        return default_guest(progress=False)
+    except MissingToolError as err:
+        pytest.skip(f"cannot build guest images: {err}")
