@@ -42,7 +42,7 @@ class ConsoleRun:
 
 
 def run_console(argv: Sequence[str], timeout: float, marks: Sequence[str | re.Pattern] = (),
-                replies: dict[str, str] | None = None, stop_at: str | None = None,
+                replies: dict[str | re.Pattern, str] | None = None, stop_at: str | re.Pattern | None = None,
                 env: dict[str, str] | None = None) -> ConsoleRun:
     """Run ``argv``, read its console (stdout+stderr) until it exits, ``stop_at`` is seen or ``timeout``.
 
@@ -52,9 +52,11 @@ def run_console(argv: Sequence[str], timeout: float, marks: Sequence[str | re.Pa
     """
     if timeout <= 0:
         raise ConfigError(f"timeout must be positive, not {timeout}")
-    pats = {(p.pattern if isinstance(p, re.Pattern) else p): (p if isinstance(p, re.Pattern) else re.compile(
-        re.escape(p))) for p in [*marks, *(replies or {}), *([stop_at] if stop_at else [])]}
-    pending_replies = dict(replies or {})
+    def compiled(p: str | re.Pattern) -> tuple[str, re.Pattern]:
+        return (p.pattern, p) if isinstance(p, re.Pattern) else (p, re.compile(re.escape(p)))
+
+    pats = dict(compiled(p) for p in [*marks, *(replies or {}), *([stop_at] if stop_at else [])])
+    pending_replies = {compiled(k)[0]: v for k, v in (replies or {}).items()}
     found: dict[str, float] = {}
     chunks: list[bytes] = []
     full_env = dict(os.environ)
@@ -98,7 +100,7 @@ def run_console(argv: Sequence[str], timeout: float, marks: Sequence[str | re.Pa
                                 proc.stdin.flush()
                             except (BrokenPipeError, OSError):
                                 pass
-                        if stop_at is not None and name == stop_at:
+                        if stop_at is not None and name == compiled(stop_at)[0]:
                             stop = True
             if stop or eof or (not events and proc.poll() is not None):
                 break

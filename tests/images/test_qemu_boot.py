@@ -1,0 +1,77 @@
+"""The images proven on QEMU (the reference peer): kernel + initramfs + OpenSBI boot on
+`qemu-system-riscv64 -M virt`, run commands through the virtkit.exec contract, see SMP, a
+virtio-blk ext4 disk (written in the guest, read on the host) and virtio-rng."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import require_tool
+from virtkit.images import INIT_REACHED, exec_append, make_ext4, read_ext4_file
+from virtkit.images.qemu import PROMPT, qemu_argv, run_console
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 600  # a loaded shared machine; not a performance threshold
+
+
+def boot(guest, command: str, **kw):
+    require_tool("qemu-system-riscv64")
+    argv = qemu_argv(guest.kernel, guest.initrd, f"console=ttyS0 {exec_append(command)}", guest.firmware, **kw)
+    run = run_console(argv, timeout=TIMEOUT)
+    assert not run.timed_out, run.output[-2000:]
+    return run
+
+
+def test_uname_riscv64(guest_images):
+    run = boot(guest_images, "uname -m")
+    assert "riscv64" in run.output
+    assert run.exit_status == 0, run.output[-2000:]
+    assert run.returncode == 0  # the guest powered QEMU off
+
+
+def test_exit_status_propagates(guest_images):
+    run = boot(guest_images, "echo to-stderr >&2; exit 7")
+    assert "to-stderr" in run.output and run.exit_status == 7
+
+
+def test_smp_two_cpus(guest_images):
+    run = boot(guest_images, "nproc; cat /proc/cpuinfo | grep -c ^processor", smp=2)
+    assert run.exit_status == 0
+    assert "\n2\r\n" in run.output.replace("\r\r", "\r") or "2\n2" in run.output.replace("\r", "")
+
+
+def test_virtio_blk_ext4_written_in_guest_read_on_host(guest_images, tmp_path):
+    require_tool("mke2fs", "debugfs")
+    disk = make_ext4(tmp_path / "disk.img", "16M", {"from-host.txt": "written on the host\n"})
+    run = boot(guest_images,
+               "mount -t ext4 /dev/vda /mnt && cat /mnt/from-host.txt && "
+               "echo written-in-the-guest > /mnt/from-guest.txt && umount /mnt",
+               disks=[disk])
+    assert run.exit_status == 0, run.output[-2000:]
+    assert "written on the host" in run.output
+    assert read_ext4_file(disk, "from-guest.txt") == b"written-in-the-guest\n"
+
+
+def test_virtio_rng(guest_images):
+    run = boot(guest_images,
+               "cat /sys/class/misc/hw_random/rng_current; head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo",
+               rng=True)
+    assert run.exit_status == 0, run.output[-2000:]
+    assert "virtio_rng" in run.output
+
+
+def test_bench_init_marker(guest_images):
+    require_tool("qemu-system-riscv64")
+    argv = qemu_argv(guest_images.kernel, guest_images.initrd, "console=ttyS0 virtkit.bench=init",
+                     guest_images.firmware)
+    run = run_console(argv, timeout=TIMEOUT)
+    assert INIT_REACHED in run.output and run.returncode == 0
+
+
+def test_interactive_shell_and_poweroff_on_exit(guest_images):
+    require_tool("qemu-system-riscv64")
+    argv = qemu_argv(guest_images.kernel, guest_images.initrd, "console=ttyS0", guest_images.firmware)
+    run = run_console(argv, timeout=TIMEOUT, replies={PROMPT: "echo shell-$((6*7)); exit\n"},
+                      marks=[PROMPT])
+    assert not run.timed_out, run.output[-2000:]
+    assert "shell-42" in run.output and run.returncode == 0
