@@ -57,14 +57,14 @@ def _read_reply(s: socket.socket, name: str) -> dict[str, Any]:
     return reply
 
 
-def request(name: str, op: str, **args: Any) -> dict[str, Any]:
+def request(name: str, op: str, /, **args: Any) -> dict[str, Any]:
     """Send one control request to switch ``name``; the reply, or :class:`SwitchError` with its message."""
     with _connect(name) as s:
         s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         return _read_reply(s, name)
 
 
-def request_fd(name: str, op: str, **args: Any) -> tuple[dict[str, Any], int]:
+def request_fd(name: str, op: str, /, **args: Any) -> tuple[dict[str, Any], int]:
     """A request whose reply carries a file descriptor (``attach``)."""
     with _connect(name) as s:
         s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")

@@ -186,6 +186,8 @@ class SwitchDaemon:
         p: dict[str, Any] = {"spec": spec, "name": req.get("name") or default_name(spec)}
         if p["name"] in self.switch.ports or p["name"] in self.failed:
             raise ConfigError(f"port {p['name']!r} already exists on switch {self.name!r}")
+        if spec.startswith("udp:") and req.get("access") is None and req.get("group") is None:
+            p.update(mode="trunk", trunk="all")  # a link between switches is a trunk unless told otherwise
         self._apply_vlan_args(p, req)
         cfgmod.validate_port(p, "port add")
         self._open(p)

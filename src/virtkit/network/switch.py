@@ -56,7 +56,7 @@ class Port:
         self.group: Any = None  # a secgroup.Group when the port is in a security group
         self.captures: list[Any] = []
         self.storm_tokens = 0.0
-        self.storm_time = 0.0
+        self.storm_time = float("-inf")  # a full bucket at the first flooded frame
         self.configure(mode=mode, vlan=vlan, trunk=trunk, native=native, tpid=tpid, priority=priority)
 
     # -- configuration ---------------------------------------------------------------------------
