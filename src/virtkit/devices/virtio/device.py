@@ -1,0 +1,114 @@
+"""What every virtio device has in common, independent of the transport (MMIO, later PCI).
+
+A device declares its ID, feature bits, queues and config space; the transport tells it when
+the driver has finished setting up (:meth:`activate`), when a queue is notified
+(:meth:`notify`) and when the driver resets it (:meth:`reset`). The device returns buffers
+with :meth:`complete` and raises a used-buffer interrupt through the transport.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import TYPE_CHECKING
+
+from virtkit.devices.virtio.queue import VirtioError, Virtqueue
+from virtkit.machine.memory import GuestMemory
+
+if TYPE_CHECKING:
+    from virtkit.devices.virtio.mmio import MmioTransport
+
+VIRTIO_F_RING_INDIRECT_DESC = 28
+VIRTIO_F_RING_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+
+VIRTIO_ID_NET = 1
+VIRTIO_ID_BLOCK = 2
+VIRTIO_ID_CONSOLE = 3
+VIRTIO_ID_RNG = 4
+
+
+class VirtioDevice:
+    """Base class: ``device_id``, ``features`` (device side), queues and a config-space bytearray."""
+
+    device_id = 0
+    name = "virtio"
+
+    def __init__(self, mem: GuestMemory, num_queues: int, queue_size: int = 256, features: int = 0) -> None:
+        self.mem = mem
+        self.features = (features | 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_F_RING_INDIRECT_DESC
+                         | 1 << VIRTIO_F_RING_EVENT_IDX)
+        self.driver_features = 0
+        self.queues = [Virtqueue(mem, queue_size) for _ in range(num_queues)]
+        self.config = bytearray()
+        self.transport: MmioTransport | None = None
+        #: Held while the device runs (transport register access, host-side input from the I/O thread).
+        self.lock = threading.RLock()
+        self.active = False
+        self.errors = 0
+
+    def has_feature(self, bit: int) -> bool:
+        """Whether the driver accepted feature ``bit``."""
+        return bool(self.driver_features >> bit & 1)
+
+    # -- lifecycle (called by the transport) ---------------------------------------------------
+    def activate(self) -> None:
+        """The driver set DRIVER_OK: the device may start using its queues."""
+        self.active = True
+        for q in self.queues:
+            q.event_idx = self.has_feature(VIRTIO_F_RING_EVENT_IDX)
+
+    def reset(self) -> None:
+        """The driver wrote 0 to status: forget everything negotiated."""
+        self.active = False
+        self.driver_features = 0
+        for q in self.queues:
+            q.reset()
+
+    def notify(self, index: int) -> None:
+        """The driver made buffers available on queue ``index``."""
+
+    # -- config space ---------------------------------------------------------------------------
+    def read_config(self, offset: int, size: int) -> int:
+        """Little-endian read of the device config space (out of range reads as zero)."""
+        if offset < 0 or offset + size > len(self.config):
+            return 0
+        return int.from_bytes(self.config[offset : offset + size], "little")
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """Drivers may write some config fields; by default writes are ignored."""
+
+    # -- returning buffers ----------------------------------------------------------------------
+    def complete(self, qi: int, head: int, written: int) -> None:
+        """Put a chain on queue ``qi``'s used ring (call :meth:`interrupt` after a batch)."""
+        self.queues[qi].push(head, written)
+
+    def interrupt(self, qi: int) -> None:
+        """Raise the used-buffer interrupt if the driver wants one for queue ``qi``."""
+        if self.transport is not None and self.queues[qi].should_notify():
+            self.transport.raise_used()
+
+    def config_changed(self) -> None:
+        """Tell the driver the config space changed."""
+        if self.transport is not None:
+            self.transport.raise_config()
+
+    def host_call(self, fn, *args) -> None:
+        """Run ``fn(*args)`` from host context (I/O thread) under the device lock; protocol errors reset."""
+        with self.lock:
+            if not self.active:
+                return
+            try:
+                fn(*args)
+            except VirtioError as err:
+                if self.transport is not None:
+                    self.transport.fail(err)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``--stats``."""
+        return {"pops": sum(q.pops for q in self.queues), "errors": self.errors}
+
+
+def le(fmt: str, *values: int) -> bytes:
+    """Pack little-endian config-space fields."""
+    return struct.pack("<" + fmt, *values)
