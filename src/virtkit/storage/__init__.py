@@ -1,0 +1,22 @@
+"""Storage virtualization: block backends (raw, qcow2), pools and volumes, the NBD server."""
+
+from __future__ import annotations
+
+from virtkit.storage.backend import BlockBackend, BlockError, RawFile
+
+
+def open_disk(spec: str, read_only: bool = False) -> BlockBackend:
+    """Open a disk by spec: a qcow2 image (detected by its magic) or a raw file/device.
+
+    Small on purpose: other spec kinds (``pool/volume``) are added here as dispatch cases.
+    """
+    from virtkit.storage.qcow2 import Qcow2, probe_format
+
+    if not spec:
+        raise BlockError("empty disk spec")
+    if probe_format(spec) == "qcow2":
+        return Qcow2(spec, read_only=read_only)
+    return RawFile(spec, read_only=read_only)
+
+
+__all__ = ["BlockBackend", "BlockError", "RawFile", "open_disk"]
