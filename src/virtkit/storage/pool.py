@@ -1076,7 +1076,7 @@ class Pool:
         layout: str = "linear",
         *,
         width: int | None = None,
-        stripe: int | str = DEFAULT_STRIPE,
+        stripe: int | str | None = None,
         thin: bool = False,
     ) -> Volume:
         """Create a volume; thick volumes get their extents now, thin ones on first write."""
@@ -1091,7 +1091,8 @@ class Pool:
             alive = sum(1 for d in self.devices.values() if d.alive)
             if width is None:
                 width = {"linear": 1, "mirror": 2}.get(layout, alive)
-            geo = Geometry(layout, int(width), parse_size(stripe), self.extent)
+            stripe_size = min(DEFAULT_STRIPE, self.extent) if stripe is None else parse_size(stripe)
+            geo = Geometry(layout, int(width), stripe_size, self.extent)
             problem = geo.check()
             if problem:
                 raise PoolError(problem)
