@@ -1,0 +1,446 @@
+"""An NBD server (the protocol of nbd's doc/proto.md) exporting any :class:`BlockBackend`.
+
+Fixed-newstyle handshake (NBD_OPT_GO / INFO / LIST / ABORT / EXPORT_NAME), simple replies,
+READ / WRITE / FLUSH / TRIM / WRITE_ZEROES / DISC with FUA. One thread per client: the hot
+path is ``recv_into`` a preallocated buffer, ``os.preadv``/``pwritev`` and one ``sendmsg`` of
+header + payload, all of which release the GIL. A misbehaving client is logged and dropped;
+the other clients keep being served.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+
+from virtkit.errors import VirtkitError
+from virtkit.storage.backend import BlockBackend, RawFile
+
+log = logging.getLogger("virtkit.nbd")
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC_OPT = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
+FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES = 1, 2
+
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
+REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID, REP_ERR_UNKNOWN, REP_ERR_TOO_BIG = (
+    (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3, (1 << 31) + 6, (1 << 31) + 9)
+INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
+
+TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1, 2, 4, 8
+TF_SEND_TRIM, TF_SEND_WRITE_ZEROES, TF_CAN_MULTI_CONN = 32, 64, 256
+
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 5, 6
+CMD_FLAG_FUA = 1
+CMD_NAMES = {0: "READ", 1: "WRITE", 2: "DISC", 3: "FLUSH", 4: "TRIM", 5: "CACHE", 6: "WRITE_ZEROES"}
+
+MAX_REQUEST = 32 << 20  # the largest READ/WRITE payload we accept (and advertise)
+MAX_OPTION = 64 << 10  # the largest option payload during the handshake
+HANDSHAKE_TIMEOUT = 30.0
+SOCKBUF = 4 << 20
+
+REQ = struct.Struct(">IHHQQI")
+REPLY = struct.Struct(">IIQ")
+OPT_HDR = struct.Struct(">QII")
+OPT_REPLY = struct.Struct(">QIII")
+
+
+class NbdError(VirtkitError):
+    """An NBD server that cannot start (bad address, no exports...)."""
+
+
+class _Drop(Exception):
+    """The client broke the protocol or went away: log it, close its socket, keep serving others."""
+
+
+@dataclass
+class NbdExport:
+    """A named export: any block backend, optionally forced read-only."""
+
+    name: str
+    backend: BlockBackend
+    read_only: bool = False
+    description: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.read_only = self.read_only or bool(getattr(self.backend, "read_only", False))
+        # Raw files are served lock-free (pread/pwrite are atomic per call); others are serialised.
+        self.concurrent = isinstance(self.backend, RawFile)
+
+    @property
+    def flags(self) -> int:
+        f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN
+        if self.read_only:
+            f |= TF_READ_ONLY
+        else:
+            f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES
+        return f
+
+
+class NbdServer:
+    """Serve a set of named exports over TCP and/or Unix sockets, one thread per client."""
+
+    def __init__(self, exports: list[NbdExport]) -> None:
+        if not exports:
+            raise NbdError("an NBD server needs at least one export")
+        names = [e.name for e in exports]
+        if len(set(names)) != len(names):
+            raise NbdError(f"duplicate export names in {names}")
+        self.exports = {e.name: e for e in exports}
+        self.default = exports[0]
+        self._listeners: list[socket.socket] = []
+        self._clients: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.addresses: list[str] = []
+        self._nclients = 0
+
+    # ------------------------------------------------------------------ listening
+
+    def listen_tcp(self, host: str = "127.0.0.1", port: int = 10809) -> tuple[str, int]:
+        """Listen on a TCP address (port 0 picks a free one); return the bound address."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, addr = infos[0]
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+            s.listen(64)
+        except OSError as err:
+            raise NbdError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        self._listeners.append(s)
+        bound = s.getsockname()[:2]
+        self.addresses.append(f"nbd://{bound[0]}:{bound[1]}")
+        return bound[0], bound[1]
+
+    def listen_unix(self, path: str) -> str:
+        """Listen on a Unix socket path (replacing a stale socket file)."""
+        try:
+            if os.path.exists(path):
+                import stat
+
+                if not stat.S_ISSOCK(os.stat(path).st_mode):
+                    raise NbdError(f"{path!r} exists and is not a socket")
+                os.unlink(path)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(path)
+            s.listen(64)
+        except OSError as err:
+            raise NbdError(f"cannot listen on unix socket {path!r}: {err.strerror or err}") from None
+        self._listeners.append(s)
+        self.addresses.append(f"nbd+unix:///?socket={path}")
+        return path
+
+    def start(self) -> None:
+        """Accept clients in background threads (returns at once)."""
+        for s in self._listeners:
+            t = threading.Thread(target=self._accept_loop, args=(s,), name="nbd-accept", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def serve_forever(self) -> None:
+        """Accept clients until :meth:`stop` is called (or KeyboardInterrupt)."""
+        self.start()
+        try:
+            for t in self._threads:
+                while t.is_alive():
+                    t.join(0.5)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop accepting, disconnect every client and flush the exports."""
+        self._stopping = True
+        for s in self._listeners:
+            try:
+                if s.family == socket.AF_UNIX:
+                    path = s.getsockname()
+                    if path and os.path.exists(path):
+                        os.unlink(path)
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        with self._lock:
+            clients = list(self._clients)
+        for c in clients:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for e in self.exports.values():
+            if not e.read_only:
+                with e.lock:
+                    try:
+                        e.backend.flush()
+                    except (OSError, VirtkitError) as err:
+                        log.error("flushing export %r failed: %s", e.name, err)
+
+    def __enter__(self) -> NbdServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopping:
+            try:
+                conn, addr = listener.accept()
+            except OSError:
+                return
+            self._nclients += 1
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else f"unix#{self._nclients}"
+            t = threading.Thread(target=self._client, args=(conn, peer), name=f"nbd-{peer}", daemon=True)
+            t.start()
+
+    # ------------------------------------------------------------------ one client
+
+    def _client(self, sock: socket.socket, peer: str) -> None:
+        with self._lock:
+            self._clients.add(sock)
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKBUF)
+                except OSError:
+                    pass
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            export = self._handshake(sock, peer)
+            if export is None:
+                return
+            sock.settimeout(None)
+            log.info("client %s: attached to export %r", peer, export.name)
+            self._transmission(sock, peer, export)
+        except _Drop as why:
+            log.warning("client %s dropped: %s", peer, why)
+        except TimeoutError:
+            log.warning("client %s dropped: handshake timed out", peer)
+        except OSError as err:
+            if not self._stopping:
+                log.warning("client %s dropped: %s", peer, err.strerror or err)
+        except Exception:  # never let one client take the server down
+            log.exception("client %s dropped after an internal error", peer)
+        finally:
+            with self._lock:
+                self._clients.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _recv_exact(sock: socket.socket, view: memoryview, what: str, eof_ok: bool = False) -> bool:
+        got, n = 0, len(view)
+        while got < n:
+            k = sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+            if k == 0:
+                if got == 0 and eof_ok:
+                    return False
+                raise _Drop(f"disconnected in the middle of {what} ({got}/{n} bytes)")
+            got += k
+        return True
+
+    @staticmethod
+    def _send_all(sock: socket.socket, parts: list) -> None:
+        total = sum(len(p) for p in parts)
+        sent = sock.sendmsg(parts)
+        if sent == total:
+            return
+        flat = memoryview(b"".join(bytes(p) for p in parts))
+        while sent < total:
+            sent += sock.send(flat[sent:])
+
+    def _opt_reply(self, sock: socket.socket, opt: int, rtype: int, data: bytes = b"") -> None:
+        self._send_all(sock, [OPT_REPLY.pack(REPLY_MAGIC_OPT, opt, rtype, len(data)), data])
+
+    def _lookup(self, name: str) -> NbdExport | None:
+        e = self.exports.get(name)
+        if e is None and name == "":
+            e = self.default
+        return e
+
+    def _handshake(self, sock: socket.socket, peer: str) -> NbdExport | None:
+        sock.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        cflags = bytearray(4)
+        self._recv_exact(sock, memoryview(cflags), "client flags")
+        (client_flags,) = struct.unpack(">I", cflags)
+        if client_flags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES):
+            raise _Drop(f"unknown client flags {client_flags:#x}")
+        no_zeroes = bool(client_flags & FLAG_C_NO_ZEROES)
+        hdr = bytearray(OPT_HDR.size)
+        for _ in range(1000):  # a client that never picks an export is eventually dropped
+            self._recv_exact(sock, memoryview(hdr), "an option header")
+            magic, opt, length = OPT_HDR.unpack(hdr)
+            if magic != IHAVEOPT:
+                raise _Drop(f"bad option magic {magic:#x}")
+            if length > MAX_OPTION:
+                raise _Drop(f"option {opt} of {length} bytes is too large")
+            data = bytearray(length)
+            self._recv_exact(sock, memoryview(data), f"option {opt}")
+            if opt == OPT_EXPORT_NAME:
+                e = self._lookup(data.decode(errors="replace"))
+                if e is None:
+                    raise _Drop(f"unknown export {data.decode(errors='replace')!r} (NBD_OPT_EXPORT_NAME)")
+                sock.sendall(struct.pack(">QH", e.backend.size, e.flags) + (b"" if no_zeroes else bytes(124)))
+                return e
+            if opt == OPT_ABORT:
+                self._opt_reply(sock, opt, REP_ACK)
+                log.info("client %s aborted the handshake", peer)
+                return None
+            if opt == OPT_LIST:
+                if length:
+                    self._opt_reply(sock, opt, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")
+                    continue
+                for e in self.exports.values():
+                    name = e.name.encode()
+                    self._opt_reply(sock, opt, REP_SERVER, struct.pack(">I", len(name)) + name + e.description.encode())
+                self._opt_reply(sock, opt, REP_ACK)
+                continue
+            if opt in (OPT_INFO, OPT_GO):
+                e, why = self._parse_info(data)
+                if e is None:
+                    self._opt_reply(sock, opt, REP_ERR_UNKNOWN if why.startswith("unknown") else REP_ERR_INVALID,
+                                    why.encode())
+                    continue
+                self._opt_reply(sock, opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, e.backend.size, e.flags))
+                self._opt_reply(sock, opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, 4096, MAX_REQUEST))
+                if e.description:
+                    self._opt_reply(sock, opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + e.description.encode())
+                self._opt_reply(sock, opt, REP_ACK)
+                if opt == OPT_GO:
+                    return e
+                continue
+            self._opt_reply(sock, opt, REP_ERR_UNSUP, f"option {opt} is not supported".encode())
+        raise _Drop("too many options without choosing an export")
+
+    def _parse_info(self, data: bytearray) -> tuple[NbdExport | None, str]:
+        if len(data) < 6:
+            return None, "NBD_OPT_INFO/GO data too short"
+        (nlen,) = struct.unpack_from(">I", data, 0)
+        if 4 + nlen + 2 > len(data):
+            return None, "export name length overruns the option"
+        name = data[4:4 + nlen].decode(errors="replace")
+        (nreq,) = struct.unpack_from(">H", data, 4 + nlen)
+        if 4 + nlen + 2 + 2 * nreq != len(data):
+            return None, "information request count does not match the option length"
+        e = self._lookup(name)
+        if e is None:
+            return None, f"unknown export {name!r}"
+        return e, ""
+
+    # ------------------------------------------------------------------ transmission
+
+    def _transmission(self, sock: socket.socket, peer: str, e: NbdExport) -> None:
+        hdr = bytearray(REQ.size)
+        hview = memoryview(hdr)
+        rep = bytearray(REPLY.size)
+        buf = bytearray(1 << 20)
+        bview = memoryview(buf)
+        backend = e.backend
+        lock = None if e.concurrent else e.lock
+        raw_fd = backend.fd if e.concurrent else -1
+        while True:
+            if not self._recv_exact(sock, hview, "a request header", eof_ok=True):
+                log.info("client %s disconnected", peer)
+                return
+            magic, flags, cmd, handle, offset, length = REQ.unpack(hdr)
+            if magic != REQUEST_MAGIC:
+                raise _Drop(f"bad request magic {magic:#x}")
+            err = 0
+            payload = None
+            if cmd == CMD_WRITE:
+                if length > MAX_REQUEST:
+                    raise _Drop(f"WRITE of {length} bytes exceeds the {MAX_REQUEST}-byte limit")
+                if length > len(buf):
+                    buf = bytearray(length)
+                    bview = memoryview(buf)
+                data = bview[:length]
+                self._recv_exact(sock, data, "a WRITE payload")
+                if e.read_only:
+                    err = errno.EPERM
+                elif offset + length > backend.size:
+                    err = errno.EINVAL
+                else:
+                    err = self._call(lock, backend.write, offset, data)
+                    if not err and flags & CMD_FLAG_FUA:
+                        err = self._call(lock, backend.flush)
+            elif cmd == CMD_READ:
+                if length > MAX_REQUEST:
+                    err = errno.EINVAL
+                elif offset + length > backend.size:
+                    err = errno.EINVAL
+                else:
+                    if length > len(buf):
+                        buf = bytearray(length)
+                        bview = memoryview(buf)
+                    payload = bview[:length]
+                    if raw_fd >= 0:
+                        try:
+                            got = os.preadv(raw_fd, [payload], offset)
+                            if got < length:
+                                payload[got:] = bytes(length - got)
+                        except OSError as ex:
+                            err = ex.errno or errno.EIO
+                    else:
+                        err = self._call(lock, backend.readinto, offset, payload)
+            elif cmd == CMD_FLUSH:
+                err = 0 if e.read_only else self._call(lock, backend.flush)
+            elif cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
+                if e.read_only:
+                    err = errno.EPERM
+                elif offset + length > backend.size:
+                    err = errno.EINVAL
+                else:
+                    fn = backend.discard if cmd == CMD_TRIM else backend.write_zeroes
+                    err = self._call(lock, fn, offset, length)
+                    if not err and flags & CMD_FLAG_FUA:
+                        err = self._call(lock, backend.flush)
+            elif cmd == CMD_CACHE:
+                err = 0 if offset + length <= backend.size else errno.EINVAL
+            elif cmd == CMD_DISC:
+                log.info("client %s disconnected (NBD_CMD_DISC)", peer)
+                if not e.read_only:
+                    self._call(lock, backend.flush)
+                return
+            else:
+                err = errno.EINVAL
+            if err:
+                payload = None
+                if err not in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EIO, errno.ENOMEM, errno.EOVERFLOW):
+                    err = errno.EIO
+                if err == errno.EINVAL:
+                    log.debug("client %s: %s at %d +%d rejected (EINVAL)", peer, CMD_NAMES.get(cmd, cmd), offset,
+                              length)
+            REPLY.pack_into(rep, 0, SIMPLE_REPLY_MAGIC, err, handle)
+            self._send_all(sock, [rep, payload] if payload is not None else [rep])
+
+    @staticmethod
+    def _call(lock: threading.Lock | None, fn, *args) -> int:
+        try:
+            if lock is None:
+                fn(*args)
+            else:
+                with lock:
+                    fn(*args)
+            return 0
+        except OSError as ex:
+            log.error("I/O error: %s", ex)
+            return ex.errno if ex.errno in (errno.ENOSPC, errno.EIO) else errno.EIO
+        except VirtkitError as ex:
+            log.error("request failed: %s", ex)
+            msg = str(ex)
+            return errno.EPERM if "read-only" in msg else errno.EINVAL if "outside device" in msg else errno.EIO
