@@ -132,8 +132,8 @@ class Fdt:
             raise ConfigError(f"bad /memreserve/ entry {address:#x}+{size:#x}")
         self.memreserve.append((address, size))
 
-    def to_bytes(self) -> bytes:
-        """Serialise to a DTB blob."""
+    def to_bytes(self, pad: int = 0) -> bytes:
+        """Serialise to a DTB blob, with ``pad`` free bytes at the end for firmware fix-ups."""
         strings = bytearray()
         offsets: dict[str, int] = {}
         struct_blk = bytearray()
@@ -166,7 +166,7 @@ class Fdt:
         off_rsv = 40  # header size, already 8-aligned
         off_struct = off_rsv + len(rsv)
         off_strings = off_struct + len(struct_blk)
-        total = off_strings + len(strings)
+        total = off_strings + len(strings) + pad
         header = struct.pack(">10I", FDT_MAGIC, total, off_struct, off_strings, off_rsv, _VERSION,
                              _LAST_COMP_VERSION, self.boot_cpuid, len(strings), len(struct_blk))
-        return header + rsv + bytes(struct_blk) + bytes(strings)
+        return header + rsv + bytes(struct_blk) + bytes(strings) + bytes(pad)

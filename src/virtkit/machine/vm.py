@@ -1,0 +1,262 @@
+"""The run loop: engine exits -> devices, in a vCPU thread, with host I/O in an event-loop thread.
+
+The vCPU thread calls ``engine.run(budget)`` (which releases the GIL), dispatches each MMIO exit
+on the :class:`~virtkit.machine.bus.Bus` and resumes; when every hart waits for an interrupt
+(WFI) it sleeps until a device raises a line or the next timer deadline. The I/O thread
+(``selectors``) serves host file descriptors (the terminal, TAP devices...) so a guest that
+computes never starves its devices. Interrupt lines may be driven from either thread:
+:meth:`Vm.set_irq` serialises them and wakes a sleeping vCPU.
+
+Engine interface used (``virtkit.engines.riscv.engine.RiscvEngine``, later the KVM engine):
+``run(budget) -> Exit(reason, hart, addr, size, value)``, ``complete_mmio_read(v)``,
+``set_irq(hart, bit, level)``, ``next_timer_deadline()``, ``request_exit()``, ``stats()``.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from virtkit.machine.bus import Bus
+
+BUDGET = 500_000  # instructions per run() call: bounds the latency of host-side events
+MAX_IDLE_SLEEP = 0.05  # seconds: a WFI sleep re-checks at least this often
+
+
+@dataclass
+class RunResult:
+    """How a VM run ended: ``poweroff``, ``reset``, ``fail`` (with ``code``), ``stopped`` or ``error``."""
+
+    reason: str
+    code: int = 0
+    message: str = ""
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_status(self) -> int:
+        """The process exit status a front end should return."""
+        return {"poweroff": 0, "reset": 0, "stopped": 0}.get(self.reason, self.code or 1)
+
+
+class IoLoop:
+    """A ``selectors`` event loop in its own thread; callbacks run in that thread."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._rd, self._wr = os.pipe()
+        os.set_blocking(self._rd, False)
+        self._sel.register(self._rd, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.errors: list[str] = []
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (in the I/O thread) whenever ``fd`` is readable."""
+        with self._lock:
+            self._sel.register(fd, selectors.EVENT_READ, callback)
+        self._poke()
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd``."""
+        with self._lock:
+            try:
+                self._sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wr, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def start(self) -> None:
+        """Start the I/O thread."""
+        self._thread = threading.Thread(target=self._loop, name="virtkit-io", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            events = self._sel.select(timeout=0.5)
+            for key, _ in events:
+                if key.data is None:
+                    try:
+                        os.read(self._rd, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                try:
+                    key.data()
+                except Exception as err:  # a device callback failing must not kill the loop
+                    self.errors.append(f"{key.data!r}: {err!r}")
+                    self.remove_reader(key.fd)
+
+    def stop(self) -> None:
+        """Stop the thread and close the loop."""
+        self._stop = True
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sel.close()
+        os.close(self._rd)
+        os.close(self._wr)
+
+
+class Vm:
+    """A running machine: ``engine`` + ``bus`` + host I/O. Board code builds it and wires the devices."""
+
+    def __init__(self, engine: Any, bus: Bus, budget: int = BUDGET) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.budget = budget
+        self.io = IoLoop()
+        self._irq_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._result: RunResult | None = None
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self.mmio_counts: Counter[str] = Counter()
+        self.wfi_sleeps = 0
+        self.irq_changes = 0
+        #: Called on the vCPU thread between runs (e.g. RTC alarm polling).
+        self.periodic: list[Callable[[], None]] = []
+        self.closers: list[Callable[[], None]] = []
+
+    # -- interrupts (any thread) --------------------------------------------------------------------
+    def set_irq(self, hart: int, bit: int, level: int) -> None:
+        """Drive an external interrupt line of ``hart`` (the PLIC's output) and wake the vCPU."""
+        with self._irq_lock:
+            self.engine.set_irq(hart, bit, bool(level))
+            self.irq_changes += 1
+        if level:
+            self._wake.set()
+
+    # -- power (from devices, on the vCPU thread) -----------------------------------------------------
+    def power_event(self, kind: str, code: int = 0) -> None:
+        """The guest asked to power off / reset / fail: stop the vCPU loop with that result."""
+        if self._result is None:
+            self._result = RunResult(kind, code)
+        self._stop.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the I/O thread and the vCPU thread."""
+        self._t0 = time.monotonic()
+        self.io.start()
+        self._thread = threading.Thread(target=self._vcpu, name="virtkit-vcpu", daemon=True)
+        self._thread.start()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the vCPU to stop at the next exit (any thread)."""
+        if self._result is None:
+            self._result = RunResult(reason)
+        self._stop.set()
+        self._wake.set()
+        self.engine.request_exit()
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Wait for the run to end; the result, or None on timeout."""
+        if not self._done.wait(timeout):
+            return None
+        return self._result
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Start, wait until the guest powers off (or ``timeout`` seconds), clean up; the result."""
+        self.start()
+        try:
+            res = self.wait(timeout)
+            if res is None:
+                self.stop("timeout")
+                res = self.wait(30)
+        except KeyboardInterrupt:
+            self.stop("stopped")
+            res = self.wait(30)
+        finally:
+            self.close()
+        assert res is not None
+        return res
+
+    def close(self) -> None:
+        """Stop everything and release host resources (idempotent)."""
+        if not self._done.is_set():
+            self.stop()
+            self._done.wait(30)
+        if self.io is not None:
+            self.io.stop()
+            self.io = None  # type: ignore[assignment]
+        for c in self.closers:
+            try:
+                c()
+            except Exception:
+                pass
+        self.closers.clear()
+
+    # -- the vCPU loop ------------------------------------------------------------------------------
+    def _vcpu(self) -> None:
+        eng, bus = self.engine, self.bus
+        counts = self.mmio_counts
+        try:
+            while not self._stop.is_set():
+                ex = eng.run(self.budget)
+                r = ex.reason.name  # reasons are compared by name: any engine's enum works
+                if r == "MMIO_READ":
+                    reg = bus.find(ex.addr)
+                    if reg is None:
+                        bus.unhandled += 1
+                        eng.complete_mmio_read(0)
+                    else:
+                        counts[reg.name] += 1
+                        eng.complete_mmio_read(reg.device.read(ex.addr - reg.base, ex.size))
+                elif r == "MMIO_WRITE":
+                    reg = bus.find(ex.addr)
+                    if reg is None:
+                        bus.unhandled += 1
+                    else:
+                        counts[reg.name] += 1
+                        reg.device.write(ex.addr - reg.base, ex.size, ex.value)
+                elif r == "WFI":
+                    deadline = eng.next_timer_deadline()
+                    t = MAX_IDLE_SLEEP if deadline is None else min(deadline, MAX_IDLE_SLEEP)
+                    if t > 0:
+                        self.wfi_sleeps += 1
+                        self._wake.wait(t)
+                    self._wake.clear()
+                    for p in self.periodic:
+                        p()
+                elif r == "SHUTDOWN":
+                    self.power_event("poweroff")
+                else:  # BUDGET, HTIF (not used on this board)
+                    for p in self.periodic:
+                        p()
+        except Exception as err:  # an engine or device bug: stop the VM with a message, keep the host alive
+            if self._result is None:
+                self._result = RunResult("error", 1, f"{type(err).__name__}: {err}")
+        finally:
+            if self._result is None:
+                self._result = RunResult("stopped")
+            self._result.seconds = time.monotonic() - self._t0
+            self._result.stats = self.stats()
+            self._done.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Engine statistics plus MMIO accesses by device, WFI sleeps and interrupt-line changes."""
+        try:
+            s = dict(self.engine.stats())
+        except Exception:
+            s = {}
+        s["mmio"] = dict(self.mmio_counts)
+        s["mmio_unhandled"] = self.bus.unhandled
+        s["wfi_sleeps"] = self.wfi_sleeps
+        s["irq_changes"] = self.irq_changes
+        return s
