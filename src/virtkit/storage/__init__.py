@@ -14,6 +14,10 @@ def open_disk(spec: str, read_only: bool = False) -> BlockBackend:
 
     if not spec:
         raise BlockError("empty disk spec")
+    from virtkit.storage.pool import is_volume_spec, open_volume_spec
+
+    if is_volume_spec(spec):  # POOL/VOLUME of an existing pool (and no file of that name)
+        return open_volume_spec(spec, read_only=read_only)
     if probe_format(spec) == "qcow2":
         return Qcow2(spec, read_only=read_only)
     return RawFile(spec, read_only=read_only)

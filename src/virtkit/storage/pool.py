@@ -919,6 +919,8 @@ class Pool:
         with self.lock:
             self._writable()
             dev = self.find_device(spec)
+            if len(self.devices) == 1:
+                raise PoolError("cannot remove the last device of a pool")
             if evacuate and dev.free < dev.pe_count:
                 self._evacuate(dev, None)
             if dev.free < dev.pe_count:
@@ -934,8 +936,6 @@ class Pool:
                     f"device {dev.path} still holds {dev.pe_count - dev.free} extents (volumes: {', '.join(users)}); "
                     "move them first (`virtkit volume move` or `pool remove --evacuate`)"
                 )
-            if len(self.devices) == 1:
-                raise PoolError("cannot remove the last device of a pool")
             del self.devices[dev.id]
             self._commit()
             if dev.fd >= 0:
@@ -1374,16 +1374,18 @@ def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = Non
     path = resolve_pool_dir(pool_part, root).resolve()
     with _registry_lock:
         entry = _open_pools.get(path)
-        if entry is None:
-            pool = Pool.open(path, read_only=False)
-            entry = (pool, 0)
-        pool, count = entry
         try:
-            backend = pool.open_volume(vol_name, read_only=True if read_only else None)
-        except BaseException:
-            if count == 0:
-                pool.close()
-            raise
+            if entry is None:
+                entry = (Pool.open(path, read_only=False), 0)
+            pool, count = entry
+            try:
+                backend = pool.open_volume(vol_name, read_only=True if read_only else None)
+            except BaseException:
+                if count == 0:
+                    pool.close()
+                raise
+        except PoolError as err:  # block users (virtio-blk, NBD) expect BlockError
+            raise BlockError(str(err)) from None
         _open_pools[path] = (pool, count + 1)
 
     def release() -> None:
