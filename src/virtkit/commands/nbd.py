@@ -1,0 +1,86 @@
+"""``virtkit nbd serve``: export disk images (qcow2, raw, or any spec ``open_disk`` knows) over NBD."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from virtkit.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``virtkit nbd serve``."""
+    p = subparsers.add_parser("nbd", help="serve disk images over the NBD protocol", description=__doc__)
+    sub = p.add_subparsers(dest="nbd_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    s = sub.add_parser("serve", help="export one or more disks until interrupted")
+    s.add_argument("specs", nargs="+", metavar="FILE_OR_SPEC",
+                   help="disk to export; NAME=SPEC names the export (default: '' for the first, "
+                        "the file name for the others)")
+    s.add_argument("-p", "--port", type=int, default=None, help="TCP port (default 10809 unless --socket)")
+    s.add_argument("-b", "--bind", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)")
+    s.add_argument("-k", "--socket", metavar="PATH", help="listen on a Unix socket")
+    s.add_argument("-x", "--name", help="export name of the first disk (default '')")
+    s.add_argument("-r", "--read-only", action="store_true", help="export read-only (writes fail with EPERM)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    s.add_argument("--json", action="store_true", help="print the listening addresses as one JSON line")
+    s.set_defaults(func=cmd_serve)
+
+
+def _parse_specs(specs: list[str], first_name: str | None) -> list[tuple[str, str]]:
+    out = []
+    for i, spec in enumerate(specs):
+        name = None
+        if "=" in spec and not os.path.exists(spec):
+            name, spec = spec.split("=", 1)
+        if name is None:
+            name = first_name if (i == 0 and first_name is not None) else ("" if i == 0 else os.path.basename(spec))
+        if not spec:
+            raise ConfigError(f"empty disk spec for export {name!r}")
+        out.append((name, spec))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate export names: {names}")
+    return out
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Open the disks, listen, serve until SIGINT/SIGTERM, then flush and close."""
+    from virtkit.storage import open_disk
+    from virtkit.storage.nbd import NbdExport, NbdServer
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"invalid port {args.port}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="virtkit nbd: %(message)s")
+    exports = []
+    try:
+        for name, spec in _parse_specs(args.specs, args.name):
+            exports.append(NbdExport(name, open_disk(spec, read_only=args.read_only), read_only=args.read_only))
+        server = NbdServer(exports)
+        if args.socket:
+            server.listen_unix(args.socket)
+        if args.port is not None or not args.socket:
+            server.listen_tcp(args.bind, 10809 if args.port is None else args.port)
+        if args.json:
+            print(json.dumps({"addresses": server.addresses, "exports": [e.name for e in exports]}), flush=True)
+        else:
+            for a in server.addresses:
+                print(f"serving {', '.join(repr(e.name) for e in exports)} on {a}", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            server.stop()
+    finally:
+        for e in exports:
+            e.backend.close()
+    return 0
