@@ -224,8 +224,8 @@ def test_mac_flood_keeps_table_bounded_and_known_hosts_working():
     assert len(b.wire) == before + 1  # known host still unicast, not lost
 
 
-def test_storm_control_bounds_a_loop():
-    """Two trunk ports wired to each other: a broadcast would circulate forever; storm control cuts it."""
+def test_loop_guard_stops_a_loop():
+    """Two trunk ports wired to each other: a broadcast would circulate forever; the loop guard cuts it."""
     host = WirePort("host")
     x, y = WirePort("x", mode="trunk", native=1), WirePort("y", mode="trunk", native=1)
     sw = make(host, x, y, storm_pps=100)
@@ -240,8 +240,9 @@ def test_storm_control_bounds_a_loop():
         sw.receive(x, fy, now=now)
         if not x.wire and not y.wire:
             break
-    assert x.stats.drops["storm"] + y.stats.drops["storm"] > 0
-    assert not x.wire and not y.wire  # the storm died out
+    assert x.stats.drops["loop"] + y.stats.drops["loop"] > 0
+    assert not x.wire and not y.wire  # the loop died out
+    assert sw.lookup(1, mac(1), now=now) is host  # the host was not "moved" into the loop
     other = WirePort("other")
     sw.add_port(other)
     sw.receive(other, [frame(eth.BROADCAST, mac(7))], now=now + 5)  # a new host still floods fine
@@ -289,3 +290,15 @@ def test_port_config_errors():
         sw.add_port(WirePort("a"))
     with pytest.raises(ConfigError):
         sw.remove_port("zz")
+
+
+def test_storm_control_limits_flooding_per_port():
+    a, b = WirePort("a"), WirePort("b")
+    sw = make(a, b, storm_pps=100)
+    frames = [frame(eth.BROADCAST, mac(1))] * 1000
+    sw.receive(a, frames, now=10.0)  # 1000 broadcasts in one instant: one second's worth (100) pass
+    assert len(b.wire) == 100 and a.stats.drops["storm"] == 900
+    sw.receive(a, frames[:50], now=10.25)  # 0.25 s later: 25 more tokens
+    assert len(b.wire) == 125
+    sw.receive(b, [frame(mac(1), mac(2))] * 500, now=10.3)  # known unicast is never storm-limited
+    assert len(a.wire) == 500

@@ -29,6 +29,9 @@ PACKET_IGNORE_OUTGOING = 23
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 SOCK_BUF = 4 << 20
+#: VM sockets stay small (like a virtio ring): frames wait in the switch's priority queues, not in a
+#: deep socket buffer where a high-PCP frame would sit behind thousands of low ones.
+VM_SOCK_BUF = 256 << 10
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
 VMID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -37,10 +40,10 @@ class PortError(VirtkitError):
     """A port that cannot be opened or a malformed port spec."""
 
 
-def _bufs(sock: socket.socket) -> None:
+def _bufs(sock: socket.socket, size: int = SOCK_BUF) -> None:
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
         except OSError:
             pass
 
@@ -244,7 +247,7 @@ class VmPort(Port):
             ls.setblocking(False)
             self.listener = ls
         else:
-            _bufs(conn)
+            _bufs(conn, VM_SOCK_BUF)
             conn.setblocking(False)
         super().__init__(name, spec=f"vm:{vm_id}", **kw)
 
@@ -266,7 +269,7 @@ class VmPort(Port):
                 conn, _ = self.listener.accept()
             except BlockingIOError:
                 return []
-            _bufs(conn)
+            _bufs(conn, VM_SOCK_BUF)
             conn.setblocking(False)
             self.conn = conn
             return []

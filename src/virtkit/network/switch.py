@@ -18,7 +18,7 @@ from virtkit.network.ethernet import DEFAULT_MTU, ETH_HLEN, TAG_LEN, TPID_8021AD
 
 DROP_REASONS = (
     "runt", "oversize", "bad_tag", "vlan_not_allowed", "reserved_vid",
-    "security_group", "queue_full", "storm", "tx_error",
+    "security_group", "queue_full", "storm", "loop", "tx_error",
 )
 ALL_VLANS = frozenset(range(1, 4095))
 NUM_QUEUES = 8
@@ -45,7 +45,7 @@ class Port:
     kind = "null"
 
     def __init__(self, name: str, *, mode: str = "access", vlan: int = 1, trunk: Iterable[int] | None = None,
-                 native: int | None = None, tpid: int = TPID_8021Q, priority: int = 0, queue_limit: int = 512,
+                 native: int | None = None, tpid: int = TPID_8021Q, priority: int = 0, queue_limit: int = 256,
                  spec: str = "") -> None:
         self.name = name
         self.spec = spec or f"{self.kind}:{name}"
@@ -134,10 +134,11 @@ class Port:
             if sent:
                 self._sent(frame)
                 return
-        if self.queued >= self.queue_limit:
+        q = self.queues[pcp]
+        if len(q) >= self.queue_limit:  # each priority has its own buffer: low traffic never starves high
             self.stats.drops["queue_full"] += 1
             return
-        self.queues[pcp].append(frame)
+        q.append(frame)
         self.queued += 1
 
     def flush(self) -> bool:
@@ -171,7 +172,7 @@ class Port:
 
 
 class Switch:
-    """MAC learning per VLAN, flooding within the VLAN only, VLAN tag push/pop, storm control."""
+    """MAC learning per VLAN, flooding within the VLAN only, VLAN tag push/pop, storm control, loop guard."""
 
     def __init__(self, name: str = "sw", *, ageing: float = 300.0, max_macs: int = 4096, storm_pps: float = 5000.0,
                  mtu: int = DEFAULT_MTU) -> None:
@@ -191,6 +192,9 @@ class Switch:
         self.vlan_captures: dict[int, list[Any]] = {}
         self._members: dict[int, list[Port]] = {}
         self._last_sweep = 0.0
+        #: a MAC seen on one port is not moved to another within this many seconds: a frame from it
+        #: arriving elsewhere that soon is one of our own floods coming back through a loop
+        self.loop_hold = 1.0
 
     # -- ports -----------------------------------------------------------------------------------
     def add_port(self, port: Port) -> Port:
@@ -282,6 +286,7 @@ class Switch:
         macs = self.macs
         ageing = self.ageing
         group = port.group
+        loop_hold = self.loop_hold
         for frame in frames:
             n = len(frame)
             stats.rx_frames += 1
@@ -325,7 +330,6 @@ class Switch:
                     drops["oversize"] += 1
                     continue
                 vid, pcp, dei, untagged = pvid, port.priority, 0, frame
-                tci = (pcp << 13) | vid
             if group is not None:
                 group.outbound(untagged, now)
             # learn the source
@@ -343,12 +347,17 @@ class Switch:
                         self.counters["mac_table_full"] += 1
             else:
                 if e[0] is not port:
+                    if now - e[1] < loop_hold:
+                        # seen on its own port a moment ago and now here: our own frame came back (a loop)
+                        drops["loop"] += 1
+                        continue
                     e[0] = port
                     self.counters["mac_moves"] += 1
                 e[1] = now
             vcaps = self.vlan_captures.get(vid)
             if vcaps:
-                tagged = untagged[:12] + bytes((0x81, 0, tci >> 8 & 0xFF, tci & 0xFF)) + untagged[12:]
+                tci = (pcp << 13) | (dei << 12) | vid
+                tagged = untagged[:12] + bytes((0x81, 0, tci >> 8, tci & 0xFF)) + untagged[12:]
                 for cap in vcaps:
                     cap.write(tagged, outbound=False)
             # forward
