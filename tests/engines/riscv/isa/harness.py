@@ -51,7 +51,7 @@ def build(source: str | Path, opt: str = "-O2", extra: tuple[str, ...] = ()) -> 
     src = Path(source)
     if not src.is_absolute():
         src = ISA_DIR / src
-    inputs = [src] + [ISA_DIR / n for n in COMMON_INPUTS]
+    inputs = [src] + [ISA_DIR / n for n in COMMON_INPUTS] + sorted(ISA_DIR.glob("*.h"))
     h = hashlib.sha256()
     for p in inputs:
         h.update(p.name.encode())
