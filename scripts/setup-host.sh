@@ -9,6 +9,8 @@ PKGS=(
   # peers measured against and interop tools
   qemu-system-misc opensbi qemu-utils nbdkit libnbd-bin fio
   crun runc vde2 iproute2 iperf3 tshark
+  # network interop tests: ping between namespaces, veth offloads off
+  iputils-ping ethtool
 )
 missing=()
 for p in "${PKGS[@]}"; do
