@@ -352,7 +352,7 @@ class Pool:
                 if (
                     dev.id in self.devices
                     or dev.pe_count < 0
-                    or dev.pe_count > (1 << 40)
+                    or dev.pe_count > (1 << 26)
                     or dev.data_start < LABEL_SIZE
                 ):
                     raise MetadataError(f"metadata device entry {dev.id} is invalid")
@@ -452,13 +452,10 @@ class Pool:
         except OSError as err:
             raise PoolError(f"cannot open device {path}: {err.strerror}") from None
         try:
-            size = os.lseek(fd, 0, os.SEEK_END)
-            pe_count = (size - DATA_START) // self.extent if size > DATA_START else 0
-            if pe_count < 1:
-                raise PoolError(
-                    f"device {path} is too small ({size} bytes): it needs {DATA_START + self.extent} bytes "
-                    f"for the label area and one {format_size(self.extent)} extent"
-                )
+            real = os.path.realpath(path)
+            for dev in self.devices.values():
+                if os.path.realpath(dev.path) == real:
+                    raise PoolError(f"device {path} is already in pool {self.name!r}")
             try:
                 old = read_label(fd)
             except MetadataError:
@@ -467,10 +464,13 @@ class Pool:
                     raise PoolError(f"device {path} has a damaged pool label; use --force to overwrite it") from None
             if old is not None and not force:
                 raise PoolError(f"device {path} already belongs to pool {old.pool_name!r}; use --force to overwrite it")
-            real = os.path.realpath(path)
-            for dev in self.devices.values():
-                if os.path.realpath(dev.path) == real:
-                    raise PoolError(f"device {path} is already in pool {self.name!r}")
+            size = os.lseek(fd, 0, os.SEEK_END)
+            pe_count = (size - DATA_START) // self.extent if size > DATA_START else 0
+            if pe_count < 1:
+                raise PoolError(
+                    f"device {path} is too small ({size} bytes): it needs {DATA_START + self.extent} bytes "
+                    f"for the label area and one {format_size(self.extent)} extent"
+                )
             dev = Device(
                 id=self.next_dev,
                 uuid=str(uuid.uuid4()),
