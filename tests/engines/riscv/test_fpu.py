@@ -20,7 +20,20 @@ M64 = (1 << 64) - 1
 
 # funct5 values
 ADD, SUB, MUL, DIV, SGNJ, MINMAX, CVTFF, CMP, SQRT, CVTI, CVTF, MVX, MVF = (
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x14, 0x0B, 0x18, 0x1A, 0x1C, 0x1E)
+    0x00,
+    0x01,
+    0x02,
+    0x03,
+    0x04,
+    0x05,
+    0x08,
+    0x14,
+    0x0B,
+    0x18,
+    0x1A,
+    0x1C,
+    0x1E,
+)
 FMADD, FMSUB, FNMSUB, FNMADD = 0x43, 0x47, 0x4B, 0x4F
 
 
@@ -322,10 +335,26 @@ def test_compare(a: int, b: int, eq: int, lt: int, le: int, feq_fl: int, cmp_fl:
 @pytest.mark.parametrize(
     "fmt,v,bit",
     [
-        (1, DNINF, 0), (1, DN1, 1), (1, DMINSUB | 1 << 63, 2), (1, DN0, 3), (1, DP0, 4),
-        (1, DMINSUB, 5), (1, DP1, 6), (1, DINF, 7), (1, DSNAN, 8), (1, DQNAN, 9),
-        (0, SNINF, 0), (0, SN1, 1), (0, SMINSUB | 1 << 31, 2), (0, SN0, 3), (0, SP0, 4),
-        (0, SMINSUB, 5), (0, SP1, 6), (0, SINF, 7), (0, SSNAN, 8), (0, SQNAN, 9),
+        (1, DNINF, 0),
+        (1, DN1, 1),
+        (1, DMINSUB | 1 << 63, 2),
+        (1, DN0, 3),
+        (1, DP0, 4),
+        (1, DMINSUB, 5),
+        (1, DP1, 6),
+        (1, DINF, 7),
+        (1, DSNAN, 8),
+        (1, DQNAN, 9),
+        (0, SNINF, 0),
+        (0, SN1, 1),
+        (0, SMINSUB | 1 << 31, 2),
+        (0, SN0, 3),
+        (0, SP0, 4),
+        (0, SMINSUB, 5),
+        (0, SP1, 6),
+        (0, SINF, 7),
+        (0, SSNAN, 8),
+        (0, SQNAN, 9),
     ],
 )
 def test_fclass(fmt: int, v: int, bit: int) -> None:

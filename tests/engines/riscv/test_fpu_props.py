@@ -39,8 +39,10 @@ def to_frac(bits: int, fmt: int) -> Fraction:
     mb, eb, bias, sb = fields(fmt)
     e = (bits >> mb) & ((1 << eb) - 1)
     m = bits & ((1 << mb) - 1)
-    v = Fraction(m, 1 << mb) * Fraction(2) ** (1 - bias) if e == 0 else (1 + Fraction(m, 1 << mb)) * Fraction(2) ** (
-        e - bias
+    v = (
+        Fraction(m, 1 << mb) * Fraction(2) ** (1 - bias)
+        if e == 0
+        else (1 + Fraction(m, 1 << mb)) * Fraction(2) ** (e - bias)
     )
     return -v if bits >> sb & 1 else v
 
@@ -292,8 +294,12 @@ def test_fma_matches_reference(opcode: int, fmt: int, rm: int, data) -> None:
 # ---------------------------------------------------------------------------------------------
 # conversions
 
-INT_KIND = {0: (-(1 << 31), (1 << 31) - 1, 32), 1: (0, (1 << 32) - 1, 32), 2: (-(1 << 63), (1 << 63) - 1, 64),
-            3: (0, (1 << 64) - 1, 64)}
+INT_KIND = {
+    0: (-(1 << 31), (1 << 31) - 1, 32),
+    1: (0, (1 << 32) - 1, 32),
+    2: (-(1 << 63), (1 << 63) - 1, 64),
+    3: (0, (1 << 64) - 1, 64),
+}
 
 
 @given(fmt=FMTS, rm=RMS, kind=st.integers(0, 3), data=st.data())
