@@ -24,6 +24,7 @@ from virtkit.images import INIT_REACHED, Guest, default_guest
 from virtkit.images.qemu import PROMPT, qemu_argv, run_console
 
 APPEND = "console=ttyS0"
+MEMORY = "128M"  # guest RAM on both peers
 
 
 @dataclass
@@ -55,6 +56,8 @@ def virtkit_argv(guest: Guest, append: str) -> list[str]:
             raise VirtkitError(f"`virtkit run` has no {flag} option yet")
     argv = [sys.executable, "-m", "virtkit.cli", "run", "--kernel", str(guest.kernel), "--initrd", str(guest.initrd),
             "--append", append]
+    if "--mem" in help_text:
+        argv += ["--mem", MEMORY]
     if "--firmware" in help_text:
         argv += ["--firmware", str(guest.firmware)]
     elif "--bios" in help_text:
@@ -80,6 +83,10 @@ def measure(name: str, make_argv, runs: int, timeout: float) -> PeerResult:
     for _ in range(runs):
         run = run_console(init_argv, timeout=timeout, marks=[INIT_REACHED])
         if INIT_REACHED not in run.marks:
+            refused = [t for t in run.output.splitlines() if t.startswith("virtkit: error:")]
+            if refused and not run.timed_out:
+                res.error = f"not available: {refused[-1].removeprefix('virtkit: error:').strip()}"
+                return res
             why = "timed out" if run.timed_out else f"exit {run.returncode}"
             res.error = f"failed to reach init ({why}): {last_line(run.output)}"
             return res
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def qemu(append: str) -> list[str]:
-        return qemu_argv(guest.kernel, guest.initrd, append, guest.firmware)
+        return qemu_argv(guest.kernel, guest.initrd, append, guest.firmware, memory=MEMORY)
 
     def virtkit(append: str) -> list[str]:
         if args.skip_virtkit:

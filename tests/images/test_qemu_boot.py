@@ -75,3 +75,23 @@ def test_interactive_shell_and_poweroff_on_exit(guest_images):
                       marks=[PROMPT])
     assert not run.timed_out, run.output[-2000:]
     assert "shell-42" in run.output and run.returncode == 0
+
+
+def test_boot_bench_runs_qemu_and_reports_virtkit_row(guest_images):
+    """bench/boot.py measures QEMU and never crashes on virtkit: a time or a reason."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    require_tool("qemu-system-riscv64")
+    bench = Path(__file__).resolve().parents[2] / "bench" / "boot.py"
+    p = subprocess.run([sys.executable, str(bench), "--json", "--timeout", "900"], capture_output=True, text=True,
+                       timeout=3600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    qemu, virtkit = out["peers"]
+    assert qemu["error"] == "" and qemu["init"] > 0 and qemu["shell"] > 0
+    assert (virtkit["error"] != "") or virtkit["init"] > 0
+    p = subprocess.run([sys.executable, str(bench), "--runs", "0"], capture_output=True, text=True)
+    assert p.returncode == 2 and "must be positive" in p.stderr
