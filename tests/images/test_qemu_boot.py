@@ -86,12 +86,13 @@ def test_boot_bench_runs_qemu_and_reports_virtkit_row(guest_images):
 
     require_tool("qemu-system-riscv64")
     bench = Path(__file__).resolve().parents[2] / "bench" / "boot.py"
-    p = subprocess.run([sys.executable, str(bench), "--json", "--timeout", "900"], capture_output=True, text=True,
-                       timeout=3600)
+    # --skip-virtkit keeps this bounded: a software-emulated boot is the devices tests' business
+    p = subprocess.run([sys.executable, str(bench), "--json", "--skip-virtkit", "--timeout", "900"],
+                       capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout)
     qemu, virtkit = out["peers"]
     assert qemu["error"] == "" and qemu["init"] > 0 and qemu["shell"] > 0
-    assert (virtkit["error"] != "") or virtkit["init"] > 0
+    assert virtkit["error"].startswith("not available") and virtkit["init"] is None
     p = subprocess.run([sys.executable, str(bench), "--runs", "0"], capture_output=True, text=True)
     assert p.returncode == 2 and "must be positive" in p.stderr
