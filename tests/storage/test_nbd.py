@@ -1,0 +1,373 @@
+"""The NBD server against real clients (nbdinfo, nbdcopy from libnbd; qemu-img/qemu-io) and a
+hostile hand-written client: garbage, oversized and out-of-range requests, mid-request
+disconnects, read-only exports; other clients keep being served throughout."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import require_tool
+from virtkit.storage import open_disk
+from virtkit.storage.nbd import (
+    IHAVEOPT,
+    NBDMAGIC,
+    OPT_ABORT,
+    OPT_EXPORT_NAME,
+    OPT_GO,
+    OPT_LIST,
+    REP_ACK,
+    REP_ERR_UNKNOWN,
+    REP_INFO,
+    REP_SERVER,
+    REPLY_MAGIC_OPT,
+    NbdError,
+    NbdExport,
+    NbdServer,
+)
+from virtkit.storage.qcow2 import Qcow2
+
+SIZE = 8 << 20
+
+
+def run(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=120, **kw)
+
+
+@pytest.fixture
+def disks(tmp_path):
+    raw = str(tmp_path / "disk.raw")
+    with open(raw, "wb") as f:
+        f.write(random.Random(1).randbytes(SIZE))
+    q = str(tmp_path / "disk.qcow2")
+    Qcow2.create(q, SIZE)
+    ro = str(tmp_path / "ro.raw")
+    with open(ro, "wb") as f:
+        f.write(b"R" * SIZE)
+    return {"raw": raw, "qcow2": q, "ro": ro}
+
+
+@pytest.fixture
+def server(disks, tmp_path):
+    exports = [NbdExport("raw", open_disk(disks["raw"])), NbdExport("qcow2", open_disk(disks["qcow2"])),
+               NbdExport("ro", open_disk(disks["ro"]), read_only=True, description="read-only disk")]
+    srv = NbdServer(exports)
+    host, port = srv.listen_tcp("127.0.0.1", 0)
+    sock = str(tmp_path / "nbd.sock")
+    srv.listen_unix(sock)
+    srv.start()
+    srv.url = f"nbd://{host}:{port}"
+    srv.port = port
+    srv.sock = sock
+    yield srv
+    srv.stop()
+    for e in exports:
+        e.backend.close()
+
+
+class Client:
+    """A minimal NBD client speaking the raw protocol (so tests can also misbehave)."""
+
+    def __init__(self, port: int, export: str = "raw") -> None:
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        magic, opt, flags = struct.unpack(">QQH", self.recv(18))
+        assert (magic, opt) == (NBDMAGIC, IHAVEOPT) and flags & 1
+        self.s.sendall(struct.pack(">I", 3))
+        if export is not None:
+            self.go(export)
+
+    def recv(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.s.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            out += chunk
+        return out
+
+    def option(self, opt: int, data: bytes = b"") -> None:
+        self.s.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
+
+    def opt_reply(self) -> tuple[int, int, bytes]:
+        magic, opt, rtype, length = struct.unpack(">QIII", self.recv(20))
+        assert magic == REPLY_MAGIC_OPT
+        return opt, rtype, self.recv(length)
+
+    def go(self, name: str) -> int:
+        n = name.encode()
+        self.option(OPT_GO, struct.pack(">I", len(n)) + n + struct.pack(">H", 0))
+        while True:
+            _, rtype, data = self.opt_reply()
+            if rtype == REP_INFO and struct.unpack(">H", data[:2])[0] == 0:
+                self.size, self.flags = struct.unpack(">QH", data[2:])
+            elif rtype == REP_ACK:
+                return 0
+            elif rtype & (1 << 31):
+                return rtype
+
+    def request(self, cmd: int, offset: int, length: int, payload: bytes = b"", flags: int = 0,
+                handle: int = 7) -> tuple[int, bytes]:
+        self.s.sendall(struct.pack(">IHHQQI", 0x25609513, flags, cmd, handle, offset, length) + payload)
+        magic, err, h = struct.unpack(">IIQ", self.recv(16))
+        assert magic == 0x67446698 and h == handle
+        data = self.recv(length) if cmd == 0 and err == 0 else b""
+        return err, data
+
+    def close(self) -> None:
+        self.s.close()
+
+
+# ---------------------------------------------------------------- real clients
+
+
+def test_nbdinfo_lists_exports_and_sizes(server):
+    require_tool("nbdinfo")
+    p = run("nbdinfo", "--list", "--json", server.url)
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    exports = {e["export-name"]: e for e in info["exports"]}
+    assert set(exports) == {"raw", "qcow2", "ro"}
+    assert exports["raw"]["export-size"] == SIZE and exports["ro"]["is_read_only"] is True
+    assert exports["ro"]["description"] == "read-only disk"
+    assert exports["raw"]["can_trim"] and exports["raw"]["can_zero"] and exports["raw"]["can_flush"]
+    p = run("nbdinfo", "--size", f"nbd+unix:///qcow2?socket={server.sock}")
+    assert p.stdout.strip() == str(SIZE)
+
+
+@pytest.mark.parametrize("export", ["raw", "qcow2"])
+def test_nbdcopy_write_then_read_back(server, disks, tmp_path, export):
+    require_tool("nbdcopy")
+    src = tmp_path / "src.bin"
+    data = random.Random(2).randbytes(SIZE)
+    src.write_bytes(data)
+    p = run("nbdcopy", str(src), f"{server.url}/{export}")
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "out.bin"
+    p = run("nbdcopy", f"nbd+unix:///{export}?socket={server.sock}", str(out))
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes() == data
+
+
+def test_qemu_tools_over_nbd_urls(server, disks, tmp_path):
+    require_tool("qemu-img", "qemu-io")
+    p = run("qemu-io", "-f", "raw", "-c", "write -P 0x6b 1M 2M", "-c", "write -z 4M 1M", f"{server.url}/qcow2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = str(tmp_path / "via-nbd.raw")
+    p = run("qemu-img", "convert", "-f", "raw", "-O", "raw", f"{server.url}/qcow2", out)
+    assert p.returncode == 0, p.stderr
+    want = bytes(1 << 20) + b"\x6b" * (2 << 20) + bytes(SIZE - (3 << 20))
+    assert open(out, "rb").read() == want
+    p = run("qemu-io", "-r", "-f", "raw", "-c", "read -P 0x52 0 1M", f"{server.url}/ro")
+    assert p.returncode == 0 and "read 1048576/1048576" in p.stdout
+    server.exports["qcow2"].backend.flush()
+    p = run("qemu-img", "check", "-U", disks["qcow2"])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------- protocol details and hostile clients
+
+
+def test_read_write_flush_trim_zeroes(server, disks):
+    c = Client(server.port, "raw")
+    assert c.size == SIZE
+    assert c.request(1, 4096, 5, b"hello", flags=1) == (0, b"")  # WRITE + FUA
+    assert c.request(0, 4096, 5) == (0, b"hello")
+    assert c.request(3, 0, 0)[0] == 0
+    assert c.request(4, 0, 65536)[0] == 0  # TRIM
+    assert c.request(0, 4096, 5) == (0, bytes(5))
+    assert c.request(1, 70000, 3, b"abc")[0] == 0
+    assert c.request(6, 70000, 3)[0] == 0  # WRITE_ZEROES
+    assert c.request(0, 70000, 3) == (0, bytes(3))
+    c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 1, 0, 0))  # DISC: server closes
+    assert c.s.recv(1) == b""
+
+
+def test_out_of_range_and_oversized_requests(server):
+    c = Client(server.port, "qcow2")
+    assert c.request(0, SIZE - 10, 11)[0] == errno.EINVAL
+    assert c.request(1, SIZE, 1, b"x")[0] == errno.EINVAL
+    assert c.request(6, SIZE - 1, 2)[0] == errno.EINVAL
+    assert c.request(0, 0, 64 << 20)[0] == errno.EINVAL  # READ over the 32 MiB cap
+    assert c.request(0, 2**64 - 512, 512)[0] == errno.EINVAL
+    assert c.request(9, 0, 0)[0] == errno.EINVAL  # unknown command
+    assert c.request(0, 0, 4)[0] == 0  # the connection is still fine
+
+
+def test_read_only_export_rejects_writes(server, disks):
+    c = Client(server.port, "ro")
+    assert c.flags & 2  # NBD_FLAG_READ_ONLY
+    assert c.request(1, 0, 4, b"evil")[0] == errno.EPERM
+    assert c.request(4, 0, 4096)[0] == errno.EPERM
+    assert c.request(6, 0, 4096)[0] == errno.EPERM
+    assert c.request(0, 0, 4) == (0, b"RRRR")
+    assert open(disks["ro"], "rb").read(4) == b"RRRR"
+
+
+def test_handshake_options(server):
+    c = Client(server.port, export=None)
+    c.option(OPT_LIST)
+    names = []
+    while True:
+        _, rtype, data = c.opt_reply()
+        if rtype == REP_ACK:
+            break
+        assert rtype == REP_SERVER
+        (n,) = struct.unpack(">I", data[:4])
+        names.append(data[4:4 + n].decode())
+    assert names == ["raw", "qcow2", "ro"]
+    assert c.go("nope") == REP_ERR_UNKNOWN
+    c.option(99)
+    assert c.opt_reply()[1] & (1 << 31)
+    assert c.go("") == 0  # the default export is the first one
+    assert c.size == SIZE
+    c.close()
+    c = Client(server.port, export=None)
+    c.option(OPT_ABORT)
+    assert c.opt_reply()[1] == REP_ACK
+    c.close()
+    c = Client(server.port, export=None)  # old-style NBD_OPT_EXPORT_NAME
+    c.option(OPT_EXPORT_NAME, b"ro")
+    size, flags = struct.unpack(">QH", c.recv(10))
+    assert size == SIZE and flags & 2
+    c.close()
+
+
+def assert_still_serving(port: int) -> None:
+    c = Client(port, "raw")
+    assert c.request(0, 0, 4096)[0] == 0
+    c.close()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\n\r\n" * 3,  # garbage instead of client flags + options
+    struct.pack(">I", 3) + struct.pack(">QII", 0xDEADBEEF, OPT_GO, 0),  # bad option magic
+    struct.pack(">I", 3) + struct.pack(">QII", IHAVEOPT, OPT_GO, 1 << 30),  # enormous option
+    struct.pack(">I", 0xFFFF),  # unknown client flags
+])
+def test_handshake_garbage_is_dropped(server, garbage, caplog):
+    caplog.set_level(logging.WARNING, logger="virtkit.nbd")
+    other = Client(server.port, "raw")
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.recv(18)
+    s.sendall(garbage)
+    s.settimeout(10)
+    try:
+        while s.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert other.request(0, 0, 8)[0] == 0
+    assert_still_serving(server.port)
+    assert any("dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_transmission_garbage_and_mid_request_disconnect(server, caplog):
+    caplog.set_level(logging.WARNING, logger="virtkit.nbd")
+    worker = Client(server.port, "qcow2")
+    bad = Client(server.port, "raw")
+    bad.s.sendall(b"\x00" * 28)  # bad request magic
+    assert bad.s.recv(16) == b""
+    half = Client(server.port, "qcow2")
+    half.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 1, 0, 1 << 20) + b"x" * 1000)
+    half.close()  # disconnects in the middle of a WRITE payload
+    huge = Client(server.port, "raw")
+    huge.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 1, 0, 1 << 30))  # WRITE over the cap
+    assert huge.s.recv(16) == b""
+    for _ in range(20):
+        if sum("dropped" in r.getMessage() for r in caplog.records) >= 3:
+            break
+        time.sleep(0.1)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("bad request magic" in m for m in msgs)
+    assert any("middle of a WRITE payload" in m for m in msgs)
+    assert any("exceeds" in m for m in msgs)
+    assert worker.request(1, 0, 3, b"abc")[0] == 0  # the good client never noticed
+    assert worker.request(0, 0, 3) == (0, b"abc")
+    # the half-written request was not applied
+    assert worker.request(0, 4096, 4) == (0, bytes(4))
+
+
+def test_two_clients_concurrently(server):
+    errors: list[str] = []
+
+    def hammer(idx: int) -> None:
+        try:
+            c = Client(server.port, "qcow2")
+            rng = random.Random(idx)
+            base = idx * (SIZE // 2)
+            for i in range(200):
+                off = base + rng.randrange(0, SIZE // 2 - 8192)
+                data = bytes([idx + 1]) * rng.randrange(1, 8192)
+                if c.request(1, off, len(data), data, handle=i)[0] != 0:
+                    errors.append("write failed")
+                err, got = c.request(0, off, len(data), handle=i)
+                if err or got != data:
+                    errors.append(f"client {idx}: read back mismatch at {off}")
+            c.close()
+        except Exception as exc:  # collected and asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+
+
+def test_server_needs_exports():
+    with pytest.raises(NbdError, match="at least one export"):
+        NbdServer([])
+
+
+def test_listen_errors_are_clear(server, tmp_path):
+    extra = tmp_path / "extra.raw"
+    extra.write_bytes(bytes(4096))
+    srv = NbdServer([NbdExport("x", open_disk(str(extra), read_only=True))])
+    try:
+        with pytest.raises(NbdError, match="cannot listen"):
+            srv.listen_tcp("127.0.0.1", server.port)
+        f = tmp_path / "plain"
+        f.write_text("x")
+        with pytest.raises(NbdError, match="not a socket"):
+            srv.listen_unix(str(f))
+    finally:
+        srv.stop()
+        srv.exports["x"].backend.close()
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_serve_and_bad_flags(disks, tmp_path):
+    require_tool("nbdinfo")
+    sock = str(tmp_path / "cli.sock")
+    cmd = [sys.executable, "-m", "virtkit.cli", "nbd", "serve", "--json", "--socket", sock, "-r", disks["qcow2"],
+           f"second={disks['raw']}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        info = json.loads(line)
+        assert info["exports"] == ["", "second"]
+        p = run("nbdinfo", "--json", f"nbd+unix:///second?socket={sock}")
+        assert json.loads(p.stdout)["exports"][0]["is_read_only"] is True
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0 and not os.path.exists(sock)
+    for bad, msg in ([[str(tmp_path / "missing.img")], "does not exist"], [["-p", "99999", disks["raw"]], "port"],
+                     [[f"a={disks['raw']}", f"a={disks['ro']}"], "duplicate export"]):
+        p = run(sys.executable, "-m", "virtkit.cli", "nbd", "serve", *bad)
+        assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr
