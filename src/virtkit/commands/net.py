@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -107,7 +108,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    con = Console()
+    con = Console() if sys.stdout.isatty() else Console(width=160)
     sw = info["switch"]
     con.print(f"[bold]switch {sw['name']}[/]: ageing {sw['ageing']:g} s, MAC table {sw['mac_count']}/"
               f"{sw['max_macs']} (full: {sw['mac_table_full']}, moves: {sw['mac_moves']}), "
