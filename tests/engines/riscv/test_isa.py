@@ -41,8 +41,22 @@ def test_isa_on_virtkit(program: str) -> None:
     result = harness.run_virtkit(elf)
     assert result.code == 0, f"{program} on virtkit " + harness.describe(result)
 
+
+def test_cli_runs_isa_program_and_reports_failing_case() -> None:
+    """`virtkit run --bios none --kernel` exits 0 on a passing program and names the failing case."""
+    missing = harness.virtkit_missing()
+    if missing:
+        pytest.skip(missing)
+    ok = harness.run_virtkit_cli(_build("rv64ui_arith.S"))
+    assert ok.code == 0, harness.describe(ok)
+    bad = harness.run_virtkit_cli(_build("selftest/fail7.S"))
+    assert bad.code not in (0, None)
+    assert "7" in bad.stderr
+    assert "selftest: case 7 must fail" in bad.console
+    assert "Traceback" not in bad.stderr
+
 def test_harness_reports_failing_case_number() -> None:
-    """A deliberately failing program exits with its case number (the harness itself works)."""
+    """A deliberately failing program exits with its case number on QEMU (the harness itself works)."""
     elf = _build("selftest/fail7.S")
 
     require_tool(harness.QEMU)

@@ -94,7 +94,18 @@ def virtkit_missing() -> str | None:
     return None
 
 
-def run_virtkit(elf: Path, timeout: float = 600, extra: tuple[str, ...] = ()) -> RunResult:
+def run_virtkit(elf: Path, max_instructions: int = 2_000_000_000) -> RunResult:
+    """Run ``elf`` on virtkit's engine in this process (``baremetal.run_elf``), bounded by instructions."""
+    from virtkit.engines.riscv.baremetal import run_elf
+
+    res = run_elf(elf, mem_size=256 << 20, max_instructions=max_instructions, console=lambda b: None)
+    code = res.exit_code
+    if code is not None and code > 255:
+        code = 255
+    return RunResult(code, res.output.decode(errors="replace"), f"reason={res.reason} instructions={res.instructions}")
+
+
+def run_virtkit_cli(elf: Path, timeout: float = 600, extra: tuple[str, ...] = ()) -> RunResult:
     """Run ``elf`` with ``virtkit run --bios none --kernel elf`` and collect the HTIF result."""
     cmd = [sys.executable, "-m", "virtkit.cli", "run", "--bios", "none", "--kernel", str(elf), *extra]
     try:
