@@ -1,0 +1,339 @@
+"""The software RISC-V engine: N RV64IMAFDC harts (M/S/U, Sv39/Sv48, PMP) + CLINT over guest RAM.
+
+Interface (shared with the KVM engine; the board drives it)::
+
+    eng = RiscvEngine(mem, nharts=1, reset_pc=0x8000_0000, clint_base=0x0200_0000, deterministic=False)
+    eng.add_mmio_region(base, size)    # accesses here exit to Python; any other non-RAM, non-CLINT
+                                       # access raises the architectural access fault inside the core
+    eng.set_reg(h, 11, dtb_addr)       # a0 = mhartid is preset; a1 is yours
+    while True:
+        ex = eng.run(budget)           # Exit(reason, hart, addr, size, value); releases the GIL
+        if ex.reason is ExitReason.MMIO_READ:   eng.complete_mmio_read(bus.read(ex.addr, ex.size))
+        elif ex.reason is ExitReason.MMIO_WRITE: bus.write(ex.addr, ex.size, ex.value)   # already retired
+        elif ex.reason is ExitReason.WFI:        sleep(eng.next_timer_deadline() or forever, or until I/O)
+        elif ex.reason is ExitReason.HTIF:       htif.handle(ex.value)   # store to the ELF's ``tohost``
+
+Exit reasons: BUDGET (budget spent or :meth:`request_exit`), MMIO_READ (the load completes, with the
+right sign/zero extension, when you call :meth:`complete_mmio_read` before the next ``run()``),
+MMIO_WRITE, WFI (every hart waits with nothing pending), HTIF, SHUTDOWN (reserved).
+MMIO accesses are 1, 2, 4 or 8 bytes; AMO/LR/SC on MMIO raise an access fault.
+
+Other calls: ``set_irq(hart, bit, level)`` drives an external line (MEIP=11, SEIP=9; the SEIP the
+guest reads is its software-written bit OR the line); ``get_reg/set_reg``, ``get_freg/set_freg``,
+``pc/set_pc``, ``read_csr/write_csr`` (debug and boot setup); ``stats()``; ``next_timer_deadline()``
+(seconds until the earliest armed mtimecmp, or None); ``tohost``/``fromhost`` (HTIF addresses).
+
+Architectural choices: misaligned loads and stores are performed in hardware (also across pages);
+misaligned AMO/LR/SC raise address-misaligned (LR: load, others: store/AMO). The page walker sets
+A and D in hardware (the spec's "update in hardware" option). 16 PMP entries (G=0; entries 16..63
+read as zero). ``misa`` = RV64IMAFDC + S + U. ``time`` = CLINT mtime at 10 MHz: it follows the
+host monotonic clock (sampled at each ``run()``, advanced inside the core by an instruction-count
+estimate, never backwards), or with ``deterministic=True`` it advances by one tick per 10
+instructions and jumps to the next timer deadline when every hart is in WFI.
+The CLINT (msip at +0x0, mtimecmp at +0x4000, mtime at +0xBFF8) lives inside the core.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from virtkit.engines.riscv import CACHE_DIR, core
+from virtkit.errors import ConfigError
+from virtkit.machine.memory import GuestMemory
+
+TIMEBASE_HZ = 10_000_000
+MAX_MMIO = 64
+
+
+class ExitReason(IntEnum):
+    """Why :meth:`RiscvEngine.run` returned."""
+
+    BUDGET = core.EXIT_BUDGET
+    MMIO_READ = core.EXIT_MMIO_READ
+    MMIO_WRITE = core.EXIT_MMIO_WRITE
+    WFI = core.EXIT_WFI
+    HTIF = core.EXIT_HTIF
+    SHUTDOWN = core.EXIT_SHUTDOWN
+
+
+@dataclass(frozen=True)
+class Exit:
+    """One engine exit: what happened, on which hart, at which address, of which size and value."""
+
+    reason: ExitReason
+    hart: int = 0
+    addr: int = 0
+    size: int = 0
+    value: int = 0
+
+
+_compiled = False
+_compile_lock = threading.Lock()
+
+
+def _u64(v: int) -> int:
+    return int(v) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _s64(v: int) -> int:
+    v = int(v) & 0xFFFF_FFFF_FFFF_FFFF
+    return v - (1 << 64) if v >> 63 else v
+
+
+class RiscvEngine:
+    """N RISC-V harts executing from ``mem`` (see the module docstring for the interface)."""
+
+    def __init__(
+        self,
+        mem: GuestMemory,
+        nharts: int = 1,
+        *,
+        reset_pc: int = 0x8000_0000,
+        clint_base: int = 0x0200_0000,
+        deterministic: bool = False,
+        slice_len: int = 1000,
+    ) -> None:
+        if not 1 <= nharts <= 64:
+            raise ConfigError(f"number of harts must be 1..64: {nharts}")
+        if mem.size % 8 or mem.base % 4096:
+            raise ConfigError("guest RAM must be page aligned")
+        self.mem = mem
+        self.nharts = nharts
+        self.deterministic = deterministic
+        ram = mem.array
+        self._R = (
+            ram,
+            ram.view(np.uint16),
+            ram.view(np.uint32),
+            ram.view(np.int64),
+            ram.view(np.int8),
+            ram.view(np.int16),
+            ram.view(np.int32),
+        )
+        self.x = np.zeros((nharts, 32), dtype=np.int64)
+        self.f = np.zeros((nharts, 32), dtype=np.int64)
+        self.csr = np.zeros((nharts, 4096), dtype=np.int64)
+        self.hs = np.zeros((nharts, core.HS_N), dtype=np.int64)
+        self.irq = np.zeros(nharts, dtype=np.int64)
+        self.cfg = np.zeros(core.CF_N, dtype=np.int64)
+        self.mmio = np.zeros((MAX_MMIO, 2), dtype=np.int64)
+        self.msip = np.zeros(nharts, dtype=np.int64)
+        self.mtimecmp = np.full(nharts, -1, dtype=np.int64)
+        self.ctime = np.zeros(4, dtype=np.int64)
+        self.tlbt = np.zeros((nharts, 3, core.TLB_SIZE), dtype=np.int64)
+        self.tlbo = np.zeros((nharts, 3, core.TLB_SIZE), dtype=np.int64)
+        self.out = np.zeros(8, dtype=np.int64)
+        self._ctab = _ctab()
+        self.cfg[core.CF_RAM_BASE] = mem.base
+        self.cfg[core.CF_RAM_SIZE] = mem.size
+        self.cfg[core.CF_CLINT_BASE] = clint_base
+        self.cfg[core.CF_TOHOST] = -1
+        self.cfg[core.CF_NHARTS] = nharts
+        self.cfg[core.CF_SLICE] = slice_len
+        self.cfg[core.CF_DETERMINISTIC] = int(deterministic)
+        self.cfg[core.CF_RATE] = 6554  # 1/10 tick per instruction (65536 = 1 tick)
+        self.x[:, 10] = np.arange(nharts)
+        self.csr[:, core.MSTATUS] = core.MSTATUS_FIXED
+        self.hs[:, core.HS_PC] = reset_pc
+        self.hs[:, core.HS_PRIV] = 3
+        self.hs[:, core.HS_RESV] = -1
+        self.clint_base = clint_base
+        self.fromhost: int | None = None
+        self._pending_read: Exit | None = None
+        self._exits = {r.name: 0 for r in ExitReason}
+        self._t0 = time.monotonic()
+        self._time_base = 0
+        self.compile_seconds = _ensure_compiled(self)
+
+    # ---- configuration -----------------------------------------------------------------
+    def add_mmio_region(self, base: int, size: int) -> None:
+        """Make guest accesses to ``[base, base+size)`` exit to Python as MMIO_READ/MMIO_WRITE."""
+        n = int(self.cfg[core.CF_NMMIO])
+        if size <= 0 or base < 0:
+            raise ConfigError(f"bad MMIO region {base:#x}+{size:#x}")
+        if n >= MAX_MMIO:
+            raise ConfigError(f"too many MMIO regions (max {MAX_MMIO})")
+        if base < self.mem.end and self.mem.base < base + size:
+            raise ConfigError(f"MMIO region {base:#x}+{size:#x} overlaps RAM")
+        self.mmio[n] = (base, size)
+        self.cfg[core.CF_NMMIO] = n + 1
+
+    @property
+    def tohost(self) -> int | None:
+        """Physical address of the HTIF ``tohost`` word (stores to it exit with HTIF), or None."""
+        v = int(self.cfg[core.CF_TOHOST])
+        return None if v < 0 else v
+
+    @tohost.setter
+    def tohost(self, addr: int | None) -> None:
+        if addr is not None and not self.mem.contains(addr, 8):
+            raise ConfigError(f"tohost {addr:#x} is not in RAM")
+        self.cfg[core.CF_TOHOST] = -1 if addr is None else addr
+        self.tlbt[:] = 0
+
+    # ---- running ---------------------------------------------------------------------
+    def _sync_time(self) -> None:
+        if self.deterministic:
+            return
+        host = self._time_base + int((time.monotonic() - self._t0) * TIMEBASE_HZ)
+        if host > self.ctime[core.CT_MTIME]:
+            self.ctime[core.CT_MTIME] = host
+
+    def run(self, budget: int) -> Exit:
+        """Execute up to ``budget`` instructions across all harts; return why it stopped."""
+        if self._pending_read is not None:
+            raise RuntimeError("complete_mmio_read() must be called after an MMIO_READ exit")
+        self._sync_time()
+        t = time.monotonic()
+        n = core.run_harts(
+            int(budget), self.x, self.f, self.csr, self.hs, self.irq, self._R, self.cfg, self.mmio, self.msip,
+            self.mtimecmp, self.ctime, self.tlbt, self.tlbo, self._ctab, self.out,
+        )
+        if not self.deterministic and n > 10000:
+            dt = time.monotonic() - t
+            rate = int(dt * TIMEBASE_HZ * 65536 / n)
+            self.cfg[core.CF_RATE] = max(1, (int(self.cfg[core.CF_RATE]) * 3 + rate) // 4)
+        o = self.out
+        ex = Exit(ExitReason(int(o[0])), int(o[1]), _u64(o[2]), int(o[3]), _u64(o[4]))
+        self._exits[ex.reason.name] += 1
+        if ex.reason is ExitReason.MMIO_READ:
+            self._pending_read = ex
+        return ex
+
+    def complete_mmio_read(self, value: int) -> None:
+        """Deliver the value of the pending MMIO load (sign/zero extended as the instruction says)."""
+        ex = self._pending_read
+        if ex is None:
+            raise RuntimeError("no MMIO read is pending")
+        self._pending_read = None
+        h = ex.hart
+        rd = int(self.hs[h, core.HS_MMIO_RD])
+        kind = int(self.hs[h, core.HS_MMIO_KIND])
+        bits = ex.size * 8
+        v = int(value) & ((1 << bits) - 1)
+        if kind >= 8:  # FLW / FLD
+            if kind == 10:
+                v |= 0xFFFF_FFFF_0000_0000
+            self.f[h, rd] = _s64(v)
+            return
+        if kind in (0, 1, 2, 3) and v >> (bits - 1):
+            v -= 1 << bits
+        if rd:
+            self.x[h, rd] = _s64(v)
+
+    def request_exit(self) -> None:
+        """Ask a running ``run()`` (in another thread) to return at the next slice boundary."""
+        self.cfg[core.CF_STOP] = 1
+
+    def set_irq(self, hart: int, bit: int, level: bool) -> None:
+        """Drive an external interrupt line of ``hart``: MEIP (11) or SEIP (9)."""
+        if bit not in (9, 11):
+            raise ValueError("only MEIP (11) and SEIP (9) are external lines")
+        if level:
+            self.irq[hart] |= 1 << bit
+        else:
+            self.irq[hart] &= ~(1 << bit)
+        if level and self.hs[hart, core.HS_WFI]:
+            self.request_exit()
+
+    def next_timer_deadline(self) -> float | None:
+        """Seconds from now until the earliest mtimecmp of a hart with MTIE set, or None."""
+        best = None
+        mt = _u64(self.ctime[core.CT_MTIME])
+        for h in range(self.nharts):
+            if (int(self.csr[h, core.MIE]) >> 7) & 1 and self.mtimecmp[h] != -1:
+                d = max(0, _u64(self.mtimecmp[h]) - mt)
+                best = d if best is None else min(best, d)
+        return None if best is None else best / TIMEBASE_HZ
+
+    # ---- state access ----------------------------------------------------------------
+    def get_reg(self, hart: int, i: int) -> int:
+        """Integer register ``x<i>`` of ``hart`` as an unsigned 64-bit value."""
+        return _u64(self.x[hart, i])
+
+    def set_reg(self, hart: int, i: int, value: int) -> None:
+        """Set ``x<i>`` (writes to x0 are ignored)."""
+        if i:
+            self.x[hart, i] = _s64(value)
+
+    def get_freg(self, hart: int, i: int) -> int:
+        """Raw 64-bit pattern of ``f<i>``."""
+        return _u64(self.f[hart, i])
+
+    def set_freg(self, hart: int, i: int, value: int) -> None:
+        self.f[hart, i] = _s64(value)
+
+    def pc(self, hart: int = 0) -> int:
+        """Program counter of ``hart``."""
+        return _u64(self.hs[hart, core.HS_PC])
+
+    def set_pc(self, hart: int, value: int) -> None:
+        self.hs[hart, core.HS_PC] = _s64(value)
+
+    def priv(self, hart: int = 0) -> int:
+        """Current privilege level of ``hart`` (0 U, 1 S, 3 M)."""
+        return int(self.hs[hart, core.HS_PRIV])
+
+    def read_csr(self, hart: int, num: int) -> int:
+        """Read a CSR as M-mode would (raises ValueError for a CSR that does not exist)."""
+        ok, v = core.csr_read(hart, num, 3, self.csr[hart], self.hs, self.irq, self.ctime,
+                              int(self.hs[hart, core.HS_INSTRET]))
+        if not ok:
+            raise ValueError(f"no such CSR {num:#x}")
+        return _u64(v)
+
+    def write_csr(self, hart: int, num: int, value: int) -> None:
+        """Write a CSR as M-mode would (WARL masks apply)."""
+        self.read_csr(hart, num)
+        core.csr_write(hart, num, _s64(value), 3, self.csr[hart], self.hs, self.ctime,
+                       int(self.hs[hart, core.HS_INSTRET]))
+        self.tlbt[hart] = 0
+
+    @property
+    def mtime(self) -> int:
+        """The CLINT mtime (10 MHz ticks)."""
+        return _u64(self.ctime[core.CT_MTIME])
+
+    def stats(self) -> dict:
+        """Instructions retired (total, per hart), traps taken and exits by reason."""
+        per = [int(v) for v in self.hs[:, core.HS_INSTRET]]
+        return {
+            "instructions": sum(per),
+            "per_hart": per,
+            "traps": int(self.hs[:, core.HS_TRAPS].sum()),
+            "exits": dict(self._exits),
+        }
+
+
+def _ctab() -> np.ndarray:
+    global _CTAB
+    if _CTAB is None:
+        _CTAB = core.build_ctab()
+    return _CTAB
+
+
+_CTAB: np.ndarray | None = None
+
+
+def _ensure_compiled(eng: RiscvEngine) -> float:
+    """Compile (or load from the Numba cache) the core once per process; say so when it takes long."""
+    global _compiled
+    with _compile_lock:
+        if _compiled:
+            return 0.0
+        t = time.monotonic()
+        core.run_harts(
+            0, eng.x, eng.f, eng.csr, eng.hs, eng.irq, eng._R, eng.cfg, eng.mmio, eng.msip, eng.mtimecmp,
+            eng.ctime, eng.tlbt, eng.tlbo, eng._ctab, eng.out,
+        )
+        dt = time.monotonic() - t
+        _compiled = True
+        if dt > 2.0:
+            print(f"virtkit: compiled the RISC-V core in {dt:.1f} s (cached in {CACHE_DIR})", file=sys.stderr)
+        return dt
