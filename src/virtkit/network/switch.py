@@ -287,99 +287,120 @@ class Switch:
         ageing = self.ageing
         group = port.group
         loop_hold = self.loop_hold
-        for frame in frames:
-            n = len(frame)
-            stats.rx_frames += 1
-            stats.rx_bytes += n
-            if port.captures:
-                for cap in port.captures:
-                    cap.write(frame, outbound=False)
-            if n < ETH_HLEN:
-                drops["runt"] += 1
-                continue
-            etype = (frame[12] << 8) | frame[13]
-            if etype == ptpid:
-                if n < ETH_HLEN + TAG_LEN:
-                    drops["bad_tag"] += 1
+        caps = port.captures
+        egress = self._egress
+        vlan_captures = self.vlan_captures
+        rx_frames = rx_bytes = 0
+        try:
+            for frame in frames:
+                n = len(frame)
+                rx_frames += 1
+                rx_bytes += n
+                if caps:
+                    for cap in caps:
+                        cap.write(frame, outbound=False)
+                if n < ETH_HLEN:
+                    drops["runt"] += 1
                     continue
-                tci = (frame[14] << 8) | frame[15]
-                vid = tci & 0xFFF
-                pcp = tci >> 13
-                dei = (tci >> 12) & 1
-                if vid == VID_RESERVED:
-                    drops["reserved_vid"] += 1
-                    continue
-                if vid == 0:
+                etype = (frame[12] << 8) | frame[13]
+                if etype == ptpid:
+                    if n < ETH_HLEN + TAG_LEN:
+                        drops["bad_tag"] += 1
+                        continue
+                    tci = (frame[14] << 8) | frame[15]
+                    vid = tci & 0xFFF
+                    pcp = tci >> 13
+                    dei = (tci >> 12) & 1
+                    if vid == VID_RESERVED:
+                        drops["reserved_vid"] += 1
+                        continue
+                    if vid == 0:
+                        if pvid is None:
+                            drops["vlan_not_allowed"] += 1
+                            continue
+                        vid = pvid
+                    elif access or vid not in allowed:
+                        drops["vlan_not_allowed"] += 1
+                        continue
+                    inner = (frame[16] << 8) | frame[17]
+                    if n - 18 > mtu + (4 if inner == TPID_8021Q or inner == TPID_8021AD else 0):
+                        drops["oversize"] += 1
+                        continue
+                    untagged = frame[:12] + frame[16:]
+                else:
                     if pvid is None:
                         drops["vlan_not_allowed"] += 1
                         continue
-                    vid = pvid
-                elif access or vid not in allowed:
-                    drops["vlan_not_allowed"] += 1
-                    continue
-                inner = (frame[16] << 8) | frame[17]
-                if n - 18 > mtu + (4 if inner == TPID_8021Q or inner == TPID_8021AD else 0):
-                    drops["oversize"] += 1
-                    continue
-                untagged = frame[:12] + frame[16:]
-            else:
-                if pvid is None:
-                    drops["vlan_not_allowed"] += 1
-                    continue
-                if n - ETH_HLEN > mtu + (4 if etype == TPID_8021Q or etype == TPID_8021AD else 0):
-                    drops["oversize"] += 1
-                    continue
-                vid, pcp, dei, untagged = pvid, port.priority, 0, frame
-            if group is not None:
-                group.outbound(untagged, now)
-            # learn the source
-            src = frame[6:12]
-            table = macs.get(vid)
-            if table is None:
-                table = macs[vid] = {}
-            e = table.get(src)
-            if e is None:
-                if not frame[6] & 1:
-                    if self.mac_count < self.max_macs:
-                        table[src] = [port, now]
-                        self.mac_count += 1
-                    else:
-                        self.counters["mac_table_full"] += 1
-            else:
-                if e[0] is not port:
-                    if now - e[1] < loop_hold:
-                        # seen on its own port a moment ago and now here: our own frame came back (a loop)
-                        drops["loop"] += 1
+                    if n - ETH_HLEN > mtu + (4 if etype == TPID_8021Q or etype == TPID_8021AD else 0):
+                        drops["oversize"] += 1
                         continue
-                    e[0] = port
-                    self.counters["mac_moves"] += 1
-                e[1] = now
-            vcaps = self.vlan_captures.get(vid)
-            if vcaps:
-                tci = (pcp << 13) | (dei << 12) | vid
-                tagged = untagged[:12] + bytes((0x81, 0, tci >> 8, tci & 0xFF)) + untagged[12:]
-                for cap in vcaps:
-                    cap.write(tagged, outbound=False)
-            # forward
-            if not frame[0] & 1:
-                e = table.get(frame[0:6])
-                if e is not None and now - e[1] <= ageing:
-                    out = e[0]
+                    vid, pcp, dei, untagged = pvid, port.priority, 0, frame
+                if group is not None:
+                    group.outbound(untagged, now)
+                # learn the source
+                src = frame[6:12]
+                table = macs.get(vid)
+                if table is None:
+                    table = macs[vid] = {}
+                e = table.get(src)
+                if e is None:
+                    if not frame[6] & 1:
+                        if self.mac_count < self.max_macs:
+                            table[src] = [port, now]
+                            self.mac_count += 1
+                        else:
+                            self.counters["mac_table_full"] += 1
+                else:
+                    if e[0] is not port:
+                        if now - e[1] < loop_hold:
+                            # seen on its own port a moment ago and now here: our own frame came back (a loop)
+                            drops["loop"] += 1
+                            continue
+                        e[0] = port
+                        self.counters["mac_moves"] += 1
+                    e[1] = now
+                if vlan_captures and vlan_captures.get(vid):
+                    vcaps = vlan_captures[vid]
+                    tci = (pcp << 13) | (dei << 12) | vid
+                    tagged = untagged[:12] + bytes((0x81, 0, tci >> 8, tci & 0xFF)) + untagged[12:]
+                    for cap in vcaps:
+                        cap.write(tagged, outbound=False)
+                # forward
+                if not frame[0] & 1:
+                    e = table.get(frame[0:6])
+                    if e is not None and now - e[1] <= ageing:
+                        out = e[0]
+                        if out is not port:
+                            if out.queued == 0 and out.group is None and vid in out.untagged_vlans \
+                                    and not out.captures:
+                                # the common case inline: known unicast to an idle untagged port
+                                try:
+                                    sent = out.transmit(untagged)
+                                except OSError:
+                                    out.stats.drops["tx_error"] += 1
+                                    continue
+                                if sent:
+                                    ostats = out.stats
+                                    ostats.tx_frames += 1
+                                    ostats.tx_bytes += len(untagged)
+                                    continue
+                            egress(out, vid, pcp, dei, untagged, frame, ptpid, now)
+                        continue
+                # flood within the VLAN (broadcast, multicast, unknown unicast) under storm control
+                if self.storm_pps:
+                    tokens = min(self.storm_pps, port.storm_tokens + (now - port.storm_time) * self.storm_pps)
+                    port.storm_time = now
+                    if tokens < 1.0:
+                        port.storm_tokens = tokens
+                        drops["storm"] += 1
+                        continue
+                    port.storm_tokens = tokens - 1.0
+                for out in self._members.get(vid) or self.members(vid):
                     if out is not port:
-                        self._egress(out, vid, pcp, dei, untagged, frame, ptpid, now)
-                    continue
-            # flood within the VLAN (broadcast, multicast, unknown unicast) under storm control
-            if self.storm_pps:
-                tokens = min(self.storm_pps, port.storm_tokens + (now - port.storm_time) * self.storm_pps)
-                port.storm_time = now
-                if tokens < 1.0:
-                    port.storm_tokens = tokens
-                    drops["storm"] += 1
-                    continue
-                port.storm_tokens = tokens - 1.0
-            for out in self._members.get(vid) or self.members(vid):
-                if out is not port:
-                    self._egress(out, vid, pcp, dei, untagged, frame, ptpid, now)
+                        egress(out, vid, pcp, dei, untagged, frame, ptpid, now)
+        finally:
+            stats.rx_frames += rx_frames
+            stats.rx_bytes += rx_bytes
 
     def _egress(self, out: Port, vid: int, pcp: int, dei: int, untagged: bytes, frame: bytes, in_tpid: int,
                 now: float) -> None:
