@@ -44,6 +44,7 @@ __all__ = ["Pool", "PoolError", "MetadataError", "VolumeBackend", "parse_size", 
 DEFAULT_EXTENT = 4 << 20
 DEFAULT_STRIPE = 64 << 10
 DEFAULT_WARN_PERCENT = 80
+MAX_CHUNKS = 1 << 24  # chunks per volume: 64 TiB with 4 MiB extents (the chunk map is held in memory)
 POOLS_ENV = "VIRTKIT_POOLS_DIR"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -200,7 +201,7 @@ class Volume:
             "width": self.geo.width,
             "stripe": self.geo.stripe,
             "thin": self.thin,
-            "map": self.map,
+            "map": [[ci, cid] for ci, cid in enumerate(self.map) if cid is not None],
             "snapshot_of": self.snapshot_of,
             "read_only": self.read_only,
             "created": self.created,
@@ -383,10 +384,18 @@ class Pool:
                 problem = geo.check()
                 if problem:
                     raise MetadataError(f"metadata volume {v.get('name')!r}: {problem}")
-                vmap = [None if c is None else int(c) for c in v["map"]]
+                size = int(v["size"])
+                nchunks = -(-size // geo.capacity)
+                if size < 0 or nchunks > MAX_CHUNKS:
+                    raise MetadataError(f"metadata volume {v.get('name')!r} has an invalid size")
+                vmap: list[int | None] = [None] * nchunks
+                for ci, cid in v["map"]:  # sparse: [chunk index, chunk id] for allocated chunks only
+                    if not 0 <= int(ci) < nchunks or vmap[int(ci)] is not None:
+                        raise MetadataError(f"metadata volume {v.get('name')!r} has an invalid map entry")
+                    vmap[int(ci)] = int(cid)
                 vol = Volume(
                     name=check_name("volume", v["name"]),
-                    size=int(v["size"]),
+                    size=size,
                     geo=geo,
                     thin=bool(v["thin"]),
                     map=vmap,
@@ -394,8 +403,8 @@ class Pool:
                     read_only=bool(v.get("read_only", False)),
                     created=float(v.get("created", 0)),
                 )
-                if vol.size < 0 or len(vmap) != -(-vol.size // geo.capacity) or vol.name in self.volumes:
-                    raise MetadataError(f"metadata volume {vol.name!r} has an inconsistent size or map")
+                if vol.name in self.volumes:
+                    raise MetadataError(f"metadata volume {vol.name!r} appears twice")
                 for cid in vmap:
                     if cid is None:
                         continue
@@ -1097,6 +1106,7 @@ class Pool:
             if problem:
                 raise PoolError(problem)
             nchunks = -(-size // geo.capacity)
+            self._check_chunks(nchunks, geo)
             if not thin:
                 self._space_check(geo, nchunks)
             vol = Volume(name, size, geo, thin, [None] * nchunks, created=time.time())
@@ -1123,6 +1133,7 @@ class Pool:
             if size <= 0 or size % 512:
                 raise PoolError(f"volume size {size} must be a positive multiple of 512 bytes")
             nchunks = -(-size // vol.geo.capacity)
+            self._check_chunks(nchunks, vol.geo)
             if size < vol.size:
                 if not shrink:
                     raise PoolError(f"new size {size} is smaller than {vol.size}: shrinking loses data (use --shrink)")
@@ -1151,6 +1162,11 @@ class Pool:
             vol.size = size
             self._commit()
             return vol
+
+    def _check_chunks(self, nchunks: int, geo: Geometry) -> None:
+        if nchunks > MAX_CHUNKS:
+            limit = format_size(MAX_CHUNKS * geo.capacity)
+            raise PoolError(f"volume too large: at most {limit} with {format_size(self.extent)} extents")
 
     def snapshot(self, name: str, snap: str) -> Volume:
         """A read-only snapshot of ``name``: shares every chunk; later writes to the origin copy on write."""
