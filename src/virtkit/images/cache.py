@@ -173,7 +173,7 @@ class BuildContext:
     def step(self, message: str) -> None:
         """Report and log the start of a build phase."""
         self.reporter.step(self.name, message)
-        with open(self.log_path, "a") as log:
+        with open(self.log_path, "a", buffering=1) as log:
             log.write(f"== {message}\n")
 
     def run(self, argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
@@ -182,7 +182,7 @@ class BuildContext:
         full_env["LC_ALL"] = "C"
         if env:
             full_env.update(env)
-        with open(self.log_path, "a") as log:
+        with open(self.log_path, "a", buffering=1) as log:
             log.write(f"$ {' '.join(argv)}\n")
             log.flush()
             try:
