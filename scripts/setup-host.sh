@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(
   # cross toolchain and guest image ingredients
-  gcc-riscv64-linux-gnu libc6-dev-riscv64-cross linux-source-6.1 bc flex bison
+  build-essential gcc-riscv64-linux-gnu libc6-dev-riscv64-cross linux-source-6.1 bc flex bison
   libssl-dev libelf-dev cpio dpkg-dev device-tree-compiler e2fsprogs xz-utils
   # peers measured against and interop tools
   qemu-system-misc opensbi qemu-utils nbdkit libnbd-bin fio
