@@ -34,6 +34,7 @@ ENABLE = ("CONFIG_STATIC",)
 
 TOOLS = {
     "make": "make",
+    "gcc": "gcc",  # HOSTCC for kconfig and build helpers
     f"{CROSS_COMPILE}gcc": "gcc-riscv64-linux-gnu",
     "dpkg-source": "dpkg-dev",
     "apt-get": "apt",

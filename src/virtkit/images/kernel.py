@@ -28,6 +28,7 @@ _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 # program -> Debian package, for the error message when it is missing
 TOOLS = {
     "make": "make",
+    "gcc": "gcc",  # HOSTCC for kconfig and build helpers
     f"{CROSS_COMPILE}gcc": "gcc-riscv64-linux-gnu",
     "flex": "flex",
     "bison": "bison",
