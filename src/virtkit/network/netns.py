@@ -60,12 +60,16 @@ class Netns:
         return outside
 
     def adopt(self, ifname: str, addr: str | None = None, mtu: int | None = None) -> None:
-        """Move a root-namespace interface (e.g. a switch's TAP) into this namespace and bring it up."""
-        sh("ip", "link", "set", ifname, "netns", self.name)
-        self._setup(ifname, addr, mtu)
+        """Move a root-namespace interface (e.g. a switch's TAP) into this namespace and bring it up.
 
-    def _setup(self, ifname: str, addr: str | None, mtu: int | None) -> None:
-        self._offloads_off(ifname)
+        Offloads stay as they are: a virtkit TAP port takes TSO super-frames and partial checksums.
+        """
+        sh("ip", "link", "set", ifname, "netns", self.name)
+        self._setup(ifname, addr, mtu, offloads_off=False)
+
+    def _setup(self, ifname: str, addr: str | None, mtu: int | None, offloads_off: bool = True) -> None:
+        if offloads_off:
+            self._offloads_off(ifname)
         if mtu:
             self.exec("ip", "link", "set", ifname, "mtu", str(mtu))
         if addr:

@@ -15,6 +15,7 @@ from typing import Any
 
 from virtkit.errors import ConfigError
 from virtkit.network.ethernet import DEFAULT_MTU, ETH_HLEN, TAG_LEN, TPID_8021AD, TPID_8021Q, VID_RESERVED, mac_str
+from virtkit.network.offload import finish
 
 DROP_REASONS = (
     "runt", "oversize", "bad_tag", "vlan_not_allowed", "reserved_vid",
@@ -43,6 +44,8 @@ class Port:
     """A switch port: VLAN mode, 8 strict-priority egress queues, counters. Subclasses do the I/O."""
 
     kind = "null"
+    #: True when the port's wire takes frames with a virtio-net header (TSO/partial checksum) as they are
+    accepts_gso = False
 
     def __init__(self, name: str, *, mode: str = "access", vlan: int = 1, trunk: Iterable[int] | None = None,
                  native: int | None = None, tpid: int = TPID_8021Q, priority: int = 0, queue_limit: int = 256,
@@ -331,7 +334,8 @@ class Switch:
                     if pvid is None:
                         drops["vlan_not_allowed"] += 1
                         continue
-                    if n - ETH_HLEN > mtu + (4 if etype == TPID_8021Q or etype == TPID_8021AD else 0):
+                    if n - ETH_HLEN > mtu + (4 if etype == TPID_8021Q or etype == TPID_8021AD else 0) \
+                            and type(frame) is bytes:  # a GSO super-frame is cut to size on egress
                         drops["oversize"] += 1
                         continue
                     vid, pcp, dei, untagged = pvid, port.priority, 0, frame
@@ -372,7 +376,7 @@ class Switch:
                         out = e[0]
                         if out is not port:
                             if out.queued == 0 and out.group is None and vid in out.untagged_vlans \
-                                    and not out.captures:
+                                    and not out.captures and (out.accepts_gso or type(untagged) is bytes):
                                 # the common case inline: known unicast to an idle untagged port
                                 try:
                                     sent = out.transmit(untagged)
@@ -407,6 +411,10 @@ class Switch:
         """Send one frame out of ``out`` in VLAN ``vid``: untagged, tagged, or not at all."""
         if out.group is not None and not out.group.admit(untagged, now):
             out.stats.drops["security_group"] += 1
+            return
+        if type(untagged) is not bytes and not (out.accepts_gso and vid in out.untagged_vlans):
+            for seg in finish(untagged):  # segment / checksum in software for this port
+                self._egress(out, vid, pcp, dei, seg, seg, in_tpid, now)
             return
         if vid in out.untagged_vlans:
             out.enqueue(untagged, pcp)
