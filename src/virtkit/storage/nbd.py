@@ -48,6 +48,9 @@ MAX_REQUEST = 32 << 20  # the largest READ/WRITE payload we accept (and advertis
 MAX_OPTION = 64 << 10  # the largest option payload during the handshake
 HANDSHAKE_TIMEOUT = 30.0
 SOCKBUF = 4 << 20
+RECV_BUF = 256 << 10  # request headers (and small WRITE payloads) are received in batches into this
+SMALL_READ = 64 << 10  # raw-file READs up to this size are queued and answered in batches
+SEND_BATCH = 1 << 20
 
 REQ = struct.Struct(">IHHQQI")
 REPLY = struct.Struct(">IIQ")
@@ -345,49 +348,64 @@ class NbdServer:
     # ------------------------------------------------------------------ transmission
 
     def _transmission(self, sock: socket.socket, peer: str, e: NbdExport) -> None:
-        hdr = bytearray(REQ.size)
-        hview = memoryview(hdr)
-        rep = bytearray(REPLY.size)
-        buf = bytearray(1 << 20)
-        bview = memoryview(buf)
+        """Serve requests until DISC/EOF. Headers are read in batches from one receive buffer and
+        the replies to every request already buffered go out in one ``sendmsg``."""
+        rb = bytearray(RECV_BUF)
+        rv = memoryview(rb)
+        start = end = 0
+        out: list = []  # reply parts not sent yet
+        out_bytes = 0
+        big = bytearray(1 << 20)  # large READ/WRITE payloads (sent or written before the next request)
+        bigv = memoryview(big)
         backend = e.backend
         lock = None if e.concurrent else e.lock
         raw_fd = backend.fd if e.concurrent else -1
+        size = backend.size
+        hsize = REQ.size
         while True:
-            if not self._recv_exact(sock, hview, "a request header", eof_ok=True):
-                log.info("client %s disconnected", peer)
-                return
-            magic, flags, cmd, handle, offset, length = REQ.unpack(hdr)
+            if end - start < hsize:
+                if out:
+                    self._send_all(sock, out)
+                    out, out_bytes = [], 0
+                if start:
+                    rv[:end - start] = rv[start:end]
+                    end -= start
+                    start = 0
+                while end < hsize:
+                    k = sock.recv_into(rv[end:], RECV_BUF - end)
+                    if k == 0:
+                        if end == 0:
+                            log.info("client %s disconnected", peer)
+                            return
+                        raise _Drop(f"disconnected in the middle of a request header ({end}/{hsize} bytes)")
+                    end += k
+            magic, flags, cmd, handle, offset, length = REQ.unpack_from(rb, start)
+            start += hsize
             if magic != REQUEST_MAGIC:
                 raise _Drop(f"bad request magic {magic:#x}")
             err = 0
             payload = None
-            if cmd == CMD_WRITE:
-                if length > MAX_REQUEST:
-                    raise _Drop(f"WRITE of {length} bytes exceeds the {MAX_REQUEST}-byte limit")
-                if length > len(buf):
-                    buf = bytearray(length)
-                    bview = memoryview(buf)
-                data = bview[:length]
-                self._recv_exact(sock, data, "a WRITE payload")
-                if e.read_only:
-                    err = errno.EPERM
-                elif offset + length > backend.size:
+            if cmd == CMD_READ:
+                if length > MAX_REQUEST or offset + length > size:
                     err = errno.EINVAL
+                elif raw_fd >= 0 and length <= SMALL_READ:
+                    try:
+                        payload = os.pread(raw_fd, length, offset)
+                        if len(payload) < length:
+                            payload += bytes(length - len(payload))
+                    except OSError as ex:
+                        err = ex.errno or errno.EIO
+                elif length <= SMALL_READ:
+                    payload = bytearray(length)
+                    err = self._call(lock, backend.readinto, offset, payload)
                 else:
-                    err = self._call(lock, backend.write, offset, data)
-                    if not err and flags & CMD_FLAG_FUA:
-                        err = self._call(lock, backend.flush)
-            elif cmd == CMD_READ:
-                if length > MAX_REQUEST:
-                    err = errno.EINVAL
-                elif offset + length > backend.size:
-                    err = errno.EINVAL
-                else:
-                    if length > len(buf):
-                        buf = bytearray(length)
-                        bview = memoryview(buf)
-                    payload = bview[:length]
+                    if out:  # the big buffer is reused: send what is queued first
+                        self._send_all(sock, out)
+                        out, out_bytes = [], 0
+                    if length > len(big):
+                        big = bytearray(length)
+                        bigv = memoryview(big)
+                    payload = bigv[:length]
                     if raw_fd >= 0:
                         try:
                             got = os.preadv(raw_fd, [payload], offset)
@@ -397,12 +415,35 @@ class NbdServer:
                             err = ex.errno or errno.EIO
                     else:
                         err = self._call(lock, backend.readinto, offset, payload)
+            elif cmd == CMD_WRITE:
+                if length > MAX_REQUEST:
+                    raise _Drop(f"WRITE of {length} bytes exceeds the {MAX_REQUEST}-byte limit")
+                have = end - start
+                if length <= have:
+                    data = rv[start:start + length]
+                    start += length
+                else:
+                    if length > len(big):
+                        big = bytearray(length)
+                        bigv = memoryview(big)
+                    data = bigv[:length]
+                    data[:have] = rv[start:end]
+                    start = end = 0
+                    self._recv_exact(sock, data[have:], "a WRITE payload")
+                if e.read_only:
+                    err = errno.EPERM
+                elif offset + length > size:
+                    err = errno.EINVAL
+                else:
+                    err = self._call(lock, backend.write, offset, data)
+                    if not err and flags & CMD_FLAG_FUA:
+                        err = self._call(lock, backend.flush)
             elif cmd == CMD_FLUSH:
                 err = 0 if e.read_only else self._call(lock, backend.flush)
             elif cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
                 if e.read_only:
                     err = errno.EPERM
-                elif offset + length > backend.size:
+                elif offset + length > size:
                     err = errno.EINVAL
                 else:
                     fn = backend.discard if cmd == CMD_TRIM else backend.write_zeroes
@@ -410,8 +451,10 @@ class NbdServer:
                     if not err and flags & CMD_FLAG_FUA:
                         err = self._call(lock, backend.flush)
             elif cmd == CMD_CACHE:
-                err = 0 if offset + length <= backend.size else errno.EINVAL
+                err = 0 if offset + length <= size else errno.EINVAL
             elif cmd == CMD_DISC:
+                if out:
+                    self._send_all(sock, out)
                 log.info("client %s disconnected (NBD_CMD_DISC)", peer)
                 if not e.read_only:
                     self._call(lock, backend.flush)
@@ -425,8 +468,13 @@ class NbdServer:
                 if err == errno.EINVAL:
                     log.debug("client %s: %s at %d +%d rejected (EINVAL)", peer, CMD_NAMES.get(cmd, cmd), offset,
                               length)
-            REPLY.pack_into(rep, 0, SIMPLE_REPLY_MAGIC, err, handle)
-            self._send_all(sock, [rep, payload] if payload is not None else [rep])
+            out.append(REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle))
+            if payload is not None:
+                out.append(payload)
+                out_bytes += length
+                if payload.__class__ is memoryview or out_bytes >= SEND_BATCH or len(out) >= 512:
+                    self._send_all(sock, out)
+                    out, out_bytes = [], 0
 
     @staticmethod
     def _call(lock: threading.Lock | None, fn, *args) -> int:
