@@ -154,3 +154,17 @@ def test_parity_rotates_and_xors(tmp_path):
                 assert units[geo.data_col(row, u)] == data[start : start + STRIPE]
         assert parity_cols == {0, 1, 2, 3}  # parity rotates over every device
         vol.close()
+
+
+def test_volume_of_a_closed_pool_is_a_clear_error(tmp_path):
+    pool = Pool.create(tmp_path / "p", make_devices(tmp_path, 1), extent_size=EXTENT)
+    pool.create_volume("v", EXTENT)
+    vol = pool.open_volume("v")
+    pool.close()
+    with pytest.raises(BlockError, match="closed"):
+        vol.read(0, 1)
+    with pytest.raises(BlockError, match="closed"):
+        vol.write(0, b"x")
+    vol.close()
+    with Pool.open(tmp_path / "p") as again:  # nothing was marked failed by the stale handle
+        assert again.status()["state"] == "ok"

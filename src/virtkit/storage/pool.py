@@ -227,6 +227,7 @@ class Pool:
         self.chunks: dict[int, list[tuple[int, int]]] = {}
         self.refs: dict[int, int] = {}
         self.warnings: list[str] = []
+        self.closed = False
         self.seq = 0
         self.dirty = False
         self._lock_fd = -1
@@ -558,6 +559,7 @@ class Pool:
             if not self.read_only and self.dirty:
                 self._commit()
             self._close_fds()
+            self.closed = True
 
     def __enter__(self) -> Pool:
         return self
@@ -1316,7 +1318,7 @@ class VolumeBackend:
         return self.vol.name
 
     def _check(self, offset: int, length: int, write: bool) -> None:
-        if self.closed:
+        if self.closed or self.pool.closed:
             raise BlockError(f"volume {self.vol.name!r} is closed")
         if write and self.read_only:
             raise BlockError(f"volume {self.vol.name!r} is read-only")
@@ -1347,7 +1349,7 @@ class VolumeBackend:
     def flush(self) -> None:
         """Make every acknowledged write durable: fdatasync the devices, then commit pending metadata."""
         with self.pool.lock:
-            if self.read_only or self.closed:
+            if self.read_only or self.closed or self.pool.closed:
                 return
             self.pool._sync_devices()
             if self.pool.dirty:
