@@ -2,6 +2,7 @@
 
 Two network namespaces (hosts A and B) are wired through each fabric:
   * virtkit   — ``virtkit net`` switch with two ``tap:`` ports moved into the namespaces
+  * virtkit host: — the same switch with two ``host:`` ports on veth pairs (PACKET_MMAP rings)
   * vde_switch — Debian vde2's ``vde_switch -t TAP -t TAP``, TAPs moved into the namespaces
   * bridge    — the Linux bridge with two veth pairs (the kernel: our physical limit)
 and measured with
@@ -107,6 +108,20 @@ def setup_virtkit(a: Netns, b: Netns) -> Callable[[], None]:
     return down
 
 
+def setup_virtkit_host(a: Netns, b: Netns) -> Callable[[], None]:
+    d = tempfile.mkdtemp(prefix="vkb")
+    os.environ["VIRTKIT_NET_DIR"] = d
+    control.create("bench", storm_pps=0)
+    for ns, ip in ((a, A_IP), (b, B_IP)):
+        out = ns.veth("eth0", f"{TAG}{ns.name[-1]}", f"{ip}/24")
+        control.request("bench", "port_add", spec=f"host:{out}", access=1)
+
+    def down() -> None:
+        control.stop("bench")
+        shutil.rmtree(d, ignore_errors=True)
+    return down
+
+
 def setup_vde(a: Netns, b: Netns) -> Callable[[], None]:
     d = tempfile.mkdtemp(prefix="vde")
     taps = [f"{TAG}v{ns.name[-1]}" for ns in (a, b)]
@@ -143,7 +158,8 @@ def setup_bridge(a: Netns, b: Netns) -> Callable[[], None]:
 
 
 FABRICS: dict[str, Callable[[Netns, Netns], Callable[[], None]]] = {
-    "virtkit": setup_virtkit, "vde_switch": setup_vde, "linux bridge": setup_bridge}
+    "virtkit": setup_virtkit, "virtkit host:": setup_virtkit_host, "vde_switch": setup_vde,
+    "linux bridge": setup_bridge}
 
 
 def run(fabric: str, duration: float) -> dict[str, float]:

@@ -302,3 +302,27 @@ def test_storm_control_limits_flooding_per_port():
     assert len(b.wire) == 125
     sw.receive(b, [frame(mac(1), mac(2))] * 500, now=10.3)  # known unicast is never storm-limited
     assert len(a.wire) == 500
+
+
+def test_exact_match_cache_follows_mac_moves_within_a_batch():
+    a, b = WirePort("a"), WirePort("b")
+    sw = make(a, b)
+    sw.receive(b, [frame(mac(1), mac(2))], now=0.0)  # mac(2) lives on b
+    ab = frame(mac(2), mac(1))
+    moved = frame(eth.BROADCAST, mac(2))  # mac(2) now shows up on a (moved, after the loop guard time)
+    sw.receive(a, [ab, ab, moved, ab], now=5.0)
+    assert b.wire.count(ab) == 2  # the third copy would go back out of a: filtered
+    assert sw.lookup(1, mac(2), now=5.0) is a
+
+
+def test_exact_match_cache_keeps_checks():
+    a, b = WirePort("a", mode="trunk", trunk={7}), WirePort("b", vlan=7)
+    sw = make(a, b)
+    sw.receive(b, [frame(mac(1), mac(2))], now=0.0)
+    good = frame(mac(2), mac(1), vid=7, pcp=3)
+    other_vid = frame(mac(2), mac(1), vid=8)
+    big = frame(mac(2), mac(1), vid=7, size=1600)
+    sw.receive(a, [good, good, other_vid, big, good[:17], good], now=1.0)
+    assert len(b.wire) == 3
+    d = a.stats.drops
+    assert (d["vlan_not_allowed"], d["oversize"], d["bad_tag"]) == (1, 1, 1)

@@ -462,6 +462,8 @@ class SwitchDaemon:
                 for port in list(sw.ports.values()):
                     if port.queued:
                         port.flush()
+                    if port.tx_pending:
+                        port.kick()
                     if port.queued or self.registered.get(port.name, (0, 1))[1] & selectors.EVENT_WRITE:
                         self._register(port)
                 if now - last_tick >= 1.0:

@@ -109,7 +109,12 @@ class Port:
             cfg["group"] = self.group.name
         return cfg
 
+    #: frames handed to the wire but waiting for a :meth:`kick` (ports that batch their sends)
+    tx_pending = 0
+
     # -- I/O hooks (overridden by port kinds) --------------------------------------------------
+    def kick(self) -> None:
+        """Push out frames a batching port is holding (called after every batch)."""
     def transmit(self, frame: bytes) -> bool:
         """Put one frame on the wire; False when the wire is busy (the frame stays queued)."""
         return True
@@ -294,11 +299,37 @@ class Switch:
         egress = self._egress
         vlan_captures = self.vlan_captures
         rx_frames = rx_bytes = 0
+        # Exact-match cache (like OVS's EMC): a run of frames with the same addresses and tag from this
+        # port in this batch gets the forwarding decision of the first one. Only plain known-unicast
+        # decisions are cached, and any learning change in the batch drops the cache.
+        cache_ok = not caps and group is None
+        c_hdr: bytes | None = None
+        c_tci = b""
+        c_strip = False
+        c_min = c_max = 0
+        c_out: Port = port
+        c_vid = c_pcp = c_dei = 0
         try:
             for frame in frames:
                 n = len(frame)
                 rx_frames += 1
                 rx_bytes += n
+                if c_hdr is not None and c_min <= n <= c_max and frame[:14] == c_hdr and type(frame) is bytes \
+                        and (not c_strip or frame[14:16] == c_tci):
+                    untagged = frame[:12] + frame[16:] if c_strip else frame
+                    if c_out.queued == 0:
+                        try:
+                            sent = c_out.transmit(untagged)
+                        except OSError:
+                            c_out.stats.drops["tx_error"] += 1
+                            continue
+                        if sent:
+                            ostats = c_out.stats
+                            ostats.tx_frames += 1
+                            ostats.tx_bytes += len(untagged)
+                            continue
+                    egress(c_out, c_vid, c_pcp, c_dei, untagged, frame, ptpid, now)
+                    continue
                 if caps:
                     for cap in caps:
                         cap.write(frame, outbound=False)
@@ -349,6 +380,7 @@ class Switch:
                 e = table.get(src)
                 if e is None:
                     if not frame[6] & 1:
+                        c_hdr = None
                         if self.mac_count < self.max_macs:
                             table[src] = [port, now]
                             self.mac_count += 1
@@ -360,6 +392,7 @@ class Switch:
                             # seen on its own port a moment ago and now here: our own frame came back (a loop)
                             drops["loop"] += 1
                             continue
+                        c_hdr = None
                         e[0] = port
                         self.counters["mac_moves"] += 1
                     e[1] = now
@@ -387,6 +420,13 @@ class Switch:
                                     ostats = out.stats
                                     ostats.tx_frames += 1
                                     ostats.tx_bytes += len(untagged)
+                                    if cache_ok and type(frame) is bytes and not (
+                                            vlan_captures and vlan_captures.get(vid)):
+                                        c_hdr, c_out, c_vid, c_pcp, c_dei = frame[:14], out, vid, pcp, dei
+                                        c_strip = untagged is not frame
+                                        c_tci = frame[14:16]
+                                        c_min = 18 if c_strip else 14
+                                        c_max = mtu + c_min
                                     continue
                             egress(out, vid, pcp, dei, untagged, frame, ptpid, now)
                         continue
