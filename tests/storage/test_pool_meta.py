@@ -250,3 +250,16 @@ def test_fuzz_metadata_structure(tmp_path_factory, data):
     except MetadataError as err:
         assert str(err) and "\n" not in str(err)
     assert slots(path) == before
+
+
+def test_failed_create_leaves_no_labels_behind(tmp_path):
+    good = make_devices(tmp_path, 1)[0]
+    small = tmp_path / "small.img"
+    small.write_bytes(bytes(4096))
+    with pytest.raises(PoolError, match="too small"):
+        Pool.create(tmp_path / "p", [good, str(small)], extent_size=EXTENT)
+    assert not (tmp_path / "p").exists()
+    with open(good, "rb") as f:
+        assert f.read(8) == bytes(8)
+    with Pool.create(tmp_path / "p", [good], extent_size=EXTENT) as pool:  # no --force needed
+        assert len(pool.devices) == 1

@@ -283,6 +283,7 @@ class Pool:
             raise PoolError(f"pool {path.name!r} already exists at {path}")
         if path.exists() and any(p.name.startswith("metadata") for p in path.iterdir()):
             raise PoolError(f"{path} holds leftover pool files; remove them first")
+        created_dir = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         pool = cls(path, read_only=False)
         pool._take_lock(create=True)
@@ -301,7 +302,14 @@ class Pool:
             pool.seq = 0
             pool._commit(sync=False)
         except BaseException:
+            for dev in pool.devices.values():  # undo: no device keeps the label of a pool that does not exist
+                with contextlib.suppress(OSError):
+                    os.pwrite(dev.fd, bytes(LABEL_SIZE), 0)
             pool._close_fds()
+            with contextlib.suppress(OSError):
+                (path / "lock").unlink()
+                if created_dir:
+                    path.rmdir()
             raise
         return pool
 
