@@ -1351,23 +1351,35 @@ def convert(src: str, dst: str, out_format: str = "qcow2", cluster_size: int = 6
             d = RawFile(dst)
             gran = 4096
         try:
-            buf = bytearray(chunk)
-            mv = memoryview(buf)
-            pos = 0
-            while pos < size:
+            from concurrent.futures import ThreadPoolExecutor
+
+            bufs = [memoryview(bytearray(chunk)) for _ in range(2)]
+
+            def load(pos: int, mv: memoryview) -> tuple[int, list[tuple[int, memoryview]]]:
+                """Read one chunk (skipping holes) and cut it into non-zero runs: runs in a helper thread."""
                 n = min(chunk, size - pos)
                 extents = s.block_status(pos, n) if isinstance(s, Qcow2) else [(pos, n, "data")]
+                runs = []
                 for eoff, elen, kind in extents:
                     if kind == "zero":
                         continue
                     seg = mv[eoff - pos:eoff - pos + elen]
                     s.readinto(eoff, seg)
-                    for a, b in _nonzero_runs(seg, gran):
-                        d.write(eoff + a, seg[a:b])
-                        written += b - a
-                pos += n
-                if progress:
-                    progress(pos, size)
+                    runs += [(eoff + a, seg[a:b]) for a, b in _nonzero_runs(seg, gran)]
+                return pos + n, runs
+
+            with ThreadPoolExecutor(1) as pool:  # read chunk i+1 while chunk i is written
+                pending = pool.submit(load, 0, bufs[0]) if size else None
+                k = 0
+                while pending is not None:
+                    done, runs = pending.result()
+                    k ^= 1
+                    pending = pool.submit(load, done, bufs[k]) if done < size else None
+                    for off, data in runs:
+                        d.write(off, data)
+                        written += len(data)
+                    if progress:
+                        progress(done, size)
             d.flush()
         finally:
             d.close()
