@@ -225,12 +225,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if res.clean:
             print("No errors were found on the image.")
         else:
-            print(f"{res.corruptions} errors were found on the image." if res.corruptions else "")
+            if res.corruptions:
+                print(f"{res.corruptions} errors were found on the image.")
             if res.leaks:
                 print(f"{res.leaks} leaked clusters were found on the image.")
         if res.repaired:
             print(f"{res.repaired} refcounts were repaired.")
         print(f"{res.allocated_clusters} clusters in use, image end offset {res.image_end_offset}")
-    if args.repair and res.repaired:
-        return 0
     return 2 if res.corruptions else 3 if res.leaks else 0

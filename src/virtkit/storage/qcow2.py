@@ -446,9 +446,10 @@ class Qcow2:
             raw = raw + bytes(self.cluster_size - len(raw))
         dt = REFCOUNT_DTYPES.get(self.refcount_order)
         if dt is None:  # sub-byte refcounts (read-only: used by check)
-            bits = 1 << self.refcount_order
-            arr = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="big").reshape(-1, bits)
-            blk = arr.dot(1 << np.arange(bits - 1, -1, -1)).astype(np.uint64)
+            bits = 1 << self.refcount_order  # packed least significant bits first, like QEMU
+            arr = np.frombuffer(raw, dtype=np.uint8).astype(np.uint64)
+            shifts = (np.arange(8 // bits) * bits).astype(np.uint64)
+            blk = ((arr[:, None] >> shifts) & np.uint64((1 << bits) - 1)).reshape(-1)
         else:
             blk = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
         self._rb_cache[bi] = blk
@@ -703,7 +704,8 @@ class Qcow2:
             for off in sorted(self._l2_dirty):
                 os.pwrite(self.fd, self._l2_cache[off].astype(">u8").tobytes(), off)
             self._l2_dirty.clear()
-            if self._l1_dirty:
+            if self._l1_dirty:  # new L2 tables must be durable before the L1 entries that point at them
+                os.fdatasync(self.fd)
                 os.pwrite(self.fd, self.l1.astype(">u8").tobytes(), self.l1_offset)
                 self._l1_dirty = False
             os.fdatasync(self.fd)
@@ -1258,9 +1260,13 @@ class Qcow2:
                     res.corruptions += 1
                     if len(res.messages) < 50:
                         res.messages.append(f"ERROR OFLAG_COPIED data cluster: l2_entry={d:x} refcount={rc}")
-        if repair and res.repaired:
+        if repair and res.repaired:  # write the fixed refcounts, then report the state after the repair
             self._write_refblocks()
             os.fdatasync(self.fd)
+            after = self.check()
+            after.repaired = res.repaired
+            after.messages = [f"Repaired: {m}" for m in res.messages] + after.messages
+            return after
         res.allocated_clusters = int(np.count_nonzero(ref))
         res.total_clusters = _div_up(self.size, cs)
         nz = np.flatnonzero(ref)
