@@ -104,6 +104,8 @@ BAD = [
     (["pool", "create", "tank", "/nonexistent/dev.img"], "does not exist"),
     (["pool", "create", "tank", "{small}"], "too small"),
     (["pool", "create", "tank", "{a}", "{a}"], "given twice"),
+    (["pool", "create", "tank", "{a}", "--warn-percent", "0"], "between 1 and 100"),
+    (["pool", "create", "tank", "{a}", "--warn-percent", "x"], "invalid int"),
     (["pool", "status", "nothere"], "no pool"),
     (["volume", "create", "tank/v", "--size=-1G"], "bad size"),
     (["volume", "create", "tank/v", "--size", "1.5G"], "bad size"),

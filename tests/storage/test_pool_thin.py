@@ -56,6 +56,20 @@ def test_thin_overcommit_usage_and_discard(tmp_path):
         a.close()
 
 
+def test_warning_threshold(tmp_path):
+    with Pool.create(tmp_path / "p", make_devices(tmp_path, 1), extent_size=EXTENT, warn_percent=10) as pool:
+        extents = pool.status()["extents_total"]
+        pool.create_volume("t", "1G", thin=True)
+        v = pool.open_volume("t")
+        for i in range(extents // 10 - 1):
+            v.write(i * EXTENT, b"x")
+        assert not pool.status()["warnings"]
+        v.write(extents * EXTENT, b"x")
+        v.write((extents + 1) * EXTENT, b"x")
+        assert "warning threshold 10%" in pool.status()["warnings"][0]
+        v.close()
+
+
 def test_thick_volume_needs_space_up_front(tmp_path):
     with Pool.create(tmp_path / "p", make_devices(tmp_path, 1), extent_size=EXTENT) as pool:
         with pytest.raises(PoolError, match="not enough free space"):

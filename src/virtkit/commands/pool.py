@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("name", metavar="NAME", help="pool name (or a directory path)")
     c.add_argument("devices", nargs="+", metavar="DEV", help="existing files or block devices")
     c.add_argument("--extent-size", default="4M", metavar="SIZE", help="extent size (power of two, default 4M)")
+    c.add_argument("--warn-percent", type=int, default=80, metavar="PCT",
+                   help="warn when this much of the pool is used (default 80)")
     c.add_argument("--force", action="store_true", help="overwrite labels of devices that belong to another pool")
     c.add_argument("--json", action="store_true", help="print the new pool's status as JSON")
     _common(c)
@@ -86,7 +88,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     """Create the pool and print a one-line summary (or its status as JSON)."""
     from virtkit.storage.pool import Pool
 
-    with Pool.create(args.name, args.devices, args.extent_size, root=root_of(args), force=args.force) as pool:
+    with Pool.create(args.name, args.devices, args.extent_size, root=root_of(args), force=args.force,
+                     warn_percent=args.warn_percent) as pool:
         st = pool.status()
     if args.json:
         print(json.dumps(st, indent=1))

@@ -271,6 +271,7 @@ class Pool:
         *,
         root: Path | None = None,
         force: bool = False,
+        warn_percent: int = DEFAULT_WARN_PERCENT,
     ) -> Pool:
         """Create a pool on ``devices`` (existing files or block devices), label them, return it open."""
         path = resolve_pool_dir(name_or_path, root)
@@ -279,6 +280,8 @@ class Pool:
             raise PoolError(f"extent size {extent} must be a power of two between 4K and 1G")
         if not devices:
             raise PoolError("a pool needs at least one device")
+        if not 1 <= warn_percent <= 100:
+            raise PoolError(f"warning threshold {warn_percent}% must be between 1 and 100")
         if (path / "metadata.0").exists() or (path / "metadata.1").exists():
             raise PoolError(f"pool {path.name!r} already exists at {path}")
         if path.exists() and any(p.name.startswith("metadata") for p in path.iterdir()):
@@ -291,6 +294,7 @@ class Pool:
             pool.name = path.name
             pool.uuid = str(uuid.uuid4())
             pool.extent = extent
+            pool.warn_percent = warn_percent
             pool.created = time.time()
             seen: set[str] = set()
             for dev in devices:
