@@ -326,3 +326,15 @@ def test_exact_match_cache_keeps_checks():
     assert len(b.wire) == 3
     d = a.stats.drops
     assert (d["vlan_not_allowed"], d["oversize"], d["bad_tag"]) == (1, 1, 1)
+
+
+def test_qinq_customer_port_tunnels_c_tagged_frames():
+    """An access port with the 802.1ad TPID takes a customer's C-tagged frames into its S-VLAN."""
+    cust = WirePort("cust", vlan=100, tpid=eth.TPID_8021AD)
+    q = WirePort("q", mode="trunk", trunk={100}, tpid=eth.TPID_8021AD)
+    sw = make(cust, q)
+    c_tagged = frame(eth.BROADCAST, mac(1), vid=5, pcp=2)
+    sw.receive(cust, [c_tagged], now=1.0)
+    assert q.wire == [eth.push_tag(c_tagged, 100, 0, tpid=eth.TPID_8021AD)]
+    sw.receive(q, [eth.push_tag(frame(mac(1), mac(2), vid=5), 100, tpid=eth.TPID_8021AD)], now=1.0)
+    assert cust.wire == [frame(mac(1), mac(2), vid=5)]
