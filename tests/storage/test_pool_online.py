@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,46 @@ def test_open_disk_pool_volume(tmp_path, monkeypatch):
     with pytest.raises(BlockError, match="read-only"):
         ro.write(0, b"x")
     ro.close()
+
+
+MOVER = r"""
+import sys
+from virtkit.storage.pool import Pool
+pool = Pool.open(sys.argv[1])
+print("moving", flush=True)
+pool.move_volume("v", sys.argv[2], sys.argv[3])
+print("done", flush=True)
+"""
+
+
+def test_sigkill_during_move_keeps_volume_intact(tmp_path):
+    from virtkit.storage.pool_meta import load_slots
+
+    devs = make_devices(tmp_path, 2, size=40 << 20)
+    size = 256 * EXTENT
+    with Pool.create(tmp_path / "p", devs, extent_size=EXTENT) as pool:
+        pool.create_volume("v", size, "linear")
+        vol = pool.open_volume("v")
+        data = os.urandom(size)
+        vol.write(0, data)
+        vol.close()
+        src = pool.devices[pool.chunks[pool.volumes["v"].map[0]][0][0]].path
+        dst = next(d for d in devs if d != src)
+        seq0 = pool.seq
+    proc = subprocess.Popen([sys.executable, "-c", MOVER, str(tmp_path / "p"), src, dst], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "moving"
+    while proc.poll() is None and load_slots(tmp_path / "p").body["seq"] < seq0 + 3:
+        time.sleep(0.01)  # wait until a few extents have been switched over, then pull the plug
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Pool.open(tmp_path / "p") as pool:
+        vol = pool.open_volume("v")
+        assert vol.read(0, size) == data
+        on = {pool.devices[d].path for cid in pool.volumes["v"].map for d, _ in pool.chunks[cid]}
+        assert dst in on  # the move had started...
+        pool.move_volume("v", src, dst)  # ...and can simply be run again to finish
+        assert vol.read(0, size) == data
+        vol.close()
+        st = pool.status()
+        assert next(d for d in st["devices"] if d["path"] == src)["extents_used"] == 0
