@@ -1,0 +1,191 @@
+"""CPU benchmark: CPU-bound bare-metal workloads on virtkit's RISC-V engine and on QEMU TCG, in one run.
+
+Each workload (C sources in ``bench/cpu/``: CRC-32, SHA-256, quicksort, integer matrix multiply, a
+bytecode interpreter, a double-precision kernel) is compiled once with the cross compiler (-O2) and
+the same ELF runs on virtkit (in this process, ``baremetal.run_elf``) and on
+``qemu-system-riscv64 -M spike -bios none``. Both must print the same checksum. The table shows
+instructions retired (virtkit's counter), virtkit's time and MIPS, QEMU's wall time and the ratio.
+virtkit's Numba compile / cache-load time is measured separately (a first tiny run) and is not part
+of any workload time. Goal (from the issue): >= 100 MIPS and <= 3x QEMU's wall time.
+
+    .venv/bin/python bench/cpu.py [--scale F] [--only crc32,qsort] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from virtkit.errors import VirtkitError
+from virtkit.images.demo import _cache_root, build_baremetal, build_demo
+
+BENCH_DIR = Path(__file__).resolve().parent / "cpu"
+QEMU = "qemu-system-riscv64"
+# iterations per workload: roughly 20-70 million instructions each
+WORKLOADS = {"crc32": 100, "sha256": 40, "qsort": 20, "matmul": 30, "interp": 20, "dgemm": 30}
+GOAL_MIPS = 100.0
+GOAL_RATIO = 3.0
+CHECKSUM = re.compile(r"(\w+) checksum ([0-9a-f]{16})")
+
+
+@dataclass
+class Row:
+    """One workload's measurements on both peers."""
+
+    workload: str
+    iterations: int
+    instructions: int = 0
+    virtkit_s: float = 0.0
+    mips: float = 0.0
+    qemu_s: float = 0.0
+    ratio: float = 0.0
+    virtkit_checksum: str = ""
+    qemu_checksum: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Both peers ran and agree."""
+        return not self.error and self.virtkit_checksum != "" and self.virtkit_checksum == self.qemu_checksum
+
+
+def build(name: str, iterations: int) -> Path:
+    """Compile one workload with its iteration count into the cache."""
+    out = _cache_root() / "bench-cpu" / f"{name}-{iterations}.elf"
+    return build_baremetal([BENCH_DIR / f"{name}.c"], out, opt="-O2", defines=[f"ITERS={iterations}"])
+
+
+def checksum_of(text: str) -> str:
+    """The checksum a workload printed, '' if none."""
+    m = CHECKSUM.search(text)
+    return m.group(2) if m else ""
+
+
+def engine_load_seconds() -> float:
+    """Import the engine and run the demo once: Numba compile or cache-load time, kept out of the workloads."""
+    t0 = time.perf_counter()
+    from virtkit.engines.riscv.baremetal import run_elf
+
+    run_elf(build_demo(), console=lambda b: None, max_instructions=50_000_000)
+    return time.perf_counter() - t0
+
+
+def run_virtkit(elf: Path) -> tuple[str, int, float]:
+    """Run on virtkit's engine: (checksum, instructions retired, seconds of execution)."""
+    from virtkit.engines.riscv.baremetal import run_elf
+
+    res = run_elf(elf, console=lambda b: None, max_instructions=20_000_000_000)
+    if res.exit_code != 0:
+        raise VirtkitError(f"virtkit: {elf.name} ended with {res.exit_code} ({res.reason})")
+    return checksum_of(res.output.decode(errors="replace")), res.instructions, res.seconds
+
+
+def run_qemu(elf: Path, timeout: float = 600) -> tuple[str, float]:
+    """Run on QEMU TCG (spike machine, -bios none): (checksum, wall seconds including QEMU start-up)."""
+    cmd = [QEMU, "-M", "spike", "-bios", "none", "-kernel", str(elf), "-display", "none", "-serial", "stdio",
+           "-monitor", "none"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise VirtkitError(f"QEMU: {elf.name} exited with {p.returncode}: {p.stderr.decode(errors='replace')[:200]}")
+    return checksum_of(p.stdout.decode(errors="replace")), dt
+
+
+def measure(names: list[str], scale: float) -> tuple[list[Row], float, float]:
+    """Run every workload on both peers; also return engine load time and QEMU's start-up time."""
+    load_s = engine_load_seconds()
+    qemu_start = run_qemu(build("crc32", 0))[1]
+    rows = []
+    for name in names:
+        row = Row(name, max(1, round(WORKLOADS[name] * scale)))
+        try:
+            elf = build(name, row.iterations)
+            row.virtkit_checksum, row.instructions, row.virtkit_s = run_virtkit(elf)
+            row.qemu_checksum, row.qemu_s = run_qemu(elf)
+            row.mips = row.instructions / row.virtkit_s / 1e6 if row.virtkit_s else 0.0
+            row.ratio = row.virtkit_s / row.qemu_s if row.qemu_s else 0.0
+            if row.virtkit_checksum != row.qemu_checksum:
+                row.error = "checksums differ"
+        except (VirtkitError, subprocess.TimeoutExpired) as err:
+            row.error = str(err)
+        rows.append(row)
+    return rows, load_s, qemu_start
+
+
+def print_table(rows: list[Row], load_s: float, qemu_start: float) -> None:
+    """A rich table of the results with totals and the goal verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="CPU: virtkit RISC-V engine vs qemu-system-riscv64 (TCG), same ELF")
+    for col, just in [("workload", "left"), ("iters", "right"), ("instructions", "right"), ("virtkit s", "right"),
+                      ("MIPS", "right"), ("QEMU s", "right"), ("virtkit/QEMU", "right"), ("checksum", "left")]:
+        t.add_column(col, justify=just)
+    for r in rows:
+        if r.error and not r.virtkit_s:
+            t.add_row(r.workload, str(r.iterations), "-", "-", "-", "-", "-", f"[red]{r.error}[/red]")
+            continue
+        ck = f"{r.virtkit_checksum} ok" if r.ok else f"[red]{r.error}[/red]"
+        t.add_row(r.workload, str(r.iterations), f"{r.instructions:,}", f"{r.virtkit_s:.2f}", f"{r.mips:.1f}",
+                  f"{r.qemu_s:.2f}", f"{r.ratio:.1f}x", ck)
+    good = [r for r in rows if r.virtkit_s and r.qemu_s]
+    if good:
+        insns = sum(r.instructions for r in good)
+        vs = sum(r.virtkit_s for r in good)
+        qs = sum(r.qemu_s for r in good)
+        t.add_row("[b]total[/b]", "", f"{insns:,}", f"{vs:.2f}", f"{insns / vs / 1e6:.1f}", f"{qs:.2f}",
+                  f"{vs / qs:.1f}x", "")
+    con = Console()
+    con.print(t)
+    con.print(f"virtkit engine compile/cache-load (not in the times above): {load_s:.2f} s; "
+              f"QEMU start-up (included in QEMU s): {qemu_start:.2f} s")
+    if good:
+        mips = insns / vs / 1e6
+        ratio = vs / qs
+        met = mips >= GOAL_MIPS and ratio <= GOAL_RATIO
+        con.print(f"goal >= {GOAL_MIPS:.0f} MIPS and <= {GOAL_RATIO:.0f}x QEMU: "
+                  + ("[green]met[/green]" if met else f"[yellow]not met[/yellow] ({mips:.1f} MIPS, {ratio:.1f}x)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run the benchmark, print the table (or JSON); non-zero if a checksum differs."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload's iterations (default 1)")
+    ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        print(f"bench/cpu.py: error: unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}",
+              file=sys.stderr)
+        return 2
+    if not 0 < args.scale <= 1000:
+        print(f"bench/cpu.py: error: --scale must be in (0, 1000]: {args.scale}", file=sys.stderr)
+        return 2
+    if shutil.which(QEMU) is None:
+        print(f"bench/cpu.py: error: {QEMU} not found (Debian package qemu-system-misc)", file=sys.stderr)
+        return 2
+    try:
+        rows, load_s, qemu_start = measure(names, args.scale)
+    except VirtkitError as err:
+        print(f"bench/cpu.py: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"rows": [asdict(r) | {"ok": r.ok} for r in rows], "engine_load_seconds": load_s,
+                          "qemu_startup_seconds": qemu_start, "goal": {"mips": GOAL_MIPS, "ratio": GOAL_RATIO}}))
+    else:
+        print_table(rows, load_s, qemu_start)
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
