@@ -282,7 +282,7 @@ def test_elf_valid_and_malformed():
         "not RISC-V": _elf(machine=62),
         "outside RAM": _elf(paddr=0x1000),
         "truncated": _elf()[:100],
-        "past the end": _elf(filesz=4096),
+        "past the end": _elf(filesz=4096, memsz=4096),
         "exceeds": _elf(filesz=8, memsz=4),
         "not an ELF": b"\x7fELF",
     }

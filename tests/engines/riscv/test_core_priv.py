@@ -8,6 +8,7 @@ from test_core_basic import run_asm
 # (4 bytes) and returns; after an interrupt (mcause < 0) it disables MIE in mstatus.MPIE.
 # `GOTO_S label` / `GOTO_U label` enter S/U mode at label via mret.
 COMMON = r"""
+.option norvc
 .macro GOTO mode, label
     li t0, 3 << 11
     csrc mstatus, t0
@@ -25,6 +26,10 @@ COMMON = r"""
 .endm
     la t0, mhandler
     csrw mtvec, t0
+    li t0, -1                    # PMP: one NAPOT entry over everything, RWX for S and U
+    csrw pmpaddr0, t0
+    li t0, 0x1f
+    csrw pmpcfg0, t0
     li s2, -1
     j main
 .align 2
@@ -234,6 +239,7 @@ shandler:
 def test_timer_and_software_interrupts_clint(tmp_path):
     check(tmp_path, r"""
     li s7, 0x2000000
+    li s2, 0
     li t1, 0x200bff8
     ld t2, 0(t1)                 # mtime
     addi t2, t2, 50
@@ -243,9 +249,8 @@ def test_timer_and_software_interrupts_clint(tmp_path):
     csrw mie, t0
     csrsi mstatus, 8
 1:  wfi
-    bgez s2, 2f
-    j 1b
-2:  li t0, 0x8000000000000007
+    beqz s2, 1b
+    li t0, 0x8000000000000007
     bne s2, t0, bad
     li t0, 1 << 7
     csrr t1, mip
@@ -312,7 +317,7 @@ done:
 .align 2
 shandler:
     csrr s6, scause
-    li t0, 2
+    li t0, 1 << 5                # SPIE = 0: sret leaves interrupts off
     csrc sstatus, t0
     sret
 """)
@@ -332,14 +337,16 @@ def test_fp_state_nan_boxing_and_counters(tmp_path):
     fmv.x.d t1, f2
     li t2, 0xffffffff3f800000    # NaN-boxed 1.0f
     csrr t3, mstatus
-    bltz t3, 1f                  # SD set because FS became Dirty
+    bltz t3, 5f                  # SD set because FS became Dirty
     FAIL 4
-1:  li t4, 0xffffffff3f800000
+5:  li t4, 0xffffffff3f800000
     fsd f2, 8(a0)
     ld t5, 8(a0)
     bne t5, t4, bad
-    c.fld f3, 8(a0)
-    fsd f3, 16(a0)
+    .option rvc
+    c.fld f8, 8(a0)
+    .option norvc
+    fsd f8, 16(a0)
     ld t5, 16(a0)
     bne t5, t4, bad
     csrwi fflags, 0x1f

@@ -1193,7 +1193,9 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         ex = 1
                         break
                     else:
-                        irq_check = True  # may have been a CLINT write
+                        # may have been a CLINT write: MTIP/MSIP change now, on every hart
+                        update_timer_bits(csr, cfg, msip, mtcmp, ctime)
+                        irq_check = True
         elif op == 0x33:  # OP
             a = xr[rs1]
             b = xr[rs2]
