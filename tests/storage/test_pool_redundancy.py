@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -185,4 +186,46 @@ def test_two_failures_in_parity_is_an_error_not_garbage(tmp_path):
             v.read(0, SIZE)
         with pytest.raises(BlockError):
             v.write(0, b"x" * 100)
+        v.close()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 1 MiB tmpfs: a device file on it fails with ENOSPC once it has 1 MiB of data (a real I/O error)."""
+    from conftest import require_root
+
+    require_root()
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {p.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("layout,width", [("parity", 3), ("mirror", 2)])
+def test_device_failing_in_the_middle_of_writes(tmp_path, tiny_fs, layout, width):
+    devs = make_devices(tmp_path, width - 1)
+    flaky = str(tiny_fs / "flaky.img")
+    with open(flaky, "wb") as f:
+        f.truncate(4 << 20)
+    with Pool.create(tmp_path / "p", [*devs, flaky], extent_size=EXTENT) as pool:
+        size = 64 * EXTENT  # more than fits on the tmpfs: the flaky device fails part way
+        pool.create_volume("v", size, layout, width=width, stripe="4K")
+        v = pool.open_volume("v")
+        model = bytearray(size)
+        for off in range(0, size, 5000):  # unaligned writes: read-modify-write rows hit the failure
+            chunk = os.urandom(min(5000, size - off))
+            v.write(off, chunk)
+            model[off : off + len(chunk)] = chunk
+        assert pool.find_device(flaky).state == "failed"
+        assert "I/O error" in pool.find_device(flaky).reason
+        assert v.read(0, size) == model
+        spare = make_devices(tmp_path, 1, prefix="spare")[0]
+        pool.rebuild(flaky, spare)
+        check_redundancy(pool, "v")
+        assert v.read(0, size) == model
         v.close()

@@ -794,29 +794,31 @@ class Pool:
                         self._write_row(geo, cols, row, data)
                         break
                     except _Degraded:
-                        continue  # a device failed mid-row: redo the row in degraded mode
+                        continue  # a device failed while reading the row: redo it in degraded mode
                 else:
                     raise BlockError("write failed: parity row could not be written")
 
     def _write_row(self, geo: Geometry, cols: list[tuple[int, int]], row: Any, data: memoryview) -> None:
+        """Write one parity row. Every read happens before the first write, and the new parity is
+        computed for the whole intended row, so a device failing during the writes still leaves a
+        row whose missing column is the XOR of the others."""
         s = geo.stripe
         base = row.row * s
         failed = [c for c, col in enumerate(cols) if not self.devices[col[0]].alive]
         if len(failed) > 1:
             raise self._lost(geo, cols[failed[1]])
-        pcol = cols[row.parity_col]
+        writes: list[tuple[int, int, Any]] = []
         if row.full and not failed:  # full-stripe write: parity from the new data alone
             parity = bytearray(s)
             for p in row.pieces:
                 xor_into(parity, data[p.buf_off : p.buf_off + p.length])
-            for p in row.pieces:
-                self._col_write(cols[p.col], p.pe_off, data[p.buf_off : p.buf_off + p.length])
-            self._col_write(pcol, base, parity)
+                writes.append((p.col, p.pe_off, data[p.buf_off : p.buf_off + p.length]))
+            writes.append((row.parity_col, base, parity))
         elif not failed:  # read-modify-write: parity ^= old ^ new over the touched range
             lo = min(p.pe_off for p in row.pieces)
             hi = max(p.pe_off + p.length for p in row.pieces)
             parity = bytearray(hi - lo)
-            self._col_read(pcol, lo, memoryview(parity))
+            self._col_read(cols[row.parity_col], lo, memoryview(parity))
             old = bytearray(s)
             for p in row.pieces:
                 o = memoryview(old)[: p.length]
@@ -824,17 +826,17 @@ class Pool:
                 span = memoryview(parity)[p.pe_off - lo : p.pe_off - lo + p.length]
                 xor_into(span, o)
                 xor_into(span, data[p.buf_off : p.buf_off + p.length])
-            for p in row.pieces:
-                self._col_write(cols[p.col], p.pe_off, data[p.buf_off : p.buf_off + p.length])
-            self._col_write(pcol, lo, parity)
+                writes.append((p.col, p.pe_off, data[p.buf_off : p.buf_off + p.length]))
+            writes.append((row.parity_col, lo, parity))
         else:  # degraded: rebuild the whole row in memory, apply the write, rewrite parity
+            gone = failed[0]
             bufs = [bytearray(s) for _ in cols]
             for c, col in enumerate(cols):
-                if c != failed[0]:
+                if c != gone:
                     self._col_read(col, base, memoryview(bufs[c]))
             for c in range(len(cols)):
-                if c != failed[0]:
-                    xor_into(bufs[failed[0]], bufs[c])
+                if c != gone:
+                    xor_into(bufs[gone], bufs[c])
             touched = set()
             for p in row.pieces:
                 rel = p.pe_off - base
@@ -844,11 +846,17 @@ class Pool:
             for c in range(len(cols)):
                 if c != row.parity_col:
                     xor_into(parity, bufs[c])
-            for c in touched:
-                if c != failed[0]:
-                    self._col_write(cols[c], base, bufs[c])
-            if row.parity_col != failed[0]:
-                self._col_write(pcol, base, parity)
+            writes = [(c, base, bufs[c]) for c in sorted(touched) if c != gone]
+            if row.parity_col != gone:
+                writes.append((row.parity_col, base, parity))
+        for c, off, buf in writes:
+            try:
+                self._col_write(cols[c], off, buf)
+            except _Degraded:
+                continue  # the row stays consistent: that column is now reconstructed from the others
+        failed = [c for c, col in enumerate(cols) if not self.devices[col[0]].alive]
+        if len(failed) > 1:
+            raise self._lost(geo, cols[failed[1]])
 
     def _read_column(self, geo: Geometry, cid: int, c: int) -> bytearray:
         """The raw content of column ``c`` of a chunk, reconstructed from the others when its device is gone."""
