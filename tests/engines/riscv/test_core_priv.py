@@ -18,6 +18,9 @@ COMMON = r"""
     csrw mepc, t0
     mret
 .endm
+.macro TRY
+    li s2, 0
+.endm
 .macro EXPECT reg, value, n
     li t0, \value
     beq \reg, t0, 9f
@@ -44,6 +47,10 @@ mhandler:
     beq s2, t0, 3f          # ecall from U: return to M at s5
     li t0, 9
     beq s2, t0, 3f          # ecall from S: return to M at s5
+    li t0, 12
+    beq s2, t0, 4f          # fetch page fault: return to ra
+    li t0, 1
+    beq s2, t0, 4f          # fetch access fault: return to ra
     addi t0, s4, 4
     csrw mepc, t0
     mret
@@ -57,6 +64,8 @@ mhandler:
 3:  li t0, 3 << 11          # back to M-mode at the address in s5
     csrs mstatus, t0
     csrw mepc, s5
+    mret
+4:  csrw mepc, ra
     mret
 main:
 """
