@@ -59,6 +59,7 @@ def test_degraded_reads_writes_and_rebuild(tmp_path, layout, width):
         victim_path = pool.devices[victim].path
         pool.fail_device(victim_path)
         assert pool.status()["state"] == "degraded"
+        assert pool.status()["volumes"][0]["state"] == "degraded"
         assert v.read(0, SIZE) == data  # degraded reads reconstruct
         # degraded writes: partial rows, full rows and single bytes
         for off, n in [(5, 3000), (EXTENT - 100, 9000), (4 * EXTENT, 2 * EXTENT), (SIZE - 1, 1)]:
@@ -75,7 +76,7 @@ def test_degraded_reads_writes_and_rebuild(tmp_path, layout, width):
         assert v.read(0, SIZE) == data
         moved = pool.rebuild(victim_path, spare)
         assert moved > 0
-        assert pool.status()["state"] == "ok"
+        assert pool.status()["state"] == "ok" and pool.status()["volumes"][0]["state"] == "ok"
         assert victim_path not in [d.path for d in pool.devices.values()]
         check_redundancy(pool, "v")
         assert v.read(0, SIZE) == data
@@ -165,6 +166,7 @@ def test_non_redundant_volume_on_failed_device(tmp_path):
         dev = pool.devices[pool.chunks[pool.volumes["lin"].map[0]][0][0]].path
         v = pool.open_volume("lin")
         pool.fail_device(dev)
+        assert pool.status()["volumes"][0]["state"] == "unavailable"
         with pytest.raises(BlockError, match="unavailable"):
             v.read(0, 10)
         v.close()

@@ -147,13 +147,14 @@ def print_volumes(vols: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("volume", "layout", "size", "allocated", "type", "origin", "devices"):
+    for col in ("volume", "layout", "size", "allocated", "type", "origin", "devices", "state"):
         t.add_column(col, overflow="fold")
     for v in vols:
         layout = v["layout"] + (f" x{v['width']}" if v["width"] > 1 else "")
         kind = "snapshot" if v["snapshot_of"] else ("thin" if v["thin"] else "thick")
         t.add_row(v["name"], layout, _size(v["size"]), f"{_size(v['allocated'])} ({v['allocated_percent']}%)",
-                  kind, v["snapshot_of"] or "", str(len(v["devices"])))
+                  kind, v["snapshot_of"] or "", str(len(v["devices"])),
+                  {"ok": "[green]ok", "degraded": "[yellow]degraded"}.get(v["state"], "[red]" + v["state"]))
     Console().print(t)
 
 

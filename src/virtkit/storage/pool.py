@@ -1255,7 +1255,12 @@ class Pool:
         """Allocated vs virtual bytes of a volume (shared chunks count for every volume using them)."""
         alloc = sum(1 for c in vol.map if c is not None)
         shared = sum(1 for c in vol.map if c is not None and self.refs[c] > 1)
+        tolerate = {"mirror": vol.geo.width - 1, "parity": 1}.get(vol.geo.layout, 0)
+        worst = max((sum(1 for d, _ in self.chunks[c] if not self.devices[d].alive) for c in vol.map if c is not None),
+                    default=0)
+        state = "ok" if worst == 0 else ("degraded" if worst <= tolerate else "unavailable")
         return {
+            "state": state,
             "name": vol.name,
             "size": vol.size,
             "layout": vol.geo.layout,
