@@ -384,3 +384,35 @@ def test_single_to_double_is_exact(rm: int, data) -> None:
     a = data.draw(finite(0))
     fl, _, f = run(rtype(0x08 << 2 | 1, 0, 1, rm, 4), {1: box(a, 0)})
     assert (f[4], fl) == round_ref(to_frac(a, 0), 1, rm, is_neg(a, 0))
+
+
+@pytest.mark.parametrize("f5", [0, 1, 2, 3, 0x0B])
+@given(data=st.data())
+@SETTINGS
+def test_double_rne_fast_path_matches_reference(f5: int, data) -> None:
+    """Doubles in RNE take the host-FPU fast path when exact-checkable: still bit- and flag-exact."""
+    a = data.draw(st.one_of(finite(1), st.floats(allow_nan=False, allow_infinity=False).map(lambda v: box_d(v))))
+    b = data.draw(st.one_of(finite(1), st.floats(allow_nan=False, allow_infinity=False).map(lambda v: box_d(v))))
+    qa, qb = to_frac(a, 1), to_frac(b, 1)
+    na, nb = is_neg(a, 1), is_neg(b, 1)
+    if f5 == 0x0B:
+        a &= ~(1 << 63)
+        qa = abs(qa)
+        want = (a, 0) if qa == 0 else sqrt_ref(qa, 1, RNE)
+        assert exec_f(rtype(0x0B << 2 | 1, 0, 1, RNE, 4), 1, [a]) == want, hex(a)
+        return
+    if f5 == 3 and qb == 0:
+        return
+    q = {0: qa + qb, 1: qa - qb, 2: qa * qb, 3: qa / qb if qb else 0}[f5]
+    eff_nb = nb ^ (f5 == 1)
+    if f5 in (0, 1):
+        zneg = na if (qa == 0 and qb == 0 and na == eff_nb) else False
+    else:
+        zneg = na != nb
+    got = exec_f(rtype(f5 << 2 | 1, 2, 1, RNE, 4), 1, [a, b])
+    assert got == round_ref(q, 1, RNE, zneg), (f5, hex(a), hex(b))
+
+
+def box_d(v: float) -> int:
+    """Bits of a Python float."""
+    return int.from_bytes(np.float64(v).tobytes(), "little")

@@ -13,7 +13,9 @@ both formats: ``mb`` is the number of stored mantissa bits (23 for .S, 52 for .D
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 ILLEGAL = 1 << 31
 
@@ -44,30 +46,50 @@ CNAN_D = U(0x7FF8000000000000)
 # integer helpers
 
 
+@intrinsic
+def _ctlz(typingctx, x):
+    """LLVM ctlz on a uint64 (64 for zero)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _fma64(typingctx, a, b, c):
+    """Host fused multiply-add a*b+c on doubles (one rounding, RNE): exactness checks of the fast path."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(args[0], args[1], args[2])
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@intrinsic
+def _as_f64(typingctx, x):
+    """Reinterpret uint64 bits as a double."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.uint64), codegen
+
+
+@intrinsic
+def _as_u64(typingctx, x):
+    """Reinterpret a double as uint64 bits."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
 @njit(cache=True, nogil=True)
 def _clz(x):
     """Leading zero bits of a uint64 (64 for zero)."""
-    if x == Z:
-        return 64
-    n = 0
-    if (x >> 32) == Z:
-        n += 32
-        x = x << 32
-    if (x >> 48) == Z:
-        n += 16
-        x = x << 16
-    if (x >> 56) == Z:
-        n += 8
-        x = x << 8
-    if (x >> 60) == Z:
-        n += 4
-        x = x << 4
-    if (x >> 62) == Z:
-        n += 2
-        x = x << 2
-    if (x >> 63) == Z:
-        n += 1
-    return n
+    return np.int64(_ctlz(x))
 
 
 @njit(cache=True, nogil=True)
@@ -627,13 +649,72 @@ def _minmax(a, b, mb, is_max):
 
 
 # ---------------------------------------------------------------------------------------------
-# register access and dispatch
+# fast path: double precision, round-to-nearest-even, on the host FPU when provably exact
 
 
 @njit(cache=True, nogil=True)
-def _getf(f, r, fmt):
-    """Read an FP operand; a single that is not NaN-boxed reads as the canonical NaN."""
-    v = U(f[r])
+def _fast_d(f5, a, b):
+    """FADD/FSUB/FMUL/FDIV/FSQRT.D in RNE on host doubles; (done, bits, flags).
+
+    The host computes the correctly rounded RNE result; NX comes from an exact error term
+    (TwoSum for sums, a fused multiply-add residual for products, quotients and roots). Only
+    operands and results far from the subnormal range and overflow are accepted (so the error
+    term is representable and OF/UF cannot occur); everything else goes to the soft-float.
+    """
+    ea = (a >> 52) & U(0x7FF)
+    eb = (b >> 52) & U(0x7FF)
+    if ea == U(0x7FF) or eb == U(0x7FF):
+        return False, Z, 0
+    x = _as_f64(a)
+    y = _as_f64(b)
+    if f5 <= 1:
+        if f5 == 1:
+            y = -y
+        r = x + y
+        ru = _as_u64(r)
+        if ((ru >> 52) & U(0x7FF)) == U(0x7FF):
+            return False, Z, 0
+        bb = r - x
+        err = (x - (r - bb)) + (y - bb)
+        return True, ru, (NX if err != 0.0 else 0)
+    lo = U(0x070)
+    hi = U(0x780)
+    if f5 == 0x0B:
+        if ea < lo or (a >> 63) != Z:
+            return False, Z, 0
+        r = math.sqrt(x)
+        return True, _as_u64(r), (NX if _fma64(r, r, -x) != 0.0 else 0)
+    if ea < lo or eb < lo or ea > hi or eb > hi:
+        return False, Z, 0
+    if f5 == 2:
+        r = x * y
+        er = (_as_u64(r) >> 52) & U(0x7FF)
+        if er < lo or er > hi:
+            return False, Z, 0
+        return True, _as_u64(r), (NX if _fma64(x, y, -r) != 0.0 else 0)
+    r = x / y
+    er = (_as_u64(r) >> 52) & U(0x7FF)
+    if er < lo or er > hi:
+        return False, Z, 0
+    return True, _as_u64(r), (NX if _fma64(-r, y, x) != 0.0 else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# register access and dispatch
+
+
+# The dispatcher works on scalars only: fp_exec reads the source registers, calls _exec and
+# writes the one result, so the register-file arrays are touched in a single small function
+# (no per-path array reference counting in the hot path).
+
+TO_F = 0  # _exec result goes to f[rd]
+TO_X = 1  # ... to x[rd]
+NOWHERE = 2  # illegal: nothing written
+
+
+@njit(cache=True, nogil=True)
+def _unbox(v, fmt):
+    """An FP operand of the format; a single that is not NaN-boxed reads as the canonical NaN."""
     if fmt == 0:
         if (v >> 32) != M32:
             return CNAN_S
@@ -642,18 +723,11 @@ def _getf(f, r, fmt):
 
 
 @njit(cache=True, nogil=True)
-def _setf(f, r, fmt, v):
-    """Write an FP result, NaN-boxing singles."""
+def _box(v, fmt):
+    """Register image of a result: singles NaN-boxed."""
     if fmt == 0:
-        v = (v & M32) | BOX
-    f[r] = np.int64(v)
-
-
-@njit(cache=True, nogil=True)
-def _setx(x, r, v):
-    """Write an integer result (x0 stays zero)."""
-    if r != 0:
-        x[r] = np.int64(v)
+        return (v & M32) | BOX
+    return v
 
 
 @njit(cache=True, nogil=True)
@@ -676,37 +750,41 @@ def _rmode(rm, frm):
 
 
 @njit(cache=True, nogil=True)
-def fp_exec(insn, frm, x, f):
-    """Execute one FP compute instruction on one hart's x/f files; return accrued fflags or ILLEGAL."""
+def _exec(insn, frm, r1, r2, r3, xv):
+    """Decode and compute on raw register values (f[rs1], f[rs2], f[rs3], x[rs1]).
+
+    Returns (destination TO_F/TO_X/NOWHERE, raw value to write, flags or ILLEGAL).
+    """
     op = insn & 0x7F
-    rd = (insn >> 7) & 31
     f3 = (insn >> 12) & 7
-    rs1 = (insn >> 15) & 31
     rs2 = (insn >> 20) & 31
     fmt = (insn >> 25) & 3
     if fmt > 1:
-        return ILLEGAL
+        return NOWHERE, Z, ILLEGAL
     mb = 23 if fmt == 0 else 52
     sgn = ONE << _sbit(mb)
     if op != 0x53:
         if op != 0x43 and op != 0x47 and op != 0x4B and op != 0x4F:
-            return ILLEGAL
+            return NOWHERE, Z, ILLEGAL
         rm = _rmode(f3, frm)
         if rm < 0:
-            return ILLEGAL
+            return NOWHERE, Z, ILLEGAL
         negp = 1 if (op == 0x4B or op == 0x4F) else 0
         negc = 1 if (op == 0x47 or op == 0x4F) else 0
-        r, fl = _fma(_getf(f, rs1, fmt), _getf(f, rs2, fmt), _getf(f, (insn >> 27) & 31, fmt), mb, rm, negp, negc)
-        _setf(f, rd, fmt, r)
-        return fl
+        r, fl = _fma(_unbox(r1, fmt), _unbox(r2, fmt), _unbox(r3, fmt), mb, rm, negp, negc)
+        return TO_F, _box(r, fmt), fl
     f5 = (insn >> 27) & 31
     if f5 <= 3 or f5 == 0x0B or f5 == 0x08 or f5 == 0x18 or f5 == 0x1A:
         rm = _rmode(f3, frm)
         if rm < 0:
-            return ILLEGAL
+            return NOWHERE, Z, ILLEGAL
+        if fmt == 1 and rm == RNE and (f5 <= 3 or (f5 == 0x0B and rs2 == 0)):
+            ok, r, fl = _fast_d(f5, r1, r2)
+            if ok:
+                return TO_F, r, fl
         if f5 <= 3:
-            a = _getf(f, rs1, fmt)
-            b = _getf(f, rs2, fmt)
+            a = _unbox(r1, fmt)
+            b = _unbox(r2, fmt)
             if f5 == 0:
                 r, fl = _add(a, b, mb, rm)
             elif f5 == 1:
@@ -715,31 +793,27 @@ def fp_exec(insn, frm, x, f):
                 r, fl = _mul(a, b, mb, rm)
             else:
                 r, fl = _div(a, b, mb, rm)
-            _setf(f, rd, fmt, r)
-            return fl
+            return TO_F, _box(r, fmt), fl
         if f5 == 0x0B:
             if rs2 != 0:
-                return ILLEGAL
-            r, fl = _sqrt(_getf(f, rs1, fmt), mb, rm)
-            _setf(f, rd, fmt, r)
-            return fl
+                return NOWHERE, Z, ILLEGAL
+            r, fl = _sqrt(_unbox(r1, fmt), mb, rm)
+            return TO_F, _box(r, fmt), fl
         if f5 == 0x08:
             # FCVT.S.D (fmt 0, rs2 1) / FCVT.D.S (fmt 1, rs2 0)
             if rs2 != 1 - fmt:
-                return ILLEGAL
+                return NOWHERE, Z, ILLEGAL
             src = 1 - fmt
-            r, fl = _cvt_ff(_getf(f, rs1, src), 52 if src == 1 else 23, mb, rm)
-            _setf(f, rd, fmt, r)
-            return fl
+            r, fl = _cvt_ff(_unbox(r1, src), 52 if src == 1 else 23, mb, rm)
+            return TO_F, _box(r, fmt), fl
         if rs2 > 3:
-            return ILLEGAL
+            return NOWHERE, Z, ILLEGAL
         if f5 == 0x18:
-            r, fl = _to_int(_getf(f, rs1, fmt), mb, rm, rs2)
+            r, fl = _to_int(_unbox(r1, fmt), mb, rm, rs2)
             if rs2 < 2:
                 r = _sext32(r)
-            _setx(x, rd, r)
-            return fl
-        v = U(x[rs1])
+            return TO_X, r, fl
+        v = xv
         neg = 0
         if rs2 == 0:
             v = _sext32(v)
@@ -749,45 +823,50 @@ def fp_exec(insn, frm, x, f):
             neg = 1
             v = Z - v
         r, fl = _from_int(v, neg, mb, rm)
-        _setf(f, rd, fmt, r)
-        return fl
+        return TO_F, _box(r, fmt), fl
     if f5 == 0x04:
         if f3 > 2:
-            return ILLEGAL
-        a = _getf(f, rs1, fmt)
-        b = _getf(f, rs2, fmt)
+            return NOWHERE, Z, ILLEGAL
+        a = _unbox(r1, fmt)
+        b = _unbox(r2, fmt)
         if f3 == 0:
             r = (a & ~sgn) | (b & sgn)
         elif f3 == 1:
             r = (a & ~sgn) | (~b & sgn)
         else:
             r = a ^ (b & sgn)
-        _setf(f, rd, fmt, r)
-        return 0
+        return TO_F, _box(r, fmt), 0
     if f5 == 0x05:
         if f3 > 1:
-            return ILLEGAL
-        r, fl = _minmax(_getf(f, rs1, fmt), _getf(f, rs2, fmt), mb, f3 == 1)
-        _setf(f, rd, fmt, r)
-        return fl
+            return NOWHERE, Z, ILLEGAL
+        r, fl = _minmax(_unbox(r1, fmt), _unbox(r2, fmt), mb, f3 == 1)
+        return TO_F, _box(r, fmt), fl
     if f5 == 0x14:
         if f3 > 2:
-            return ILLEGAL
-        c, fl = _compare(_getf(f, rs1, fmt), _getf(f, rs2, fmt), mb, f3)
-        _setx(x, rd, U(c))
-        return fl
+            return NOWHERE, Z, ILLEGAL
+        c, fl = _compare(_unbox(r1, fmt), _unbox(r2, fmt), mb, f3)
+        return TO_X, U(c), fl
     if f5 == 0x1C:
         if rs2 != 0 or f3 > 1:
-            return ILLEGAL
+            return NOWHERE, Z, ILLEGAL
         if f3 == 1:
-            _setx(x, rd, U(_classify(_getf(f, rs1, fmt), mb)))
-            return 0
-        v = U(f[rs1])
-        _setx(x, rd, _sext32(v) if fmt == 0 else v)
-        return 0
+            return TO_X, U(_classify(_unbox(r1, fmt), mb)), 0
+        return TO_X, (_sext32(r1) if fmt == 0 else r1), 0
     if f5 == 0x1E:
         if rs2 != 0 or f3 != 0:
-            return ILLEGAL
-        _setf(f, rd, fmt, U(x[rs1]))
-        return 0
-    return ILLEGAL
+            return NOWHERE, Z, ILLEGAL
+        return TO_F, _box(xv, fmt), 0
+    return NOWHERE, Z, ILLEGAL
+
+
+@njit(cache=True, nogil=True)
+def fp_exec(insn, frm, x, f):
+    """Execute one FP compute instruction on one hart's x/f files; return accrued fflags or ILLEGAL."""
+    rd = (insn >> 7) & 31
+    rs1 = (insn >> 15) & 31
+    dest, v, fl = _exec(insn, frm, U(f[rs1]), U(f[(insn >> 20) & 31]), U(f[(insn >> 27) & 31]), U(x[rs1]))
+    if dest == TO_F:
+        f[rd] = np.int64(v)
+    elif dest == TO_X and rd != 0:
+        x[rd] = np.int64(v)
+    return fl
