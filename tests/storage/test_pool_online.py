@@ -250,6 +250,11 @@ def test_open_disk_pool_volume(tmp_path, monkeypatch):
     with pytest.raises(BlockError, match="read-only"):
         ro.write(0, b"x")
     ro.close()
+    for bad in ("tank/", "nopool/disk0", "tank/disk0/extra", "tank/../disk0"):
+        with pytest.raises(BlockError):  # not a pool volume, and no such file either
+            open_disk(bad)
+    with Pool.open("tank") as pool:  # nothing was opened or changed by the refused specs
+        assert sorted(pool.volumes) == ["disk0", "disk1"]
 
 
 MOVER = r"""

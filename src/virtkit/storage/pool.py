@@ -819,7 +819,7 @@ class Pool:
             hi = max(p.pe_off + p.length for p in row.pieces)
             parity = bytearray(hi - lo)
             self._col_read(cols[row.parity_col], lo, memoryview(parity))
-            old = bytearray(s)
+            old = bytearray(max(p.length for p in row.pieces))
             for p in row.pieces:
                 o = memoryview(old)[: p.length]
                 self._col_read(cols[p.col], p.pe_off, o)
