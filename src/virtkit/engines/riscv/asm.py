@@ -71,7 +71,7 @@ def build(source: str, workdir: str | Path, name: str = "prog", *, lang: str = "
     ld.write_text(LINKER_SCRIPT.format(base=base))
     out = wd / f"{name}.elf"
     cmd = [GCC, "-nostdlib", "-nostartfiles", "-static", "-mcmodel=medany", f"-march={march}", "-mabi=lp64d",
-           "-fno-pic", "-no-pie", "-O2", "-T", str(ld), "-o", str(out), str(src)] + (extra or [])
+           "-fno-pic", "-no-pie", "-O2", "-Wl,--build-id=none", "-T", str(ld), "-o", str(out), str(src)] + (extra or [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise ImageError(f"cross build failed: {r.stderr.strip()[:2000]}")
