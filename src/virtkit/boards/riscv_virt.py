@@ -415,13 +415,46 @@ class RiscvVirt:
         self.fdt = build_fdt(cfg, ram_size, [], self.layout.initrd)
         assert len(self.fdt) == len(probe)
 
-        # the machine
+        # the machine: RAM, then the host resources that can fail (disks, TAPs) before the costly engine
         self.mem = GuestMemory(ram_size, RAM_BASE)
-        if engine_factory is None:
-            from virtkit.engines.riscv.engine import RiscvEngine as engine_factory  # noqa: N813
-        self.engine = engine_factory(self.mem, cfg.cpus, reset_pc=self.layout.entry, clint_base=CLINT_BASE)
+        closers: list[Callable[[], None]] = []
+        self.virtio: list[VirtioDevice] = []  # in slot order: disks (vda, vdb...), NICs, rng, console
+        taps: list[tuple[Any, VirtioNet]] = []
+        try:
+            for d in cfg.disks:
+                from virtkit.storage import open_disk
+
+                backend = open_disk(d.path, read_only=d.read_only)
+                closers.append(backend.close)
+                closers.insert(0, _flusher(backend))
+                self.virtio.append(VirtioBlk(self.mem, backend, serial=f"virtkit{len(self.virtio)}"))
+            for n in cfg.nets:
+                from virtkit.devices.virtio.net import parse_mac
+                from virtkit.network.tap import Tap
+
+                mac = parse_mac(n.mac) if n.mac else None
+                tap = Tap(n.name)
+                closers.append(tap.close)
+                nic = VirtioNet(self.mem, tap, mac)
+                taps.append((tap, nic))
+                self.virtio.append(nic)
+            if cfg.rng:
+                self.virtio.append(VirtioRng(self.mem))
+            if cfg.virtio_console:
+                self.vconsole = VirtioConsole(self.mem, virtio_console_out or console)
+                self.virtio.append(self.vconsole)
+            if engine_factory is None:
+                from virtkit.engines.riscv.engine import RiscvEngine as engine_factory  # noqa: N813
+            self.engine = engine_factory(self.mem, cfg.cpus, reset_pc=self.layout.entry, clint_base=CLINT_BASE)
+        except BaseException:
+            for c in closers:
+                c()
+            raise
         self.bus = Bus()
         self.vm = Vm(self.engine, self.bus)
+        self.vm.closers.extend(closers)
+        for tap, nic in taps:
+            self.vm.io.add_reader(tap.fileno(), nic.poll_backend)
         self.plic = Plic(cfg.cpus, self.vm.set_irq, PLIC_NDEV)
         self.uart = Uart16550(console, self.plic.line(UART0_IRQ))
         self.test = SifiveTest(self.vm.power_event)
@@ -431,35 +464,6 @@ class RiscvVirt:
         self._map(RTC_BASE, RTC_SIZE, self.rtc, "rtc")
         self._map(PLIC_BASE, self.plic.size, self.plic, "plic")
         self._map(UART0_BASE, UART0_SIZE, self.uart, "uart0")
-
-        # virtio devices, in slot order: disks (vda, vdb...), NICs, rng, console
-        self.virtio: list[VirtioDevice] = []
-        try:
-            for d in cfg.disks:
-                from virtkit.storage import open_disk
-
-                backend = open_disk(d.path, read_only=d.read_only)
-                self.vm.closers.append(backend.close)
-                self.vm.closers.insert(0, _flusher(backend))
-                self.virtio.append(VirtioBlk(self.mem, backend, serial=f"virtkit{len(self.virtio)}"))
-            for n in cfg.nets:
-                from virtkit.devices.virtio.net import parse_mac
-                from virtkit.network.tap import Tap
-
-                mac = parse_mac(n.mac) if n.mac else None
-                tap = Tap(n.name)
-                self.vm.closers.append(tap.close)
-                nic = VirtioNet(self.mem, tap, mac)
-                self.vm.io.add_reader(tap.fileno(), nic.poll_backend)
-                self.virtio.append(nic)
-            if cfg.rng:
-                self.virtio.append(VirtioRng(self.mem))
-            if cfg.virtio_console:
-                self.vconsole = VirtioConsole(self.mem, virtio_console_out or console)
-                self.virtio.append(self.vconsole)
-        except BaseException:
-            self.vm.close()
-            raise
         self.transports = []
         for i in range(VIRTIO_COUNT):
             dev = self.virtio[i] if i < len(self.virtio) else None

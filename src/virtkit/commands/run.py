@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run summary as JSON (with --bios none)")
     p.add_argument("--max-insns", type=int, default=None, help="stop after this many instructions")
     p.add_argument("--deterministic", action="store_true", help="mtime follows instructions, not the host clock")
+    from virtkit.boards.runner import add_board_arguments  # --disk, --net, --exec... (the riscv64-virt board)
+
+    add_board_arguments(p)
     p.set_defaults(func=cmd_run)
     return p
 
@@ -48,7 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Dispatch ``virtkit run`` to the bare-metal runner or the board."""
     if args.bios == "none":
         return run_bare_metal(args)
-    raise ConfigError("only --bios none (bare-metal ELF with HTIF) is available in this build")
+    from virtkit.boards.runner import run_board  # OpenSBI + Linux on riscv64-virt (the default guest)
+
+    if args.max_insns is not None or args.deterministic:
+        raise ConfigError("--max-insns and --deterministic only apply to --bios none")
+    return run_board(args, parse_size(args.mem))
 
 
 def run_bare_metal(args: argparse.Namespace) -> int:

@@ -1,0 +1,125 @@
+"""``virtkit run`` on the riscv64-virt board: bad input gets a one-line error, a guest poweroff exits 0."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.boards.test_boot_opensbi import FAIL_7, FW_JUMP, POWEROFF, payload_image
+from virtkit.boards.runner import EXEC_BEGIN, ExecFilter, exec_command_line
+from virtkit.errors import ConfigError
+
+
+def virtkit(*args, stdin=subprocess.DEVNULL, timeout=900):
+    return subprocess.run([sys.executable, "-m", "virtkit.cli", "run", *args], capture_output=True, text=True,
+                          stdin=stdin, timeout=timeout)
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    return payload_image(tmp_path / "Image", POWEROFF)
+
+
+def bad(args, match):
+    p = virtkit(*args)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    assert match in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("virtkit: error:")]
+    assert len(errors) == 1, p.stderr
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--kernel", "/nonexistent/Image"], "kernel '/nonexistent/Image' does not exist"),
+    (["--initrd", "/nonexistent/initrd"], "initrd '/nonexistent/initrd' does not exist"),
+    (["--bios", "/nonexistent/fw.bin"], "firmware '/nonexistent/fw.bin' does not exist"),
+    (["--disk", "/nonexistent/disk.img"], "does not exist"),
+    (["--disk", "x.img,rx"], "bad --disk option"),
+    (["--net", "eth0"], "bad --net"),
+    (["--net", "tap:this-name-is-far-too-long"], "bad TAP interface name"),
+    (["--cpus", "0"], "--cpus must be 1..8"),
+    (["--cpus", "99"], "--cpus must be 1..8"),
+    (["--mem", "lots"], "bad memory size"),
+    (["--mem", "16M"], "RAM too small"),
+    (["--mem", "1000K"], "whole number of MiB"),
+    (["--exec", "  "], "--exec needs a non-empty command"),
+    (["--timeout", "-1"], "--timeout must be positive"),
+    (["--max-insns", "10"], "only apply to --bios none"),
+])
+def test_bad_arguments_are_one_line_errors(kernel, args, match):
+    if not FW_JUMP.exists():
+        pytest.skip("needs Debian package opensbi")
+    if "--kernel" not in args:
+        args = ["--kernel", kernel, *args]
+    bad(args, match)
+
+
+def test_corrupt_kernel_and_firmware(tmp_path, kernel):
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00" * 4096)
+    bad(["--kernel", str(junk)], "neither a RISC-V Linux Image")
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(3 << 20))
+    bad(["--kernel", kernel, "--bios", str(big)], "larger than the 2 MiB")
+
+
+def test_disk_locked_or_read_only(tmp_path, kernel):
+    import fcntl
+
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(1 << 20))
+    with open(img, "rb+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # another VM holds it
+        bad(["--kernel", kernel, "--disk", str(img)], "locked by another VM")
+
+
+@pytest.mark.slow
+def test_poweroff_exit_0_and_json(kernel):
+    if not FW_JUMP.exists():
+        pytest.skip("needs Debian package opensbi")
+    p = virtkit("--kernel", kernel, "--json", "--timeout", "600")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["reason"] == "poweroff" and out["exit_status"] == 0
+    assert out["stats"]["mmio"]["sifive_test"] == 1
+
+
+@pytest.mark.slow
+def test_guest_failure_is_exit_status(tmp_path):
+    if not FW_JUMP.exists():
+        pytest.skip("needs Debian package opensbi")
+    p = virtkit("--kernel", payload_image(tmp_path / "Image", FAIL_7), "--timeout", "600")
+    assert p.returncode == 7
+    assert "OpenSBI" in p.stdout
+
+
+def test_exec_filter_separates_boot_log_from_output():
+    out = bytearray()
+    f = ExecFilter(out.extend)
+    for chunk in [b"OpenSBI v1.1\r\n[    0.0] Linux", b" booting\r\n", EXEC_BEGIN.encode() + b"\r\nhel",
+                  b"lo\r\nworld\r\nvirtkit-exit-status: 3\r\n[ 9.9] reboot: Power down\r\n"]:
+        f(chunk)
+    assert bytes(out) == b"hello\nworld\n" and f.status == 3
+
+
+def test_exec_command_line_quotes():
+    import base64
+
+    word = exec_command_line("echo 'a b'; exit 3")
+    assert word.startswith("virtkit.exec=")
+    cmd = base64.b64decode(word.split("=", 1)[1]).decode()
+    assert cmd == f"echo {EXEC_BEGIN}; eval 'echo '\\''a b'\\''; exit 3'"
+    # the wrapped command really runs the original through sh
+    p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True)
+    assert p.stdout == f"{EXEC_BEGIN}\na b\n" and p.returncode == 3
+    with pytest.raises(ConfigError):
+        exec_command_line("")
+
+
+def test_help_lists_board_options():
+    p = virtkit("--help")
+    for opt in ("--disk", "--net", "--exec", "--cpus", "--mem", "--bios", "--stats"):
+        assert opt in p.stdout
+
+
