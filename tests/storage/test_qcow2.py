@@ -243,3 +243,13 @@ def test_create_rejects_bad_parameters(tmp_path):
     with pytest.raises(Qcow2Error, match="size is needed"):
         Qcow2.create(str(tmp_path / "z.qcow2"), -1)
     assert not os.path.exists(tmp_path / "y.qcow2")
+
+
+def test_create_refuses_to_overwrite_an_open_image(img):
+    with Qcow2(img) as d:
+        d.write(0, b"keep")
+        with pytest.raises(BlockError, match="locked"):
+            Qcow2.create(img, 1 << 20)
+        buf = bytearray(4)
+        d.readinto(0, buf)
+        assert buf == b"keep"

@@ -417,10 +417,12 @@ class Qcow2:
         refblocks = np.zeros(rb * per_rb, dtype=">u2")
         refblocks[:total] = 1
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise BlockError(f"cannot create disk image {path!r}: {err.strerror}") from None
         try:
+            _lock(fd, path, read_only=False)  # never truncate an image a VM or NBD server has open
+            os.ftruncate(fd, 0)
             os.pwrite(fd, bytes(header), 0)
             os.pwrite(fd, reftable.tobytes(), rt_off)
             os.pwrite(fd, refblocks.tobytes(), rb_off)
