@@ -48,9 +48,11 @@ PRELUDE = """
 .align 6
 .globl tohost
 tohost: .dword 0
+.size tohost, 8
 .align 6
 .globl fromhost
 fromhost: .dword 0
+.size fromhost, 8
 .text
 """
 
