@@ -73,6 +73,8 @@ def test_lifecycle(env, capsys):
     vols = {v["name"]: v for v in json.loads(ok(capsys, "volume", "list", "tank", "--json"))}
     assert vols["lin"]["size"] == 5 << 20 and vols["snap"]["snapshot_of"] == "m"
 
+    assert json.loads(ok(capsys, "pool", "scrub", "tank", "--json"))["inconsistent"] == 0
+    assert "0 inconsistent" in ok(capsys, "pool", "scrub", "tank", "--repair")
     ok(capsys, "pool", "add", "tank", devs[3])
     ok(capsys, "volume", "move", "tank/lin", "--from", devs[0], "--to", devs[3])
     ok(capsys, "pool", "fail", "tank", devs[1])
@@ -131,6 +133,7 @@ BAD = [
     (["volume", "delete", "tank/nope"], "no volume"),
     (["pool", "remove", "tank", "{a}"], "last device"),
     (["pool", "fail", "tank", "nodev"], "no device"),
+    (["pool", "scrub", "nothere"], "no pool"),
     (["pool", "rebuild", "tank", "--replace", "{a}"], "expected 2"),
 ]
 

@@ -54,7 +54,7 @@ def test_both_copies_kept_and_newest_wins(tmp_path):
     assert len(copies) == 2
     seqs = sorted(decode_metadata(raw)["seq"] for raw in copies.values())
     assert seqs[1] == seqs[0] + 1
-    with Pool.open(path) as pool:
+    with Pool.open(path, read_only=True) as pool:
         assert pool.seq == seqs[1] and "s" in pool.volumes and not pool.warnings
 
 

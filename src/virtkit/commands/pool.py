@@ -17,7 +17,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``virtkit pool {create,add,remove,status,list,fail,rebuild}`` to the top-level parser."""
+    """Add ``virtkit pool {create,add,remove,status,list,fail,scrub,rebuild}`` to the top-level parser."""
     p = subparsers.add_parser("pool", help="storage pools: devices cut into extents (like an LVM volume group)",
                               description=__doc__)
     sub = p.add_subparsers(dest="pool_command", metavar="ACTION")
@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("device", metavar="DEV")
     _common(f)
     f.set_defaults(func=cmd_fail)
+
+    sc = sub.add_parser("scrub", help="check mirror copies and parity (after a crash: --repair)")
+    sc.add_argument("name", metavar="NAME")
+    sc.add_argument("--repair", action="store_true", help="fix inconsistent chunks (first copy / recomputed parity)")
+    sc.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(sc)
+    sc.set_defaults(func=cmd_scrub)
 
     b = sub.add_parser("rebuild", help="replace a (failed) device, reconstructing its extents onto a new one")
     b.add_argument("name", metavar="NAME")
@@ -128,6 +135,21 @@ def cmd_fail(args: argparse.Namespace) -> int:
         print(f"device {dev.path} of pool {pool.name} marked failed; rebuild with "
               f"`virtkit pool rebuild {pool.name} --replace {dev.path} NEWDEV`")
     return 0
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    """Verify (and optionally repair) redundancy; exit 1 when inconsistencies remain."""
+    from virtkit.storage.pool import Pool
+
+    with Pool.open(args.name, root=root_of(args)) as pool:
+        report = pool.scrub(repair=args.repair)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"scrubbed {report['checked']} redundant chunks: {report['inconsistent']} inconsistent, "
+              f"{report['repaired']} repaired, {report['skipped_degraded']} skipped (degraded)"
+              + (f"; volumes: {', '.join(report['volumes'])}" if report["volumes"] else ""))
+    return 1 if report["inconsistent"] > report["repaired"] else 0
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:

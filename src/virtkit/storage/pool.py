@@ -228,6 +228,7 @@ class Pool:
         self.refs: dict[int, int] = {}
         self.warnings: list[str] = []
         self.closed = False
+        self.clean = False  # False while a writer has the pool open: True on disk means a clean shutdown
         self.seq = 0
         self.dirty = False
         self._lock_fd = -1
@@ -332,6 +333,14 @@ class Pool:
             pool.warnings += [f"skipped damaged metadata copy: {p}" for p in loaded.problems]
             pool._bad_slots = loaded.bad_slots
             pool._load(loaded.body)
+            if not read_only:
+                if loaded.body.get("clean") is False:
+                    pool.warnings.append(
+                        "pool was not closed cleanly: mirror copies or parity may disagree where writes were in "
+                        f"flight; check with `virtkit pool scrub {pool.name} --repair`"
+                    )
+                pool.clean = False
+                pool._commit(sync=False)  # mark the pool in use (unclean until close)
         except BaseException:
             pool._close_fds()
             raise
@@ -524,6 +533,7 @@ class Pool:
             "extent_size": self.extent,
             "warn_percent": self.warn_percent,
             "created": self.created,
+            "clean": self.clean,
             "next_device_id": self.next_dev,
             "next_chunk_id": self.next_chunk,
             "devices": [d.to_meta() for d in self.devices.values()],
@@ -568,7 +578,8 @@ class Pool:
         with self.lock:
             if self._lock_fd < 0 and all(d.fd < 0 for d in self.devices.values()):
                 return
-            if not self.read_only and self.dirty:
+            if not self.read_only:
+                self.clean = True
                 self._commit()
             self._close_fds()
             self.closed = True
@@ -1097,6 +1108,75 @@ class Pool:
                 os.close(old.fd)
                 old.fd = -1
         return moved
+
+    def scrub(self, repair: bool = False) -> dict[str, Any]:
+        """Check that mirror copies are equal and parity is the XOR of the data, chunk by chunk (online).
+
+        With ``repair``, inconsistent chunks are fixed: mirrors take their first copy, parity is
+        recomputed from the data (what md's ``repair`` does after an unclean shutdown).
+        """
+        with self.lock:
+            if repair:
+                self._writable()
+            owners: dict[int, list[str]] = {}
+            for v in self.volumes.values():
+                for cid in v.map:
+                    if cid is not None:
+                        owners.setdefault(cid, []).append(v.name)
+            geos = self._chunk_geos()
+        checked = skipped = 0
+        bad: list[int] = []
+        for cid, geo in geos.items():
+            if not geo.redundant:
+                continue
+            with self.lock:
+                cols = self.chunks.get(cid)
+                if cols is None:
+                    continue
+                raws = [bytearray(self.extent) for _ in cols]
+                try:
+                    for col, raw in zip(cols, raws, strict=True):
+                        self._col_read(col, 0, memoryview(raw))
+                except _Degraded:
+                    skipped += 1  # a column is gone: that is for rebuild, not scrub
+                    continue
+                checked += 1
+                if geo.layout == "mirror":
+                    if all(r == raws[0] for r in raws[1:]):
+                        continue
+                else:
+                    acc = bytearray(self.extent)
+                    for r in raws:
+                        xor_into(acc, r)
+                    if not any(acc):
+                        continue
+                bad.append(cid)
+                if not repair:
+                    continue
+                if geo.layout == "mirror":
+                    for col, raw in zip(cols[1:], raws[1:], strict=True):
+                        if raw != raws[0]:
+                            self._col_write(col, 0, raws[0])
+                else:
+                    s = geo.stripe
+                    for row in range(self.extent // s):
+                        pc = geo.parity_col(row)
+                        unit = bytearray(s)
+                        for c, raw in enumerate(raws):
+                            if c != pc:
+                                xor_into(unit, memoryview(raw)[row * s : (row + 1) * s])
+                        if unit != raws[pc][row * s : (row + 1) * s]:
+                            self._col_write(cols[pc], row * s, unit)
+        if repair and bad:
+            with self.lock:
+                self._sync_devices()
+        return {
+            "checked": checked,
+            "inconsistent": len(bad),
+            "repaired": len(bad) if repair else 0,
+            "skipped_degraded": skipped,
+            "volumes": sorted({n for cid in bad for n in owners.get(cid, [])}),
+        }
 
     # ----------------------------------------------------------------- volumes
 
