@@ -85,10 +85,10 @@ def exec_command_line(cmd: str) -> str:
 class TerminalConsole:
     """The host terminal as the guest console: raw mode, Ctrl-A escapes, input via the I/O loop."""
 
-    def __init__(self, board: RiscvVirt, stats: Callable[[], None]) -> None:
+    def __init__(self, board: RiscvVirt, stats: Callable[[], None], fd: int | None = None) -> None:
         self.board = board
         self.stats = stats
-        self.fd = sys.stdin.fileno()
+        self.fd = sys.stdin.fileno() if fd is None else fd
         self.saved = None
         self.escape = False
         self.is_tty = os.isatty(self.fd)
