@@ -4,6 +4,8 @@ virtio-blk ext4 disk (written in the guest, read on the host) and virtio-rng."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import require_tool
@@ -59,10 +61,13 @@ def test_virtio_blk_ext4_written_in_guest_read_on_host(guest_images, tmp_path):
 
 def test_virtio_rng(guest_images):
     run = boot(guest_images,
-               "cat /sys/class/misc/hw_random/rng_current; head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo",
+               'echo "rng=$(cat /sys/class/misc/hw_random/rng_current)"; '
+               'echo "bytes=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d \' \\n\')"',
                rng=True)
     assert run.exit_status == 0, run.output[-2000:]
-    assert "virtio_rng" in run.output
+    out = lines(run.output)
+    assert "rng=virtio_rng.0" in out
+    assert any(re.fullmatch(r"bytes=[0-9a-f]{32}", t) for t in out), out[-5:]
 
 
 def test_bench_init_marker(guest_images):
