@@ -1,0 +1,115 @@
+"""Real Linux boots on the riscv64-virt board (OpenSBI fw_jump + Linux 6.1 + busybox initramfs).
+
+Slow: each test boots the default guest on the software engine. The guest images are built
+once from Debian packages (the ``guest_images`` fixture).
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import require_root, require_tool
+from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
+
+pytestmark = pytest.mark.slow
+BOOT_TIMEOUT = "3000"  # seconds: a hang guard on a loaded machine, not a performance claim
+
+
+def run_exec(guest, command, *extra):
+    p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--kernel", str(guest.kernel), "--initrd",
+                        str(guest.initrd), "--bios", str(guest.firmware), "--timeout", BOOT_TIMEOUT, *extra,
+                        "--exec", command], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_exec_uname_cpuinfo_and_exit_status(guest_images):
+    p = run_exec(guest_images, "uname -m; grep -m1 '^isa' /proc/cpuinfo; exit 3")
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    lines = p.stdout.splitlines()
+    assert lines[0] == "riscv64", p.stdout
+    assert "rv64imafdc" in lines[1]
+    assert "OpenSBI" not in p.stdout and "Linux version" not in p.stdout  # boot log filtered out
+
+
+def test_two_harts_and_virtio_rng(guest_images):
+    p = run_exec(guest_images, "nproc; cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
+                 "--cpus", "2")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert p.stdout.split() == ["2", "virtio_rng.0", "64"], p.stdout
+
+
+def test_file_written_in_guest_is_on_the_ext4_disk(guest_images, tmp_path):
+    from virtkit.images import make_ext4, read_ext4_file
+
+    disk = tmp_path / "data.ext4"
+    make_ext4(disk, "16M", {"hello.txt": "from the host\n"})
+    p = run_exec(guest_images, "mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt && "
+                               "echo written-in-guest > /mnt/guest.txt && umount /mnt", "--disk", str(disk))
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert p.stdout == "from the host\n"
+    assert read_ext4_file(disk, "guest.txt") == b"written-in-guest\n"
+    subprocess.run(["e2fsck", "-fn", str(disk)], check=True, capture_output=True)
+
+
+def test_read_only_disk_refuses_writes(guest_images, tmp_path):
+    from virtkit.images import make_ext4
+
+    disk = tmp_path / "ro.ext4"
+    make_ext4(disk, "8M", {"a.txt": "x"})
+    before = disk.read_bytes()
+    p = run_exec(guest_images, "cat /sys/block/vda/ro; mount -o ro /dev/vda /mnt && cat /mnt/a.txt; "
+                               "dd if=/dev/zero of=/dev/vda bs=512 count=1 2>/dev/null; echo dd=$?",
+                 "--disk", f"{disk},ro")
+    assert p.stdout.splitlines()[:2] == ["1", "x"], p.stdout
+    assert "dd=0" not in p.stdout
+    assert disk.read_bytes() == before
+
+
+def test_console_input_runs_a_typed_command(guest_images):
+    out = bytearray()
+    prompt = threading.Event()
+    done = threading.Event()
+
+    def console(data):
+        out.extend(data)
+        if b"virtkit:" in out and b"# " in out[-40:]:
+            prompt.set()
+        if b"typed-42" in out:
+            done.set()
+
+    board = RiscvVirt(BoardConfig(kernel=str(guest_images.kernel), initrd=str(guest_images.initrd),
+                                  firmware=str(guest_images.firmware)), console=console)
+    board.vm.start()
+    try:
+        assert prompt.wait(int(BOOT_TIMEOUT)), out.decode(errors="replace")[-2000:]
+        board.uart.feed(b"echo typed-$((6*7))\r")
+        assert done.wait(600), out.decode(errors="replace")[-2000:]
+        board.uart.feed(b"exit\r")
+        res = board.vm.wait(600)
+        assert res is not None and res.reason == "poweroff"
+    finally:
+        board.vm.close()
+
+
+def test_ping_over_tap(guest_images):
+    require_root()
+    require_tool("ip")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun")
+    name = f"vkping{os.getpid() % 10000}"
+    subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "10.213.7.1/24", "dev", name], check=True)
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        time.sleep(0.1)
+        p = run_exec(guest_images, "ip addr add 10.213.7.2/24 dev eth0 && ip link set eth0 up && "
+                                   "ping -c 2 -W 10 10.213.7.1", "--net", f"tap:{name}")
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert "2 packets received" in p.stdout or " 0% packet loss" in p.stdout
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)
