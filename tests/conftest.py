@@ -40,3 +40,15 @@ def guest_images():
         return default_guest(progress=False)
     except MissingToolError as err:
         pytest.skip(f"cannot build guest images: {err}")
+
+
+#: Time allowed to a test that uses guest_images: the first one builds the kernel and busybox
+#: (tens of minutes on a loaded 2-core machine); pytest-timeout counts fixture setup.
+GUEST_IMAGES_TIMEOUT = 7200
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give tests that use the guest_images fixture room for the one-time image build."""
+    for item in items:
+        if "guest_images" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(GUEST_IMAGES_TIMEOUT))
