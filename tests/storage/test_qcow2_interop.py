@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import require_tool
-from virtkit.storage.qcow2 import Qcow2
+from virtkit.storage.qcow2 import Qcow2, Qcow2Error
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -181,7 +181,7 @@ def test_snapshots_interoperate_both_ways(tmp_path):
 
 WRITER = r"""
 import os, random, sys
-from virtkit.storage.qcow2 import Qcow2
+from virtkit.storage.qcow2 import Qcow2, Qcow2Error
 path, log = sys.argv[1], sys.argv[2]
 d = Qcow2(path)
 rng = random.Random(int(sys.argv[3]))
@@ -286,3 +286,29 @@ def test_dirty_image_is_repaired_on_open(tmp_path):
         assert d.check().clean
         assert read_all(d)[:1 << 20] == b"\x77" * (1 << 20)
     assert qemu_check(path)["check-errors"] == 0
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("extended_l2=on", "extended L2"),
+    ("data_file={d}/ext.raw", "external data file"),
+    ("compression_type=zstd", "compression type zstd"),
+])
+def test_qemu_features_we_do_not_support_are_refused(tmp_path, options, message):
+    path = str(tmp_path / "f.qcow2")
+    p = run("qemu-img", "create", "-f", "qcow2", "-o", options.format(d=tmp_path), path, "8M")
+    if p.returncode != 0:
+        pytest.skip(f"this qemu-img cannot create {options}: {p.stderr.strip()}")
+    before = open(path, "rb").read()
+    for ro in (True, False):
+        with pytest.raises(Qcow2Error, match=message):
+            Qcow2(path, read_only=ro)
+    assert open(path, "rb").read() == before
+
+
+def test_lazy_refcounts_image_stays_consistent(tmp_path):
+    path = str(tmp_path / "lazy.qcow2")
+    run("qemu-img", "create", "-f", "qcow2", "-o", "lazy_refcounts=on", path, "8M")
+    with Qcow2(path) as d:
+        d.write(12345, b"z" * 500_000)
+    assert qemu_check(path)["check-errors"] == 0
+    assert qemu_raw(path, tmp_path)[12345:512345] == b"z" * 500_000

@@ -207,6 +207,9 @@ class Qcow2:
         unknown = incompat & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION)
         if incompat & INCOMPAT_COMPRESSION and self.compression_type != 0:
             unknown |= INCOMPAT_COMPRESSION
+        if unknown == INCOMPAT_COMPRESSION:
+            kind = {1: "zstd"}.get(self.compression_type, str(self.compression_type))
+            raise self._err(f"unsupported compression type {kind} (only zlib is supported)")
         if unknown:
             names = ext.get("features", {})
             bits = [i for i in range(64) if unknown >> i & 1]
