@@ -78,18 +78,24 @@ def frame_rate(a: Netns, b: Netns, duration: float) -> tuple[float, float]:
 
 
 def tcp_throughput(a: Netns, b: Netns, duration: float) -> float:
-    """iperf3 A → B, Gbit/s received."""
-    server = b.popen("iperf3", "-s", "-1", "-B", B_IP, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(20):
-            time.sleep(0.3)
+    """iperf3 A → B, Gbit/s received (a fresh one-shot server per attempt, up to 5 attempts)."""
+    last = ""
+    for _ in range(5):
+        server = b.popen("iperf3", "-s", "-1", "-B", B_IP, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
             p = a.exec("iperf3", "-c", B_IP, "-t", str(duration), "-J", check=False, timeout=duration + 60)
-            if p.returncode == 0:
-                return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-        raise RuntimeError(f"iperf3 failed: {p.stdout[-300:]}")
-    finally:
-        server.kill()
-        server.wait()
+            try:
+                res = json.loads(p.stdout)
+                return res["end"]["sum_received"]["bits_per_second"] / 1e9
+            except (ValueError, KeyError):
+                last = p.stdout[-300:] + p.stderr[-300:]
+        except subprocess.TimeoutExpired:
+            last = "iperf3 client timed out"
+        finally:
+            server.kill()
+            server.wait()
+    raise RuntimeError(f"iperf3 failed: {last}")
 
 
 def setup_virtkit(a: Netns, b: Netns) -> Callable[[], None]:
@@ -163,6 +169,7 @@ FABRICS: dict[str, Callable[[Netns, Netns], Callable[[], None]]] = {
 
 
 def run(fabric: str, duration: float) -> dict[str, float]:
+    print(f"measuring {fabric}...", file=sys.stderr, flush=True)
     a, b = Netns(f"{TAG}a"), Netns(f"{TAG}b")
     down = None
     try:

@@ -437,9 +437,10 @@ class SwitchDaemon:
         self.log(f"running, {len(self.switch.ports)} port(s)")
         sw = self.switch
         last_tick = time.monotonic()
+        pending = False
         try:
             while self.running:
-                events = self.sel.select(timeout=1.0)
+                events = self.sel.select(timeout=0.01 if pending else 1.0)
                 now = time.monotonic()
                 for key, mask in events:
                     port = key.data
@@ -459,11 +460,13 @@ class SwitchDaemon:
                                 self._remove(port.name)
                                 continue
                             self._register(port)
+                pending = False
                 for port in list(sw.ports.values()):
                     if port.queued:
                         port.flush()
                     if port.tx_pending:
                         port.kick()
+                        pending = pending or bool(port.tx_pending)
                     if port.queued or self.registered.get(port.name, (0, 1))[1] & selectors.EVENT_WRITE:
                         self._register(port)
                 if now - last_tick >= 1.0:
