@@ -49,14 +49,18 @@ class Netns:
         if shutil.which("ethtool"):
             self.exec("ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off", "tx", "off", check=False)
 
-    def veth(self, inside: str, outside: str, addr: str | None = None, mtu: int | None = None) -> str:
-        """Create a veth pair: ``inside`` in this namespace (up, optional address), ``outside`` in the root one."""
+    def veth(self, inside: str, outside: str, addr: str | None = None, mtu: int | None = None,
+             offloads: bool = False) -> str:
+        """Create a veth pair: ``inside`` in this namespace (up, optional address), ``outside`` in the root one.
+
+        Offloads are turned off (real frames for an AF_PACKET ``host:`` port) unless ``offloads``.
+        """
         sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", self.name)
         self.root_ifs.append(outside)
         sh("ip", "link", "set", outside, "up")
-        if shutil.which("ethtool"):
+        if shutil.which("ethtool") and not offloads:
             sh("ethtool", "-K", outside, "tso", "off", "gso", "off", "gro", "off", "tx", "off", check=False)
-        self._setup(inside, addr, mtu)
+        self._setup(inside, addr, mtu, offloads_off=not offloads)
         return outside
 
     def adopt(self, ifname: str, addr: str | None = None, mtu: int | None = None) -> None:
