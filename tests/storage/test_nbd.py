@@ -371,3 +371,82 @@ def test_cli_serve_and_bad_flags(disks, tmp_path):
                      [[f"a={disks['raw']}", f"a={disks['ro']}"], "duplicate export"]):
         p = run(sys.executable, "-m", "virtkit.cli", "nbd", "serve", *bad)
         assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------- structured replies and block status
+
+
+def test_block_status_map_with_nbdinfo_and_qemu(tmp_path):
+    require_tool("nbdinfo", "qemu-img")
+    q = str(tmp_path / "sparse.qcow2")
+    Qcow2.create(q, 16 << 20)
+    with Qcow2(q) as d:
+        d.write(1 << 20, b"\x01" * (2 << 20))
+        d.write(8 << 20, b"\x02" * 65536)
+    raw = str(tmp_path / "sparse.raw")
+    with open(raw, "wb") as f:
+        f.truncate(16 << 20)
+        f.seek(4 << 20)
+        f.write(b"\x03" * (1 << 20))
+    exports = [NbdExport("q", open_disk(q)), NbdExport("r", open_disk(raw))]
+    with NbdServer(exports) as srv:
+        _, port = srv.listen_tcp("127.0.0.1", 0)
+        srv.start()
+        p = run("nbdinfo", "--map", "--json", f"nbd://127.0.0.1:{port}/q")
+        assert p.returncode == 0, p.stderr
+        data = [(m["offset"], m["length"]) for m in json.loads(p.stdout) if m["type"] == 0]
+        assert data == [(1 << 20, 2 << 20), (8 << 20, 65536)]
+        p = run("qemu-img", "map", "-f", "raw", "--output=json", f"nbd://127.0.0.1:{port}/r")
+        assert p.returncode == 0, p.stderr
+        data = [(m["start"], m["length"]) for m in json.loads(p.stdout) if m["data"]]
+        assert data == [(4 << 20, 1 << 20)]
+        out = str(tmp_path / "copy.raw")  # a sparse-aware copy still yields the same bytes
+        assert run("nbdcopy", f"nbd://127.0.0.1:{port}/q", out).returncode == 0
+        with open(out, "rb") as f:
+            got = f.read()
+        assert got[1 << 20:3 << 20] == b"\x01" * (2 << 20) and got[8 << 20:(8 << 20) + 65536] == b"\x02" * 65536
+        assert got.count(0) == len(got) - (2 << 20) - 65536
+    for e in exports:
+        e.backend.close()
+
+
+def test_meta_context_needs_structured_replies(server):
+    c = Client(server.port, export=None)
+    query = struct.pack(">I", 3) + b"raw" + struct.pack(">I", 1) + struct.pack(">I", 15) + b"base:allocation"
+    c.option(10, query)  # SET_META_CONTEXT before STRUCTURED_REPLY
+    assert c.opt_reply()[1] == (1 << 31) + 3  # NBD_REP_ERR_INVALID
+    c.option(8)
+    assert c.opt_reply()[1] == REP_ACK
+    c.option(10, query[:-3])  # truncated query
+    assert c.opt_reply()[1] == (1 << 31) + 3
+    c.option(10, query)
+    _, rtype, data = c.opt_reply()
+    assert rtype == 4 and data[4:] == b"base:allocation"
+    assert c.opt_reply()[1] == REP_ACK
+    assert c.go("raw") == 0
+    # structured READ reply: one OFFSET_DATA chunk with the DONE flag
+    c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 5, 4096, 16))
+    magic, flags, rtype, handle, length, off = struct.unpack(">IHHQIQ", c.recv(28))
+    assert (magic, flags, rtype, handle, length, off) == (0x668E33EF, 1, 1, 5, 24, 4096)
+    assert len(c.recv(16)) == 16
+    # BLOCK_STATUS past the end: a structured error chunk
+    c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 6, SIZE, 4096))
+    magic, flags, rtype, handle, length = struct.unpack(">IHHQI", c.recv(20))
+    assert rtype == (1 << 15) + 1 and struct.unpack(">IH", c.recv(length))[0] == errno.EINVAL
+    c.close()
+
+
+def test_block_status_without_negotiation_is_einval(server):
+    c = Client(server.port, "raw")
+    assert c.request(7, 0, 4096)[0] == errno.EINVAL
+    assert c.request(0, 0, 8)[0] == 0
+
+
+def test_many_pipelined_requests_are_answered(server):
+    c = Client(server.port, "raw")
+    n = 3000  # more replies than one sendmsg can carry at once
+    c.s.sendall(b"".join(struct.pack(">IHHQQI", 0x25609513, 0, 3, i, 0, 0) for i in range(n)))
+    for i in range(n):
+        magic, err, h = struct.unpack(">IIQ", c.recv(16))
+        assert (magic, err, h) == (0x67446698, 0, i)
+    c.close()

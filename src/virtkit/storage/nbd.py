@@ -32,7 +32,8 @@ FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
 FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES = 1, 2
 
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+OPT_STRUCTURED_REPLY, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 8, 9, 10
+REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
 REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID, REP_ERR_UNKNOWN, REP_ERR_TOO_BIG = (
     (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3, (1 << 31) + 6, (1 << 31) + 9)
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
@@ -41,8 +42,18 @@ TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1, 2, 4, 8
 TF_SEND_TRIM, TF_SEND_WRITE_ZEROES, TF_CAN_MULTI_CONN = 32, 64, 256
 
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 5, 6
-CMD_FLAG_FUA = 1
-CMD_NAMES = {0: "READ", 1: "WRITE", 2: "DISC", 3: "FLUSH", 4: "TRIM", 5: "CACHE", 6: "WRITE_ZEROES"}
+CMD_BLOCK_STATUS = 7
+CMD_FLAG_FUA, CMD_FLAG_REQ_ONE = 1, 8
+CMD_NAMES = {0: "READ", 1: "WRITE", 2: "DISC", 3: "FLUSH", 4: "TRIM", 5: "CACHE", 6: "WRITE_ZEROES",
+             7: "BLOCK_STATUS"}
+
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+REPLY_FLAG_DONE = 1
+REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR = 1, 5, (1 << 15) + 1
+STATE_HOLE, STATE_ZERO = 1, 2
+META_ALLOCATION = "base:allocation"
+META_ALLOCATION_ID = 1
+MAX_STATUS_SPAN = 256 << 20  # BLOCK_STATUS answers cover at most this much per request
 
 MAX_REQUEST = 32 << 20  # the largest READ/WRITE payload we accept (and advertise)
 MAX_OPTION = 64 << 10  # the largest option payload during the handshake
@@ -54,6 +65,8 @@ SEND_BATCH = 1 << 20
 
 REQ = struct.Struct(">IHHQQI")
 REPLY = struct.Struct(">IIQ")
+CHUNK = struct.Struct(">IHHQI")
+CHUNK_DATA = struct.Struct(">IHHQIQ")
 OPT_HDR = struct.Struct(">QII")
 OPT_REPLY = struct.Struct(">QIII")
 
@@ -89,6 +102,15 @@ class NbdExport:
         else:
             f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES
         return f
+
+
+@dataclass
+class _Session:
+    """What one client negotiated during the handshake."""
+
+    export: NbdExport
+    structured: bool = False
+    allocation: bool = False  # the base:allocation meta context was selected
 
 
 class NbdServer:
@@ -222,12 +244,12 @@ class NbdServer:
                 except OSError:
                     pass
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            export = self._handshake(sock, peer)
-            if export is None:
+            session = self._handshake(sock, peer)
+            if session is None:
                 return
             sock.settimeout(None)
-            log.info("client %s: attached to export %r", peer, export.name)
-            self._transmission(sock, peer, export)
+            log.info("client %s: attached to export %r", peer, session.export.name)
+            self._transmission(sock, peer, session)
         except _Drop as why:
             log.warning("client %s dropped: %s", peer, why)
         except TimeoutError:
@@ -276,7 +298,7 @@ class NbdServer:
             e = self.default
         return e
 
-    def _handshake(self, sock: socket.socket, peer: str) -> NbdExport | None:
+    def _handshake(self, sock: socket.socket, peer: str) -> _Session | None:
         sock.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
         cflags = bytearray(4)
         self._recv_exact(sock, memoryview(cflags), "client flags")
@@ -284,6 +306,8 @@ class NbdServer:
         if client_flags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES):
             raise _Drop(f"unknown client flags {client_flags:#x}")
         no_zeroes = bool(client_flags & FLAG_C_NO_ZEROES)
+        structured = False
+        meta_export: NbdExport | None = None  # export the base:allocation context was set for
         hdr = bytearray(OPT_HDR.size)
         for _ in range(1000):  # a client that never picks an export is eventually dropped
             self._recv_exact(sock, memoryview(hdr), "an option header")
@@ -299,7 +323,7 @@ class NbdServer:
                 if e is None:
                     raise _Drop(f"unknown export {data.decode(errors='replace')!r} (NBD_OPT_EXPORT_NAME)")
                 sock.sendall(struct.pack(">QH", e.backend.size, e.flags) + (b"" if no_zeroes else bytes(124)))
-                return e
+                return _Session(e, structured, meta_export is e)
             if opt == OPT_ABORT:
                 self._opt_reply(sock, opt, REP_ACK)
                 log.info("client %s aborted the handshake", peer)
@@ -325,10 +349,59 @@ class NbdServer:
                     self._opt_reply(sock, opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + e.description.encode())
                 self._opt_reply(sock, opt, REP_ACK)
                 if opt == OPT_GO:
-                    return e
+                    return _Session(e, structured, meta_export is e)
+                continue
+            if opt == OPT_STRUCTURED_REPLY:
+                if length:
+                    self._opt_reply(sock, opt, REP_ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data")
+                    continue
+                structured = True
+                self._opt_reply(sock, opt, REP_ACK)
+                continue
+            if opt in (OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT):
+                if not structured:
+                    self._opt_reply(sock, opt, REP_ERR_INVALID, b"negotiate structured replies first")
+                    continue
+                e, queries, why = self._parse_meta(data)
+                if e is None:
+                    self._opt_reply(sock, opt, REP_ERR_UNKNOWN if why.startswith("unknown") else REP_ERR_INVALID,
+                                    why.encode())
+                    continue
+                wanted = any(q == META_ALLOCATION or (opt == OPT_LIST_META_CONTEXT and q == "base:")
+                             for q in queries) or (opt == OPT_LIST_META_CONTEXT and not queries)
+                if opt == OPT_SET_META_CONTEXT:
+                    meta_export = e if wanted else None
+                if wanted:
+                    ctx = META_ALLOCATION_ID if opt == OPT_SET_META_CONTEXT else 0
+                    self._opt_reply(sock, opt, REP_META_CONTEXT, struct.pack(">I", ctx) + META_ALLOCATION.encode())
+                self._opt_reply(sock, opt, REP_ACK)
                 continue
             self._opt_reply(sock, opt, REP_ERR_UNSUP, f"option {opt} is not supported".encode())
         raise _Drop("too many options without choosing an export")
+
+    def _parse_meta(self, data: bytearray) -> tuple[NbdExport | None, list[str], str]:
+        if len(data) < 8:
+            return None, [], "meta context option too short"
+        (nlen,) = struct.unpack_from(">I", data, 0)
+        if 4 + nlen + 4 > len(data):
+            return None, [], "export name length overruns the option"
+        name = data[4:4 + nlen].decode(errors="replace")
+        (nq,) = struct.unpack_from(">I", data, 4 + nlen)
+        pos, queries = 8 + nlen, []
+        for _ in range(nq):
+            if pos + 4 > len(data):
+                return None, [], "meta context query overruns the option"
+            (qlen,) = struct.unpack_from(">I", data, pos)
+            if pos + 4 + qlen > len(data):
+                return None, [], "meta context query overruns the option"
+            queries.append(data[pos + 4:pos + 4 + qlen].decode(errors="replace"))
+            pos += 4 + qlen
+        if pos != len(data):
+            return None, [], "meta context option has trailing data"
+        e = self._lookup(name)
+        if e is None:
+            return None, [], f"unknown export {name!r}"
+        return e, queries, ""
 
     def _parse_info(self, data: bytearray) -> tuple[NbdExport | None, str]:
         if len(data) < 6:
@@ -347,9 +420,11 @@ class NbdServer:
 
     # ------------------------------------------------------------------ transmission
 
-    def _transmission(self, sock: socket.socket, peer: str, e: NbdExport) -> None:
+    def _transmission(self, sock: socket.socket, peer: str, session: _Session) -> None:
         """Serve requests until DISC/EOF. Headers are read in batches from one receive buffer and
         the replies to every request already buffered go out in one ``sendmsg``."""
+        e = session.export
+        structured = session.structured
         rb = bytearray(RECV_BUF)
         rv = memoryview(rb)
         start = end = 0
@@ -363,6 +438,9 @@ class NbdServer:
         size = backend.size
         hsize = REQ.size
         while True:
+            if len(out) >= 512:  # stay well below IOV_MAX for sendmsg
+                self._send_all(sock, out)
+                out, out_bytes = [], 0
             if end - start < hsize:
                 if out:
                     self._send_all(sock, out)
@@ -452,6 +530,21 @@ class NbdServer:
                         err = self._call(lock, backend.flush)
             elif cmd == CMD_CACHE:
                 err = 0 if offset + length <= size else errno.EINVAL
+            elif cmd == CMD_BLOCK_STATUS:
+                if not session.allocation or length == 0 or offset + length > size:
+                    err = errno.EINVAL
+                else:
+                    try:
+                        ext = self._extents(e, lock, offset, length, bool(flags & CMD_FLAG_REQ_ONE))
+                    except (OSError, VirtkitError) as ex:
+                        log.error("block status failed: %s", ex)
+                        err = errno.EIO
+                    else:
+                        body = struct.pack(f">I{2 * len(ext)}I", META_ALLOCATION_ID,
+                                           *[v for pair in ext for v in pair])
+                        out.append(CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle,
+                                              len(body)) + body)
+                        continue
             elif cmd == CMD_DISC:
                 if out:
                     self._send_all(sock, out)
@@ -468,13 +561,63 @@ class NbdServer:
                 if err == errno.EINVAL:
                     log.debug("client %s: %s at %d +%d rejected (EINVAL)", peer, CMD_NAMES.get(cmd, cmd), offset,
                               length)
-            out.append(REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle))
+                if structured and cmd in (CMD_READ, CMD_BLOCK_STATUS):
+                    out.append(CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle, 6)
+                               + struct.pack(">IH", err, 0))
+                    continue
+            if payload is not None and structured:
+                out.append(CHUNK_DATA.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle,
+                                           length + 8, offset))
+            else:
+                out.append(REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle))
             if payload is not None:
                 out.append(payload)
                 out_bytes += length
                 if payload.__class__ is memoryview or out_bytes >= SEND_BATCH or len(out) >= 512:
                     self._send_all(sock, out)
                     out, out_bytes = [], 0
+
+    @staticmethod
+    def _extents(e: NbdExport, lock: threading.Lock | None, offset: int, length: int,
+                 one: bool) -> list[tuple[int, int]]:
+        """base:allocation descriptors ``(length, flags)`` from ``offset`` (merged, at least one)."""
+        length = min(length, MAX_STATUS_SPAN)
+        backend = e.backend
+        raw: list[tuple[int, int]] = []
+        status = getattr(backend, "block_status", None)
+        if status is not None:
+            if lock is None:
+                ext = status(offset, length)
+            else:
+                with lock:
+                    ext = status(offset, length)
+            raw = [(n, STATE_HOLE | STATE_ZERO if kind == "zero" else 0) for _, n, kind in ext]
+        elif isinstance(backend, RawFile):
+            pos, end, fd = offset, offset + length, backend.fd
+            while pos < end:
+                try:
+                    data = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:
+                    data = end  # no data after pos
+                if data > pos:
+                    raw.append((min(data, end) - pos, STATE_HOLE | STATE_ZERO))
+                    pos = min(data, end)
+                    continue
+                hole = os.lseek(fd, pos, os.SEEK_HOLE)
+                raw.append((min(hole, end) - pos, 0))
+                pos = min(hole, end)
+        else:
+            raw = [(length, 0)]
+        merged: list[tuple[int, int]] = []
+        for n, f in raw:
+            if n <= 0:
+                continue
+            if merged and merged[-1][1] == f:
+                merged[-1] = (merged[-1][0] + n, f)
+            else:
+                merged.append((n, f))
+        merged = merged or [(length, 0)]
+        return merged[:1] if one else merged
 
     @staticmethod
     def _call(lock: threading.Lock | None, fn, *args) -> int:
