@@ -416,3 +416,30 @@ def test_double_rne_fast_path_matches_reference(f5: int, data) -> None:
 def box_d(v: float) -> int:
     """Bits of a Python float."""
     return int.from_bytes(np.float64(v).tobytes(), "little")
+
+
+@pytest.mark.parametrize("f5", [0, 1, 2, 3, 0x0B])
+@given(data=st.data())
+@SETTINGS
+def test_single_rne_fast_path_matches_reference(f5: int, data) -> None:
+    """Singles in RNE are computed through host doubles when safe: still bit- and flag-exact."""
+    a = data.draw(finite(0))
+    b = data.draw(finite(0))
+    qa, qb = to_frac(a, 0), to_frac(b, 0)
+    na, nb = is_neg(a, 0), is_neg(b, 0)
+    if f5 == 0x0B:
+        a &= ~(1 << 31)
+        qa = abs(qa)
+        want = (a, 0) if qa == 0 else sqrt_ref(qa, 0, RNE)
+        assert exec_f(rtype(0x0B << 2, 0, 1, RNE, 4), 0, [a]) == want, hex(a)
+        return
+    if f5 == 3 and qb == 0:
+        return
+    q = {0: qa + qb, 1: qa - qb, 2: qa * qb, 3: qa / qb if qb else 0}[f5]
+    eff_nb = nb ^ (f5 == 1)
+    if f5 in (0, 1):
+        zneg = na if (qa == 0 and qb == 0 and na == eff_nb) else False
+    else:
+        zneg = na != nb
+    got = exec_f(rtype(f5 << 2, 2, 1, RNE, 4), 0, [a, b])
+    assert got == round_ref(q, 0, RNE, zneg), (f5, hex(a), hex(b))

@@ -86,6 +86,28 @@ def _as_u64(typingctx, x):
     return types.uint64(types.float64), codegen
 
 
+@intrinsic
+def _s2d(typingctx, x):
+    """Widen the single in the low 32 bits of a uint64 to a double (exact)."""
+
+    def codegen(context, builder, sig, args):
+        f = builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+        return builder.fpext(f, ir.DoubleType())
+
+    return types.float64(types.uint64), codegen
+
+
+@intrinsic
+def _d2s(typingctx, x):
+    """Round a double to single (host RNE) and return its bits in a uint64."""
+
+    def codegen(context, builder, sig, args):
+        f = builder.fptrunc(args[0], ir.FloatType())
+        return builder.zext(builder.bitcast(f, ir.IntType(32)), ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
 @njit(cache=True, nogil=True)
 def _clz(x):
     """Leading zero bits of a uint64 (64 for zero)."""
@@ -699,6 +721,51 @@ def _fast_d(f5, a, b):
     return True, _as_u64(r), (NX if _fma64(-r, y, x) != 0.0 else 0)
 
 
+@njit(cache=True, nogil=True)
+def _fast_s(f5, a, b):
+    """FADD/FSUB/FMUL/FDIV/FSQRT.S in RNE via host doubles; (done, bits, flags).
+
+    Doubles carry more than 2*24+2 bits, so rounding the double result to single is correctly
+    rounded for these operations (double rounding is innocuous). Products of singles are exact
+    in double, which gives NX exactly; results near underflow or overflow go to the soft-float.
+    """
+    ea = (a >> 23) & U(0xFF)
+    eb = (b >> 23) & U(0xFF)
+    if ea == U(0xFF) or eb == U(0xFF):
+        return False, Z, 0
+    x = _s2d(a)
+    y = _s2d(b)
+    if f5 <= 1:
+        if f5 == 1:
+            y = -y
+        rd = x + y
+        r = _d2s(rd)
+        if ((r >> 23) & U(0xFF)) == U(0xFF):
+            return False, Z, 0
+        bb = rd - x
+        err = (x - (rd - bb)) + (y - bb)
+        return True, r, (NX if err != 0.0 or _s2d(r) != rd else 0)
+    if f5 == 0x0B:
+        if (a >> 31) != Z or (a & U(0x7FFFFFFF)) == Z:
+            return False, Z, 0
+        r = _d2s(math.sqrt(x))
+        q = _s2d(r)
+        return True, r, (NX if q * q != x else 0)
+    if f5 == 2:
+        rd = x * y
+    else:
+        if (b & U(0x7FFFFFFF)) == Z:
+            return False, Z, 0
+        rd = x / y
+    r = _d2s(rd)
+    er = (r >> 23) & U(0xFF)
+    if er < U(2) or er > U(0xFD):
+        return False, Z, 0
+    if f5 == 2:
+        return True, r, (NX if _s2d(r) != rd else 0)
+    return True, r, (NX if _s2d(r) * y != x else 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # register access and dispatch
 
@@ -778,10 +845,15 @@ def _exec(insn, frm, r1, r2, r3, xv):
         rm = _rmode(f3, frm)
         if rm < 0:
             return NOWHERE, Z, ILLEGAL
-        if fmt == 1 and rm == RNE and (f5 <= 3 or (f5 == 0x0B and rs2 == 0)):
-            ok, r, fl = _fast_d(f5, r1, r2)
-            if ok:
-                return TO_F, r, fl
+        if rm == RNE and (f5 <= 3 or (f5 == 0x0B and rs2 == 0)):
+            if fmt == 1:
+                ok, r, fl = _fast_d(f5, r1, r2)
+                if ok:
+                    return TO_F, r, fl
+            elif (r1 >> 32) == M32 and ((r2 >> 32) == M32 or f5 == 0x0B):
+                ok, r, fl = _fast_s(f5, r1 & M32, r2 & M32)
+                if ok:
+                    return TO_F, r | BOX, fl
         if f5 <= 3:
             a = _unbox(r1, fmt)
             b = _unbox(r2, fmt)
