@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from virtkit.errors import ConfigError, VirtkitError
-from virtkit.network.offload import VNET_HDR_LEN, ZERO_HDR, finish, wrap
+from virtkit.network.offload import F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_HDR, finish, wrap
 from virtkit.network.switch import Port
 from virtkit.network.tap import Tap
 
@@ -89,11 +89,12 @@ class TapPort(Port):
         out: list[bytes] = []
         read, fd = os.read, self.fd
         plain = self.mode == "access"
+        append = out.append
         try:
             for _ in range(limit):
                 data = read(fd, 65600)
-                if data[:2] == b"\0\0" or len(data) <= VNET_HDR_LEN:
-                    out.append(data[VNET_HDR_LEN:])
+                if len(data) <= VNET_HDR_LEN or not data[1] and not data[0] & F_NEEDS_CSUM:
+                    append(data[VNET_HDR_LEN:])  # no offload work pending: a plain frame
                 elif plain and data[VNET_HDR_LEN + 12: VNET_HDR_LEN + 14] not in (b"\x81\x00", b"\x88\xa8"):
                     out.append(wrap(data))
                 else:
@@ -106,7 +107,7 @@ class TapPort(Port):
 
     def transmit(self, frame: bytes) -> bool:
         try:
-            os.writev(self.fd, (getattr(frame, "vnet", ZERO_HDR), frame))
+            os.writev(self.fd, (ZERO_HDR if type(frame) is bytes else frame.vnet, frame))  # type: ignore[attr-defined]
         except BlockingIOError:
             return False
         except OSError as err:
