@@ -124,6 +124,20 @@ TEST_BEGIN
   CLEAR_MTRAP
   LOAD_TRAP(a0, trap_cause)
   CHECK(a0, 2)
+  /* reserved compressed encodings are illegal: c.addi16sp 0, c.lwsp/c.ldsp x0, c.jr x0, c.lui 0 */
+  li TESTNUM, 44
+  CLEAR_TRAP_RECORD
+  SET_MTRAP(mtrap_skip)
+  .2byte 0x6101                      /* c.addi16sp sp, 0 */
+  .2byte 0x4002                      /* c.lwsp x0, 0(sp) */
+  .2byte 0x6002                      /* c.ldsp x0, 0(sp) */
+  .2byte 0x8002                      /* c.jr x0 */
+  .2byte 0x6581                      /* c.lui a1, 0 */
+  CLEAR_MTRAP
+  LOAD_TRAP(a0, trap_count)
+  CHECK(a0, 5)
+  LOAD_TRAP(a0, trap_cause)
+  CHECK(a0, 2)
   /* 32-bit instructions at 2-byte aligned addresses */
   li TESTNUM, 43
   c.nop
