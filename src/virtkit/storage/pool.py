@@ -229,6 +229,8 @@ class Pool:
         self.warnings: list[str] = []
         self.closed = False
         self.clean = False  # False while a writer has the pool open: True on disk means a clean shutdown
+        self._marked = False  # this session already wrote clean=False to disk
+        self.needs_scrub = False  # a session ended without close (crash): redundancy unverified until a scrub
         self.seq = 0
         self.dirty = False
         self._lock_fd = -1
@@ -248,9 +250,9 @@ class Pool:
         if self.read_only:
             return  # readers see the atomically replaced metadata; they never block the writer
         try:
-            fd = os.open(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-        except FileNotFoundError:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise PoolError(f"cannot open the lock file of pool {self.path.name!r}: {err.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -258,7 +260,7 @@ class Pool:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise PoolError(f"pool {self.path.name!r} is in use by another process (pid {holder or '?'})") from None
-            raise
+            raise PoolError(f"cannot lock pool {self.path.name!r}: {err.strerror}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -288,7 +290,10 @@ class Pool:
         if path.exists() and any(p.name.startswith("metadata") for p in path.iterdir()):
             raise PoolError(f"{path} holds leftover pool files; remove them first")
         created_dir = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PoolError(f"cannot create pool directory {path}: {err.strerror}") from None
         pool = cls(path, read_only=False)
         pool._take_lock(create=True)
         try:
@@ -334,13 +339,13 @@ class Pool:
             pool._bad_slots = loaded.bad_slots
             pool._load(loaded.body)
             if not read_only:
-                if loaded.body.get("clean") is False:
+                pool.needs_scrub = loaded.body.get("clean") is False or bool(loaded.body.get("needs_scrub"))
+                if pool.needs_scrub:
                     pool.warnings.append(
                         "pool was not closed cleanly: mirror copies or parity may disagree where writes were in "
                         f"flight; check with `virtkit pool scrub {pool.name} --repair`"
                     )
-                pool.clean = False
-                pool._commit(sync=False)  # mark the pool in use (unclean until close)
+                pool.clean = False  # written with the first change of this session, true again at close
         except BaseException:
             pool._close_fds()
             raise
@@ -514,8 +519,11 @@ class Pool:
             dev.used = bytearray(pe_count)
             dev.free = pe_count
             label = Label(self.uuid, dev.uuid, self.extent, DATA_START, pe_count, self.name)
-            os.pwrite(fd, label.pack(), 0)
-            os.fsync(fd)
+            try:
+                os.pwrite(fd, label.pack(), 0)
+                os.fsync(fd)
+            except OSError as err:
+                raise PoolError(f"cannot write the label of {path}: {err.strerror}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -534,6 +542,7 @@ class Pool:
             "warn_percent": self.warn_percent,
             "created": self.created,
             "clean": self.clean,
+            "needs_scrub": self.needs_scrub,
             "next_device_id": self.next_dev,
             "next_chunk_id": self.next_chunk,
             "devices": [d.to_meta() for d in self.devices.values()],
@@ -553,7 +562,12 @@ class Pool:
                 os.replace(src, self.path / f"{bad}.damaged-{int(time.time())}")
         self._bad_slots = []
         self.seq += 1
-        write_slot(self.path, self._body())
+        try:
+            write_slot(self.path, self._body())
+        except OSError as err:
+            self.seq -= 1
+            raise PoolError(f"cannot write metadata of pool {self.name!r}: {err.strerror}") from None
+        self._marked = not self.clean
         self.dirty = False
 
     def _sync_devices(self) -> None:
@@ -578,11 +592,13 @@ class Pool:
         with self.lock:
             if self._lock_fd < 0 and all(d.fd < 0 for d in self.devices.values()):
                 return
-            if not self.read_only:
-                self.clean = True
-                self._commit()
-            self._close_fds()
-            self.closed = True
+            try:
+                if not self.read_only and (self._marked or self.dirty):
+                    self.clean = True
+                    self._commit()
+            finally:
+                self._close_fds()
+                self.closed = True
 
     def __enter__(self) -> Pool:
         return self
@@ -632,7 +648,13 @@ class Pool:
         cols = []
         for dev in cands[: geo.width]:
             pe = dev.alloc()
-            dev.zero(pe)
+            try:
+                dev.zero(pe)
+            except OSError as err:  # the device just failed: give back what we took, try the others
+                for d, p in [*cols, (dev.id, pe)]:
+                    self.devices[d].release(p)
+                self._mark_failed(dev, err)
+                return self._alloc_chunk(geo, prefer, exclude)
             cols.append((dev.id, pe))
         cid = self.next_chunk
         self.next_chunk += 1
@@ -720,6 +742,11 @@ class Pool:
         except OSError as err:
             self._mark_failed(dev, err)
             raise _Degraded(dev.id) from None
+
+    def _chunk_readable(self, geo: Geometry, cid: int) -> bool:
+        """True when the chunk still has enough healthy columns to serve its data."""
+        down = sum(1 for d, _ in self.chunks[cid] if not self.devices[d].alive)
+        return down <= {"mirror": geo.width - 1, "parity": 1}.get(geo.layout, 0)
 
     def _lost(self, geo: Geometry, col: tuple[int, int]) -> BlockError:
         dev = self.devices[col[0]]
@@ -903,7 +930,13 @@ class Pool:
             self._read_chunk(vol.geo, vol.map[ci], inner, buf[pos - offset : pos - offset + n])
             pos += n
 
+    def _mark_in_use(self) -> None:
+        """Before the first write of a session: record on disk that the pool is open (clean=False)."""
+        if not self._marked:
+            self._commit(sync=False)
+
     def _io_write(self, vol: Volume, offset: int, data: memoryview) -> None:
+        self._mark_in_use()
         cap = vol.geo.capacity
         pos, end = offset, offset + len(data)
         while pos < end:
@@ -914,6 +947,7 @@ class Pool:
             pos += n
 
     def _io_zero(self, vol: Volume, offset: int, length: int) -> None:
+        self._mark_in_use()
         cap = vol.geo.capacity
         pos, end = offset, offset + length
         freed = False
@@ -938,7 +972,12 @@ class Pool:
                 for dev_id, pe in self.chunks[cid]:
                     dev = self.devices[dev_id]
                     if dev.alive:
-                        dev.zero(pe)
+                        try:
+                            dev.zero(pe)
+                        except OSError as err:
+                            self._mark_failed(dev, err)
+                if not self._chunk_readable(vol.geo, cid):
+                    raise self._lost(vol.geo, self.chunks[cid][0])
             else:
                 cid = self._exclusive(vol, ci)
                 self._write_chunk(vol.geo, cid, inner, memoryview(bytes(n)))
@@ -1167,9 +1206,12 @@ class Pool:
                                 xor_into(unit, memoryview(raw)[row * s : (row + 1) * s])
                         if unit != raws[pc][row * s : (row + 1) * s]:
                             self._col_write(cols[pc], row * s, unit)
-        if repair and bad:
-            with self.lock:
+        with self.lock:
+            if repair and bad:
                 self._sync_devices()
+            if (repair or not bad) and not skipped and self.needs_scrub and not self.read_only:
+                self.needs_scrub = False  # redundancy verified: the crash warning is settled
+                self._commit()
         return {
             "checked": checked,
             "inconsistent": len(bad),
@@ -1458,7 +1500,10 @@ class VolumeBackend:
                 return
             self.pool._sync_devices()
             if self.pool.dirty:
-                self.pool._commit(sync=False)
+                try:
+                    self.pool._commit(sync=False)
+                except PoolError as err:
+                    raise BlockError(str(err)) from None
 
     def write_zeroes(self, offset: int, length: int) -> None:
         with self.pool.lock:
