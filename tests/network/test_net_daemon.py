@@ -301,6 +301,11 @@ def test_cli_end_to_end_and_errors(netdir, capsys):
         assert p.returncode == 1, (argv, p.stderr)
         assert msg in p.stderr and "Traceback" not in p.stderr, (argv, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1
+    pcap = f"{netdir}/cli.pcapng"
+    assert main(["net", "capture", "sw1", "--vlan", "30", "-w", pcap, "--duration", "0.3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 0 and read(pcap) == []
+    assert main(["net", "port", "set", "sw1", "vm-b", "--group", ""]) == 0
+    assert main(["net", "group", "delete", "sw1", "web"]) == 0
     assert main(["net", "stop", "sw1"]) == 0
     p = run_cli("net", "show", "sw1")
     assert p.returncode == 1 and "not running" in p.stderr

@@ -6,6 +6,8 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from virtkit.errors import ConfigError
 from virtkit.network import ethernet as eth
@@ -338,3 +340,31 @@ def test_qinq_customer_port_tunnels_c_tagged_frames():
     assert q.wire == [eth.push_tag(c_tagged, 100, 0, tpid=eth.TPID_8021AD)]
     sw.receive(q, [eth.push_tag(frame(mac(1), mac(2), vid=5), 100, tpid=eth.TPID_8021AD)], now=1.0)
     assert cust.wire == [frame(mac(1), mac(2), vid=5)]
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+@given(st.sets(st.integers(1, 4094), min_size=1, max_size=60))
+def test_vlan_list_roundtrip(vlans):
+    assert parse_vlan_list(format_vlans(vlans)) == vlans
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=80), max_size=20),
+       st.lists(st.tuples(st.integers(0, 7), st.integers(0, 4095), st.integers(0, 3)), max_size=20))
+def test_random_frames_never_cross_vlans(junk, tagged):
+    """Any bytes on a trunk: nothing crashes, and each access port only ever sees its own VLAN."""
+    t = WirePort("t", mode="trunk", trunk={7, 8}, native=7)
+    a7, a8 = WirePort("a7", vlan=7), WirePort("a8", vlan=8)
+    sw = make(t, a7, a8, storm_pps=0)
+    frames = list(junk)
+    for i, (pcp, vid, src) in enumerate(tagged):
+        frames.append(eth.build(eth.BROADCAST, mac(src + 10), 0x88B5, bytes([vid & 0xFF, vid >> 8, i]) + bytes(40),
+                                vid, pcp))
+    sw.receive(t, frames, now=1.0)
+    for f in a8.wire:  # VLAN 8 only gets frames that were tagged 8 on the trunk
+        assert f[14] | f[15] << 8 == 8
+    for f in a7.wire:
+        assert len(f) < 16 or f[12:14] != b"\x88\xb5" or (f[14] | f[15] << 8) in (0, 7)
+    assert t.stats.rx_frames == len(frames)
+    assert sum(t.stats.drops.values()) + len(a7.wire) + len(a8.wire) >= len(frames) - len(junk)
