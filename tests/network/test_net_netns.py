@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import require_root, require_tool
 from virtkit.network import control
-from virtkit.network.netns import Netns, NetnsError
+from virtkit.network.netns import Netns, NetnsError, sh
 
 TAG = f"{os.getpid() % 100000}"
 
@@ -260,3 +260,29 @@ def test_tagged_host_on_trunk_reaches_access_port_and_capture_keeps_tags(env, tm
     rows = [line.split("\t") for line in out if line]
     assert ["0x8100", "7", "5", "1"] in [[r[0].split(",")[0], *r[1:]] for r in rows]  # request: PCP 5 kept
     assert any(r[0].split(",")[0] == "0x8100" and r[1] == "7" and r[3] == "2" for r in rows)  # tagged reply
+
+
+def test_deleted_host_interface_goes_down_and_comes_back(env):
+    """Deleting a port's interface under the switch: the port is marked down, nothing spins, it returns."""
+    control.create("s")
+    ifname = f"vk{TAG}d0"
+    sh("ip", "link", "add", ifname, "type", "veth", "peer", "name", f"vk{TAG}d1")
+    try:
+        sh("ip", "link", "set", ifname, "up")
+        control.request("s", "port_add", spec=f"host:{ifname}")
+        sh("ip", "link", "del", ifname)
+
+        def down() -> bool:
+            return next(p for p in control.request("s", "show")["ports"] if p["name"] == ifname)["down"]
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not down():
+            time.sleep(0.1)
+        assert down()
+        sh("ip", "link", "add", ifname, "type", "veth", "peer", "name", f"vk{TAG}d1")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and down():
+            time.sleep(0.2)
+        assert not down()
+    finally:
+        sh("ip", "link", "del", ifname, check=False)

@@ -119,6 +119,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     for p in info["ports"]:
         st = p["stats"]
         drops = ", ".join(f"{k} {v}" for k, v in st["drops"].items() if v) or "-"
+        if p.get("down"):
+            drops = "[red]DOWN (device gone, retrying)[/] " + drops
         t.add_row(p["name"], p["spec"], _vlans(p), p.get("group") or "-", str(st["rx_frames"]), str(st["rx_bytes"]),
                   str(st["tx_frames"]), str(st["tx_bytes"]), drops)
     for p in info["failed"]:

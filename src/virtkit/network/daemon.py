@@ -455,6 +455,10 @@ class SwitchDaemon:
                         frames = port.receive_batch(BATCH)
                         if frames:
                             sw.receive(port, frames, now)
+                        if port.down:
+                            self._unregister(port)
+                            self.log(f"port {port.name} ({port.spec}) is down; retrying every second")
+                            continue
                         if isinstance(port, VmPort):
                             if port.closed_by_peer:
                                 self._remove(port.name)
@@ -462,6 +466,8 @@ class SwitchDaemon:
                             self._register(port)
                 pending = False
                 for port in list(sw.ports.values()):
+                    if port.down:
+                        continue
                     if port.queued:
                         port.flush()
                     if port.tx_pending:
@@ -472,6 +478,11 @@ class SwitchDaemon:
                 if now - last_tick >= 1.0:
                     last_tick = now
                     sw.sweep(now)
+                    for port in sw.ports.values():
+                        if port.down and port.reopen():
+                            port.down = False
+                            self._register(port)
+                            self.log(f"port {port.name} ({port.spec}) is back")
                     for cap in self.captures.values():
                         cap.writer.flush()
         finally:

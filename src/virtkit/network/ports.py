@@ -102,8 +102,18 @@ class TapPort(Port):
         except BlockingIOError:
             pass
         except OSError:
-            pass  # interface went down or was deleted: nothing to read
+            self.down = True  # the interface was deleted under us: the daemon retries reopening it
         return out
+
+    def reopen(self) -> bool:
+        """Create the TAP again after it was deleted."""
+        try:
+            tap = Tap(self.tap.name, vnet_hdr=True)
+        except VirtkitError:
+            return False
+        self.tap.close()
+        self.tap, self.fd = tap, tap.fd
+        return True
 
     def transmit(self, frame: bytes) -> bool:
         try:
@@ -132,6 +142,12 @@ class HostPort(Port):
     kind = "host"
 
     def __init__(self, name: str, ifname: str, **kw) -> None:
+        self.ifname = ifname
+        self._open()
+        super().__init__(name, spec=f"host:{ifname}", **kw)
+
+    def _open(self) -> None:
+        ifname = self.ifname
         try:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
@@ -148,14 +164,36 @@ class HostPort(Port):
         except OSError:
             pass
         self.sock = s
-        self.ifname = ifname
         self.mm: mmap.mmap | None = None
         try:
             self._setup_rings()
         except OSError:
+            self.receive_batch = self._rx_plain  # type: ignore[method-assign]
+            self.transmit = self._tx_plain  # type: ignore[method-assign]
             _bufs(s)  # no PACKET_MMAP: one recvmsg/send per frame
         s.setblocking(False)
-        super().__init__(name, spec=f"host:{ifname}", **kw)
+
+    def _check_down(self) -> None:
+        """Woken with nothing to read: was the interface deleted (the socket reports ENETDOWN)?"""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err in (errno.ENETDOWN, errno.ENODEV, errno.ENXIO):
+            try:
+                socket.if_nametoindex(self.ifname)
+            except OSError:
+                self.down = True
+
+    def reopen(self) -> bool:
+        """Open the AF_PACKET socket again once the interface is back."""
+        try:
+            socket.if_nametoindex(self.ifname)
+        except OSError:
+            return False
+        self._close()
+        try:
+            self._open()
+        except (OSError, VirtkitError):
+            return False
+        return True
 
     # -- PACKET_MMAP (TPACKET_V2) rings: frames in and out without a system call each --------------
     def _setup_rings(self) -> None:
@@ -208,6 +246,8 @@ class HostPort(Port):
                 data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
             out.append(data)
         self.rx_i = i
+        if not out:
+            self._check_down()
         return out
 
     def _tx_ring(self, frame: bytes) -> bool:
@@ -262,7 +302,7 @@ class HostPort(Port):
                             "tx_index": self.tx_i, "tx_busy": tx_busy}
         return info
 
-    def receive_batch(self, limit: int) -> list[bytes]:
+    def _rx_plain(self, limit: int) -> list[bytes]:
         out: list[bytes] = []
         recvmsg = self.sock.recvmsg
         space = socket.CMSG_SPACE(20)
@@ -282,10 +322,10 @@ class HostPort(Port):
         except BlockingIOError:
             pass
         except OSError:
-            pass  # interface down
+            self._check_down()
         return out
 
-    def transmit(self, frame: bytes) -> bool:
+    def _tx_plain(self, frame: bytes) -> bool:
         try:
             self.sock.send(frame)
         except BlockingIOError:
@@ -296,12 +336,15 @@ class HostPort(Port):
             raise
         return True
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self.mm is not None:
             self.kick()
             self.mm.close()
             self.mm = None
         self.sock.close()
+
+    def close(self) -> None:
+        self._close()
 
 
 class UdpPort(Port):

@@ -111,6 +111,12 @@ class Port:
 
     #: frames handed to the wire but waiting for a :meth:`kick` (ports that batch their sends)
     tx_pending = 0
+    #: the port's device vanished (interface deleted); the daemon stops polling it and retries reopen()
+    down = False
+
+    def reopen(self) -> bool:
+        """Try to open the port's device again after it went down; True on success."""
+        return False
 
     # -- I/O hooks (overridden by port kinds) --------------------------------------------------
     def kick(self) -> None:
@@ -176,7 +182,8 @@ class Port:
 
     def info(self) -> dict[str, Any]:
         """Configuration plus counters, for ``net show``."""
-        return {**self.config(), "kind": self.kind, "stats": self.stats.as_dict(), "queued": self.queued}
+        return {**self.config(), "kind": self.kind, "stats": self.stats.as_dict(), "queued": self.queued,
+                "down": self.down}
 
 
 class Switch:
