@@ -258,6 +258,14 @@ TEST_BEGIN
   ecall
 1:LOAD_TRAP(a0, trap_cause)
   CHECK(a0, 2)
+  /* sfence.vma is illegal in U */
+  li TESTNUM, 20
+  CLEAR_TRAP_RECORD
+  RUN_U(1f)
+  sfence.vma
+  ecall
+1:LOAD_TRAP(a0, trap_cause)
+  CHECK(a0, 2)
   CLEAR_MTRAP
   j pass
 

@@ -19,6 +19,7 @@
 #define PTE_D 0x80
 #define SSTATUS_SUM (1 << 18)
 #define SSTATUS_MXR (1 << 19)
+#define MSTATUS_MPRV (1 << 17)
 
 #define VA(n) (0x40000000 + (n) * 0x1000)
 
@@ -309,6 +310,37 @@ TEST_BEGIN
 1:LOAD_TRAP(a0, trap_cause)
   CHECK(a0, 13)
   TOP_TESTS
+  /* MPRV = 1, MPP = S: M-mode loads and stores are translated as S */
+  li TESTNUM, 33
+  CLEAR_TRAP_RECORD
+  li a4, MSTATUS_MPRV
+  li a0, MSTATUS_MPP_MASK
+  csrc mstatus, a0
+  li a0, MSTATUS_MPP_S
+  csrs mstatus, a0
+  li a1, VA(0)
+  li a2, VA(6)
+  csrs mstatus, a4
+  ld s2, 0(a1)                            /* page0 through the page table */
+  sd s2, 24(a1)
+  ld s3, 0(a2)                            /* invalid PTE: load page fault, taken in M */
+  csrc mstatus, a4                        /* (the trap returned with MPP = U: no loads before this) */
+  CHECK(s2, 0x1111)
+  la a0, page0
+  ld a0, 24(a0)
+  CHECK(a0, 0x1111)
+  LOAD_TRAP(a0, trap_cause)
+  CHECK(a0, 13)
+  LOAD_TRAP(a0, trap_tval)
+  CHECK(a0, VA(6))
+  /* an mret to a mode below M clears MPRV */
+  li TESTNUM, 34
+  csrs mstatus, a4
+  RUN_S(1f)
+  ecall
+1:csrr a0, mstatus
+  and a0, a0, a4
+  CHECK(a0, 0)
   /* M mode is not translated */
   li TESTNUM, 40
   la a0, page0
