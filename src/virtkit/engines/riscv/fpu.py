@@ -689,7 +689,13 @@ def _fast_d(f5, a, b):
         return False, Z, 0
     x = _as_f64(a)
     y = _as_f64(b)
+    lo = U(0x070)
+    hi = U(0x780)
     if f5 <= 1:
+        # operands >= 2^-911: sums, differences and the TwoSum error are never subnormal, so
+        # even a host with flush-to-zero enabled computes them exactly
+        if ea < lo or eb < lo:
+            return False, Z, 0
         if f5 == 1:
             y = -y
         r = x + y
@@ -699,8 +705,6 @@ def _fast_d(f5, a, b):
         bb = r - x
         err = (x - (r - bb)) + (y - bb)
         return True, ru, (NX if err != 0.0 else 0)
-    lo = U(0x070)
-    hi = U(0x780)
     if f5 == 0x0B:
         if ea < lo or (a >> 63) != Z:
             return False, Z, 0
@@ -740,7 +744,8 @@ def _fast_s(f5, a, b):
             y = -y
         rd = x + y
         r = _d2s(rd)
-        if ((r >> 23) & U(0xFF)) == U(0xFF):
+        er = (r >> 23) & U(0xFF)
+        if er == U(0xFF) or er == Z:  # overflow; zero or subnormal results take the exact path
             return False, Z, 0
         bb = rd - x
         err = (x - (rd - bb)) + (y - bb)
