@@ -76,7 +76,7 @@ def build_initramfs(busybox: bytes, links: list[str], init: bytes, extra: dict[s
         for path, text in ETC.items():
             w.add_file(path, text.encode(), 0o644)
         for link in links:
-            if link in ("bin/busybox", "init"):
+            if link in ("bin/busybox", "init", "linuxrc"):  # /linuxrc is busybox init: we have our own /init
                 continue
             parent = link.rpartition("/")[0]
             if parent not in DIRS:
@@ -97,7 +97,9 @@ class InitramfsRecipe(Recipe):
     deps = ("busybox",)
 
     def inputs(self) -> dict:
-        return {"recipe": RECIPE_VERSION, "init": sha256_file(INIT_SCRIPT), "cpio": cpio.FORMAT_VERSION}
+        # the layout code and the cpio writer are cheap to rebuild with: key on their source
+        return {"recipe": RECIPE_VERSION, "init": sha256_file(INIT_SCRIPT), "code": sha256_file(Path(__file__)),
+                "cpio": sha256_file(Path(cpio.__file__))}
 
     def build(self, ctx: BuildContext) -> None:
         bb = ctx.deps["busybox"]
