@@ -1,7 +1,8 @@
 """virtkit's own RISC-V ISA conformance suite: every program in isa/ must pass on QEMU and on virtkit.
 
 Each program is a bare-metal test (isa/*.S) that exits through HTIF with 0 or the number of the
-first failing case.  The QEMU run proves the test itself; the virtkit run checks the engine.
+first failing case; smp_* programs run with two harts.  The QEMU run proves the test itself; the
+virtkit run checks the engine.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def test_isa_on_qemu(program: str) -> None:
     elf = _build(program)
 
     require_tool(harness.QEMU)
-    result = harness.run_qemu(elf)
+    result = harness.run_qemu(elf, harts=harness.harts_for(program))
     assert result.code == 0, f"{program} on QEMU " + harness.describe(result)
 
 @pytest.mark.parametrize("program", PROGRAMS)
@@ -38,7 +39,7 @@ def test_isa_on_virtkit(program: str) -> None:
     missing = harness.virtkit_missing()
     if missing:
         pytest.skip(missing)
-    result = harness.run_virtkit(elf)
+    result = harness.run_virtkit(elf, harts=harness.harts_for(program))
     assert result.code == 0, f"{program} on virtkit " + harness.describe(result)
 
 

@@ -43,9 +43,28 @@ _start:
   j 1b
 2:call main
   j exit
+/* Other harts wait here until hart 0 stores an entry point in smp_entry and sends them a
+   software interrupt (CLINT msip); they start there with a0 = hartid, their own stack
+   (_stack_top - hartid * 32 KiB) and the FPU on. */
 park:
-  wfi
-  j park
+  li t0, (1 << 13)
+  csrs mstatus, t0
+  li t0, (1 << 3)             /* MSIE: a pending msip wakes WFI (MIE stays 0, no trap) */
+  csrw mie, t0
+1:wfi
+  la t0, smp_entry
+  ld t1, 0(t0)
+  beqz t1, 1b
+  csrr a0, mhartid
+  li t2, 0x02000000
+  slli t0, a0, 2
+  add t2, t2, t0
+  sw zero, 0(t2)              /* clear our msip */
+  csrw mie, zero
+  la sp, _stack_top
+  slli t0, a0, 15
+  sub sp, sp, t0
+  jr t1
 
 /* exit(a0): report a0 to the host through HTIF and never return. */
   .globl exit
@@ -278,3 +297,5 @@ trap_status: .dword 0
 trap_in_s:   .dword 0
 trap_resume: .dword 0       /* M-mode address an ecall from U/S returns to (mtrap_skip) */
 resume_cause: .dword 0      /* mcause of that ecall (8 from U, 9 from S) */
+  .globl smp_entry
+smp_entry:   .dword 0       /* where parked harts start (see park) */

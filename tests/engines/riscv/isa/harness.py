@@ -74,9 +74,14 @@ def build(source: str | Path, opt: str = "-O2", extra: tuple[str, ...] = ()) -> 
     return out
 
 
-def run_qemu(elf: Path, timeout: float = 120, machine: str = "spike") -> RunResult:
+def harts_for(name: str) -> int:
+    """Programs named smp_* run with two harts, everything else with one."""
+    return 2 if Path(name).name.startswith("smp_") else 1
+
+
+def run_qemu(elf: Path, timeout: float = 120, machine: str = "spike", harts: int = 1) -> RunResult:
     """Run ``elf`` on qemu-system-riscv64 (TCG, -bios none) and collect the HTIF result."""
-    cmd = [QEMU, "-M", machine, "-bios", "none", "-kernel", str(elf), "-display", "none",
+    cmd = [QEMU, "-M", machine, "-smp", str(harts), "-bios", "none", "-kernel", str(elf), "-display", "none",
            "-serial", "stdio", "-monitor", "none", "-m", "256M"]
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -94,11 +99,11 @@ def virtkit_missing() -> str | None:
     return None
 
 
-def run_virtkit(elf: Path, max_instructions: int = 2_000_000_000) -> RunResult:
+def run_virtkit(elf: Path, max_instructions: int = 2_000_000_000, harts: int = 1) -> RunResult:
     """Run ``elf`` on virtkit's engine in this process (``baremetal.run_elf``), bounded by instructions."""
     from virtkit.engines.riscv.baremetal import run_elf
 
-    res = run_elf(elf, mem_size=256 << 20, max_instructions=max_instructions, console=lambda b: None)
+    res = run_elf(elf, mem_size=256 << 20, nharts=harts, max_instructions=max_instructions, console=lambda b: None)
     code = res.exit_code
     if code is not None and code > 255:
         code = 255
