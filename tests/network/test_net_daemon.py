@@ -310,3 +310,21 @@ def test_cli_end_to_end_and_errors(netdir, capsys):
     p = run_cli("net", "show", "sw1")
     assert p.returncode == 1 and "not running" in p.stderr
     assert main(["net", "delete", "sw1"]) == 0
+
+
+def test_switchport_survives_the_switch_stopping(netdir):
+    """A VM's port whose switch stops sees a dead link (no frames, no exception, same fd), like a pulled cable."""
+    control.create("gone")
+    p = SwitchPort("gone", vlan=3)
+    fd = p.fileno()
+    control.stop("gone")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and p.connected:
+        assert p.recv() is None
+        time.sleep(0.05)
+    assert not p.connected and p.fileno() == fd
+    p.send(frame(eth.BROADCAST, mac(1)))
+    assert p.recv() is None and p.dropped >= 1
+    r, _, _ = select.select([p], [], [], 0.2)
+    assert r == []  # not readable: an event loop polling it does not spin
+    p.close()

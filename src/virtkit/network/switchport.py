@@ -10,6 +10,7 @@ whose VLAN settings live in the switch configuration.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -53,25 +54,45 @@ class SwitchPort:
         self.sock = sock
         self._receiver: Callable[[bytes], None] | None = None
         self.dropped = 0
+        #: False once the switch closed the port or stopped (the VM sees a link that carries nothing)
+        self.connected = True
 
     def send(self, frame: bytes | memoryview) -> None:
-        """Put one frame on the switch; dropped (and counted) when the switch is not keeping up."""
+        """Put one frame on the switch; dropped (and counted) when the switch is not keeping up or gone."""
+        if not self.connected:
+            self.dropped += 1
+            return
         try:
             self.sock.send(frame)
         except BlockingIOError:
             self.dropped += 1
-        except OSError as err:
-            raise SwitchError(f"switch {self.switch_name!r} port {self.port_name} is gone: {err.strerror}") from None
+        except OSError:
+            self.dropped += 1
+            self._link_down()
 
     def recv(self) -> bytes | None:
-        """One frame from the switch, or None when none is waiting."""
+        """One frame from the switch, or None when none is waiting (or the switch went away)."""
         try:
             data = self.sock.recv(65536)
         except BlockingIOError:
             return None
+        except OSError:
+            data = b""
         if not data:
-            raise SwitchError(f"switch {self.switch_name!r} closed port {self.port_name}")
+            self._link_down()
+            return None
         return data
+
+    def _link_down(self) -> None:
+        """The switch stopped: behave like a pulled cable (frames dropped, fileno never readable)."""
+        if not self.connected:
+            return
+        self.connected = False
+        fd = self.sock.fileno()
+        quiet, self._peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        quiet.setblocking(False)
+        os.dup2(quiet.fileno(), fd)  # same descriptor number: an event loop polling it keeps working
+        quiet.close()
 
     def fileno(self) -> int:
         """Readable when a frame is waiting."""
@@ -96,6 +117,8 @@ class SwitchPort:
         """Unplug from the switch."""
         if self.sock.fileno() >= 0:
             self.sock.close()
+        if getattr(self, "_peer", None) is not None:
+            self._peer.close()
 
 
 def from_netspec(spec: str) -> SwitchPort:
