@@ -1028,22 +1028,23 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     sctx = 0
     base_ret = hs[h, HS_INSTRET]
     while n < limit:
-        if ctx_dirty:
-            ctx_dirty = False
-            ms = c[MSTATUS]
-            e = eff_priv(priv, ms)
-            lctx = ctx_tag(1, e, ms)
-            sctx = ctx_tag(2, e, ms)
-            fvpn = -1
-        if irq_check:
-            irq_check = False
-            cause = pending_irq(c, priv, irq[h])
-            if cause != 0:
-                pc, priv = take_trap(c, priv, pc, cause, 0)
-                ctx_dirty = True
-                ntrap += 1
-                n += 1
-                continue
+        if ctx_dirty | irq_check:
+            if ctx_dirty:
+                ctx_dirty = False
+                ms = c[MSTATUS]
+                e = eff_priv(priv, ms)
+                lctx = ctx_tag(1, e, ms)
+                sctx = ctx_tag(2, e, ms)
+                fvpn = -1
+            if irq_check:
+                irq_check = False
+                cause = pending_irq(c, priv, irq[h])
+                if cause != 0:
+                    pc, priv = take_trap(c, priv, pc, cause, 0)
+                    ctx_dirty = True
+                    ntrap += 1
+                    n += 1
+                    continue
         exc = -1
         tval = 0
         # ---- fetch ----
@@ -1518,34 +1519,53 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 size = 4 if f3 == 2 else 8
                 if op == 0x07:
                     addr = xr[rs1] + (ins >> 20)
-                    st, v = mem_slow_or_fast(h, addr, size, 1, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime,
-                                             tlbt, tlbo, hs, out, lctx)
-                    if st == 1:
-                        exc = hs[h, HS_EXC_CAUSE]
-                        tval = hs[h, HS_EXC_TVAL]
-                    elif st == 2:
-                        hs[h, HS_MMIO_RD] = rd
-                        hs[h, HS_MMIO_KIND] = 8 + f3
+                    vpn = addr >> 12
+                    idx = vpn & TLB_MASK
+                    if tlbt[1, idx] == (vpn ^ lctx) and (addr & (size - 1)) == 0:
+                        o = tlbo[1, idx] + (addr & 0xFFF)
+                        fr[rd] = r64[o >> 3] if size == 8 else (np.int64(r32u[o >> 2]) | (-1 << 32))
                         c[MSTATUS] |= 3 << 13
-                        pc = npc
-                        n += 1
-                        ex = 1
-                        break
                     else:
-                        fr[rd] = (v | (-1 << 32)) if size == 4 else v
-                        c[MSTATUS] |= 3 << 13
+                        st, v = mem_slow(h, addr, size, 1, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
+                                         hs, out)
+                        if st == 1:
+                            exc = hs[h, HS_EXC_CAUSE]
+                            tval = hs[h, HS_EXC_TVAL]
+                        elif st == 2:
+                            hs[h, HS_MMIO_RD] = rd
+                            hs[h, HS_MMIO_KIND] = 8 + f3
+                            c[MSTATUS] |= 3 << 13
+                            pc = npc
+                            n += 1
+                            ex = 1
+                            break
+                        else:
+                            fr[rd] = (v | (-1 << 32)) if size == 4 else v
+                            c[MSTATUS] |= 3 << 13
                 else:
                     addr = xr[rs1] + (((ins >> 20) & ~31) | rd)
-                    st, v = mem_slow_or_fast(h, addr, size, 2, fr[rs2], priv, c, R, cfg, mmio, msip, mtcmp, ctime,
-                                             tlbt, tlbo, hs, out, sctx)
-                    if st == 1:
-                        exc = hs[h, HS_EXC_CAUSE]
-                        tval = hs[h, HS_EXC_TVAL]
-                    elif st >= 2:
-                        pc = npc
-                        n += 1
-                        ex = 1
-                        break
+                    val = fr[rs2]
+                    vpn = addr >> 12
+                    idx = vpn & TLB_MASK
+                    if tlbt[2, idx] == (vpn ^ sctx) and (addr & (size - 1)) == 0:
+                        o = tlbo[2, idx] + (addr & 0xFFF)
+                        if size == 8:
+                            r64[o >> 3] = val
+                        else:
+                            r32s[o >> 2] = np.int32(sext32(val))
+                        if cfg[CF_NRESV] > 0 and nh > 1:
+                            break_resv(h, o, cfg, hs)
+                    else:
+                        st, v = mem_slow(h, addr, size, 2, val, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
+                                         hs, out)
+                        if st == 1:
+                            exc = hs[h, HS_EXC_CAUSE]
+                            tval = hs[h, HS_EXC_TVAL]
+                        elif st >= 2:
+                            pc = npc
+                            n += 1
+                            ex = 1
+                            break
         elif op == 0x53 or op == 0x43 or op == 0x47 or op == 0x4B or op == 0x4F:
             if ((c[MSTATUS] >> 13) & 3) == 0:
                 exc = 2
@@ -1574,27 +1594,6 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     hs[h, HS_INSTRET] += n - ntrap
     hs[h, HS_TRAPS] += ntrap
     return n, ex
-
-
-@njit(cache=True, nogil=True)
-def mem_slow_or_fast(h, addr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, hs, out, ctx):
-    """A 4/8-byte FP load (acc 1, raw zero-extended value) or store (acc 2) through the TLB."""
-    vpn = addr >> 12
-    idx = vpn & TLB_MASK
-    if tlbt[acc, idx] == (vpn ^ ctx) and (addr & (size - 1)) == 0:
-        o = tlbo[acc, idx] + (addr & 0xFFF)
-        if acc == 1:
-            if size == 8:
-                return 0, R[3][o >> 3]
-            return 0, np.int64(R[2][o >> 2])
-        if size == 8:
-            R[3][o >> 3] = wval
-        else:
-            R[6][o >> 2] = np.int32(sext32(wval))
-        if cfg[CF_NRESV] > 0:
-            break_resv(h, o, cfg, hs)
-        return 0, 0
-    return mem_slow(h, addr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, hs, out)
 
 
 @njit(cache=True, nogil=True)
