@@ -241,6 +241,30 @@ TEST_BEGIN
   CHECK(a1, 0)
   li a1, MIP_SSIP
   csrc mip, a1
+  /* entering U with an M interrupt (MSI) and a delegated S interrupt (SSI) both pending: both are
+     enabled there at once and the M-level one is taken first, then the S one (last cause = SSI) */
+  li TESTNUM, 15
+  CLEAR_TRAP_RECORD
+  li a0, CLINT_MSIP
+  li a1, 1
+  sw a1, 0(a0)
+  WAIT_MIP(MIP_MSIP, MIP_MSIP)
+  li a1, MIP_SSIP
+  csrs mip, a1
+  li a1, MIP_SSIP | MIP_MSIP
+  csrw mie, a1
+  RUN_U(1f)
+  nop
+  nop
+  ecall
+1:LOAD_TRAP(a1, trap_count)
+  CHECK(a1, 2)
+  LOAD_TRAP(a1, trap_cause)
+  CHECK(a1, IRQ(1))
+  li a0, CLINT_MSIP
+  sw zero, 0(a0)
+  li a1, MIP_SSIP
+  csrc mip, a1
   csrw mie, zero
   csrw mideleg, zero
   CLEAR_MTRAP
