@@ -16,7 +16,7 @@ import pytest
 
 from virtkit.storage import open_disk
 from virtkit.storage.backend import BlockError
-from virtkit.storage.pool import Pool, PoolError
+from virtkit.storage.pool import Pool, PoolError, shared_pool
 
 EXTENT = 64 << 10
 BLOCK = 4096
@@ -246,7 +246,12 @@ def test_open_disk_pool_volume(tmp_path, monkeypatch):
     d1 = open_disk("tank/disk1")  # a second volume of the same pool in the same process
     d0.write(0, b"hello")
     d1.write(EXTENT, b"world")
-    assert d0.size == 4 * EXTENT and d0.read(0, 5) == b"hello"
+    shared = shared_pool("tank")  # management in the VM's process grows a disk while it is open
+    assert shared is not None and shared_pool("other") is None
+    shared.resize_volume("disk0", 8 * EXTENT)
+    assert d0.size == 8 * EXTENT
+    d0.write(7 * EXTENT, b"grown")
+    assert d0.read(0, 5) == b"hello" and d0.read(7 * EXTENT, 5) == b"grown"
     d0.close()
     d1.close()
     with Pool.open("tank") as pool:

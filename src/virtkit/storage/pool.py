@@ -39,7 +39,10 @@ from virtkit.storage.pool_meta import (
 )
 from virtkit.storage.raid import Geometry, xor_into
 
-__all__ = ["Pool", "PoolError", "MetadataError", "VolumeBackend", "parse_size", "format_size", "pools_root"]
+__all__ = [
+    "Pool", "PoolError", "MetadataError", "VolumeBackend", "parse_size", "format_size", "pools_root",
+    "open_volume_spec", "is_volume_spec", "shared_pool",
+]
 
 DEFAULT_EXTENT = 4 << 20
 DEFAULT_STRIPE = 64 << 10
@@ -1567,6 +1570,18 @@ def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = Non
 
     backend._on_close.append(release)
     return backend
+
+
+def shared_pool(name_or_path: str | os.PathLike[str], root: Path | None = None) -> Pool | None:
+    """The pool this process holds open for its volumes (a VM's ``--disk POOL/VOL``), or None.
+
+    Management code running in that process (REST API, console) uses it to grow, snapshot or
+    move volumes online, since no second process can open the pool for writing meanwhile.
+    """
+    path = resolve_pool_dir(name_or_path, root).resolve()
+    with _registry_lock:
+        entry = _open_pools.get(path)
+    return entry[0] if entry else None
 
 
 def is_volume_spec(spec: str, root: Path | None = None) -> bool:
