@@ -10,6 +10,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from virtkit.engines.riscv.fpu import ILLEGAL, fp_exec
 
@@ -580,3 +582,36 @@ def test_fsgnj_min_cmp_ignore_frm() -> None:
     assert (f[4], fl) == (DN1, 0)
     fl, x, _ = run(enc(CMP, 1, rm=2, rd=5), {1: DP1, 2: DP1}, frm=7)
     assert (x[5], fl) == (1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzz: any instruction word, any register contents
+
+
+@given(
+    low=st.integers(0, (1 << 25) - 1),
+    top=st.integers(0, 127),
+    op=st.sampled_from([0x53, 0x43, 0x47, 0x4B, 0x4F]),
+    frm=st.integers(0, 7),
+    fregs=st.lists(st.integers(0, M64), min_size=32, max_size=32),
+    xregs=st.lists(st.integers(0, M64), min_size=32, max_size=32),
+)
+@settings(max_examples=500, deadline=None)
+def test_fuzz_any_encoding(low: int, top: int, op: int, frm: int, fregs: list[int], xregs: list[int]) -> None:
+    """Random FP instruction words never crash: ILLEGAL changes nothing, otherwise only rd changes."""
+    insn = (top << 25) | (low & ~0x7F) | op
+    xregs[0] = 0
+    xa = np.array([s64(v) for v in xregs], np.int64)
+    fa = np.array([s64(v) for v in fregs], np.int64)
+    x0, f0 = xa.copy(), fa.copy()
+    fl = int(fp_exec(np.int64(insn), np.int64(frm), xa, fa))
+    rd = (insn >> 7) & 31
+    if fl == ILLEGAL:
+        assert (xa == x0).all() and (fa == f0).all()
+        return
+    assert 0 <= fl <= 0x1F
+    assert xa[0] == 0
+    changed_x = [i for i in range(32) if xa[i] != x0[i]]
+    changed_f = [i for i in range(32) if fa[i] != f0[i]]
+    assert changed_x in ([], [rd]) and changed_f in ([], [rd])
+    assert not (changed_x and changed_f)
