@@ -47,6 +47,17 @@ def quiet(port, wait: float = 0.5) -> list[bytes]:
     return recv_all(port, want=10**9, wait=wait)
 
 
+def free_udp_ports(n: int) -> list[int]:
+    """Port numbers free right now on 127.0.0.1 (so parallel test runs do not collide)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @pytest.fixture
 def netdir(monkeypatch):
     d = tempfile.mkdtemp(prefix="vkn")  # short: Unix socket paths are limited to 108 bytes
@@ -146,8 +157,9 @@ def test_priority_queues_when_a_vm_does_not_read(netdir):
 def test_two_switches_linked_over_udp(netdir):
     control.create("left")
     control.create("right")
-    control.request("left", "port_add", spec="udp:47301:127.0.0.1:47302")
-    control.request("right", "port_add", spec="udp:47302:127.0.0.1:47301")
+    p1, p2 = free_udp_ports(2)
+    control.request("left", "port_add", spec=f"udp:{p1}:127.0.0.1:{p2}")
+    control.request("right", "port_add", spec=f"udp:{p2}:127.0.0.1:{p1}")
     a = SwitchPort("left", vlan=7)
     b = SwitchPort("right", vlan=7)
     c = SwitchPort("right", vlan=8)
@@ -163,8 +175,9 @@ def test_two_switches_linked_over_udp(netdir):
 def test_udp_loop_storm_control_keeps_switch_responsive(netdir):
     """Two UDP ports of one switch wired to each other: a broadcast loops; the loop guard cuts it, show answers."""
     control.create("loop", storm_pps=200)
-    control.request("loop", "port_add", spec="udp:47311:127.0.0.1:47312")
-    control.request("loop", "port_add", spec="udp:47312:127.0.0.1:47311")
+    p1, p2 = free_udp_ports(2)
+    control.request("loop", "port_add", spec=f"udp:{p1}:127.0.0.1:{p2}")
+    control.request("loop", "port_add", spec=f"udp:{p2}:127.0.0.1:{p1}")
     a = SwitchPort("loop", vlan=1)
     b = SwitchPort("loop", vlan=1)
     a.send(frame(eth.BROADCAST, mac(1), 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -225,9 +226,14 @@ def test_security_group_denies_port_80_allows_22(env):
 def test_two_switches_over_udp_carry_vlan7(env):
     control.create("left")
     control.create("right")
-    base = 20000 + (os.getpid() % 20000)
-    control.request("left", "port_add", spec=f"udp:{base}:127.0.0.1:{base + 1}")
-    control.request("right", "port_add", spec=f"udp:{base + 1}:127.0.0.1:{base}")
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    p1, p2 = (s.getsockname()[1] for s in socks)
+    for s in socks:
+        s.close()
+    control.request("left", "port_add", spec=f"udp:{p1}:127.0.0.1:{p2}")
+    control.request("right", "port_add", spec=f"udp:{p2}:127.0.0.1:{p1}")
     a, b, c = env("ua"), env("ub"), env("uc")
     host_port("left", a, "ua", "10.77.0.1/24", access=7)
     host_port("right", b, "ub", "10.77.0.2/24", access=7)
