@@ -450,3 +450,53 @@ def test_many_pipelined_requests_are_answered(server):
         magic, err, h = struct.unpack(">IIQ", c.recv(16))
         assert (magic, err, h) == (0x67446698, 0, i)
     c.close()
+
+
+def test_large_qcow2_reads_mix_data_zero_backing_and_compressed(tmp_path):
+    """Large READs of a qcow2 export are sent from a cluster map (sendfile for data): every kind of
+    cluster must come out right."""
+    require_tool("qemu-img", "nbdcopy")
+    rng = random.Random(9)
+    base_raw = tmp_path / "base.raw"
+    base_raw.write_bytes(b"".join(rng.choice([rng.randbytes(65536), b"c" * 65536]) for _ in range(64)))
+    base = str(tmp_path / "base.qcow2")
+    assert run("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(base_raw), base).returncode == 0
+    top = str(tmp_path / "top.qcow2")
+    Qcow2.create(top, -1, backing="base.qcow2")
+    with Qcow2(top) as d:
+        d.write(100_000, rng.randbytes(1 << 20))
+        d.write_zeroes(2 << 20, 300_000)
+    want = tmp_path / "want.raw"
+    assert run("qemu-img", "convert", "-O", "raw", top, str(want)).returncode == 0
+    exp = NbdExport("t", open_disk(top, read_only=True))
+    with NbdServer([exp]) as srv:
+        _, port = srv.listen_tcp("127.0.0.1", 0)
+        srv.start()
+        out = tmp_path / "out.raw"
+        p = run("nbdcopy", "--request-size=1048576", f"nbd://127.0.0.1:{port}/t", str(out))
+        assert p.returncode == 0, p.stderr
+        assert out.read_bytes() == want.read_bytes()
+        c = Client(port, "t")
+        err, data = c.request(0, 12345, 3 << 20)
+        assert err == 0 and data == want.read_bytes()[12345:12345 + (3 << 20)]
+        c.close()
+    exp.backend.close()
+
+
+def test_mapped_clusters_are_not_reused_while_pinned(tmp_path):
+    path = str(tmp_path / "pin.qcow2")
+    Qcow2.create(path, 4 << 20)
+    with Qcow2(path) as d:
+        d.write(0, b"\x11" * (1 << 20))
+        d.flush()
+        pieces = d.map_read(0, 1 << 20)
+        host = pieces[0][2]
+        d.discard(0, 1 << 20)
+        d.flush()
+        d.flush()
+        d.write(2 << 20, b"\x22" * (1 << 20))  # must not land on the pinned clusters
+        assert os.pread(d.fd, 16, host) == b"\x11" * 16
+        d.unpin()
+        d.flush()
+        d.flush()
+        assert d.check().clean

@@ -62,6 +62,7 @@ SOCKBUF = 4 << 20
 RECV_BUF = 256 << 10  # request headers (and small WRITE payloads) are received in batches into this
 SMALL_READ = 64 << 10  # raw-file READs up to this size are queued and answered in batches
 SEND_BATCH = 1 << 20
+_ZEROS = memoryview(bytes(1 << 20))
 
 REQ = struct.Struct(">IHHQQI")
 REPLY = struct.Struct(">IIQ")
@@ -282,9 +283,8 @@ class NbdServer:
     @staticmethod
     def _send_file(sock: socket.socket, head: bytes, fd: int, offset: int, length: int) -> None:
         """Send a reply header then ``length`` bytes of ``fd`` at ``offset`` without copying them."""
-        sent = sock.send(head, socket.MSG_MORE)
-        if sent < len(head):
-            sock.sendall(head[sent:], socket.MSG_MORE)
+        if head:
+            sock.sendall(head, socket.MSG_MORE)
         done = 0
         try:
             while done < length:
@@ -297,6 +297,28 @@ class NbdServer:
             if err.errno in (errno.EPIPE, errno.ECONNRESET):
                 raise
             raise _Drop(f"read error after the reply header was sent: {err.strerror}") from None
+
+    def _send_pieces(self, sock: socket.socket, head: bytes, e: NbdExport, pieces: list) -> None:
+        """Send a READ reply from a ``map_read`` mapping: file pieces by sendfile, zeros, and the
+        rest (backing file, compressed clusters) through ``readinto``."""
+        sock.sendall(head, socket.MSG_MORE)
+        fd = e.backend.fd
+        for voff, n, host in pieces:
+            if host >= 0:
+                self._send_file(sock, b"", fd, host, n)
+            elif host == -1:
+                while n > 0:
+                    k = min(n, len(_ZEROS))
+                    sock.sendall(_ZEROS[:k], socket.MSG_MORE)
+                    n -= k
+            else:
+                buf = bytearray(n)
+                try:
+                    with e.lock:
+                        e.backend.readinto(voff, buf)
+                except (OSError, VirtkitError) as err:
+                    raise _Drop(f"read error after the reply header was sent: {err}") from None
+                sock.sendall(buf, socket.MSG_MORE)
 
     @staticmethod
     def _send_all(sock: socket.socket, parts: list) -> None:
@@ -454,6 +476,7 @@ class NbdServer:
         backend = e.backend
         lock = None if e.concurrent else e.lock
         raw_fd = backend.fd if e.concurrent else -1
+        map_read = getattr(backend, "map_read", None) if hasattr(backend, "unpin") else None
         size = backend.size
         hsize = REQ.size
         while True:
@@ -506,6 +529,28 @@ class NbdServer:
                         head = REPLY.pack(SIMPLE_REPLY_MAGIC, 0, handle)
                     self._send_file(sock, head, raw_fd, offset, length)
                     continue
+                elif map_read is not None:  # large qcow2 READ: sendfile() the mapped clusters
+                    if out:
+                        self._send_all(sock, out)
+                        out, out_bytes = [], 0
+                    try:
+                        with e.lock:
+                            pieces = map_read(offset, length)
+                    except (OSError, VirtkitError) as ex:
+                        log.error("read mapping failed: %s", ex)
+                        err = errno.EIO
+                    else:
+                        try:
+                            if structured:
+                                head = CHUNK_DATA.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
+                                                       REPLY_TYPE_OFFSET_DATA, handle, length + 8, offset)
+                            else:
+                                head = REPLY.pack(SIMPLE_REPLY_MAGIC, 0, handle)
+                            self._send_pieces(sock, head, e, pieces)
+                        finally:
+                            with e.lock:
+                                backend.unpin()
+                        continue
                 else:
                     if out:  # the big buffer is reused: send what is queued first
                         self._send_all(sock, out)

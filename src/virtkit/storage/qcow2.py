@@ -715,6 +715,8 @@ class Qcow2:
                 self._l1_dirty = False
             os.fdatasync(self.fd)
         self.file_size = max(self.file_size, os.fstat(self.fd).st_size)
+        if getattr(self, "_pinned", 0):
+            return  # a reader still uses a mapping: release freed clusters at a later flush
         pending, self._pending_free = self._pending_free, []
         for off, length in pending:  # the tables that referenced these are on disk now
             self._unref_range(off, length)
@@ -823,6 +825,55 @@ class Qcow2:
                 k = j
             pos = span_end
         return n
+
+    def map_read(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """Where a read of ``[offset, +length)`` finds its bytes: ``(voff, n, host)`` pieces with host
+        a file offset in :attr:`fd`, ``-1`` for zeros or ``-2`` for "use readinto" (backing, compressed).
+
+        Lets a server ``sendfile()`` data straight from the image. Clusters mapped here are not
+        reused until :meth:`unpin` (freed clusters stay allocated while a mapping is in use).
+        """
+        check_range(self, offset, length)
+        cb, cs = self.cluster_bits, self.cluster_size
+        l2mask = (1 << self.l2_bits) - 1
+        out: list[tuple[int, int, int]] = []
+        pos, end = offset, offset + length
+        while pos < end:
+            l1i = pos >> self._l1_shift
+            span_end = min(end, (l1i + 1) << self._l1_shift)
+            first_cl = pos >> cb
+            last_cl = (span_end - 1) >> cb
+            t = self._l2_for_read(l1i)
+            entries = [0] * (last_cl - first_cl + 1) if t is None else (
+                t[(first_cl & l2mask):(first_cl & l2mask) + last_cl - first_cl + 1].tolist())
+            for k, e in enumerate(entries):
+                c0 = (first_cl + k) << cb
+                a, b = max(pos, c0), min(span_end, c0 + cs)
+                if e & COMPRESSED:
+                    host = -2
+                elif e & L2_RESERVED:
+                    raise self._err(f"L2 entry for cluster {first_cl + k} has reserved bits set")
+                elif e & ZERO or (not e & OFFSET_MASK and self.backing is None):
+                    host = -1
+                elif e & OFFSET_MASK:
+                    if (e & OFFSET_MASK) % cs:
+                        raise self._err(f"L2 entry for cluster {first_cl + k} is misaligned")
+                    host = (e & OFFSET_MASK) + a - c0
+                else:
+                    host = -2
+                if out:
+                    pv, pn, ph = out[-1]
+                    if (ph == host < 0) or (ph >= 0 and host >= 0 and ph + pn == host):
+                        out[-1] = (pv, pn + b - a, ph)
+                        continue
+                out.append((a, b - a, host))
+            pos = span_end
+        self._pinned = getattr(self, "_pinned", 0) + 1
+        return out
+
+    def unpin(self) -> None:
+        """End the use of a :meth:`map_read` mapping."""
+        self._pinned = max(0, getattr(self, "_pinned", 0) - 1)
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         """Write ``data`` at virtual ``offset``: in place where the cluster is ours, else allocate."""
