@@ -65,6 +65,11 @@ def test_lifecycle(env, capsys):
     d.write(0, b"after!")
     d.close()
     ok(capsys, "volume", "rollback", "tank/m", "snap")
+    assert "clone" in ok(capsys, "volume", "snapshot", "tank/m", "c1", "--writable")
+    d = open_disk("tank/c1")
+    d.write(0, b"clone!")
+    d.close()
+    ok(capsys, "volume", "delete", "tank/c1")
     d = open_disk("tank/m")
     assert d.read(0, 6) == b"before"
     d.close()

@@ -130,3 +130,24 @@ def test_snapshot_errors(tmp_path):
             pool.snapshot("nope", "t")
         with pytest.raises(PoolError, match="read-only"):
             pool.open_volume("s", read_only=False)
+
+
+def test_writable_clone_diverges_both_ways(tmp_path):
+    with Pool.create(tmp_path / "p", make_devices(tmp_path, 2), extent_size=EXTENT) as pool:
+        pool.create_volume("base", 4 * EXTENT, "mirror")
+        b = pool.open_volume("base")
+        golden = os.urandom(4 * EXTENT)
+        b.write(0, golden)
+        pool.snapshot("base", "clone", writable=True)
+        c = pool.open_volume("clone")
+        assert not c.read_only and c.read(0, 4 * EXTENT) == golden
+        c.write(10, b"clone")
+        b.write(EXTENT + 10, b"base")
+        assert b.read(10, 5) == golden[10:15] and c.read(10, 5) == b"clone"
+        assert c.read(EXTENT + 10, 4) == golden[EXTENT + 10 : EXTENT + 14] and b.read(EXTENT + 10, 4) == b"base"
+        c.close()
+        b.close()
+        pool.rollback("base", "clone")  # like merging the clone back
+        b = pool.open_volume("base")
+        assert b.read(10, 5) == b"clone" and b.read(EXTENT + 10, 4) == golden[EXTENT + 10 : EXTENT + 14]
+        b.close()

@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("snapshot", help="copy-on-write snapshot (read-only, shares extents)")
     s.add_argument("spec", metavar="POOL/VOL")
     s.add_argument("snapshot", metavar="SNAP")
+    s.add_argument("--writable", action="store_true", help="a writable clone instead of a read-only snapshot")
     _common(s)
     s.set_defaults(func=cmd_snapshot)
 
@@ -112,8 +113,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
     pool_name, vol = split_spec(args.spec)
     with Pool.open(pool_name, root=root_of(args)) as pool:
-        pool.snapshot(vol, args.snapshot)
-    print(f"snapshot {pool_name}/{args.snapshot} of {args.spec} created")
+        pool.snapshot(vol, args.snapshot, writable=args.writable)
+    print(f"{'clone' if args.writable else 'snapshot'} {pool_name}/{args.snapshot} of {args.spec} created")
     return 0
 
 

@@ -1315,8 +1315,11 @@ class Pool:
             limit = format_size(MAX_CHUNKS * geo.capacity)
             raise PoolError(f"volume too large: at most {limit} with {format_size(self.extent)} extents")
 
-    def snapshot(self, name: str, snap: str) -> Volume:
-        """A read-only snapshot of ``name``: shares every chunk; later writes to the origin copy on write."""
+    def snapshot(self, name: str, snap: str, writable: bool = False) -> Volume:
+        """A snapshot of ``name``: shares every chunk; later writes (to either side) copy on write.
+
+        Read-only by default (ZFS-like); ``writable`` makes a clone (LVM thin snapshots are writable).
+        """
         with self.lock:
             self._writable()
             vol = self.volume(name)
@@ -1324,7 +1327,8 @@ class Pool:
             if snap in self.volumes:
                 raise PoolError(f"volume {snap!r} already exists in pool {self.name!r}")
             copy = Volume(
-                snap, vol.size, vol.geo, True, list(vol.map), snapshot_of=name, read_only=True, created=time.time()
+                snap, vol.size, vol.geo, True, list(vol.map), snapshot_of=name, read_only=not writable,
+                created=time.time(),
             )
             for cid in copy.map:
                 if cid is not None:
