@@ -58,6 +58,17 @@ def free_udp_ports(n: int) -> list[int]:
     return ports
 
 
+def wait_connected(switch: str, *ports: str) -> None:
+    """Wait until the switch has accepted the VMs on these vm: ports."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = {p["name"]: p for p in control.request(switch, "show")["ports"]}
+        if all(info[p].get("connected") for p in ports):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"VMs not connected to {ports}")
+
+
 @pytest.fixture
 def netdir(monkeypatch):
     d = tempfile.mkdtemp(prefix="vkn")  # short: Unix socket paths are limited to 108 bytes
@@ -106,7 +117,7 @@ def test_persistent_vm_port_and_restart_restores_config(netdir):
     assert after["ageing"] == 60
     web = SwitchPort("lab", port="web")
     up = SwitchPort("lab", port="up")
-    time.sleep(0.2)  # the switch accepts the connections on its next wakeup
+    wait_connected("lab", "vm-web", "uplink")
     web.send(frame(eth.BROADCAST, mac(1), 5, pcp=0))
     got = recv_all(up)
     assert got and eth.parse(got[0]).vid == 7
@@ -201,7 +212,7 @@ def test_capture_port_and_vlan(netdir):
     control.request("cap", "port_add", spec="vm:t", trunk="all")
     t = SwitchPort("cap", port="t")
     a = SwitchPort("cap", vlan=7)
-    time.sleep(0.2)
+    wait_connected("cap", "vm-t")
     pcap_t = f"{netdir}/t.pcapng"
     pcap_v = f"{netdir}/v.pcapng"
     c1 = control.request("cap", "capture_start", port="vm-t", path=pcap_t)["id"]

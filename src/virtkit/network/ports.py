@@ -438,6 +438,10 @@ class VmPort(Port):
             conn.setblocking(False)
         super().__init__(name, spec=f"vm:{vm_id}", **kw)
 
+    def info(self) -> dict:
+        """Port info plus whether a VM is connected."""
+        return {**super().info(), "connected": self.conn is not None}
+
     @property
     def ephemeral(self) -> bool:
         """True for a port made by ``attach`` (not persisted, removed when the VM leaves)."""
