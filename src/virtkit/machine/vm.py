@@ -189,7 +189,7 @@ class Vm:
 
     def close(self) -> None:
         """Stop everything and release host resources (idempotent)."""
-        if not self._done.is_set():
+        if self._thread is not None and not self._done.is_set():
             self.stop()
             self._done.wait(30)
         if self.io is not None:
