@@ -101,6 +101,10 @@ def test_exec_filter_separates_boot_log_from_output():
                   b"lo\r\nworld\r\nvirtkit-exit-status: 3\r\n[ 9.9] reboot: Power down\r\n"]:
         f(chunk)
     assert bytes(out) == b"hello\nworld\n" and f.status == 3
+    out.clear()
+    f = ExecFilter(out.extend)
+    f(EXEC_BEGIN.encode() + b"\r\nno newline at the endvirtkit-exit-status: 0\r\n")
+    assert bytes(out) == b"no newline at the end" and f.status == 0
 
 
 def test_exec_command_line_quotes():

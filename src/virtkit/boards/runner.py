@@ -63,11 +63,11 @@ class ExecFilter:
                 if text.strip() == EXEC_BEGIN:
                     self.started = True
                 continue
-            if text.startswith(EXIT_MARK):
-                try:
-                    self.status = int(text[len(EXIT_MARK):].strip())
-                except ValueError:
-                    self.status = 1
+            head, mark, tail = text.rpartition(EXIT_MARK)
+            if mark and tail.strip().isdigit():  # output without a final newline ends up on the same line
+                if head:
+                    self.write(head.encode())
+                self.status = int(tail.strip())
                 return
             self.write(line.rstrip(b"\r") + b"\n")
 
