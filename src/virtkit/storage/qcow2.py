@@ -483,6 +483,8 @@ class Qcow2:
             if blk is None:
                 return run_start
             a = blk[lo:]
+            if run_len == 0 and len(a) >= n and not a[:n].any():  # fast path: free right at the hint
+                return ci
             nz = np.flatnonzero(a)
             if len(nz) == 0:
                 run_len += len(a)
