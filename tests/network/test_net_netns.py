@@ -290,5 +290,15 @@ def test_deleted_host_interface_goes_down_and_comes_back(env):
         while time.monotonic() < deadline and down():
             time.sleep(0.2)
         assert not down()
+        # restart while the interface is missing: the port is kept (not open) and opens once it exists
+        sh("ip", "link", "del", ifname)
+        control.stop("s")
+        control.start("s")
+        assert [p["name"] for p in control.request("s", "show")["failed"]] == [ifname]
+        sh("ip", "link", "add", ifname, "type", "veth", "peer", "name", f"vk{TAG}d1")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and control.request("s", "show")["failed"]:
+            time.sleep(0.2)
+        assert ifname in [p["name"] for p in control.request("s", "show")["ports"]]
     finally:
         sh("ip", "link", "del", ifname, check=False)

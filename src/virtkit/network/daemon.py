@@ -376,6 +376,17 @@ class SwitchDaemon:
     def op_shutdown(self, req: dict[str, Any], conn: socket.socket) -> None:
         self.running = False
 
+    def _retry_failed(self) -> None:
+        """Ports that could not be opened at start (interface missing...) are tried again each second."""
+        for name, p in list(self.failed.items()):
+            try:
+                self._open({k: v for k, v in p.items() if k != "error"})
+            except VirtkitError as err:
+                p["error"] = str(err)
+                continue
+            del self.failed[name]
+            self.log(f"port {name} ({p['spec']}) opened")
+
     def _serve_control(self, ls: socket.socket) -> None:
         try:
             conn, _ = ls.accept()
@@ -483,6 +494,7 @@ class SwitchDaemon:
                             port.down = False
                             self._register(port)
                             self.log(f"port {port.name} ({port.spec}) is back")
+                    self._retry_failed()
                     for cap in self.captures.values():
                         cap.writer.flush()
         finally:
