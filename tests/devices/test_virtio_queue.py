@@ -244,3 +244,15 @@ def test_fuzz_descriptor_tables(tmp_path, descs, heads, hdr):
             assert d.needs_reset
     finally:
         backend.close()
+
+
+def test_live_queue_addresses_cannot_be_changed():
+    mem, dev, t, d, levels = rng_setup()
+    q = d.queues[0]
+    t.write(0x030, 4, 0)  # QueueSel
+    t.write(0x0A0, 4, 0xFFFF_F000)  # QueueDeviceLow: outside RAM, must be ignored on a live queue
+    t.write(0x038, 4, 2)  # QueueNum
+    assert t.read(0x0A0, 4) == q["used"] & 0xFFFFFFFF and t.read(0x038, 4) == 16
+    head, _ = d.add(0, [], [4])
+    d.kick(0)
+    assert d.used(0) == [(head, 4)]

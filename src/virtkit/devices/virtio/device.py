@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from virtkit.devices.virtio.queue import VirtioError, Virtqueue
+from virtkit.errors import GuestMemoryError
 from virtkit.machine.memory import GuestMemory
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class VirtioDevice:
                 return
             try:
                 fn(*args)
-            except VirtioError as err:
+            except (VirtioError, GuestMemoryError) as err:
                 if self.transport is not None:
                     self.transport.fail(err)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from virtkit.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from virtkit.devices.virtio.queue import VirtioError
+from virtkit.errors import GuestMemoryError
 
 MAGIC_VALUE = 0x000
 VERSION = 0x004
@@ -177,8 +178,8 @@ class MmioTransport:
 
     def _write_queue(self, offset: int, value: int) -> None:
         q = self._queue()
-        if q is None or self.status & STATUS_DRIVER_OK and offset != QUEUE_READY:
-            return
+        if q is None or (self.status & STATUS_DRIVER_OK or q.ready) and offset != QUEUE_READY:
+            return  # a live queue's size and addresses cannot change (they were checked when it went ready)
         if offset == QUEUE_NUM:
             q.num = value
         elif offset == QUEUE_READY:
@@ -232,7 +233,7 @@ class MmioTransport:
             return
         try:
             d.notify(index)
-        except VirtioError as err:
+        except (VirtioError, GuestMemoryError) as err:
             self.fail(err)
 
     def kick(self, index: int) -> None:
