@@ -21,7 +21,7 @@ NV, DZ, OF, UF, NX = 0x10, 0x08, 0x04, 0x02, 0x01
 RNE, RTZ, RDN, RUP, RMM = range(5)
 FMT = {0: (23, 8), 1: (52, 11)}  # fmt -> (mantissa bits, exponent bits)
 BOX = 0xFFFFFFFF00000000
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------------------------------------
