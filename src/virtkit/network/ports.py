@@ -117,7 +117,10 @@ class TapPort(Port):
 
     def transmit(self, frame: bytes) -> bool:
         try:
-            os.writev(self.fd, (ZERO_HDR if type(frame) is bytes else frame.vnet, frame))  # type: ignore[attr-defined]
+            if type(frame) is bytes:
+                os.write(self.fd, ZERO_HDR + frame)  # cheaper than writev for a small frame
+            else:
+                os.writev(self.fd, (frame.vnet, frame))  # type: ignore[attr-defined]  # 64 KiB: no copy
         except BlockingIOError:
             return False
         except OSError as err:
