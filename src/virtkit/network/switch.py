@@ -315,6 +315,8 @@ class Switch:
         c_strip = False
         c_min = c_max = 0
         c_out: Port = port
+        c_transmit = port.transmit
+        c_txf = c_txb = 0  # frames/bytes sent through the cache, added to c_out's counters at the end
         c_vid = c_pcp = c_dei = 0
         try:
             for frame in frames:
@@ -324,16 +326,15 @@ class Switch:
                 if c_hdr is not None and c_min <= n <= c_max and frame[:14] == c_hdr and type(frame) is bytes \
                         and (not c_strip or frame[14:16] == c_tci):
                     untagged = frame[:12] + frame[16:] if c_strip else frame
-                    if c_out.queued == 0:
+                    if not c_out.queued:
                         try:
-                            sent = c_out.transmit(untagged)
+                            sent = c_transmit(untagged)
                         except OSError:
                             c_out.stats.drops["tx_error"] += 1
                             continue
                         if sent:
-                            ostats = c_out.stats
-                            ostats.tx_frames += 1
-                            ostats.tx_bytes += len(untagged)
+                            c_txf += 1
+                            c_txb += len(untagged)
                             continue
                     egress(c_out, c_vid, c_pcp, c_dei, untagged, frame, ptpid, now)
                     continue
@@ -429,7 +430,12 @@ class Switch:
                                     ostats.tx_bytes += len(untagged)
                                     if cache_ok and type(frame) is bytes and not (
                                             vlan_captures and vlan_captures.get(vid)):
+                                        if c_txf:
+                                            c_out.stats.tx_frames += c_txf
+                                            c_out.stats.tx_bytes += c_txb
+                                            c_txf = c_txb = 0
                                         c_hdr, c_out, c_vid, c_pcp, c_dei = frame[:14], out, vid, pcp, dei
+                                        c_transmit = out.transmit
                                         c_strip = untagged is not frame
                                         c_tci = frame[14:16]
                                         c_min = 18 if c_strip else 14
@@ -452,6 +458,9 @@ class Switch:
         finally:
             stats.rx_frames += rx_frames
             stats.rx_bytes += rx_bytes
+            if c_txf:
+                c_out.stats.tx_frames += c_txf
+                c_out.stats.tx_bytes += c_txb
 
     def _egress(self, out: Port, vid: int, pcp: int, dei: int, untagged: bytes, frame: bytes, in_tpid: int,
                 now: float) -> None:
