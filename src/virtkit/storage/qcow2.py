@@ -768,6 +768,18 @@ class Qcow2:
 
     def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
         """Read ``len(buf)`` bytes at virtual ``offset``, following the backing chain for holes."""
+        if buf.__class__ is bytearray:  # fast path: a small read inside one allocated, cached cluster
+            n = len(buf)
+            cs = self.cluster_size
+            within = offset & (cs - 1)
+            if n and offset >= 0 and within + n <= cs and offset + n <= self.size:
+                t = self._l2_cache.get(int(self.l1[offset >> self._l1_shift]) & OFFSET_MASK)
+                if t is not None:
+                    e = int(t[(offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)])
+                    host = e & OFFSET_MASK
+                    if host and not e & (COMPRESSED | ZERO | L2_RESERVED) and not host & (cs - 1):
+                        if os.preadv(self.fd, [buf], host + within) == n:
+                            return n
         mv = memoryview(buf).cast("B")
         n = len(mv)
         check_range(self, offset, n)
