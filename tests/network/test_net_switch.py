@@ -326,6 +326,7 @@ def test_exact_match_cache_keeps_checks():
     big = frame(mac(2), mac(1), vid=7, size=1600)
     sw.receive(a, [good, good, other_vid, big, good[:17], good], now=1.0)
     assert len(b.wire) == 3
+    assert b.stats.tx_frames == 3 and b.stats.tx_bytes == sum(map(len, b.wire))  # counted on the cached path too
     d = a.stats.drops
     assert (d["vlan_not_allowed"], d["oversize"], d["bad_tag"]) == (1, 1, 1)
 
