@@ -113,3 +113,24 @@ def test_ping_over_tap(guest_images):
         assert "2 packets received" in p.stdout or " 0% packet loss" in p.stdout
     finally:
         subprocess.run(["ip", "link", "del", name], check=False)
+
+
+def test_qemu_boots_linux_with_our_device_tree(guest_images, tmp_path):
+    """Cross-check of the board's FDT independent of the engine: QEMU's virt machine with *our* DTB."""
+    require_tool("qemu-system-riscv64")
+    from virtkit.boards.riscv_virt import MiB, build_fdt
+    from virtkit.images import exec_append
+
+    cfg = BoardConfig(kernel="k", cpus=2, append="console=ttyS0 " + exec_append("nproc; ls /sys/bus/virtio/devices"))
+    dtb = tmp_path / "virtkit.dtb"
+    dtb.write_bytes(build_fdt(cfg, 256 * MiB, []))
+    disk = tmp_path / "d.raw"
+    disk.write_bytes(bytes(1 << 20))
+    p = subprocess.run(["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-smp", "2", "-nographic",
+                        "-bios", str(guest_images.firmware), "-kernel", str(guest_images.kernel),
+                        "-initrd", str(guest_images.initrd), "-dtb", str(dtb), "-append", cfg.append,
+                        "-drive", f"file={disk},format=raw,if=none,id=d0", "-device", "virtio-blk-device,drive=d0"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=int(BOOT_TIMEOUT))
+    assert "virtkit-exit-status: 0" in p.stdout, p.stdout[-3000:]
+    assert "Machine model: riscv-virtio,virtkit" in p.stdout
+    assert "virtio0" in p.stdout
