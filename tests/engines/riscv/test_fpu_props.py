@@ -443,3 +443,35 @@ def test_single_rne_fast_path_matches_reference(f5: int, data) -> None:
         zneg = na != nb
     got = exec_f(rtype(f5 << 2, 2, 1, RNE, 4), 0, [a, b])
     assert got == round_ref(q, 0, RNE, zneg), (f5, hex(a), hex(b))
+
+
+@pytest.mark.parametrize("opcode", [0x43, 0x47, 0x4B, 0x4F])
+@given(data=st.data())
+@SETTINGS
+def test_double_rne_fma_fast_path_matches_reference(opcode: int, data) -> None:
+    """Fused multiply-adds of doubles in RNE use the host FMA plus an exact TwoSum expansion check."""
+    normal = st.floats(min_value=2.0**-400, max_value=2.0**400).map(box_d)
+    a = data.draw(st.one_of(normal, normal.map(lambda v: v | 1 << 63), finite(1)))
+    b = data.draw(st.one_of(normal, normal.map(lambda v: v | 1 << 63), finite(1)))
+    qa, qb = to_frac(a, 1), to_frac(b, 1)
+    negp = opcode in (0x4B, 0x4F)
+    negc = opcode in (0x47, 0x4F)
+    prod = -(qa * qb) if negp else qa * qb
+    mode = data.draw(st.integers(0, 2))
+    if mode == 0:
+        c = data.draw(st.one_of(normal, normal.map(lambda v: v | 1 << 63)))
+    else:
+        # an addend equal or next to -product: exact cancellation or a tiny inexact remainder
+        target = -prod if not negc else prod
+        c, _ = round_ref(target, 1, data.draw(RMS))
+        if mode == 2 and c & 0x7FFFFFFFFFFFFFFF and c & 0x7FF0000000000000 != 0x7FF0000000000000:
+            c += data.draw(st.sampled_from([-1, 1]))
+        if c & 0x7FF0000000000000 == 0x7FF0000000000000:
+            c = data.draw(normal)
+    qc = to_frac(c, 1)
+    add = -qc if negc else qc
+    sp = is_neg(a, 1) ^ is_neg(b, 1) ^ negp
+    sc = is_neg(c, 1) ^ negc
+    zneg = sp if (prod == 0 and add == 0 and sp == sc) else False
+    got = exec_f(r4type(opcode, 1, 3, 2, 1, RNE, 4), 1, [a, b, c])
+    assert got == round_ref(prod + add, 1, RNE, zneg), (hex(opcode), hex(a), hex(b), hex(c))

@@ -726,6 +726,57 @@ def _fast_d(f5, a, b):
 
 
 @njit(cache=True, nogil=True)
+def _two_sum(a, b):
+    """Knuth's TwoSum: (s, e) with s = RN(a + b) and s + e == a + b exactly."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+@njit(cache=True, nogil=True)
+def _fast_fma_d(a, b, c, negp, negc):
+    """FMADD-family .D in RNE with the host's fused multiply-add; (done, bits, flags).
+
+    Exactness: a*b = ph + pl exactly (pl from an FMA), then ph + pl + c - r is summed into a
+    nonoverlapping expansion with TwoSum (Shewchuk's Grow-Expansion); it is zero, and the
+    result exact, only when every component is zero. All operands and intermediate values are
+    kept far from subnormals and overflow; the rest goes to the soft-float.
+    """
+    lo = U(0x070)
+    hi = U(0x780)
+    ea = (a >> 52) & U(0x7FF)
+    eb = (b >> 52) & U(0x7FF)
+    ec = (c >> 52) & U(0x7FF)
+    if ea < lo or eb < lo or ec < lo or ea > hi or eb > hi or ec > hi:
+        return False, Z, 0
+    x = _as_f64(a)
+    y = _as_f64(b)
+    z = _as_f64(c)
+    if negp:
+        x = -x
+    if negc:
+        z = -z
+    ph = x * y
+    eph = (_as_u64(ph) >> 52) & U(0x7FF)
+    if eph < lo or eph > hi:
+        return False, Z, 0
+    r = _fma64(x, y, z)
+    ru = _as_u64(r)
+    er = (ru >> 52) & U(0x7FF)
+    if er < lo or er > hi:
+        return False, Z, 0
+    pl = _fma64(x, y, -ph)
+    a1, a0 = _two_sum(ph, pl)
+    q, b0 = _two_sum(z, a0)
+    q, b1 = _two_sum(q, a1)
+    q2, c0 = _two_sum(-r, b0)
+    q2, c1 = _two_sum(q2, b1)
+    q2, c2 = _two_sum(q2, q)
+    exact = c0 == 0.0 and c1 == 0.0 and c2 == 0.0 and q2 == 0.0
+    return True, ru, (0 if exact else NX)
+
+
+@njit(cache=True, nogil=True)
 def _fast_s(f5, a, b):
     """FADD/FSUB/FMUL/FDIV/FSQRT.S in RNE via host doubles; (done, bits, flags).
 
@@ -843,6 +894,10 @@ def _exec(insn, frm, r1, r2, r3, xv):
             return NOWHERE, Z, ILLEGAL
         negp = 1 if (op == 0x4B or op == 0x4F) else 0
         negc = 1 if (op == 0x47 or op == 0x4F) else 0
+        if fmt == 1 and rm == RNE:
+            ok, r, fl = _fast_fma_d(r1, r2, r3, negp, negc)
+            if ok:
+                return TO_F, r, fl
         r, fl = _fma(_unbox(r1, fmt), _unbox(r2, fmt), _unbox(r3, fmt), mb, rm, negp, negc)
         return TO_F, _box(r, fmt), fl
     f5 = (insn >> 27) & 31
