@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="virtkit nbd: %(message)s")
     exports = []
+    server = None
     try:
         for name, spec in _parse_specs(args.specs, args.name):
             exports.append(NbdExport(name, open_disk(spec, read_only=args.read_only), read_only=args.read_only))
@@ -70,17 +71,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.listen_unix(args.socket)
         if args.port is not None or not args.socket:
             server.listen_tcp(args.bind, 10809 if args.port is None else args.port)
+        signal.signal(signal.SIGTERM, _interrupt)  # before announcing: a prompt SIGTERM must still clean up
         if args.json:
             print(json.dumps({"addresses": server.addresses, "exports": [e.name for e in exports]}), flush=True)
         else:
             for a in server.addresses:
                 print(f"serving {', '.join(repr(e.name) for e in exports)} on {a}", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
-            server.stop()
+            pass
     finally:
+        if server is not None:
+            server.stop()  # removes the unix socket, flushes the exports
         for e in exports:
             e.backend.close()
     return 0
