@@ -64,3 +64,24 @@ def test_harness_reports_failing_case_number() -> None:
     result = harness.run_qemu(elf)
     assert result.code == 7
     assert "selftest" in result.console
+
+
+def test_hostile_trap_storm_is_stopped_by_the_budget() -> None:
+    """A guest whose trap handler address faults loops in traps; virtkit returns at its budget."""
+    missing = harness.virtkit_missing()
+    if missing:
+        pytest.skip(missing)
+    from virtkit.engines.riscv.baremetal import run_elf
+
+    res = run_elf(_build("hostile/trap_storm.S"), max_instructions=2_000_000, console=lambda b: None)
+    assert res.exit_code is None
+    assert res.reason == "budget"
+
+
+def test_hostile_htif_commands_do_not_stop_the_emulator() -> None:
+    """Unknown HTIF devices, a syscall block outside RAM and garbage values are survived; exit 0 still works."""
+    missing = harness.virtkit_missing()
+    if missing:
+        pytest.skip(missing)
+    result = harness.run_virtkit(_build("hostile/htif_garbage.S"), max_instructions=10_000_000)
+    assert result.code == 0, harness.describe(result)
