@@ -1,7 +1,7 @@
 /* F/D details: NaN-boxing of single values (fmv.w.x / flw box, an unboxed value reads as the
  * canonical NaN), fmv.x.w sign extension, fcvt.s.d / fcvt.d.s, FP loads/stores, sticky fflags,
  * mstatus.FS = Off makes FP instructions illegal, FS becomes Dirty (and SD set) on FP writes,
- * invalid dynamic and reserved static rounding modes are illegal. */
+ * invalid dynamic and reserved static rounding modes are illegal, underflow detected after rounding. */
 #include "test.h"
 #define MSTATUS_FS (3 << 13)
 TEST_BEGIN
@@ -145,6 +145,21 @@ TEST_BEGIN
   CHECK(a0, 2)
   LOAD_TRAP(a0, trap_cause)
   CHECK(a0, 2)
+  /* tininess is detected after rounding: max-subnormal x (1 + ulp) rounds up to the smallest
+     normal, NX but no UF (in RNE/RUP/RMM); truncated it stays subnormal, UF | NX */
+  TEST_FP_D2(20, fmul.d, FLAG_NX, 0x0010000000000000, 0x3ff0000000000001, 0x000fffffffffffff)
+  li TESTNUM, 21
+  LOAD_D(f0, 0x3ff0000000000001)
+  LOAD_D(f1, 0x000fffffffffffff)
+  csrwi fflags, 0
+  fmul.d f2, f0, f1, rtz
+  fmv.x.d a2, f2
+  CHECK_FLAGS(FLAG_UF | FLAG_NX)
+  CHECK(a2, 0x000fffffffffffff)
+  TEST_FP_S2(22, fmul.s, FLAG_NX, 0x00800000, 0x3f800001, 0x007fffff)
+  /* half of the smallest subnormal: ties to even gives +0 with UF | NX; 0.75 x 3 ulps -> 2 ulps */
+  TEST_FP_D2(23, fmul.d, FLAG_UF | FLAG_NX, 0x0, 0x3fe0000000000000, 0x0000000000000001)
+  TEST_FP_D2(24, fmul.d, FLAG_UF | FLAG_NX, 0x2, 0x3fe8000000000000, 0x0000000000000003)
   CLEAR_MTRAP
 TEST_END
   .data
