@@ -17,6 +17,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import require_tool
 from virtkit.storage import open_disk
@@ -500,3 +502,45 @@ def test_mapped_clusters_are_not_reused_while_pinned(tmp_path):
         d.flush()
         d.flush()
         assert d.check().clean
+
+
+def test_connection_flood_is_capped(disks):
+    exp = NbdExport("x", open_disk(disks["ro"], read_only=True))
+    with NbdServer([exp], max_clients=2) as srv:
+        _, port = srv.listen_tcp("127.0.0.1", 0)
+        srv.start()
+        a, b = Client(port, "x"), Client(port, "x")
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert s.recv(18) == b""  # the third connection is closed at once
+        s.close()
+        assert a.request(0, 0, 4) == (0, b"RRRR")
+        a.close()
+        for _ in range(600):  # a slot frees up once the server has seen the close
+            try:
+                c = Client(port, "x")
+                break
+            except (ConnectionError, AssertionError, struct.error):
+                time.sleep(0.1)
+        assert c.request(0, 0, 4) == (0, b"RRRR")
+        b.close()
+        c.close()
+    exp.backend.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(min_size=1, max_size=200), after_go=st.booleans())
+def test_fuzzed_client_bytes_never_hurt_other_clients(server, junk, after_go):
+    bad = Client(server.port, "raw" if after_go else None)
+    try:
+        bad.s.sendall(junk)
+        bad.s.shutdown(socket.SHUT_WR)
+        bad.s.settimeout(10)
+        while bad.s.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        bad.close()
+    good = Client(server.port, "qcow2")
+    assert good.request(0, 0, 512)[0] == 0
+    good.close()

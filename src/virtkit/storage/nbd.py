@@ -117,7 +117,7 @@ class _Session:
 class NbdServer:
     """Serve a set of named exports over TCP and/or Unix sockets, one thread per client."""
 
-    def __init__(self, exports: list[NbdExport]) -> None:
+    def __init__(self, exports: list[NbdExport], max_clients: int = 256) -> None:
         if not exports:
             raise NbdError("an NBD server needs at least one export")
         names = [e.name for e in exports]
@@ -132,6 +132,7 @@ class NbdServer:
         self._stopping = False
         self.addresses: list[str] = []
         self._nclients = 0
+        self.max_clients = max_clients
 
     # ------------------------------------------------------------------ listening
 
@@ -228,14 +229,20 @@ class NbdServer:
                 return
             self._nclients += 1
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else f"unix#{self._nclients}"
+            with self._lock:
+                busy = len(self._clients) >= self.max_clients
+                if not busy:
+                    self._clients.add(conn)
+            if busy:  # a flood of connections must not exhaust threads and memory
+                log.warning("client %s refused: already serving %d clients", peer, self.max_clients)
+                conn.close()
+                continue
             t = threading.Thread(target=self._client, args=(conn, peer), name=f"nbd-{peer}", daemon=True)
             t.start()
 
     # ------------------------------------------------------------------ one client
 
     def _client(self, sock: socket.socket, peer: str) -> None:
-        with self._lock:
-            self._clients.add(sock)
         try:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
