@@ -370,7 +370,8 @@ def test_cli_serve_and_bad_flags(disks, tmp_path):
         proc.wait(30)
     assert proc.returncode == 0 and not os.path.exists(sock)
     for bad, msg in ([[str(tmp_path / "missing.img")], "does not exist"], [["-p", "99999", disks["raw"]], "port"],
-                     [[f"a={disks['raw']}", f"a={disks['ro']}"], "duplicate export"]):
+                     [[f"a={disks['raw']}", f"a={disks['ro']}"], "duplicate export"],
+                     [["-e", "0", disks["raw"]], "max-clients"]):
         p = run(sys.executable, "-m", "virtkit.cli", "nbd", "serve", *bad)
         assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr
 

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("-k", "--socket", metavar="PATH", help="listen on a Unix socket")
     s.add_argument("-x", "--name", help="export name of the first disk (default '')")
     s.add_argument("-r", "--read-only", action="store_true", help="export read-only (writes fail with EPERM)")
+    s.add_argument("-e", "--max-clients", type=int, default=256, metavar="N",
+                   help="refuse connections beyond N concurrent clients (default 256)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     s.add_argument("--json", action="store_true", help="print the listening addresses as one JSON line")
     s.set_defaults(func=cmd_serve)
@@ -59,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"invalid port {args.port}")
+    if args.max_clients < 1:
+        raise ConfigError(f"--max-clients must be at least 1, not {args.max_clients}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="virtkit nbd: %(message)s")
     exports = []
@@ -66,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         for name, spec in _parse_specs(args.specs, args.name):
             exports.append(NbdExport(name, open_disk(spec, read_only=args.read_only), read_only=args.read_only))
-        server = NbdServer(exports)
+        server = NbdServer(exports, max_clients=args.max_clients)
         if args.socket:
             server.listen_unix(args.socket)
         if args.port is not None or not args.socket:
