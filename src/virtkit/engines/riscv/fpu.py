@@ -8,6 +8,11 @@ soft-float on 64-bit integers in the style of Berkeley SoftFloat: operands are u
 square roots) with a sticky bit, and rounded once by :func:`_round_pack` in any of the five
 RISC-V rounding modes with tininess detected after rounding. One generic code path serves
 both formats: ``mb`` is the number of stored mantissa bits (23 for .S, 52 for .D).
+
+Fast paths: in RNE, double add/sub/mul/div/sqrt/fma and single add/sub/mul/div/sqrt are
+computed on the host FPU when an error-free transformation (TwoSum, an FMA residual, exact
+products of singles in double) proves both the result and NX, and no value comes near the
+subnormal range or overflow; everything else takes the integer path.
 """
 
 import math
@@ -992,7 +997,7 @@ def _exec(insn, frm, r1, r2, r3, xv):
 
 
 @njit(cache=True, nogil=True)
-def fp_exec(insn, frm, x, f):
+def fp_exec(insn: int, frm: int, x: np.ndarray, f: np.ndarray) -> int:
     """Execute one FP compute instruction on one hart's x/f files; return accrued fflags or ILLEGAL."""
     rd = (insn >> 7) & 31
     rs1 = (insn >> 15) & 31
