@@ -73,6 +73,8 @@ class SwitchDaemon:
         self.sel = selectors.DefaultSelector()
         self.registered: dict[str, tuple[int, int]] = {}
         self.running = True
+        if os.environ.get("VIRTKIT_NET_DATAPATH", "1") != "0":
+            self.switch.enable_datapath()  # VIRTKIT_NET_DATAPATH=0 keeps every frame on the Python path
         for p in cfg["ports"]:
             try:
                 self._open(p)
@@ -179,6 +181,7 @@ class SwitchDaemon:
         cfgmod.validate(cfg, "switch settings")
         sw = self.switch
         sw.ageing, sw.max_macs, sw.storm_pps, sw.mtu = cfg["ageing"], cfg["max_macs"], cfg["storm_pps"], cfg["mtu"]
+        sw.invalidate()
         self.save()
 
     def op_port_add(self, req: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
@@ -331,6 +334,7 @@ class SwitchDaemon:
             port.captures.append(cap)
         else:
             self.switch.vlan_captures.setdefault(vlan, []).append(cap)
+        self.switch.invalidate()  # captured frames take the slow path
         return {"id": cap.id}
 
     def op_capture_stop(self, req: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
@@ -347,6 +351,7 @@ class SwitchDaemon:
         for caps in self.switch.vlan_captures.values():
             if cap in caps:
                 caps.remove(cap)
+        self.switch.invalidate()
         cap.writer.close()
 
     def op_attach(self, req: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
@@ -463,11 +468,15 @@ class SwitchDaemon:
                     if mask & selectors.EVENT_WRITE:
                         port.flush()
                     if mask & selectors.EVENT_READ:
-                        frames = port.receive_batch(BATCH)
-                        if frames:
-                            sw.receive(port, frames, now)
+                        if port.dp_index >= 0:
+                            sw.dp.receive(port, now, BATCH)  # compiled fast path, upcalls to sw.receive
+                        else:
+                            frames = port.receive_batch(BATCH)
+                            if frames:
+                                sw.receive(port, frames, now)
                         if port.down:
                             self._unregister(port)
+                            sw.invalidate()
                             self.log(f"port {port.name} ({port.spec}) is down; retrying every second")
                             continue
                         if isinstance(port, VmPort):
@@ -492,6 +501,7 @@ class SwitchDaemon:
                     for port in sw.ports.values():
                         if port.down and port.reopen():
                             port.down = False
+                            sw.invalidate()  # a new descriptor
                             self._register(port)
                             self.log(f"port {port.name} ({port.spec}) is back")
                     self._retry_failed()

@@ -66,24 +66,36 @@ def _bufs(sock: socket.socket, size: int = SOCK_BUF) -> None:
             pass
 
 
-class TapPort(Port):
-    """A TAP interface the switch owns (created if missing); the host or a namespace uses the other side.
+class FdPort(Port):
+    """A port on a descriptor that reads and writes one whole frame per call, with a virtio-net header.
 
-    The TAP runs with a virtio-net header and checksum/TSO offloads on (like QEMU's ``vnet_hdr=on``):
-    a host's TCP stream crosses the switch in 64 KiB super-frames between TAP ports and is cut into
-    real frames only for ports that need them (:mod:`virtkit.network.offload`).
+    This is what a TAP with ``IFF_VNET_HDR`` is (and a datagram socket pair carrying the same header, which
+    the tests use without root). The compiled datapath (:mod:`virtkit.network.datapath`) serves these
+    ports' known-unicast traffic without Python.
     """
 
-    kind = "tap"
+    kind = "fd"
     accepts_gso = True
+    dp_hdr = VNET_HDR_LEN
 
-    def __init__(self, name: str, ifname: str, **kw) -> None:
-        self.tap = Tap(ifname, vnet_hdr=True)
-        self.fd = self.tap.fd
-        super().__init__(name, spec=f"tap:{ifname}", **kw)
+    def __init__(self, name: str, fd: int, **kw) -> None:
+        self.fd = fd
+        super().__init__(name, **kw)
 
     def fileno(self) -> int:
         return self.fd
+
+    def dp_fd(self) -> int:
+        return self.fd
+
+    def dp_decode(self, data: bytes, out: list[bytes]) -> None:
+        """One raw read (vnet header + frame) to the frame(s) the slow path takes, as :meth:`receive_batch` does."""
+        if len(data) <= VNET_HDR_LEN or not data[1] and not data[0] & F_NEEDS_CSUM:
+            out.append(data[VNET_HDR_LEN:])  # no offload work pending: a plain frame
+        elif self.mode == "access" and data[VNET_HDR_LEN + 12: VNET_HDR_LEN + 14] not in (b"\x81\x00", b"\x88\xa8"):
+            out.append(wrap(data))
+        else:
+            out.extend(finish(wrap(data)))  # tagged: offsets would move with the tag, finish now
 
     def receive_batch(self, limit: int) -> list[bytes]:
         out: list[bytes] = []
@@ -105,16 +117,6 @@ class TapPort(Port):
             self.down = True  # the interface was deleted under us: the daemon retries reopening it
         return out
 
-    def reopen(self) -> bool:
-        """Create the TAP again after it was deleted."""
-        try:
-            tap = Tap(self.tap.name, vnet_hdr=True)
-        except VirtkitError:
-            return False
-        self.tap.close()
-        self.tap, self.fd = tap, tap.fd
-        return True
-
     def transmit(self, frame: bytes) -> bool:
         try:
             if type(frame) is bytes:
@@ -130,7 +132,38 @@ class TapPort(Port):
         return True
 
     def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class TapPort(FdPort):
+    """A TAP interface the switch owns (created if missing); the host or a namespace uses the other side.
+
+    The TAP runs with a virtio-net header and checksum/TSO offloads on (like QEMU's ``vnet_hdr=on``):
+    a host's TCP stream crosses the switch in 64 KiB super-frames between TAP ports and is cut into
+    real frames only for ports that need them (:mod:`virtkit.network.offload`).
+    """
+
+    kind = "tap"
+
+    def __init__(self, name: str, ifname: str, **kw) -> None:
+        self.tap = Tap(ifname, vnet_hdr=True)
+        super().__init__(name, self.tap.fd, spec=f"tap:{ifname}", **kw)
+
+    def reopen(self) -> bool:
+        """Create the TAP again after it was deleted."""
+        try:
+            tap = Tap(self.tap.name, vnet_hdr=True)
+        except VirtkitError:
+            return False
         self.tap.close()
+        self.tap, self.fd = tap, tap.fd
+        return True
+
+    def close(self) -> None:
+        self.tap.close()
+        self.fd = -1
 
 
 class HostPort(Port):

@@ -113,6 +113,18 @@ class Port:
     tx_pending = 0
     #: the port's device vanished (interface deleted); the daemon stops polling it and retries reopen()
     down = False
+    #: index in the compiled datapath (-1: not in it), the datapath's port-state array, vnet header length
+    dp_index = -1
+    dp_state: Any = None
+    dp_hdr = 0
+
+    def dp_fd(self) -> int:
+        """A descriptor the compiled datapath may read/write whole frames on (one per call), or -1."""
+        return -1
+
+    def dp_decode(self, data: bytes, out: list[bytes]) -> None:
+        """Turn one raw read the datapath handed back (with its vnet header) into frames for the slow path."""
+        out.append(data)
 
     def reopen(self) -> bool:
         """Try to open the port's device again after it went down; True on success."""
@@ -154,6 +166,8 @@ class Port:
             return
         q.append(frame)
         self.queued += 1
+        if self.dp_index >= 0:
+            self.dp_state[self.dp_index] = 1  # the datapath must not overtake queued frames
 
     def flush(self) -> bool:
         """Send queued frames, highest PCP first, until the wire is busy; True when all went."""
@@ -172,6 +186,8 @@ class Port:
                 self.queued -= 1
                 if frame:
                     self._sent(frame)
+        if self.dp_index >= 0:
+            self.dp_state[self.dp_index] = 0
         return True
 
     def _sent(self, frame: bytes) -> None:
@@ -207,6 +223,8 @@ class Switch:
         self.vlan_captures: dict[int, list[Any]] = {}
         self._members: dict[int, list[Port]] = {}
         self._last_sweep = 0.0
+        #: the compiled datapath (:mod:`virtkit.network.datapath`), when enabled
+        self.dp: Any = None
         #: a MAC seen on one port is not moved to another within this many seconds: a frame from it
         #: arriving elsewhere that soon is one of our own floods coming back through a loop
         self.loop_hold = 1.0
@@ -235,16 +253,35 @@ class Switch:
         except KeyError:
             raise ConfigError(f"no port {name!r} on switch {self.name!r}") from None
 
+    def enable_datapath(self) -> Any:
+        """Forward known unicast between fd ports (TAP) in the compiled datapath; returns it."""
+        from virtkit.network.datapath import Datapath
+
+        if self.dp is None:
+            self.dp = Datapath(self)
+            self.dp.reload()
+        return self.dp
+
+    def invalidate(self) -> None:
+        """Call after a change the datapath must see (capture, device reopened, MTU): re-read ports, drop flows."""
+        if self.dp is not None:
+            self.dp.reload()
+
     def changed(self) -> None:
         """Call after any port VLAN change: drops cached flood lists and stale MAC entries."""
         self._members.clear()
+        if self.dp is not None:
+            self.dp.sync()
         for vlan, table in self.macs.items():
             for mac in [m for m, e in table.items() if vlan not in e[0].allowed or e[0].name not in self.ports]:
                 del table[mac]
                 self.mac_count -= 1
+        self.invalidate()
 
     def forget(self, port: Port) -> None:
         """Remove every MAC entry pointing at ``port``."""
+        if self.dp is not None:
+            self.dp.flush()
         for table in self.macs.values():
             for mac in [m for m, e in table.items() if e[0] is port]:
                 del table[mac]
@@ -262,17 +299,23 @@ class Switch:
         """Drop entries older than the ageing time; returns how many went."""
         gone = 0
         limit = now - self.ageing
+        if self.dp is not None:
+            self.dp.sync()
         for table in self.macs.values():
             for mac in [m for m, e in table.items() if e[1] < limit]:
                 del table[mac]
                 gone += 1
         self.mac_count -= gone
         self.counters["mac_aged"] += gone
+        if gone and self.dp is not None:
+            self.dp.flush()
         self._last_sweep = now
         return gone
 
     def lookup(self, vlan: int, mac: bytes, now: float | None = None) -> Port | None:
         """The port ``mac`` was last seen on in ``vlan`` (None when unknown or aged out)."""
+        if self.dp is not None:
+            self.dp.sync()
         e = self.macs.get(vlan, {}).get(mac)
         if e is None or (now if now is not None else time.monotonic()) - e[1] > self.ageing:
             return None
@@ -280,6 +323,8 @@ class Switch:
 
     def mac_table(self) -> list[dict[str, Any]]:
         """The MAC table as rows (vlan, mac, port, age)."""
+        if self.dp is not None:
+            self.dp.sync()
         now = time.monotonic()
         return [{"vlan": vlan, "mac": mac_str(mac), "port": e[0].name, "age": round(now - e[1], 1)}
                 for vlan, table in sorted(self.macs.items()) for mac, e in table.items()]
@@ -289,6 +334,11 @@ class Switch:
         """Forward a batch of frames that arrived on ``port``."""
         if now is None:
             now = time.monotonic()
+        dp = self.dp
+        if dp is not None:
+            dp.sync()
+            if port.dp_index < 0:
+                dp = None
         if now - self._last_sweep > 1.0 and self.mac_count >= self.max_macs:
             self.sweep(now)
         stats = port.stats
@@ -385,12 +435,12 @@ class Switch:
                 table = macs.get(vid)
                 if table is None:
                     table = macs[vid] = {}
-                e = table.get(src)
+                e = src_e = table.get(src)
                 if e is None:
                     if not frame[6] & 1:
                         c_hdr = None
                         if self.mac_count < self.max_macs:
-                            table[src] = [port, now]
+                            table[src] = src_e = [port, now]
                             self.mac_count += 1
                         else:
                             self.counters["mac_table_full"] += 1
@@ -403,6 +453,8 @@ class Switch:
                         c_hdr = None
                         e[0] = port
                         self.counters["mac_moves"] += 1
+                        if self.dp is not None:
+                            self.dp.flush()
                     e[1] = now
                 if vlan_captures and vlan_captures.get(vid):
                     vcaps = vlan_captures[vid]
@@ -416,6 +468,10 @@ class Switch:
                     if e is not None and now - e[1] <= ageing:
                         out = e[0]
                         if out is not port:
+                            if dp is not None and out.dp_index >= 0 and src_e is not None and cache_ok \
+                                    and type(frame) is bytes and out.group is None and not out.captures \
+                                    and not (vlan_captures and vlan_captures.get(vid)):
+                                dp.install(port, frame, vid, pcp, dei, out, src_e, e)
                             if out.queued == 0 and out.group is None and vid in out.untagged_vlans \
                                     and not out.captures and (out.accepts_gso or type(untagged) is bytes):
                                 # the common case inline: known unicast to an idle untagged port
@@ -488,7 +544,8 @@ class Switch:
     def info(self) -> dict[str, Any]:
         """Switch-wide settings and counters."""
         return {"name": self.name, "ageing": self.ageing, "max_macs": self.max_macs, "storm_pps": self.storm_pps,
-                "mtu": self.mtu, "mac_count": self.mac_count, **self.counters}
+                "mtu": self.mtu, "mac_count": self.mac_count, **self.counters,
+                "datapath": self.dp.info() if self.dp is not None else None}
 
 
 def parse_vlan_list(text: str) -> frozenset[int]:
