@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         r = ratio(v.median(key), q.median(key))
         table.add_row(label, fmt(q.median(key)) if not q.error else q.error,
                       fmt(v.median(key)) if not v.error else v.error, "-" if r is None else f"{r:.1f}x")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 130).print(table)
     return 0
 
 
