@@ -42,3 +42,16 @@ def test_second_build_is_served_from_the_cache(guest_images):
     assert key in str(guest_images.kernel)
     assert {r.name: r.built for r in images.list_images()} == {"kernel": True, "busybox": True, "initramfs": True,
                                                                 "firmware": True}
+
+
+def test_cli_build_json_and_path(guest_images, capsys):
+    import json
+
+    from virtkit.cli import main
+
+    assert main(["images", "build", "--json", "kernel", "initramfs"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kernel"] == str(guest_images.kernel) and out["initramfs"] == str(guest_images.initrd)
+    assert "busybox" in out  # dependencies are built (or found) too
+    assert main(["images", "path", "firmware"]) == 0
+    assert capsys.readouterr().out.strip() == str(guest_images.firmware)
