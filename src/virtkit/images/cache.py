@@ -114,11 +114,12 @@ class RichReporter(Reporter):
     def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
         self.console = Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.fields[recipe]:<10}"),
+            TextColumn("[bold]{task.fields[recipe]}", table_column=Column(min_width=10, no_wrap=True)),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
             console=self.console,
