@@ -1,7 +1,8 @@
 """Network benchmark: virtkit's switch vs vde_switch vs the Linux bridge, on the same work in one run.
 
 Two network namespaces (hosts A and B) are wired through each fabric:
-  * virtkit   — ``virtkit net`` switch with two ``tap:`` ports moved into the namespaces
+  * virtkit   — ``virtkit net`` switch with two ``tap:`` ports moved into the namespaces (compiled datapath)
+  * virtkit python-only — the same with ``VIRTKIT_NET_DATAPATH=0``: every frame through the Python path
   * virtkit host: — the same switch with two ``host:`` ports on veth pairs (PACKET_MMAP rings)
   * vde_switch — Debian vde2's ``vde_switch -t TAP -t TAP``, TAPs moved into the namespaces
   * bridge    — the Linux bridge with two veth pairs, offloads on (the kernel: our physical limit)
@@ -99,9 +100,10 @@ def tcp_throughput(a: Netns, b: Netns, duration: float) -> float:
     raise RuntimeError(f"iperf3 failed: {last}")
 
 
-def setup_virtkit(a: Netns, b: Netns) -> Callable[[], None]:
+def setup_virtkit(a: Netns, b: Netns, datapath: bool = True) -> Callable[[], None]:
     d = tempfile.mkdtemp(prefix="vkb")
     os.environ["VIRTKIT_NET_DIR"] = d
+    os.environ["VIRTKIT_NET_DATAPATH"] = "1" if datapath else "0"
     control.create("bench", storm_pps=0)
     for ns, ip in ((a, A_IP), (b, B_IP)):
         tap = f"{TAG}{ns.name[-1]}"
@@ -112,7 +114,13 @@ def setup_virtkit(a: Netns, b: Netns) -> Callable[[], None]:
     def down() -> None:
         control.stop("bench")
         shutil.rmtree(d, ignore_errors=True)
+        os.environ.pop("VIRTKIT_NET_DATAPATH", None)
     return down
+
+
+def setup_virtkit_python(a: Netns, b: Netns) -> Callable[[], None]:
+    """The same TAP switch with the compiled datapath off: every frame through the Python path."""
+    return setup_virtkit(a, b, datapath=False)
 
 
 def setup_virtkit_host(a: Netns, b: Netns) -> Callable[[], None]:
@@ -165,7 +173,8 @@ def setup_bridge(a: Netns, b: Netns) -> Callable[[], None]:
 
 
 FABRICS: dict[str, Callable[[Netns, Netns], Callable[[], None]]] = {
-    "virtkit": setup_virtkit, "virtkit host:": setup_virtkit_host, "vde_switch": setup_vde,
+    "virtkit": setup_virtkit, "virtkit python-only": setup_virtkit_python, "virtkit host:": setup_virtkit_host,
+    "vde_switch": setup_vde,
     "linux bridge": setup_bridge}
 
 
