@@ -240,3 +240,32 @@ page_q: .dword 2
 other: .dword 3
 .align 12
 """)
+
+
+def test_pmp_entry_smaller_than_a_page_checks_every_fetch(tmp_path):
+    check(tmp_path, r"""
+    la t0, func
+    addi t0, t0, 4
+    srli t0, t0, 2
+    csrw pmpaddr0, t0                 # entry 0: NA4 over func's second instruction, no permissions
+    li t0, -1
+    csrw pmpaddr1, t0                 # entry 1: everything, RWX
+    li t0, 0x1f10
+    csrw pmpcfg0, t0
+    la s5, back
+    GOTO 1, smode
+smode:
+    li a0, 0
+    TRY
+    jal ra, func                      # first instruction runs, the second faults (fetch access fault)
+    EXPECT s2, 1, 2
+    EXPECT a0, 1, 3
+    ecall
+back:
+    PASS
+.align 4
+func:
+    addi a0, a0, 1
+    addi a0, a0, 1
+    ret
+""")

@@ -1081,6 +1081,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 n += 1
                 continue
             fvpn = pc >> 12
+            if tlbt[0, fvpn & TLB_MASK] != (fvpn ^ ctx_tag(0, priv, 0)):
+                fvpn = -1  # PMP splits this page: check every fetch
             off = foff + (pc & 0xFFF)
         lo = np.int64(r16u[off >> 1])
         if (lo & 3) == 3:
