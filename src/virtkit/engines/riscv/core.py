@@ -1444,8 +1444,11 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             flush_tlb(tlbt)
                         if num <= 3:
                             c[MSTATUS] |= 3 << 13
-                        ctx_dirty = True
-                        irq_check = True
+                        if num == MSTATUS or num == SSTATUS or num == SATP or 0x3A0 <= num <= 0x3EF:
+                            ctx_dirty = True  # privilege context of loads/stores/fetch may have changed
+                        if (num == MSTATUS or num == SSTATUS or num == MIE or num == SIE or num == MIP or num == SIP
+                                or num == MIDELEG):
+                            irq_check = True
                     xr[rd] = old
         elif op == 0x2F:  # AMO
             if f3 != 2 and f3 != 3:
