@@ -383,3 +383,54 @@ bad:
 fdata: .word 0x3f800000, 0
 .dword 0, 0
 """)
+
+
+def test_vectored_mtvec_and_mret_clears_mprv(tmp_path):
+    check(tmp_path, r"""
+    la t0, vtable
+    ori t0, t0, 1                # vectored: interrupts jump to base + 4 * cause
+    csrw mtvec, t0
+    li s6, 0
+    li t1, 1
+    li t2, 0x2000000
+    sw t1, 0(t2)                 # MSIP
+    li t0, 1 << 3
+    csrw mie, t0
+    csrsi mstatus, 8
+    nop
+    EXPECT s6, 3, 2              # landed in vtable slot 3
+    sw zero, 0(t2)
+    la t0, mhandler              # exceptions still go to the base in vectored mode
+    ori t0, t0, 1
+    csrw mtvec, t0
+    li t0, (1 << 17) | (1 << 11) # MPRV with MPP = S: mret to S clears MPRV
+    csrs mstatus, t0
+    la s5, back
+    la t0, smode
+    csrw mepc, t0
+    mret
+smode:
+    ecall
+back:
+    csrr t1, mstatus
+    srli t1, t1, 17
+    andi t1, t1, 1
+    EXPECT t1, 0, 3
+    PASS
+.align 6
+vtable:
+    j bad
+    j bad
+    j bad
+    j msi
+    j bad
+    j bad
+    j bad
+    j bad
+msi:
+    li s6, 3
+    csrw mie, zero
+    mret
+bad:
+    FAIL 9
+""")
