@@ -60,6 +60,21 @@ print(n, time.perf_counter() - t0)
 """
 
 
+#: the pid of the switch process of the fabric being measured (None for the kernel bridge)
+SWITCH = {"pid": None}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (0 when there is no process)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rx_packets(ns: Netns, ifname: str = "eth0") -> int:
     return int(ns.exec("cat", f"/sys/class/net/{ifname}/statistics/rx_packets").stdout)
 
@@ -68,15 +83,17 @@ def mac_of(ns: Netns, ifname: str = "eth0") -> str:
     return ns.exec("cat", f"/sys/class/net/{ifname}/address").stdout.strip().replace(":", "")
 
 
-def frame_rate(a: Netns, b: Netns, duration: float) -> tuple[float, float]:
-    """(offered, delivered) 64-byte frames per second from A to B."""
+def frame_rate(a: Netns, b: Netns, duration: float) -> tuple[float, float, float]:
+    """(offered, delivered) 64-byte frames per second from A to B, and the switch's CPU µs per delivered frame."""
     a.ping(B_IP, count=2)  # the switch learns both MACs
     before = rx_packets(b)
+    cpu0 = cpu_seconds(SWITCH["pid"])
     out = a.exec(sys.executable, "-c", GEN, "eth0", mac_of(b), str(duration), timeout=duration + 60).stdout.split()
     sent, elapsed = int(out[0]), float(out[1])
     time.sleep(0.5)  # let queues drain
     got = rx_packets(b) - before
-    return sent / elapsed, got / elapsed
+    cpu = cpu_seconds(SWITCH["pid"]) - cpu0
+    return sent / elapsed, got / elapsed, cpu * 1e6 / got if got and SWITCH["pid"] else 0.0
 
 
 def tcp_throughput(a: Netns, b: Netns, duration: float) -> float:
@@ -105,6 +122,7 @@ def setup_virtkit(a: Netns, b: Netns, datapath: bool = True) -> Callable[[], Non
     os.environ["VIRTKIT_NET_DIR"] = d
     os.environ["VIRTKIT_NET_DATAPATH"] = "1" if datapath else "0"
     control.create("bench", storm_pps=0)
+    SWITCH["pid"] = control.request("bench", "ping")["pid"]
     for ns, ip in ((a, A_IP), (b, B_IP)):
         tap = f"{TAG}{ns.name[-1]}"
         control.request("bench", "port_add", spec=f"tap:{tap}", access=1)
@@ -127,6 +145,7 @@ def setup_virtkit_host(a: Netns, b: Netns) -> Callable[[], None]:
     d = tempfile.mkdtemp(prefix="vkb")
     os.environ["VIRTKIT_NET_DIR"] = d
     control.create("bench", storm_pps=0)
+    SWITCH["pid"] = control.request("bench", "ping")["pid"]
     for ns, ip in ((a, A_IP), (b, B_IP)):
         out = ns.veth("eth0", f"{TAG}{ns.name[-1]}", f"{ip}/24")
         control.request("bench", "port_add", spec=f"host:{out}", access=1)
@@ -146,6 +165,7 @@ def setup_vde(a: Netns, b: Netns) -> Callable[[], None]:
         if os.path.exists(pidfile) and all(os.path.exists(f"/sys/class/net/{t}") for t in taps):
             break
         time.sleep(0.05)
+    SWITCH["pid"] = int(open(pidfile).read())
     for ns, ip, tap in ((a, A_IP, taps[0]), (b, B_IP, taps[1])):
         ns.adopt(tap, f"{ip}/24")
         ns.exec("ip", "link", "set", tap, "name", "eth0")
@@ -161,6 +181,7 @@ def setup_vde(a: Netns, b: Netns) -> Callable[[], None]:
 
 def setup_bridge(a: Netns, b: Netns) -> Callable[[], None]:
     br = f"{TAG}br"
+    SWITCH["pid"] = None
     sh("ip", "link", "add", br, "type", "bridge")
     sh("ip", "link", "set", br, "up")
     for ns, ip in ((a, A_IP), (b, B_IP)):
@@ -186,9 +207,9 @@ def run(fabric: str, duration: float) -> dict[str, float]:
         down = FABRICS[fabric](a, b)
         if not a.ping(B_IP):
             raise RuntimeError(f"{fabric}: A cannot ping B")
-        offered, delivered = frame_rate(a, b, duration)
+        offered, delivered, cpu_us = frame_rate(a, b, duration)
         gbps = tcp_throughput(a, b, duration)
-        return {"offered_fps": offered, "delivered_fps": delivered, "tcp_gbps": gbps}
+        return {"offered_fps": offered, "delivered_fps": delivered, "cpu_us_per_frame": cpu_us, "tcp_gbps": gbps}
     finally:
         if down:
             down()
@@ -223,15 +244,18 @@ def main() -> int:
         return 0
     t = Table(title=f"virtual switch: 64-byte frame rate and TCP throughput ({args.duration:g} s each, "
                     f"median of {args.repeat})")
-    for c in ("fabric", "offered frames/s", "delivered frames/s", "vs virtkit", "TCP Gbit/s", "vs virtkit"):
+    for c in ("fabric", "offered frames/s", "delivered frames/s", "vs virtkit", "switch CPU µs/frame", "TCP Gbit/s",
+              "vs virtkit"):
         t.add_column(c, justify="left" if c == "fabric" else "right")
     base = results.get("virtkit")
     for f, r in results.items():
         fr = f"{base['delivered_fps'] / r['delivered_fps']:.2f}x" if base and r["delivered_fps"] else "-"
         tr = f"{base['tcp_gbps'] / r['tcp_gbps']:.2f}x" if base and r["tcp_gbps"] else "-"
-        t.add_row(f, f"{r['offered_fps']:,.0f}", f"{r['delivered_fps']:,.0f}", fr, f"{r['tcp_gbps']:.2f}", tr)
+        cpu = f"{r['cpu_us_per_frame']:.2f}" if r["cpu_us_per_frame"] else "-"
+        t.add_row(f, f"{r['offered_fps']:,.0f}", f"{r['delivered_fps']:,.0f}", fr, cpu, f"{r['tcp_gbps']:.2f}", tr)
     Console().print(t)
-    print("vs virtkit = virtkit's figure / this fabric's figure (>1: virtkit faster)")
+    print("vs virtkit = virtkit's figure / this fabric's figure (>1: virtkit faster); switch CPU = user+system "
+          "time of the switch process during the frame test / frames delivered")
     return 0
 
 

@@ -251,3 +251,25 @@ def test_mac_move_and_ageing_go_through_the_slow_path():
         assert rig.sw.counters["mac_moves"] == 1
     finally:
         rig.close()
+
+
+def test_full_mac_slot_table_starts_over_and_keeps_forwarding():
+    from virtkit.network.datapath import Datapath
+
+    rig = Rig(True)
+    try:
+        rig.sw.dp = Datapath(rig.sw, slots=3)  # room for one flow's two MACs at a time
+        rig.sw.dp.reload()
+        hosts = {"a": mac(1), "b": mac(2), "t": mac(3)}
+        for name, m in hosts.items():
+            rig.inject(name, [ZERO_HDR + eth.build(eth.BROADCAST, m, 0x0806, bytes(46))], 1.0)
+        for name in hosts:
+            rig.drain(name)
+        for _ in range(3):
+            for src, dst in (("a", "b"), ("b", "t"), ("t", "a")):
+                rig.inject(src, [ZERO_HDR + eth.build(hosts[dst], hosts[src], 0x88B5, bytes(46))] * 2, 1.5)
+        for name in hosts:
+            assert len(rig.drain(name)) == 6
+        assert rig.sw.dp.stats["flushes"] >= 3
+    finally:
+        rig.close()
