@@ -164,10 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("virtkit / qemu", justify="right")
     for label, key in rows.items():
         r = ratio(v.median(key), q.median(key))
-        table.add_row(label, fmt(q.median(key)) if not q.error else q.error,
-                      fmt(v.median(key)) if not v.error else v.error, "-" if r is None else f"{r:.1f}x")
-    Console(width=None if sys.stdout.isatty() else 130).print(table)
+        table.add_row(label, cell(q, key), cell(v, key), "-" if r is None else f"{r:.1f}x")
+    console = Console(width=None if sys.stdout.isatty() else 130)
+    console.print(table)
+    for peer in results:
+        if peer.error:
+            console.print(f"[yellow]{peer.name}[/yellow]: {peer.error}")
     return 0
+
+
+def cell(peer: PeerResult, key: str) -> str:
+    """A table cell: the median and the sample count when runs failed, or why there is none."""
+    vals = getattr(peer, key)
+    if not vals:
+        return "not available" if peer.error.startswith("not available") else "failed (see below)"
+    return fmt(peer.median(key)) + (f" (n={len(vals)})" if peer.error else "")
 
 
 if __name__ == "__main__":
