@@ -74,7 +74,8 @@ class SwitchDaemon:
         self.registered: dict[str, tuple[int, int]] = {}
         self.running = True
         if os.environ.get("VIRTKIT_NET_DATAPATH", "1") != "0":
-            self.switch.enable_datapath()  # VIRTKIT_NET_DATAPATH=0 keeps every frame on the Python path
+            # VIRTKIT_NET_DATAPATH=0 keeps every frame on the Python path
+            self.switch.enable_datapath().warm_up()  # compiled before the control socket answers
         for p in cfg["ports"]:
             try:
                 self._open(p)

@@ -18,6 +18,7 @@ before Python reads a timestamp (loop guard, ageing, ``show``).
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -211,6 +212,18 @@ class Datapath:
         self.slot_of: dict[int, int] = {}
         #: counters for ``show``: frames forwarded without Python, upcalls, flows installed, cache flushes
         self.stats = {"fast_frames": 0, "upcalls": 0, "flows_installed": 0, "flushes": 0}
+
+    def warm_up(self) -> None:
+        """Compile (first run, ~5 s) or load (cached) the loop now, not on the first frame of a busy port."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            a.setblocking(False)
+            P = np.zeros((1, 4), np.int64)
+            P[0, P_FD] = a.fileno()
+            _rx(0, 0.0, 1.0, 1, P, self.F, self.m_time, self.D, self.C, self.buf, self.up, np.zeros(8, np.int64))
+        finally:
+            a.close()
+            b.close()
 
     # -- ports -----------------------------------------------------------------------------------
     def reload(self) -> None:
