@@ -15,7 +15,7 @@ import pytest
 
 from virtkit.network import ethernet as eth
 from virtkit.network.offload import ZERO_HDR
-from virtkit.network.ports import FdPort
+from virtkit.network.ports import FdPort, VmPort
 from virtkit.network.switch import Switch
 
 PORTS = {
@@ -25,6 +25,7 @@ PORTS = {
     "t": {"mode": "trunk", "trunk": {1, 7, 8}, "native": 1},
     "u": {"mode": "trunk", "trunk": {7, 8}},
     "q": {"mode": "trunk", "trunk": {1, 7}, "tpid": 0x88A8},
+    "v": {"mode": "access", "vlan": 7},  # a VM port: SOCK_SEQPACKET, no vnet header
 }
 
 
@@ -49,17 +50,18 @@ class Rig:
         if fast:
             self.sw.enable_datapath()
         for name, cfg in PORTS.items():
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            vm = name == "v"
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET if vm else socket.SOCK_DGRAM)
             for s in (mine, theirs):
                 s.setblocking(False)
             self.socks += [mine, theirs]
-            self.sw.add_port(FdPort(name, mine.fileno(), **cfg))
+            self.sw.add_port(VmPort(name, name, conn=mine, **cfg) if vm else FdPort(name, mine.fileno(), **cfg))
             self.host[name] = theirs
         self.fast = fast
 
     def inject(self, name: str, frames: list[bytes], now: float) -> None:
         for f in frames:
-            self.host[name].send(f)
+            self.host[name].send(f if name != "v" else f[len(ZERO_HDR):] or b"\0")  # a VM sends no vnet header
         port = self.sw.ports[name]
         if self.fast:
             self.sw.dp.receive(port, now, 256)
@@ -127,7 +129,7 @@ def run_both(seed: int, steps: int = 250, captures: bool = False) -> tuple[dict,
     ref, fast = Rig(False), Rig(True)
     outs_ref: dict[str, list[bytes]] = {n: [] for n in PORTS}
     outs_fast: dict[str, list[bytes]] = {n: [] for n in PORTS}
-    macs = [mac(i) for i in range(1, 7)]
+    macs = [mac(i) for i in range(1, len(PORTS) + 1)]
     now = 1000.0
     sinks: list[Sink] = []
     history: dict[str, list[bytes]] = {n: [] for n in PORTS}
@@ -271,5 +273,31 @@ def test_full_mac_slot_table_starts_over_and_keeps_forwarding():
         for name in hosts:
             assert len(rig.drain(name)) == 6
         assert rig.sw.dp.stats["flushes"] >= 3
+    finally:
+        rig.close()
+
+
+def test_vm_port_in_the_datapath_and_a_vm_that_leaves():
+    rig = Rig(True)
+    try:
+        c, v = mac(3), mac(7)
+        rig.inject("c", [ZERO_HDR + eth.build(eth.BROADCAST, c, 0x0806, bytes(46))], 1.0)
+        rig.inject("v", [ZERO_HDR + eth.build(c, v, 0x0806, bytes(46))], 1.0)  # inject() strips it for the VM
+        for n in PORTS:
+            rig.drain(n)
+        to_v, to_c = eth.build(v, c, 0x88B5, bytes(46)), eth.build(c, v, 0x88B5, bytes(46))
+        for _ in range(2):
+            rig.inject("c", [ZERO_HDR + to_v] * 4, 1.5)
+            rig.inject("v", [ZERO_HDR + to_c] * 4, 1.5)
+        assert rig.drain("v") == [to_v] * 8  # no vnet header towards the VM
+        assert rig.drain("c") == [ZERO_HDR + to_c] * 8
+        fast = rig.sw.dp.stats["fast_frames"]
+        assert fast >= 8
+        rig.host["v"].close()  # the VM goes away: its port's socket reads EOF
+        rig.inject("v", [], 2.0)
+        port = rig.sw.ports["v"]
+        assert port.conn is None and port.closed_by_peer and rig.sw.dp.P[port.dp_index, 0] == -1
+        rig.inject("c", [ZERO_HDR + to_v] * 3, 2.5)  # frames to the gone VM: lost, counted, no crash
+        assert port.stats.tx_frames == 12  # broadcast + 8 + 3 lost on the pulled cable, as Python counts
     finally:
         rig.close()

@@ -1,4 +1,4 @@
-"""The compiled datapath of the switch (OVS-style split): known-unicast frames between fd ports never enter Python.
+"""The compiled datapath of the switch (OVS-style split): known unicast between TAP/VM ports never enters Python.
 
 A Numba loop (:func:`_rx`, ``nogil``, cached) reads frames from one port's descriptor with libc ``read``,
 looks each one up in an exact-match flow cache kept in NumPy arrays (key: ingress port, destination and
@@ -232,12 +232,13 @@ class Datapath:
         for i, p in enumerate(self.ports):
             if p is not None and self.switch.ports.get(p.name) is not p:
                 p.dp_index = -1
+                p.dp_table = p.dp_state = None
                 self.ports[i] = None
                 self.P[i] = (-1, 0, 0, 0)
         for p in self.switch.ports.values():
             fd = p.dp_fd() if not p.down else -1
             if p.dp_index < 0:
-                if fd < 0:
+                if not p.dp_capable:
                     continue
                 try:
                     i = self.ports.index(None)
@@ -246,6 +247,7 @@ class Datapath:
                 self.ports[i] = p
                 p.dp_index = i
                 p.dp_state = self.p_state
+                p.dp_table = self.P
             self.P[p.dp_index] = (fd, p.dp_hdr, p.tpid, BLOCKED if p.queued else 0)
 
     # -- MAC timestamps --------------------------------------------------------------------------

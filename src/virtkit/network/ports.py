@@ -77,6 +77,7 @@ class FdPort(Port):
     kind = "fd"
     accepts_gso = True
     dp_hdr = VNET_HDR_LEN
+    dp_capable = True
 
     def __init__(self, name: str, fd: int, **kw) -> None:
         self.fd = fd
@@ -450,6 +451,7 @@ class VmPort(Port):
     """
 
     kind = "vm"
+    dp_capable = True
 
     def __init__(self, name: str, vm_id: str, path: str | None = None, conn: socket.socket | None = None,
                  **kw) -> None:
@@ -488,6 +490,15 @@ class VmPort(Port):
             return self.conn.fileno()
         return self.listener.fileno() if self.listener is not None else -1
 
+    def dp_fd(self) -> int:
+        """The connected VM's socket (one frame per message, no vnet header); -1 while no VM is connected."""
+        return self.conn.fileno() if self.conn is not None else -1
+
+    def _dp_set_fd(self) -> None:
+        """Tell the datapath the socket changed (a VM connected or left) before the old descriptor is closed."""
+        if self.dp_index >= 0 and self.dp_table is not None:
+            self.dp_table[self.dp_index, 0] = self.dp_fd()
+
     def receive_batch(self, limit: int) -> list[bytes]:
         if self.conn is None:
             if self.listener is None:
@@ -499,6 +510,7 @@ class VmPort(Port):
             _bufs(conn, VM_SOCK_BUF)
             conn.setblocking(False)
             self.conn = conn
+            self._dp_set_fd()
             return []
         out: list[bytes] = []
         recv = self.conn.recv
@@ -517,8 +529,9 @@ class VmPort(Port):
 
     def _peer_gone(self) -> None:
         if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+            conn, self.conn = self.conn, None
+            self._dp_set_fd()
+            conn.close()
         if self.listener is None:
             self.closed_by_peer = True
 

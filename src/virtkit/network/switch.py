@@ -116,6 +116,9 @@ class Port:
     #: index in the compiled datapath (-1: not in it), the datapath's port-state array, vnet header length
     dp_index = -1
     dp_state: Any = None
+    dp_table: Any = None
+    #: the port kind reads/writes one whole frame per system call on :meth:`dp_fd` (the datapath can serve it)
+    dp_capable = False
     dp_hdr = 0
 
     def dp_fd(self) -> int:
