@@ -1110,7 +1110,11 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         f3 = (ins >> 12) & 7
         rs1 = (ins >> 15) & 31
         rs2 = (ins >> 20) & 31
-        if op == 0x13:  # OP-IMM
+        if ins & 0x707F == 0x13:  # ADDI (li, mv, nop, c.addi, c.li, c.addi16sp...): the hottest op, one test
+            xr[rd] = xr[rs1] + (ins >> 20)
+        elif ins & 0xFE00707F == 0x33:  # ADD (c.mv, c.add): likewise
+            xr[rd] = xr[rs1] + xr[rs2]
+        elif op == 0x13:  # OP-IMM
             a = xr[rs1]
             imm = ins >> 20
             if f3 == 0:
