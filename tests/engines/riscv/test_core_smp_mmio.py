@@ -223,3 +223,20 @@ def test_random_instruction_words_never_crash(words, regs, priv):
             break
     assert eng.priv(0) in (0, 1, 3)
     assert eng.get_reg(0, 0) == 0
+
+
+def test_csrrs_on_mip_does_not_latch_the_external_seip_line():
+    """Only the software SEIP bit takes part in csrrs/csrrc on mip: OpenSBI's `csrs mip, STIP` while the
+    PLIC line is high must not leave SEIP pending after the line drops (an endless claim-0 storm in Linux)."""
+    prog = _asm(
+        _i(0x13, 5, 0, 0, 0x20),  # addi t0, zero, STIP
+        (0x344 << 20) | (5 << 15) | (2 << 12) | 0x73,  # csrrs zero, mip, t0
+        (0x344 << 20) | (5 << 15) | (3 << 12) | 0x73,  # csrrc zero, mip, t0
+        0x0000006F,  # j .
+    )
+    mem, eng = _engine(prog)
+    eng.set_irq(0, 9, True)
+    eng.run(3)
+    assert eng.pc(0) == 0x8000_000C
+    eng.set_irq(0, 9, False)
+    assert eng.read_csr(0, 0x344) & ((1 << 9) | (1 << 5)) == 0

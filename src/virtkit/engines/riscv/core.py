@@ -1438,12 +1438,15 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     src = rs1 if f3 >= 5 else xr[rs1]
                     k = f3 & 3
                     if write:
+                        # Only mip's software-writable SEIP takes part in a CSRRS/CSRRC read-modify-write,
+                        # never the PLIC's line (priv spec 3.1.9): else a stale SEIP outlives the line.
+                        rmw = c[MIP] if num == MIP else old
                         if k == 1:
                             nv = src
                         elif k == 2:
-                            nv = old | src
+                            nv = rmw | src
                         else:
-                            nv = old & ~src
+                            nv = rmw & ~src
                         if csr_write(h, num, nv, priv, c, hs, ctime, retired):
                             flush_tlb(tlbt)
                         if num <= 3:
