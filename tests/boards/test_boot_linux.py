@@ -36,9 +36,6 @@ def test_exec_uname_cpuinfo_and_exit_status(guest_images):
     assert "OpenSBI" not in p.stdout and "Linux version" not in p.stdout  # boot log filtered out
 
 
-@pytest.mark.xfail(reason="engine (core): with 2 harts an idle hart in WFI is not woken by its pending MTIP and "
-                          "hart 0 keeps a stale mip.SEIP after the PLIC line dropped (endless claim-0 traps); "
-                          "SMP bring-up itself works", strict=False)
 def test_two_harts_and_virtio_rng(guest_images):
     p = run_exec(guest_images, "nproc; cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
                  "--cpus", "2", "--timeout", "900")
