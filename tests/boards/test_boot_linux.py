@@ -136,8 +136,6 @@ def test_qemu_boots_linux_with_our_device_tree(guest_images, tmp_path):
     assert "virtio0" in p.stdout
 
 
-@pytest.mark.xfail(reason="intermittent hang while the guest reads /dev/hwrng (last seen with the interrupt "
-                          "storm described on the 2-hart test); under investigation", strict=False)
 def test_virtio_rng_feeds_hwrng(guest_images):
     p = run_exec(guest_images, "cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
                  "--timeout", "600")
