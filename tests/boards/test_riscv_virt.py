@@ -160,7 +160,9 @@ def test_disk_net_mem_specs():
             DiskSpec.parse(bad)
     assert NetSpec.parse("tap:tap0") == NetSpec("tap", "tap0")
     assert NetSpec.parse("tap:t1,mac=52:54:00:00:00:01").mac == "52:54:00:00:00:01"
-    for bad in ("tap0", "tap:", "user:x", "tap:t,foo=1"):
+    sw = NetSpec.parse("switch:lan,vlan=7,mac=52:54:00:00:00:02")
+    assert (sw.kind, sw.name, sw.switch_spec, sw.mac) == ("switch", "lan", "lan,vlan=7", "52:54:00:00:00:02")
+    for bad in ("tap0", "tap:", "user:x", "tap:t,foo=1", "tap:t,vlan=7", "switch:", "switch:lan,vlan", "switch:s,x=1"):
         with pytest.raises(ConfigError):
             NetSpec.parse(bad)
     assert parse_mem("256") == 256 and parse_mem("1G") == 1024 and parse_mem("512M") == 512

@@ -150,26 +150,35 @@ class DiskSpec:
 
 @dataclass
 class NetSpec:
-    """One ``--net tap:NAME[,mac=XX:..]``."""
+    """One ``--net tap:NAME[,mac=XX:..]`` or ``--net switch:NAME[,vlan=N][,port=ID][,group=G][,mac=XX:..]``."""
 
     kind: str
     name: str
     mac: str | None = None
+    #: For ``switch:``: the text handed to :func:`virtkit.network.switchport.from_netspec` (name + options).
+    switch_spec: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> NetSpec:
-        """Parse ``tap:NAME[,mac=52:54:00:..]``."""
+        """Parse ``tap:NAME[,mac=..]`` or ``switch:NAME[,vlan=N][,port=ID][,group=G][,mac=..]``."""
         head, *opts = text.split(",")
         kind, sep, name = head.partition(":")
-        if kind != "tap" or not sep or not name:
-            raise ConfigError(f"bad --net {text!r}: expected tap:NAME[,mac=52:54:00:12:34:56]")
+        if kind not in ("tap", "switch") or not sep or not name:
+            raise ConfigError(f"bad --net {text!r}: expected tap:NAME[,mac=52:54:00:12:34:56] "
+                              "or switch:NAME[,vlan=N][,port=ID][,group=G]")
         mac = None
+        sw_opts = []
         for o in opts:
             k, _, v = o.partition("=")
-            if k != "mac" or not v:
-                raise ConfigError(f"bad --net option {o!r} in {text!r} (known: mac=)")
-            mac = v
-        return cls(kind, name, mac)
+            if k == "mac" and v:
+                mac = v
+            elif kind == "switch" and k in ("vlan", "port", "group") and v:
+                sw_opts.append(o)
+            else:
+                known = "mac=" if kind == "tap" else "vlan=, port=, group=, mac="
+                raise ConfigError(f"bad --net option {o!r} in {text!r} (known: {known})")
+        switch_spec = ",".join([name, *sw_opts]) if kind == "switch" else None
+        return cls(kind, name, mac, switch_spec)
 
 
 def parse_mem(text: str | int) -> int:
@@ -430,10 +439,16 @@ class RiscvVirt:
                 self.virtio.append(VirtioBlk(self.mem, backend, serial=f"virtkit{len(self.virtio)}"))
             for n in cfg.nets:
                 from virtkit.devices.virtio.net import parse_mac
-                from virtkit.network.tap import Tap
 
                 mac = parse_mac(n.mac) if n.mac else None
-                tap = Tap(n.name)
+                if n.kind == "switch":
+                    from virtkit.network.switchport import from_netspec
+
+                    tap = from_netspec(n.switch_spec or n.name)
+                else:
+                    from virtkit.network.tap import Tap
+
+                    tap = Tap(n.name)
                 closers.append(tap.close)
                 nic = VirtioNet(self.mem, tap, mac)
                 taps.append((tap, nic))

@@ -32,8 +32,8 @@ def add_board_arguments(p: argparse.ArgumentParser) -> None:
     """The options only the board path has (the bare-metal parser already has --kernel, --mem...)."""
     p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
                    help="virtio-blk disk (raw or qcow2; repeatable; first is /dev/vda)")
-    p.add_argument("--net", action="append", default=[], metavar="tap:NAME[,mac=..]",
-                   help="virtio-net NIC on a TAP device (repeatable)")
+    p.add_argument("--net", action="append", default=[], metavar="tap:NAME|switch:NAME[,vlan=N]",
+                   help="virtio-net NIC on a TAP device or a port of a virtkit switch (repeatable)")
     p.add_argument("--exec", dest="exec_cmd", metavar="CMD",
                    help="run CMD in the guest, print its output, exit with its status")
     p.add_argument("--timeout", type=float, default=None, help="stop the guest after this many seconds")
