@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +54,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "guest_images" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(GUEST_IMAGES_TIMEOUT))
+
+
+#: ``virtkit run --timeout`` for guest boots in tests: a hang guard on a loaded machine, not a performance claim.
+BOOT_TIMEOUT = "3000"
+
+
+def run_guest_exec(guest, command: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Boot ``guest`` (a virtkit.images.Guest) with ``virtkit run --exec command``; assert no traceback."""
+    p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--kernel", str(guest.kernel), "--initrd",
+                        str(guest.initrd), "--bios", str(guest.firmware), "--timeout", BOOT_TIMEOUT, *extra,
+                        "--exec", command], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p

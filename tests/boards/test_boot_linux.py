@@ -6,29 +6,19 @@ once from Debian packages (the ``guest_images`` fixture).
 
 import os
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import BOOT_TIMEOUT, require_root, require_tool, run_guest_exec
 from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
 
 pytestmark = pytest.mark.slow
-BOOT_TIMEOUT = "3000"  # seconds: a hang guard on a loaded machine, not a performance claim
-
-
-def run_exec(guest, command, *extra):
-    p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--kernel", str(guest.kernel), "--initrd",
-                        str(guest.initrd), "--bios", str(guest.firmware), "--timeout", BOOT_TIMEOUT, *extra,
-                        "--exec", command], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert "Traceback" not in p.stderr, p.stderr
-    return p
 
 
 def test_exec_uname_cpuinfo_and_exit_status(guest_images):
-    p = run_exec(guest_images, "uname -m; grep -m1 '^isa' /proc/cpuinfo; exit 3")
+    p = run_guest_exec(guest_images, "uname -m; grep -m1 '^isa' /proc/cpuinfo; exit 3")
     assert p.returncode == 3, (p.stdout, p.stderr)
     lines = p.stdout.splitlines()
     assert lines[0] == "riscv64", p.stdout
@@ -37,7 +27,7 @@ def test_exec_uname_cpuinfo_and_exit_status(guest_images):
 
 
 def test_two_harts_and_virtio_rng(guest_images):
-    p = run_exec(guest_images, "nproc; cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
+    p = run_guest_exec(guest_images, "nproc; cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
                  "--cpus", "2", "--timeout", "900")
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert p.stdout.split() == ["2", "virtio_rng.0", "64"], p.stdout
@@ -48,7 +38,7 @@ def test_file_written_in_guest_is_on_the_ext4_disk(guest_images, tmp_path):
 
     disk = tmp_path / "data.ext4"
     make_ext4(disk, "16M", {"hello.txt": "from the host\n"})
-    p = run_exec(guest_images, "mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt && "
+    p = run_guest_exec(guest_images, "mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt && "
                                "echo written-in-guest > /mnt/guest.txt && umount /mnt", "--disk", str(disk))
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert p.stdout == "from the host\n"
@@ -62,7 +52,7 @@ def test_read_only_disk_refuses_writes(guest_images, tmp_path):
     disk = tmp_path / "ro.ext4"
     make_ext4(disk, "8M", {"a.txt": "x\n"})
     before = disk.read_bytes()
-    p = run_exec(guest_images, "cat /sys/block/vda/ro; mount -o ro /dev/vda /mnt && cat /mnt/a.txt; "
+    p = run_guest_exec(guest_images, "cat /sys/block/vda/ro; mount -o ro /dev/vda /mnt && cat /mnt/a.txt; "
                                "dd if=/dev/zero of=/dev/vda bs=512 count=1 2>/dev/null; echo dd=$?",
                  "--disk", f"{disk},ro")
     assert p.stdout.splitlines()[:2] == ["1", "x"], p.stdout
@@ -107,7 +97,7 @@ def test_ping_over_tap(guest_images):
         subprocess.run(["ip", "addr", "add", "10.213.7.1/24", "dev", name], check=True)
         subprocess.run(["ip", "link", "set", name, "up"], check=True)
         time.sleep(0.1)
-        p = run_exec(guest_images, "ip addr add 10.213.7.2/24 dev eth0 && ip link set eth0 up && "
+        p = run_guest_exec(guest_images, "ip addr add 10.213.7.2/24 dev eth0 && ip link set eth0 up && "
                                    "ping -c 2 -W 10 10.213.7.1", "--net", f"tap:{name}")
         assert p.returncode == 0, (p.stdout, p.stderr)
         assert "2 packets received" in p.stdout or " 0% packet loss" in p.stdout
@@ -137,7 +127,7 @@ def test_qemu_boots_linux_with_our_device_tree(guest_images, tmp_path):
 
 
 def test_virtio_rng_feeds_hwrng(guest_images):
-    p = run_exec(guest_images, "cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
+    p = run_guest_exec(guest_images, "cat /sys/class/misc/hw_random/rng_current; head -c 64 /dev/hwrng | wc -c",
                  "--timeout", "600")
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert p.stdout.split() == ["virtio_rng.0", "64"], p.stdout

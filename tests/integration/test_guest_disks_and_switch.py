@@ -14,19 +14,10 @@ import tempfile
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_root, require_tool, run_guest_exec
 
 pytestmark = pytest.mark.slow
-BOOT_TIMEOUT = "3000"  # a hang guard on a loaded machine, not a performance claim
 PATTERN = "virtkit-guest-wrote-this"
-
-
-def run_exec(guest, command: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--kernel", str(guest.kernel), "--initrd",
-                        str(guest.initrd), "--bios", str(guest.firmware), "--timeout", BOOT_TIMEOUT, *extra,
-                        "--exec", command], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
-    assert "Traceback" not in p.stderr, p.stderr
-    return p
 
 
 def vk(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -51,7 +42,7 @@ def test_guest_writes_a_mirrored_pool_volume(guest_images, tmp_path):
         devs.append(str(d))
     vk("pool", "create", "tank", *devs, env=env)
     vk("volume", "create", "tank/vm0", "--size", "16M", "--layout", "mirror", env=env)
-    p = run_exec(guest_images, GUEST_WRITE, "--disk", "tank/vm0", env=env)
+    p = run_guest_exec(guest_images, GUEST_WRITE, "--disk", "tank/vm0", env=env)
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert PATTERN in p.stdout
     for d in devs:  # both legs hold the guest's sector
@@ -74,7 +65,7 @@ def test_guest_writes_a_qcow2_image_that_qemu_img_accepts(guest_images, tmp_path
     require_tool("qemu-img")
     img = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "16M"], check=True)
-    p = run_exec(guest_images, GUEST_WRITE, "--disk", str(img))
+    p = run_guest_exec(guest_images, GUEST_WRITE, "--disk", str(img))
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert PATTERN in p.stdout
     chk = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)
@@ -106,7 +97,7 @@ def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images):
             outside = ns.veth("eth0", f"vkg{tag}{suffix}", addr)
             control.request("gsw", "port_add", spec=f"host:{outside}", access=vlan)
         env = dict(os.environ)
-        p = run_exec(guest_images, "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up && "
+        p = run_guest_exec(guest_images, "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up && "
                                    "ping -c 2 -W 10 10.77.0.1 && ! ping -c 1 -W 3 10.77.0.9",
                      "--net", "switch:gsw,vlan=7", env=env)
         assert p.returncode == 0, (p.stdout, p.stderr)
