@@ -31,9 +31,10 @@ GUEST_WRITE = (f"printf '{PATTERN}' | dd of=/dev/vda bs=512 seek=2048 conv=sync,
                "dd if=/dev/vda bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | head -c 24; echo")
 
 
-def test_guest_writes_a_mirrored_pool_volume(guest_images, tmp_path):
+def test_guest_writes_a_mirrored_pool_volume(guest_images, tmp_path, monkeypatch):
     """`--disk POOL/VOL`: the guest's virtio-blk writes land on both mirror legs of a virtkit pool."""
-    env = dict(os.environ, VIRTKIT_POOLS_DIR=str(tmp_path / "pools"))
+    monkeypatch.setenv("VIRTKIT_POOLS_DIR", str(tmp_path / "pools"))
+    env = dict(os.environ)
     devs = []
     for i in range(2):
         d = tmp_path / f"pv{i}.img"
@@ -49,14 +50,10 @@ def test_guest_writes_a_mirrored_pool_volume(guest_images, tmp_path):
         assert PATTERN.encode() in open(d, "rb").read(), d
     from virtkit.storage import open_disk
 
-    os.environ["VIRTKIT_POOLS_DIR"] = env["VIRTKIT_POOLS_DIR"]
-    try:
-        vol = open_disk("tank/vm0", read_only=True)
-        buf = bytearray(512)
-        vol.readinto(2048 * 512, buf)
-        vol.close()
-    finally:
-        del os.environ["VIRTKIT_POOLS_DIR"]
+    vol = open_disk("tank/vm0", read_only=True)
+    buf = bytearray(512)
+    vol.readinto(2048 * 512, buf)
+    vol.close()
     assert bytes(buf[: len(PATTERN)]) == PATTERN.encode()
 
 
@@ -77,7 +74,7 @@ def test_guest_writes_a_qcow2_image_that_qemu_img_accepts(guest_images, tmp_path
     assert hashlib.sha256(data[: 2048 * 512]).digest() == hashlib.sha256(bytes(2048 * 512)).digest()
 
 
-def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images):
+def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images, monkeypatch):
     """`--net switch:NAME,vlan=7`: the guest and a network namespace on VLAN 7 reach each other; VLAN 8 is dark."""
     require_root()
     require_tool("ip", "ping")
@@ -86,8 +83,7 @@ def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images):
 
     tag = f"{os.getpid() % 10000}"
     d = tempfile.mkdtemp(prefix="vkg")
-    old = os.environ.get("VIRTKIT_NET_DIR")
-    os.environ["VIRTKIT_NET_DIR"] = d
+    monkeypatch.setenv("VIRTKIT_NET_DIR", d)
     made: list[Netns] = []
     try:
         control.create("gsw")
@@ -111,7 +107,3 @@ def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images):
         for ns in made:
             ns.close()
         shutil.rmtree(d, ignore_errors=True)
-        if old is None:
-            os.environ.pop("VIRTKIT_NET_DIR", None)
-        else:
-            os.environ["VIRTKIT_NET_DIR"] = old
