@@ -18,114 +18,100 @@ from numba import njit
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
+from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in consts.py, numba-free)
+    CF_CLINT_BASE,
+    CF_DETERMINISTIC,
+    CF_N,
+    CF_NHARTS,
+    CF_NMMIO,
+    CF_NRESV,
+    CF_RAM_BASE,
+    CF_RAM_SIZE,
+    CF_RATE,
+    CF_SLICE,
+    CF_STOP,
+    CF_TOHOST,
+    CLINT_SIZE,
+    CT_FRAC,
+    CT_MTIME,
+    CYCLE,
+    EXIT_BUDGET,
+    EXIT_HTIF,
+    EXIT_MMIO_READ,
+    EXIT_MMIO_WRITE,
+    EXIT_SHUTDOWN,
+    EXIT_WFI,
+    FCSR,
+    FFLAGS,
+    FRM,
+    HS_CY_FROZEN,
+    HS_CYC_OFF,
+    HS_EXC_CAUSE,
+    HS_EXC_TVAL,
+    HS_INSTRET,
+    HS_IR_FROZEN,
+    HS_IRET_OFF,
+    HS_MMIO_KIND,
+    HS_MMIO_RD,
+    HS_N,
+    HS_PC,
+    HS_PRIV,
+    HS_RESV,
+    HS_TRAPS,
+    HS_WFI,
+    INSTRET,
+    INTBIT,
+    IRQ_ORDER,
+    MARCHID,
+    MCAUSE,
+    MCONFIGPTR,
+    MCOUNTEREN,
+    MCOUNTINHIBIT,
+    MCYCLE,
+    MEDELEG,
+    MEDELEG_MASK,
+    MENVCFG,
+    MEPC,
+    MHARTID,
+    MIDELEG,
+    MIDELEG_MASK,
+    MIE,
+    MIE_MASK,
+    MIMPID,
+    MINSTRET,
+    MIP,
+    MIP_SWMASK,
+    MISA,
+    MISA_VALUE,
+    MSCRATCH,
+    MSTATUS,
+    MSTATUS_FIXED,
+    MSTATUS_WMASK,
+    MTVAL,
+    MTVEC,
+    MVENDORID,
+    NPMP,
+    PMPADDR0,
+    PMPCFG0,
+    S_MODE_IRQ,
+    SATP,
+    SCAUSE,
+    SCOUNTEREN,
+    SENVCFG,
+    SEPC,
+    SIE,
+    SIP,
+    SSCRATCH,
+    SSTATUS,
+    SSTATUS_MASK,
+    STVAL,
+    STVEC,
+    TIME,
+    TLB_BITS,
+    TLB_MASK,
+    TLB_SIZE,
+)
 from virtkit.engines.riscv.fpu import fp_exec
-
-# ---- exit reasons (out[0]) -------------------------------------------------
-EXIT_BUDGET = 0
-EXIT_MMIO_READ = 1
-EXIT_MMIO_WRITE = 2
-EXIT_WFI = 3
-EXIT_HTIF = 4
-EXIT_SHUTDOWN = 5
-
-# ---- hart state columns (hs[h, k]) -----------------------------------------
-HS_PC = 0
-HS_PRIV = 1
-HS_WFI = 2
-HS_RESV = 3  # RAM offset of the reserved 64-byte granule, -1 when none
-HS_MMIO_RD = 4
-HS_MMIO_KIND = 5
-HS_INSTRET = 6
-HS_CYC_OFF = 7
-HS_IRET_OFF = 8
-HS_EXC_CAUSE = 9
-HS_EXC_TVAL = 10
-HS_TRAPS = 11
-HS_CY_FROZEN = 12
-HS_IR_FROZEN = 13
-HS_N = 16
-
-# ---- configuration / shared scalars (cfg[k]) -------------------------------
-CF_RAM_BASE = 0
-CF_RAM_SIZE = 1
-CF_CLINT_BASE = 2
-CF_TOHOST = 3
-CF_NHARTS = 4
-CF_NMMIO = 5
-CF_RATE = 6  # mtime ticks per instruction, in 1/65536 units
-CF_DETERMINISTIC = 7
-CF_SLICE = 8
-CF_NRESV = 9
-CF_STOP = 10
-CF_N = 16
-
-# ---- CLINT time array (ctime[k]) -------------------------------------------
-CT_MTIME = 0
-CT_FRAC = 1
-
-CLINT_SIZE = 0x10000
-TLB_BITS = 9
-TLB_SIZE = 1 << TLB_BITS
-TLB_MASK = TLB_SIZE - 1
-NPMP = 16
-
-# ---- CSR numbers -------------------------------------------------------------
-FFLAGS = 0x001
-FRM = 0x002
-FCSR = 0x003
-SSTATUS = 0x100
-SIE = 0x104
-STVEC = 0x105
-SCOUNTEREN = 0x106
-SENVCFG = 0x10A
-SSCRATCH = 0x140
-SEPC = 0x141
-SCAUSE = 0x142
-STVAL = 0x143
-SIP = 0x144
-SATP = 0x180
-MSTATUS = 0x300
-MISA = 0x301
-MEDELEG = 0x302
-MIDELEG = 0x303
-MIE = 0x304
-MTVEC = 0x305
-MCOUNTEREN = 0x306
-MENVCFG = 0x30A
-MCOUNTINHIBIT = 0x320
-MSCRATCH = 0x340
-MEPC = 0x341
-MCAUSE = 0x342
-MTVAL = 0x343
-MIP = 0x344
-PMPCFG0 = 0x3A0
-PMPADDR0 = 0x3B0
-MCYCLE = 0xB00
-MINSTRET = 0xB02
-CYCLE = 0xC00
-TIME = 0xC01
-INSTRET = 0xC02
-MVENDORID = 0xF11
-MARCHID = 0xF12
-MIMPID = 0xF13
-MHARTID = 0xF14
-MCONFIGPTR = 0xF15
-
-MISA_VALUE = -(1 << 63) | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 8) | (1 << 12) | (1 << 18) | (1 << 20)
-MSTATUS_WMASK = (1 << 1) | (1 << 3) | (1 << 5) | (1 << 7) | (1 << 8) | (3 << 11) | (3 << 13) | (1 << 17) | (
-    1 << 18) | (1 << 19) | (1 << 20) | (1 << 21) | (1 << 22)
-SSTATUS_MASK = (1 << 1) | (1 << 5) | (1 << 8) | (3 << 13) | (1 << 18) | (1 << 19) | (3 << 32)
-MSTATUS_FIXED = (2 << 32) | (2 << 34)  # UXL = SXL = 64-bit
-MEDELEG_MASK = 0xB3FF
-MIDELEG_MASK = 0x222
-MIE_MASK = 0xAAA
-MIP_SWMASK = 0x222  # SSIP, STIP, SEIP writable by M
-INTBIT = -(1 << 63)
-
-S_MODE_IRQ = 0x222
-
-# interrupt priority order: MEI, MSI, MTI, SEI, SSI, STI
-IRQ_ORDER = (11, 3, 7, 9, 1, 5)
 
 
 @intrinsic
