@@ -1,16 +1,16 @@
 # virtkit: `make run` boots the default guest, `make test` runs the test suite.
-# Each target installs what it needs (Debian packages, a venv, guest images).
+# Each target installs what it needs (Debian packages, a venv, the AOT-compiled RISC-V core, guest images).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test setup host venv lint bench clean
+.PHONY: run test setup host venv engine lint bench clean
 
-run: setup
+run: setup engine
 	$(VENV)/bin/virtkit run
 
-test: setup
+test: setup engine
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -26,6 +26,11 @@ $(VENV)/.stamp: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+# The RISC-V core compiled ahead of time (minutes the first time, cached in ~/.cache/virtkit/aot after):
+# `virtkit run` then starts without importing Numba. A failed build is not fatal: runs fall back to Numba.
+engine: setup
+	-$(VENV)/bin/virtkit engine build
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -14,15 +14,18 @@ from virtkit import __version__
 from virtkit.errors import VirtkitError
 
 # Subcommand modules, in the order ``virtkit --help`` lists them.
-COMMAND_MODULES = ["run", "images", "disk", "pool", "volume", "nbd", "net"]
+COMMAND_MODULES = ["run", "images", "engine", "disk", "pool", "volume", "nbd", "net"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every available subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with every available subcommand registered (or just ``only``: importing
+    every command module costs ~0.25 s of start-up that ``virtkit run`` does not need)."""
     parser = argparse.ArgumentParser(prog="virtkit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(f"virtkit.commands.{name}")
         except ModuleNotFoundError as err:
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``virtkit`` console script; returns the process exit status."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(first if first in COMMAND_MODULES else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -16,10 +16,12 @@ import sys
 import termios
 import tty
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from virtkit.boards.riscv_virt import DEFAULT_APPEND, BoardConfig, DiskSpec, MiB, NetSpec, RiscvVirt
 from virtkit.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: `virtkit run --help` and --bios none need no board (~0.3 s of imports)
+    from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
 
 CTRL_A = 0x01
 EXEC_BEGIN = "virtkit-exec-begin"
@@ -145,6 +147,8 @@ def _stdout_write(data: bytes) -> None:
 
 def board_config(args: argparse.Namespace, mem_bytes: int) -> BoardConfig:
     """Turn ``virtkit run`` arguments into a :class:`BoardConfig`, resolving the default guest images."""
+    from virtkit.boards.riscv_virt import DEFAULT_APPEND, BoardConfig, DiskSpec, MiB, NetSpec
+
     kernel, initrd, firmware = args.kernel, args.initrd, args.bios
     if kernel is None:
         from virtkit.images import default_guest
@@ -169,6 +173,8 @@ def board_config(args: argparse.Namespace, mem_bytes: int) -> BoardConfig:
 
 def run_board(args: argparse.Namespace, mem_bytes: int) -> int:
     """Boot the board; returns the process exit status (guest poweroff 0, ``--exec`` the command's)."""
+    from virtkit.boards.riscv_virt import RiscvVirt
+
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout must be positive: {args.timeout}")
     cfg = board_config(args, mem_bytes)
