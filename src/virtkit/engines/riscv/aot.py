@@ -205,45 +205,55 @@ def build(*, force: bool = False, progress: Callable[[float], None] | None = Non
     naming the log; nothing half-built is left in the cache.
     """
     d = aot_dir()
+    try:
+        with _lock(d.parent / f".lock-{d.name}"):
+            return _build_locked(d, force, progress)
+    except OSError as err:
+        raise EngineBuildError(f"cannot build the AOT core in {d.parent}: {err}") from err
+
+
+def _build_locked(d: Path, force: bool, progress: Callable[[float], None] | None) -> dict:
     root = d.parent
-    with _lock(root / f".lock-{d.name}"):
-        if not force and not check():
-            return {**status(), "built": False}
-        tmp = root / f".build-{d.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        log = root / f"build-{d.name}.log"
-        env = dict(os.environ, VIRTKIT_NUMBA_CACHE=str(tmp / "numba-scratch"))
-        t0 = time.monotonic()
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "virtkit.engines.riscv.aot", str(tmp)], stdout=out,
-                                    stderr=subprocess.STDOUT, env=env)
-            try:
-                while proc.poll() is None:
-                    if progress:
-                        progress(time.monotonic() - t0)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(1.0)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        seconds = time.monotonic() - t0
-        if proc.returncode != 0 or not module_file(tmp).is_file():
+    if not force and not check():
+        return {**status(), "built": False}
+    tmp = root / f".build-{d.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log = root / f"build-{d.name}.log"
+    env = dict(os.environ, VIRTKIT_NUMBA_CACHE=str(tmp / "numba-scratch"))
+    t0 = time.monotonic()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "virtkit.engines.riscv.aot", str(tmp)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+        try:
+            while proc.poll() is None:
+                if progress:
+                    progress(time.monotonic() - t0)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1.0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
             shutil.rmtree(tmp, ignore_errors=True)
-            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-            raise EngineBuildError(f"building the AOT core failed: {last[:300]} (full log: {log})")
-        shutil.rmtree(tmp / "numba-scratch", ignore_errors=True)
-        meta = read_meta(tmp) or {}
-        so = module_file(tmp)
-        meta.update(key=d.name, built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    build_seconds=round(seconds, 1), size=so.stat().st_size, sha256=_file_sha256(so))
-        (tmp / META).write_text(json.dumps(meta, indent=1))
-        if d.exists():
-            shutil.rmtree(d)
-        os.replace(tmp, d)
+            raise
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0 or not module_file(tmp).is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+        raise EngineBuildError(f"building the AOT core failed: {last[:300]} (full log: {log})")
+    shutil.rmtree(tmp / "numba-scratch", ignore_errors=True)
+    if aot_key() != d.name:  # the module would not match the key it is filed under
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EngineBuildError("the engine sources changed during the AOT build; run `virtkit engine build` again")
+    meta = read_meta(tmp) or {}
+    so = module_file(tmp)
+    meta.update(key=d.name, built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                build_seconds=round(seconds, 1), size=so.stat().st_size, sha256=_file_sha256(so))
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    if d.exists():
+        shutil.rmtree(d)
+    os.replace(tmp, d)
     return {**status(), "built": True}
 
 
