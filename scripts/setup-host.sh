@@ -3,6 +3,8 @@
 # Idempotent: only missing packages are installed. Needs root (or sudo) for apt.
 set -euo pipefail
 PKGS=(
+  # python3-dev: Python.h, for the AOT-compiled RISC-V core (virtkit engine build) with Debian's python3
+  python3-dev python3-venv
   # cross toolchain and guest image ingredients
   build-essential gcc-riscv64-linux-gnu libc6-dev-riscv64-cross linux-source-6.1 bc flex bison
   libssl-dev libelf-dev cpio dpkg-dev device-tree-compiler e2fsprogs xz-utils
