@@ -471,7 +471,9 @@ class RiscvVirt:
         for tap, nic in taps:
             self.vm.io.add_reader(tap.fileno(), nic.poll_backend)
         self.plic = Plic(cfg.cpus, self.vm.set_irq, PLIC_NDEV)
-        self.uart = Uart16550(console, self.plic.line(UART0_IRQ))
+        # console output is batched: the run loop flushes it whenever the guest stops running
+        self.uart = Uart16550(console, self.plic.line(UART0_IRQ), buffered=True)
+        self.vm.flushers.append(self.uart.flush)
         self.test = SifiveTest(self.vm.power_event)
         self.rtc = GoldfishRtc(self.plic.line(RTC_IRQ))
         self.vm.periodic.append(self.rtc.poll)

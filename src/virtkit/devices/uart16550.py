@@ -4,6 +4,16 @@ Registers (byte-wide, ``reg-shift`` 0): RBR/THR/DLL, IER/DLM, IIR/FCR, LCR, MCR,
 Transmission is instant (THR empty again as soon as it is written); received bytes wait in an
 unbounded host-side queue so that nothing typed is lost, and the FIFO/no-FIFO difference only
 shows in IIR. The interrupt output is a callable ``irq(level)`` (a PLIC source).
+
+Access width: registers are bytes and repeat every 8 bytes of the window. An access of any
+other size (2, 4, 8 bytes, or an odd size a bus hands over) acts on the byte register at its
+offset: a read returns that register zero-extended, a write uses the low byte of the value.
+
+Output batching: with ``buffered=True`` transmitted bytes collect in a buffer that goes to the
+sink in one call when :meth:`flush` is called (the run loop does so whenever the guest stops,
+idles or leaves the run loop) or when :data:`TX_BATCH` bytes have piled up; the sink then sees
+the same bytes in the same order, in fewer, larger calls. Unbuffered (the default), every
+byte is one sink call.
 """
 
 from __future__ import annotations
@@ -31,19 +41,31 @@ MCR_DTR, MCR_RTS, MCR_OUT1, MCR_OUT2, MCR_LOOP = 0x01, 0x02, 0x04, 0x08, 0x10
 LSR_DR, LSR_OE, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x20, 0x40
 MSR_DCTS, MSR_DDSR, MSR_TERI, MSR_DDCD = 0x01, 0x02, 0x04, 0x08
 MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
+LSR_IDLE = LSR_THRE | LSR_TEMT
+TX_BATCH = 4096  # a buffered UART hands its output to the sink at least every this many bytes
 
 
 class Uart16550:
     """One NS16550A. ``sink(bytes)`` receives transmitted bytes; :meth:`feed` queues input."""
 
-    def __init__(self, sink: Callable[[bytes], None] | None = None, irq: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, sink: Callable[[bytes], None] | None = None, irq: Callable[[bool], None] | None = None,
+                 buffered: bool = False) -> None:
         self.sink = sink or (lambda data: None)
         self.irq = irq or (lambda level: None)
+        self.buffered = buffered
         self._lock = threading.RLock()
         self._rx: deque[int] = deque()
+        self._tx = bytearray()  # buffered output not yet handed to the sink
         self.tx_bytes = 0
         self.rx_bytes = 0
         self.reset()
+
+    def flush(self) -> None:
+        """Hand buffered output to the sink (a no-op when nothing is buffered). Called on the vCPU thread."""
+        if self._tx:
+            data = bytes(self._tx)
+            self._tx.clear()
+            self.sink(data)
 
     def reset(self) -> None:
         """Power-on register state."""
@@ -103,8 +125,11 @@ class Uart16550:
 
     def read(self, offset: int, size: int) -> int:
         """Guest register read (only the low byte of wider accesses is meaningful)."""
+        r = offset & 7
+        if r == LSR and not self.lsr_errors:
+            # the console's hot path (poll LSR before each THR write): nothing to clear, no line to update
+            return LSR_IDLE | LSR_DR if self._rx else LSR_IDLE
         with self._lock:
-            r = offset & 7
             dlab = self.lcr & LCR_DLAB
             if r == RBR:
                 if dlab:
@@ -136,11 +161,23 @@ class Uart16550:
                 return v
             return self.scr
 
+    def _transmit(self, value: int) -> None:
+        self.tx_bytes += 1
+        if self.buffered:
+            self._tx.append(value)
+            if len(self._tx) >= TX_BATCH:
+                self.flush()
+        else:
+            self.sink(bytes((value,)))
+
     def write(self, offset: int, size: int, value: int) -> None:
-        """Guest register write."""
+        """Guest register write (only the low byte of the value is used)."""
         value &= 0xFF
+        r = offset & 7
+        if r == THR and self.thr_ipending and not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP):
+            self._transmit(value)  # the console's hot path: THRE already pending, no interrupt state changes
+            return
         with self._lock:
-            r = offset & 7
             dlab = self.lcr & LCR_DLAB
             if r == THR:
                 if dlab:
@@ -149,8 +186,7 @@ class Uart16550:
                 if self.mcr & MCR_LOOP:
                     self._rx.append(value)
                 else:
-                    self.tx_bytes += 1
-                    self.sink(bytes((value,)))
+                    self._transmit(value)
                 self.thr_ipending = True
             elif r == IER:
                 if dlab:

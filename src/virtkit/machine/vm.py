@@ -131,6 +131,9 @@ class Vm:
         self.irq_changes = 0
         #: Called on the vCPU thread between runs (e.g. RTC alarm polling).
         self.periodic: list[Callable[[], None]] = []
+        #: Called on the vCPU thread whenever the guest stops running for a while (budget spent, every
+        #: hart waiting for an interrupt, poweroff) and when the loop ends: hand batched output on.
+        self.flushers: list[Callable[[], None]] = []
         self.closers: list[Callable[[], None]] = []
 
     # -- interrupts (any thread) --------------------------------------------------------------------
@@ -203,51 +206,83 @@ class Vm:
         self.closers.clear()
 
     # -- the vCPU loop ------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        for f in self.flushers:
+            f()
+
     def _vcpu(self) -> None:
         eng, bus = self.engine, self.bus
         counts = self.mmio_counts
+        stop = self._stop
+        run, complete, budget = eng.run, eng.complete_mmio_read, self.budget
+        # Engines name their exit reasons with their own enum: the loop learns the MMIO members by
+        # name on first sight and then compares by identity (the per-exit fast path).
+        mmio_read = mmio_write = None
+        # the region of the last MMIO exit: consecutive exits nearly always hit the same device
+        lo = hi = 0
+        dev_read: Callable[[int, int], int] = bus.read
+        dev_write: Callable[[int, int, int], None] = bus.write
+        name = ""
         try:
-            while not self._stop.is_set():
-                ex = eng.run(self.budget)
-                r = ex.reason.name  # reasons are compared by name: any engine's enum works
-                if r == "MMIO_READ":
-                    reg = bus.find(ex.addr)
+            while not stop.is_set():
+                ex = run(budget)
+                r = ex.reason
+                if r is not mmio_read and r is not mmio_write:
+                    kind = r.name
+                    if kind == "MMIO_READ":
+                        mmio_read = r
+                    elif kind == "MMIO_WRITE":
+                        mmio_write = r
+                    else:
+                        self._other_exit(kind)
+                        continue
+                addr = ex.addr
+                if not lo <= addr < hi:
+                    reg = bus.find(addr)
                     if reg is None:
                         bus.unhandled += 1
-                        eng.complete_mmio_read(0)
-                    else:
-                        counts[reg.name] += 1
-                        eng.complete_mmio_read(reg.device.read(ex.addr - reg.base, ex.size))
-                elif r == "MMIO_WRITE":
-                    reg = bus.find(ex.addr)
-                    if reg is None:
-                        bus.unhandled += 1
-                    else:
-                        counts[reg.name] += 1
-                        reg.device.write(ex.addr - reg.base, ex.size, ex.value)
-                elif r == "WFI":
-                    deadline = eng.next_timer_deadline()
-                    t = MAX_IDLE_SLEEP if deadline is None else min(deadline, MAX_IDLE_SLEEP)
-                    if t > 0:
-                        self.wfi_sleeps += 1
-                        self._wake.wait(t)
-                    self._wake.clear()
-                    for p in self.periodic:
-                        p()
-                elif r == "SHUTDOWN":
-                    self.power_event("poweroff")
-                else:  # BUDGET, HTIF (not used on this board)
-                    for p in self.periodic:
-                        p()
+                        if r is mmio_read:
+                            complete(0)
+                        continue
+                    lo, hi, name = reg.base, reg.base + reg.size, reg.name
+                    dev_read, dev_write = reg.device.read, reg.device.write
+                counts[name] += 1
+                if r is mmio_read:
+                    complete(dev_read(addr - lo, ex.size))
+                else:
+                    dev_write(addr - lo, ex.size, ex.value)
         except Exception as err:  # an engine or device bug: stop the VM with a message, keep the host alive
             if self._result is None:
                 self._result = RunResult("error", 1, f"{type(err).__name__}: {err}")
         finally:
+            try:
+                self._flush()
+            except Exception as err:
+                if self._result is None:
+                    self._result = RunResult("error", 1, f"{type(err).__name__}: {err}")
             if self._result is None:
                 self._result = RunResult("stopped")
             self._result.seconds = time.monotonic() - self._t0
             self._result.stats = self.stats()
             self._done.set()
+
+    def _other_exit(self, kind: str) -> None:
+        """Every exit but MMIO: WFI sleeps until an interrupt line or the next timer deadline."""
+        for f in self.flushers:  # the guest stops producing output for now: let it out
+            f()
+        if kind == "WFI":
+            deadline = self.engine.next_timer_deadline()
+            t = MAX_IDLE_SLEEP if deadline is None else min(deadline, MAX_IDLE_SLEEP)
+            if t > 0:
+                self.wfi_sleeps += 1
+                self._wake.wait(t)
+            self._wake.clear()
+        elif kind == "SHUTDOWN":
+            self.power_event("poweroff")
+            return
+        # BUDGET, WFI, HTIF (not used on this board)
+        for p in self.periodic:
+            p()
 
     def stats(self) -> dict[str, Any]:
         """Engine statistics plus MMIO accesses by device, WFI sleeps and interrupt-line changes."""

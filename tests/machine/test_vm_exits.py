@@ -1,0 +1,196 @@
+"""The run loop's MMIO exit path: routing to the right device, unmapped accesses, batched console
+output reaching the console in order (also when the guest idles or powers off mid-line).
+
+The guests are a few hand-encoded RV64 instructions run by the real software engine."""
+
+import struct
+import threading
+
+from tests.boards.test_boot_opensbi import payload_image
+from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
+from virtkit.devices.sifive_test import SifiveTest
+from virtkit.devices.uart16550 import Uart16550
+from virtkit.machine.bus import Bus
+from virtkit.machine.memory import GuestMemory
+from virtkit.machine.vm import Vm
+
+T0, T1, T2, S0, S1 = 5, 6, 7, 8, 9
+WFI = 0x10500073
+
+
+def lui(rd, imm20):
+    return (imm20 << 12) | (rd << 7) | 0x37
+
+
+def addi(rd, rs1, imm):
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
+
+
+def load(f3, rd, rs1, imm):  # f3: 2 lw, 3 ld, 4 lbu
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x03
+
+
+def store(f3, rs2, rs1, imm):  # f3: 0 sb, 2 sw, 3 sd
+    return (((imm >> 5) & 0x7F) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1F) << 7) | 0x23
+
+
+def jal0(off):
+    i = off & 0x1FFFFF
+    return (((i >> 20) & 1) << 31) | (((i >> 1) & 0x3FF) << 21) | (((i >> 11) & 1) << 20) | (((i >> 12) & 0xFF) << 12) \
+        | 0x6F
+
+
+def putc(ch):
+    """t1 = ch; *(u8*)t0 = t1 (t0 holds the UART base)."""
+    return [addi(T1, 0, ord(ch)), store(0, T1, T0, 0)]
+
+
+POWEROFF = [lui(T0, 0x100), lui(T1, 0x5), addi(T1, T1, 0x555), store(2, T1, T0, 0), jal0(0)]
+
+
+def test_encoder_matches_known_instructions():
+    assert lui(T0, 0x100) == 0x001002B7 and store(2, T1, T0, 0) == 0x0062A023 and jal0(0) == 0x6F
+    assert jal0(-4) == 0xFFDFF06F and addi(T1, T1, 0x555) == 0x55530313
+
+
+class Console:
+    """The board's console sink: every call kept; an event when ``want`` has arrived."""
+
+    def __init__(self, want=b""):
+        self.calls = []
+        self.want = want
+        self.seen = threading.Event()
+
+    def __call__(self, data):
+        self.calls.append(bytes(data))
+        if self.want and self.want in self.out:
+            self.seen.set()
+
+    @property
+    def out(self):
+        return b"".join(self.calls)
+
+
+def board(tmp_path, body, console):
+    return RiscvVirt(BoardConfig(kernel=payload_image(tmp_path / "Image", body), firmware=None, mem_mib=32,
+                                 rng=False), console=console)
+
+
+def test_output_without_newline_reaches_console_while_guest_idles(tmp_path):
+    """The guest prints "abc" (no newline) and waits for an interrupt forever: the bytes must not stay buffered."""
+    con = Console(want=b"abc")
+    b = board(tmp_path, [lui(T0, 0x10000), *putc("a"), *putc("b"), *putc("c"), WFI, jal0(-4)], con)
+    b.vm.start()
+    try:
+        assert con.seen.wait(60), con.out
+        assert b.vm.wait(0) is None  # still running: idling, not powered off
+        assert con.out == b"abc"
+        assert b.uart.tx_bytes == 3
+    finally:
+        b.vm.stop()
+        b.vm.wait(30)
+        b.vm.close()
+
+
+def test_output_flushed_when_guest_powers_off_mid_line(tmp_path):
+    con = Console()
+    b = board(tmp_path, [lui(T0, 0x10000), *putc("b"), *putc("y"), *putc("e"), *POWEROFF], con)
+    res = b.run(60)
+    assert res.reason == "poweroff"
+    assert con.out == b"bye"
+    assert res.stats["mmio"]["uart0"] == 3
+
+
+def test_many_lines_every_byte_in_order_in_few_calls(tmp_path):
+    """2,000 characters through LSR polling + THR writes arrive intact, in far fewer sink calls than bytes."""
+    n = 2000
+    # straight-line code: read LSR, write THR, for each character; a newline every 50
+    text = bytes((ord("a") + i % 26) if i % 50 != 49 else 10 for i in range(n))
+    body = [lui(T0, 0x10000)]
+    for ch in text:
+        body += [load(4, T2, T0, 5), addi(T1, 0, ch), store(0, T1, T0, 0)]
+    body += POWEROFF
+    con = Console()
+    b = board(tmp_path, body, con)
+    res = b.run(120)
+    assert res.reason == "poweroff"
+    assert con.out == text
+    assert len(con.calls) < n // 10
+    assert res.stats["mmio"]["uart0"] == 2 * n
+
+
+class Ram4:
+    """A device with 4-byte cells, to see which device an access reached."""
+
+    def __init__(self, tag):
+        self.tag = tag
+        self.cells = {}
+
+    def read(self, offset, size):
+        return self.cells.get(offset, self.tag)
+
+    def write(self, offset, size, value):
+        self.cells[offset] = value
+
+
+def test_accesses_reach_the_right_device_and_unmapped_reads_are_zero():
+    """Alternating devices (the loop caches the last region), an engine region with no device behind it."""
+    from virtkit.engines.riscv.engine import RiscvEngine
+
+    mem = GuestMemory(1 << 20, 0x8000_0000)
+    eng = RiscvEngine(mem, 1, reset_pc=0x8000_0000)
+    bus = Bus()
+    a, c = Ram4(0xA), Ram4(0xC)
+    regions = [(0x1000_0000, 0x100, a, "a"), (0x1000_0100, 0x100, c, "c"), (0x10_0000, 0x1000, None, "test")]
+    vm = Vm(eng, bus)
+    for base, size, dev, name in regions:
+        bus.register(base, size, dev or SifiveTest(vm.power_event), name)
+        eng.add_mmio_region(base, size)
+    eng.add_mmio_region(0x2000_0000, 0x1000)  # the engine exits here, but no device answers
+    prog = [
+        lui(S0, 0x10000),                                   # s0 = device a; s0 + 0x100 = device c
+        addi(T1, 0, 0x11), store(2, T1, S0, 0x10),          # a[0x10] = 0x11
+        addi(T1, 0, 0x22), store(2, T1, S0, 0x110),         # c[0x10] = 0x22
+        addi(T1, 0, 0x33), store(2, T1, S0, 0x14),          # a[0x14] = 0x33
+        load(2, S1, S0, 0x10), store(3, S1, S0, 0x120),     # c[0x20] = a[0x10]
+        load(2, S1, S0, 0x110), store(3, S1, S0, 0x20),     # a[0x20] = c[0x10]
+        load(2, S1, S0, 0x118), store(3, S1, S0, 0x24),     # a[0x24] = c[0x18] (never written: tag 0xC)
+        lui(T2, 0x20000), addi(S1, 0, 99), load(3, S1, T2, 8),  # s1 = unmapped read = 0
+        store(3, S1, S0, 0x28), store(2, S1, T2, 0),        # a[0x28] = s1; unmapped write
+        *POWEROFF,
+    ]
+    mem.write(0x8000_0000, struct.pack(f"<{len(prog)}I", *prog))
+    res = vm.run(60)
+    assert res.reason == "poweroff", res
+    assert a.cells == {0x10: 0x11, 0x14: 0x33, 0x20: 0x22, 0x24: 0xC, 0x28: 0}
+    assert c.cells == {0x10: 0x22, 0x20: 0x11}
+    assert bus.unhandled == 2
+    assert res.stats["mmio"] == {"a": 6, "c": 4, "test": 1} and res.stats["mmio_unhandled"] == 2
+
+
+def test_a_failing_console_stops_the_vm_with_a_message(tmp_path):
+    def broken(data):
+        raise BrokenPipeError("console gone")
+
+    b = board(tmp_path, [lui(T0, 0x10000), *putc("x"), WFI, jal0(-4)], broken)
+    res = b.run(60)
+    assert res.reason == "error" and "console gone" in res.message
+
+
+def test_unbuffered_uart_on_a_vm_still_delivers_each_byte():
+    """A Vm built without flushers (another board) and an unbuffered UART: per-byte delivery as before."""
+    from virtkit.engines.riscv.engine import RiscvEngine
+
+    mem = GuestMemory(1 << 20, 0x8000_0000)
+    eng = RiscvEngine(mem, 1, reset_pc=0x8000_0000)
+    bus = Bus()
+    vm = Vm(eng, bus)
+    con = Console()
+    for base, size, dev, name in [(0x1000_0000, 0x100, Uart16550(con), "uart"),
+                                  (0x10_0000, 0x1000, SifiveTest(vm.power_event), "test")]:
+        bus.register(base, size, dev, name)
+        eng.add_mmio_region(base, size)
+    prog = [lui(T0, 0x10000), *putc("o"), *putc("k"), *POWEROFF]
+    mem.write(0x8000_0000, struct.pack(f"<{len(prog)}I", *prog))
+    assert vm.run(60).reason == "poweroff"
+    assert con.calls == [b"o", b"k"]
