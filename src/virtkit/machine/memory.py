@@ -8,6 +8,7 @@ guest-supplied address directly: it calls :meth:`GuestMemory.read`, :meth:`write
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,6 +27,9 @@ class GuestMemory:
         self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         #: The RAM as a flat uint8 array (the RISC-V core reads and writes it directly).
         self.array = np.frombuffer(self._mmap, dtype=np.uint8)
+        #: Called as ``on_write(offset, n)`` before writes and writable views: the CPU engine drops
+        #: code it translated from those bytes (DMA into code pages).
+        self.on_write: Callable[[int, int], None] | None = None
 
     def contains(self, gpa: int, n: int = 1) -> bool:
         """True when ``[gpa, gpa+n)`` lies entirely inside RAM."""
@@ -45,10 +49,14 @@ class GuestMemory:
         """Copy ``data`` into guest RAM at ``gpa``."""
         off = self._offset(gpa, len(data))
         self._mmap[off : off + len(data)] = data
+        if self.on_write is not None:
+            self.on_write(off, len(data))
 
     def view(self, gpa: int, n: int) -> memoryview:
         """A zero-copy, writable view of ``[gpa, gpa+n)`` for device DMA."""
         off = self._offset(gpa, n)
+        if self.on_write is not None:
+            self.on_write(off, n)
         return memoryview(self._mmap)[off : off + n]
 
     def read_u16(self, gpa: int) -> int:

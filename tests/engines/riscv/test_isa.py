@@ -43,6 +43,21 @@ def test_isa_on_virtkit(program: str) -> None:
     assert result.code == 0, f"{program} on virtkit " + harness.describe(result)
 
 
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_isa_on_virtkit_jit(program: str) -> None:
+    """The same program passes with the JIT translating every block entry on first sight.
+
+    Threshold 1 and a deterministic engine (regions are translated synchronously), so every
+    translatable instruction of the program runs as native code at least once.
+    """
+    elf = _build(program)
+    missing = harness.virtkit_missing()
+    if missing:
+        pytest.skip(missing)
+    result = harness.run_virtkit(elf, harts=harness.harts_for(program), jit=1, deterministic=True)
+    assert result.code == 0, f"{program} on virtkit with the JIT " + harness.describe(result)
+
+
 def test_cli_runs_isa_program_and_reports_failing_case() -> None:
     """`virtkit run --bios none --kernel` exits 0 on a passing program and names the failing case."""
     missing = harness.virtkit_missing()

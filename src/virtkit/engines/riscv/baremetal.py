@@ -43,13 +43,17 @@ class BareMetalResult:
 
 
 def run_elf(path: str | Path, *, mem_size: int = 128 << 20, nharts: int = 1, max_instructions: int | None = None,
-            deterministic: bool = False, console: Callable[[bytes], None] | None = None) -> BareMetalResult:
-    """Load ``path`` into fresh RAM, run it until it reports through HTIF (or the budget ends)."""
+            deterministic: bool = False, console: Callable[[bytes], None] | None = None,
+            jit: int | None = None) -> BareMetalResult:
+    """Load ``path`` into fresh RAM, run it until it reports through HTIF (or the budget ends).
+
+    ``jit``: the JIT's hotness threshold (0 = interpreter only; None = the default or $VIRTKIT_JIT).
+    """
     if mem_size <= 0 or mem_size % 4096:
         raise ConfigError(f"memory size must be a positive multiple of 4 KiB: {mem_size}")
     mem = GuestMemory(mem_size, RAM_BASE)
     img = load_elf(path, mem)
-    eng = RiscvEngine(mem, nharts, reset_pc=img.entry, deterministic=deterministic)
+    eng = RiscvEngine(mem, nharts, reset_pc=img.entry, deterministic=deterministic, jit=jit)
     tohost = img.symbols.get("tohost")
     htif = None
     if tohost is not None:

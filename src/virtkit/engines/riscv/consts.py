@@ -29,6 +29,7 @@ HS_EXC_TVAL = 10
 HS_TRAPS = 11
 HS_CY_FROZEN = 12
 HS_IR_FROZEN = 13
+HS_JIT = 14  # instructions retired by native (JIT) code
 HS_N = 16
 
 # ---- configuration / shared scalars (cfg[k]) -------------------------------
@@ -43,6 +44,8 @@ CF_DETERMINISTIC = 7
 CF_SLICE = 8
 CF_NRESV = 9
 CF_STOP = 10
+CF_JIT = 11  # JIT hotness threshold (0: interpreter only), see jit.py
+CF_JIT_SYNC = 12  # 1: run_harts returns when a region is queued (translated in the vCPU thread)
 CF_N = 16
 
 # ---- CLINT time array (ctime[k]) -------------------------------------------
@@ -112,3 +115,18 @@ S_MODE_IRQ = 0x222
 
 # interrupt priority order: MEI, MSI, MTI, SEI, SSI, STI
 IRQ_ORDER = (11, 3, 7, 9, 1, 5)
+
+# ---- the JIT tier's tables (jit.py builds them, core.py uses them) -------------------------------------
+JBITS = 14
+JSIZE = 1 << JBITS  # entries of the direct-mapped region table
+JMASK = JSIZE - 1
+JT_KEY, JT_FN, JT_LO, JT_HI = 0, 1, 2, 3  # jtab columns: RAM offset of entry (-1 empty), fn, chunk range
+CSHIFT = 8  # cmap: one byte per 256-byte chunk of RAM
+REQ_N = 256  # request ring (a power of 2): jreq[0] head, jreq[1] tail, jreq[2] invalidations
+JR_INVAL = 2
+JR_RING = 3  # jreq[3:] = RAM offsets of the block entries to translate
+# jctx columns (one row per hart; the native code reads and writes them)
+J_SELF, J_X, J_RAM, J_TLBT, J_TLBO, J_CMAP, J_CFG, J_PC, J_LIMIT, J_LCTX, J_SCTX, J_STATUS, J_ARG = range(13)
+JC_N = 16
+ST_END, ST_BAIL, ST_CODE = 0, 1, 2  # native exit status: block end, interpret the insn at pc, code written
+

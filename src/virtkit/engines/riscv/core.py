@@ -14,13 +14,16 @@ software TLB for fetch/load/store keyed by (virtual page, privilege context).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
 from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in consts.py, numba-free)
     CF_CLINT_BASE,
     CF_DETERMINISTIC,
+    CF_JIT,
+    CF_JIT_SYNC,
     CF_N,
     CF_NHARTS,
     CF_NMMIO,
@@ -32,6 +35,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     CF_STOP,
     CF_TOHOST,
     CLINT_SIZE,
+    CSHIFT,
     CT_FRAC,
     CT_MTIME,
     CYCLE,
@@ -51,6 +55,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     HS_INSTRET,
     HS_IR_FROZEN,
     HS_IRET_OFF,
+    HS_JIT,
     HS_MMIO_KIND,
     HS_MMIO_RD,
     HS_N,
@@ -62,6 +67,21 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     INSTRET,
     INTBIT,
     IRQ_ORDER,
+    J_ARG,
+    J_LCTX,
+    J_LIMIT,
+    J_PC,
+    J_SCTX,
+    J_SELF,
+    J_STATUS,
+    JMASK,
+    JR_INVAL,
+    JR_RING,
+    JSIZE,
+    JT_FN,
+    JT_HI,
+    JT_KEY,
+    JT_LO,
     MARCHID,
     MCAUSE,
     MCONFIGPTR,
@@ -93,6 +113,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     NPMP,
     PMPADDR0,
     PMPCFG0,
+    REQ_N,
     S_MODE_IRQ,
     SATP,
     SCAUSE,
@@ -104,6 +125,8 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     SSCRATCH,
     SSTATUS,
     SSTATUS_MASK,
+    ST_CODE,
+    ST_END,
     STVAL,
     STVEC,
     TIME,
@@ -131,6 +154,35 @@ def unmanaged(typingctx, arr):
         return dst._getvalue()
 
     return arr(arr), codegen
+
+
+@intrinsic
+def call_native(typingctx, fn, ctxp):
+    """Call the JIT-compiled region at address ``fn`` as ``int64 fn(int64 ctx)`` (see jit.py)."""
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(i64, [i64])
+        return builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [args[1]])
+
+    return types.int64(types.int64, types.int64), codegen
+
+
+@njit(cache=True, nogil=True)
+def jit_inval(o, jt):
+    """A store hit RAM offset ``o`` in a chunk with translated code: drop every region covering it."""
+    jtab = jt[0]
+    jhot = jt[1]
+    jreq = jt[2]
+    cmap = jt[3]
+    ch = o >> CSHIFT
+    cnt = (cmap[ch] >> 1) + 1
+    cmap[ch] = np.uint8((min(cnt, 127) << 1) & 0xFE)
+    jreq[JR_INVAL] += 1
+    for i in range(JSIZE):
+        if jtab[i, JT_KEY] >= 0 and jtab[i, JT_LO] <= ch and jtab[i, JT_HI] >= ch:
+            jtab[i, JT_KEY] = -1
+            jhot[i] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -637,7 +689,7 @@ def break_resv(h, o, cfg, hs):
 
 
 @njit(cache=True, nogil=True)
-def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, hs, out):
+def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, hs, out, jt):
     """Slow path of a data access (TLB miss, misaligned, page-crossing, CLINT, MMIO, tohost).
 
     acc: 1 load, 2 store, 3 AMO/SC (returns RAM offset), 4 LR (returns RAM offset).
@@ -673,6 +725,8 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
                 R[0][o] = np.uint8(srl(wval, 8 * i) & 0xFF)
                 if cfg[CF_NRESV] > 0:
                     break_resv(h, o, cfg, hs)
+                if jt[3][o >> CSHIFT] & 1:
+                    jit_inval(o, jt)
         return 0, v
     pa = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
     if pa < 0:
@@ -701,6 +755,10 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
         _ram_write(R, o, size, wval)
         if cfg[CF_NRESV] > 0:
             break_resv(h, o, cfg, hs)
+        if jt[3][o >> CSHIFT] & 1:
+            jit_inval(o, jt)
+        if jt[3][(o + size - 1) >> CSHIFT] & 1:
+            jit_inval(o + size - 1, jt)
         th = cfg[CF_TOHOST]
         if th >= 0 and pa <= th < pa + size:
             out[0] = EXIT_HTIF
@@ -1005,8 +1063,13 @@ def update_timer_bits(csr, cfg, msip, mtcmp, ctime):
 
 
 @njit(cache=True, nogil=True)
-def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt_all, tlbo_all, ctab, out):
-    """Run hart h for up to ``limit`` instructions. Returns (executed, exit_flag)."""
+def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt_all, tlbo_all, ctab, out, jt):
+    """Run hart h for up to ``limit`` instructions. Returns (executed, exit_flag).
+
+    ``jt`` = (jtab, jhot, jreq, cmap, jctx): the JIT tier's tables (jit.py). At each block entry
+    (after a taken branch, a jump, a trap or a native region) the RAM offset of pc is looked up in
+    jtab: a hit calls the region's host code, a miss counts towards the hotness threshold.
+    """
     xr = x[h]
     fr = f[h]
     c = csr[h]
@@ -1034,6 +1097,13 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     lctx = 0
     sctx = 0
     base_ret = hs[h, HS_INSTRET]
+    jtab = jt[0]
+    jhot = jt[1]
+    jreq = jt[2]
+    cmap = jt[3]
+    jc = jt[4][h]
+    jthr = cfg[CF_JIT]
+    blk = True
     while n < limit:
         if ctx_dirty | irq_check:
             if ctx_dirty:
@@ -1049,6 +1119,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 if cause != 0:
                     pc, priv = take_trap(c, priv, pc, cause, 0)
                     ctx_dirty = True
+                    blk = True
                     ntrap += 1
                     n += 1
                     continue
@@ -1070,6 +1141,33 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             if tlbt[0, fvpn & TLB_MASK] != (fvpn ^ ctx_tag(0, priv, 0)):
                 fvpn = -1  # PMP splits this page: check every fetch
             off = foff + (pc & 0xFFF)
+        if blk:
+            blk = False
+            if jthr > 0 and fvpn != -1:  # -1: no cached fetch page (PMP split)
+                ji = (off >> 1) & JMASK
+                if jtab[ji, JT_KEY] == off:
+                    jc[J_PC] = pc
+                    jc[J_LIMIT] = limit - n
+                    jc[J_LCTX] = lctx
+                    jc[J_SCTX] = sctx
+                    jc[J_ARG] = off
+                    k = call_native(jtab[ji, JT_FN], jc[J_SELF])
+                    n += k
+                    hs[h, HS_JIT] += k
+                    pc = jc[J_PC]
+                    jst = jc[J_STATUS]
+                    if jst == ST_END:
+                        blk = True
+                    elif jst == ST_CODE:
+                        jit_inval(jc[J_ARG], jt)
+                    continue
+                hc = jhot[ji] + 1
+                jhot[ji] = hc
+                if hc == jthr:  # queue it (a ring: jreq[0] head, jreq[1] tail, dropped when full)
+                    q = jreq[0]
+                    if q - jreq[1] < REQ_N:
+                        jreq[JR_RING + (q & (REQ_N - 1))] = off
+                        jreq[0] = q + 1
         lo = np.int64(r16u[off >> 1])
         if (lo & 3) == 3:
             if (pc & 0xFFF) != 0xFFE:
@@ -1155,7 +1253,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     xr[rd] = v
                 else:
                     st, v = mem_slow(h, addr, size, 1, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
-                                     hs, out)
+                                     hs, out, jt)
                     if st == 1:
                         exc = hs[h, HS_EXC_CAUSE]
                         tval = hs[h, HS_EXC_TVAL]
@@ -1195,9 +1293,11 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         r16u[o >> 1] = np.uint16(val & 0xFFFF)
                     if cfg[CF_NRESV] > 0 and nh > 1:
                         break_resv(h, o, cfg, hs)
+                    if cmap[o >> CSHIFT] & 1:
+                        jit_inval(o, jt)
                 else:
                     st, v = mem_slow(h, addr, size, 2, val, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
-                                     hs, out)
+                                     hs, out, jt)
                     if st == 1:
                         exc = hs[h, HS_EXC_CAUSE]
                         tval = hs[h, HS_EXC_TVAL]
@@ -1276,6 +1376,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 t = False
                 exc = 2
             if t:
+                blk = True
                 npc = pc + (((ins >> 19) & -4096) | ((ins << 4) & 0x800) | ((ins >> 20) & 0x7E0)
                             | ((ins >> 7) & 0x1E))
         elif op == 0x1B:  # OP-IMM-32
@@ -1350,6 +1451,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         elif op == 0x17:  # AUIPC
             xr[rd] = pc + (ins & -4096)
         elif op == 0x6F:  # JAL
+            blk = True
             xr[rd] = npc
             npc = pc + (((ins >> 11) & -(1 << 20)) | (ins & 0xFF000) | ((ins >> 9) & 0x800) | ((ins >> 20) & 0x7FE))
         elif op == 0x67:  # JALR
@@ -1357,6 +1459,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 exc = 2
             else:
                 tgt = (xr[rs1] + (ins >> 20)) & ~1
+                blk = True
                 xr[rd] = npc
                 npc = tgt
         elif op == 0x0F:  # MISC-MEM: FENCE, FENCE.I (no caches to maintain: fetch reads RAM directly)
@@ -1383,6 +1486,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         npc = c[MEPC]
                         ctx_dirty = True
                         irq_check = True
+                        blk = True
                 elif ins == 0x10200073:
                     ms = c[MSTATUS]
                     if priv == 0 or (priv == 1 and (ms >> 22) & 1):
@@ -1395,6 +1499,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         npc = c[SEPC]
                         ctx_dirty = True
                         irq_check = True
+                        blk = True
                 elif ins == 0x10500073:
                     if priv == 0 or (priv < 3 and (c[MSTATUS] >> 21) & 1):
                         exc = 2
@@ -1463,7 +1568,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             o = tlbo[1, idx] + (addr & 0xFFF)
                         else:
                             st, o = mem_slow(h, addr, size, 4, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt,
-                                             tlbo, hs, out)
+                                             tlbo, hs, out, jt)
                             if st == 1:
                                 o = -1
                     else:
@@ -1471,7 +1576,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             o = tlbo[2, idx] + (addr & 0xFFF)
                         else:
                             st, o = mem_slow(h, addr, size, 3, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt,
-                                             tlbo, hs, out)
+                                             tlbo, hs, out, jt)
                             if st == 1:
                                 o = -1
                     if o < 0:
@@ -1493,6 +1598,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                                     r32s[o >> 2] = np.int32(sext32(xr[rs2]))
                                 if nh > 1:
                                     break_resv(h, o, cfg, hs)
+                                if cmap[o >> CSHIFT] & 1:
+                                    jit_inval(o, jt)
                                 xr[rd] = 0
                             else:
                                 xr[rd] = 1
@@ -1530,6 +1637,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                                 r32s[o >> 2] = np.int32(sext32(nv))
                             if cfg[CF_NRESV] > 0 and nh > 1:
                                 break_resv(h, o, cfg, hs)
+                            if cmap[o >> CSHIFT] & 1:
+                                jit_inval(o, jt)
                             xr[rd] = old
         elif op == 0x07 or op == 0x27:  # LOAD-FP / STORE-FP
             if ((c[MSTATUS] >> 13) & 3) == 0 or (f3 != 2 and f3 != 3):
@@ -1546,7 +1655,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         c[MSTATUS] |= 3 << 13
                     else:
                         st, v = mem_slow(h, addr, size, 1, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
-                                         hs, out)
+                                         hs, out, jt)
                         if st == 1:
                             exc = hs[h, HS_EXC_CAUSE]
                             tval = hs[h, HS_EXC_TVAL]
@@ -1574,9 +1683,11 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             r32s[o >> 2] = np.int32(sext32(val))
                         if cfg[CF_NRESV] > 0 and nh > 1:
                             break_resv(h, o, cfg, hs)
+                        if cmap[o >> CSHIFT] & 1:
+                            jit_inval(o, jt)
                     else:
                         st, v = mem_slow(h, addr, size, 2, val, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
-                                         hs, out)
+                                         hs, out, jt)
                         if st == 1:
                             exc = hs[h, HS_EXC_CAUSE]
                             tval = hs[h, HS_EXC_TVAL]
@@ -1603,6 +1714,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 tval = raw
             pc, priv = take_trap(c, priv, pc, exc, tval)
             ctx_dirty = True
+            blk = True
             ntrap += 1
         else:
             pc = npc
@@ -1616,7 +1728,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
 
 
 @njit(cache=True, nogil=True)
-def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, ctab, out):
+def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, ctab, out, jt):
     """Round-robin the harts for up to ``budget`` instructions; the exit is described in ``out``."""
     x = unmanaged(x)
     f = unmanaged(f)
@@ -1634,6 +1746,7 @@ def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt
     tlbo = unmanaged(tlbo)
     ctab = unmanaged(ctab)
     out = unmanaged(out)
+    jt = (unmanaged(jt[0]), unmanaged(jt[1]), unmanaged(jt[2]), unmanaged(jt[3]), unmanaged(jt[4]))
     nh = cfg[CF_NHARTS]
     total = 0
     out[0] = EXIT_BUDGET
@@ -1654,13 +1767,15 @@ def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt
                 hs[h, HS_WFI] = 0
             ran += 1
             sl = min(cfg[CF_SLICE], budget - total)
-            n, ex = run_slice(h, sl, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, ctab, out)
+            n, ex = run_slice(h, sl, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, ctab, out, jt)
             total += n
             fr = ctime[CT_FRAC] + n * cfg[CF_RATE] // nh
             ctime[CT_MTIME] += fr >> 16
             ctime[CT_FRAC] = fr & 0xFFFF
             if ex:
                 return total
+            if cfg[CF_JIT_SYNC] and jt[2][0] != jt[2][1]:
+                return total  # the engine translates the queued regions now and calls again
         if ran == 0:
             if cfg[CF_DETERMINISTIC]:
                 best = -1

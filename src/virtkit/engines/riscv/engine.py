@@ -35,17 +35,44 @@ The CLINT (msip at +0x0, mtimecmp at +0x4000, mtime at +0xBFF8) lives inside the
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from types import ModuleType
 
 import numpy as np
 
-from virtkit.engines.riscv import CACHE_DIR, core
+from virtkit.engines.riscv import aot, cache_dir, consts, load_core
+from virtkit.engines.riscv.jit import Jit, threshold_from_env
 from virtkit.errors import ConfigError
 from virtkit.machine.memory import GuestMemory
+
+
+class _Core(ModuleType):
+    """What ``core.X`` means in this module: consts.py's names plus the functions of the core in use.
+
+    :func:`_select_core` installs the functions of the AOT extension module (no Numba import) or of
+    the Numba JIT module. A name the AOT module lacks is taken from the JIT module (with a note).
+    """
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__") or not _core_kind:
+            raise AttributeError(name)
+        if _core_kind == "aot":
+            print(f"virtkit: note: core.{name} is not in the AOT core; using the Numba core for it "
+                  "(add it to engine.CORE_FUNCTIONS and RiscvEngine._core_calls)", file=sys.stderr)
+        value = getattr(load_core(), name)
+        setattr(self, name, value)
+        return value
+
+
+#: The engine's view of the core (see :class:`_Core`); constants are usable before any core is loaded.
+core = _Core("virtkit.engines.riscv.core_in_use")
+core.__dict__.update({k: v for k, v in vars(consts).items() if k.isupper()})
 
 TIMEBASE_HZ = 10_000_000
 MAX_MMIO = 64
@@ -98,6 +125,7 @@ class RiscvEngine:
         clint_base: int = 0x0200_0000,
         deterministic: bool = False,
         slice_len: int = 1000,
+        jit: int | None = None,
     ) -> None:
         if not 1 <= nharts <= 64:
             raise ConfigError(f"number of harts must be 1..64: {nharts}")
@@ -149,6 +177,15 @@ class RiscvEngine:
         self._exits = {r.name: 0 for r in ExitReason}
         self._t0 = time.monotonic()
         self._time_base = 0
+        # the JIT tier (jit.py): threshold from ``jit`` (0 = off) or $VIRTKIT_JIT
+        thr = threshold_from_env() if jit is None else int(jit)
+        # deterministic runs translate synchronously (same results whatever the host's speed)
+        self.jit = Jit(ram, nharts, self._ctab, thr, background=not deterministic)
+        self.cfg[core.CF_JIT_SYNC] = int(deterministic)
+        self.jit.bind(self.x, ram, self.tlbt, self.tlbo, self.cfg)
+        self._jt = (self.jit.jtab, self.jit.jhot, self.jit.jreq, self.jit.cmap, self.jit.jctx)
+        self.cfg[core.CF_JIT] = thr
+        mem.on_write = self.jit.invalidate
         self.compile_seconds = _ensure_compiled(self)
 
     # ---- configuration -----------------------------------------------------------------
@@ -191,10 +228,13 @@ class RiscvEngine:
             raise RuntimeError("complete_mmio_read() must be called after an MMIO_READ exit")
         self._sync_time()
         t = time.monotonic()
-        n = core.run_harts(
-            int(budget), self.x, self.f, self.csr, self.hs, self.irq, self._R, self.cfg, self.mmio, self.msip,
-            self.mtimecmp, self.ctime, self.tlbt, self.tlbo, self._ctab, self.out,
-        )
+        self.jit.start()
+        n = core.run_harts(*self.core_args(budget))
+        while not self.jit.background and self.jit.pending():
+            self.jit.service()
+            if self.out[0] != ExitReason.BUDGET or n >= budget:
+                break
+            n += core.run_harts(*self.core_args(budget - n))
         if not self.deterministic and n > 10000:
             dt = time.monotonic() - t
             rate = int(dt * TIMEBASE_HZ * 65536 / n)
@@ -205,6 +245,13 @@ class RiscvEngine:
         if ex.reason is ExitReason.MMIO_READ:
             self._pending_read = ex
         return ex
+
+    def core_args(self, budget: int) -> tuple:
+        """The arguments of ``core.run_harts`` for this engine (the one place that lists them)."""
+        return (
+            int(budget), self.x, self.f, self.csr, self.hs, self.irq, self._R, self.cfg, self.mmio, self.msip,
+            self.mtimecmp, self.ctime, self.tlbt, self.tlbo, self._ctab, self.out, self._jt,
+        )
 
     def complete_mmio_read(self, value: int) -> None:
         """Deliver the value of the pending MMIO load (sign/zero extended as the instruction says)."""
@@ -300,6 +347,15 @@ class RiscvEngine:
         """The CLINT mtime (10 MHz ticks)."""
         return _u64(self.ctime[core.CT_MTIME])
 
+    def _core_calls(self) -> dict[str, tuple]:
+        """Sample arguments of every function in CORE_FUNCTIONS, as this engine passes them (AOT signatures)."""
+        return {
+            "run_harts": self.core_args(0),
+            "csr_read": (0, core.MSCRATCH, 3, self.csr[0], self.hs, self.irq, self.ctime, 0),
+            "csr_write": (0, core.MSCRATCH, 0, 3, self.csr[0], self.hs, self.ctime, 0),
+            "build_ctab": (),
+        }
+
     def stats(self) -> dict:
         """Instructions retired (total, per hart), traps taken and exits by reason."""
         per = [int(v) for v in self.hs[:, core.HS_INSTRET]]
@@ -307,6 +363,8 @@ class RiscvEngine:
             "instructions": sum(per),
             "per_hart": per,
             "traps": int(self.hs[:, core.HS_TRAPS].sum()),
+            "jit_instructions": int(self.hs[:, core.HS_JIT].sum()),
+            "jit": self.jit.stats(),
             "exits": dict(self._exits),
         }
 
@@ -314,6 +372,7 @@ class RiscvEngine:
 def _ctab() -> np.ndarray:
     global _CTAB
     if _CTAB is None:
+        _select_core()
         _CTAB = core.build_ctab()
     return _CTAB
 
@@ -321,19 +380,89 @@ def _ctab() -> np.ndarray:
 _CTAB: np.ndarray | None = None
 
 
-def _ensure_compiled(eng: RiscvEngine) -> float:
-    """Compile (or load from the Numba cache) the core once per process; say so when it takes long."""
-    global _compiled
+#: The core functions the engine calls through ``core.``: what the AOT module exports.
+CORE_FUNCTIONS = ("run_harts", "csr_read", "csr_write", "build_ctab")
+_core_kind = ""  # "aot" or "jit" once selected
+_aot_sigs: dict[str, str] = {}
+_warm_up = True  # False while aot.build collects sample arguments (no JIT compile needed there)
+
+
+def _install(mod: ModuleType, kind: str) -> None:
+    global _core_kind
+    for name in CORE_FUNCTIONS:
+        setattr(core, name, getattr(mod, name))
+    _core_kind = kind
+
+
+def _use_jit(reason: str) -> None:
+    if reason:
+        print(f"virtkit: note: {reason}; using the Numba JIT core (slower start-up; "
+              "`virtkit engine build` builds the AOT core)", file=sys.stderr)
+    _install(load_core(), "jit")
+
+
+def _select_core() -> str:
+    """Pick the core once per process: the AOT module when it is built and current, else Numba
+    (``$VIRTKIT_CORE`` = ``aot`` / ``jit`` forces one; ``aot`` fails when it cannot be loaded)."""
+    global _aot_sigs
     with _compile_lock:
-        if _compiled:
+        if _core_kind:
+            return _core_kind
+        mode = os.environ.get("VIRTKIT_CORE", "auto").strip().lower() or "auto"
+        if mode not in ("auto", "aot", "jit"):
+            raise ConfigError(f"VIRTKIT_CORE must be auto, aot or jit: {mode!r}")
+        if mode == "jit":
+            _use_jit("")
+            return _core_kind
+        mod, reason = aot.load()
+        if mod is None:
+            if mode == "aot":
+                raise ConfigError(f"VIRTKIT_CORE=aot: {reason}")
+            _use_jit(reason)
+        else:
+            _aot_sigs = dict((aot.read_meta() or {}).get("exports") or {})
+            _install(mod, "aot")
+        return _core_kind
+
+
+def selected_core() -> str:
+    """Which core this process runs: "aot", "jit", or "" before the first engine was created."""
+    return _core_kind
+
+
+def _ensure_compiled(eng: RiscvEngine) -> float:
+    """Make sure a core can run ``eng``: check the AOT core's signatures, or compile (or load from the
+    Numba cache) the JIT core once per process; say so when it takes long."""
+    global _compiled
+    _select_core()
+    if _core_kind == "aot":
+        have = aot.describe_calls(eng._core_calls())
+        bad = [n for n in have if _aot_sigs.get(n) != have[n]]
+        if not bad:
+            eng.core_kind = "aot"
+            return 0.0
+        with _compile_lock:
+            _use_jit(f"the AOT core was built for other arguments of {', '.join(bad)}")
+    eng.core_kind = "jit"
+    with _compile_lock:
+        if _compiled or not _warm_up:
             return 0.0
         t = time.monotonic()
-        core.run_harts(
-            0, eng.x, eng.f, eng.csr, eng.hs, eng.irq, eng._R, eng.cfg, eng.mmio, eng.msip, eng.mtimecmp,
-            eng.ctime, eng.tlbt, eng.tlbo, eng._ctab, eng.out,
-        )
+        core.run_harts(*eng.core_args(0))
         dt = time.monotonic() - t
         _compiled = True
         if dt > 2.0:
-            print(f"virtkit: compiled the RISC-V core in {dt:.1f} s (cached in {CACHE_DIR})", file=sys.stderr)
+            print(f"virtkit: compiled the RISC-V core in {dt:.1f} s (cached in {cache_dir()})", file=sys.stderr)
         return dt
+
+
+def aot_exports() -> dict[str, tuple[Callable, tuple]]:
+    """(AOT build) Each core function the engine calls, with live sample arguments from a small engine."""
+    global _warm_up
+    jit = load_core()
+    _warm_up = False
+    try:
+        eng = RiscvEngine(GuestMemory(1 << 16, 0x8000_0000))
+    finally:
+        _warm_up = True
+    return {name: (getattr(jit, name), args) for name, args in eng._core_calls().items()}

@@ -99,11 +99,13 @@ def virtkit_missing() -> str | None:
     return None
 
 
-def run_virtkit(elf: Path, max_instructions: int = 2_000_000_000, harts: int = 1) -> RunResult:
+def run_virtkit(elf: Path, max_instructions: int = 2_000_000_000, harts: int = 1, jit: int | None = None,
+                deterministic: bool = False) -> RunResult:
     """Run ``elf`` on virtkit's engine in this process (``baremetal.run_elf``), bounded by instructions."""
     from virtkit.engines.riscv.baremetal import run_elf
 
-    res = run_elf(elf, mem_size=256 << 20, nharts=harts, max_instructions=max_instructions, console=lambda b: None)
+    res = run_elf(elf, mem_size=256 << 20, nharts=harts, max_instructions=max_instructions, console=lambda b: None,
+                  jit=jit, deterministic=deterministic)
     code = res.exit_code
     if code is not None and code > 255:
         code = 255
