@@ -6,6 +6,8 @@ The guests are a few hand-encoded RV64 instructions run by the real software eng
 import struct
 import threading
 
+import pytest
+
 from tests.boards.test_boot_opensbi import payload_image
 from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
 from virtkit.devices.sifive_test import SifiveTest
@@ -194,3 +196,56 @@ def test_unbuffered_uart_on_a_vm_still_delivers_each_byte():
     mem.write(0x8000_0000, struct.pack(f"<{len(prog)}I", *prog))
     assert vm.run(60).reason == "poweroff"
     assert con.calls == [b"o", b"k"]
+
+
+def _mmio_engine(prog):
+    from virtkit.engines.riscv.engine import RiscvEngine
+
+    mem = GuestMemory(1 << 20, 0x8000_0000)
+    eng = RiscvEngine(mem, 1, reset_pc=0x8000_0000)
+    eng.add_mmio_region(0x1000_0000, 0x1000)
+    mem.write(0x8000_0000, struct.pack(f"<{len(prog)}I", *prog))
+    return eng
+
+
+def test_run_raw_gives_the_same_exits_and_results_as_run():
+    """The run loop's fast path: same reasons, addresses, sizes, values (unsigned), same completed loads."""
+    prog = [
+        lui(S0, 0x10000),
+        addi(T1, 0, -2), store(3, T1, S0, 0x18),        # sd -2: value 0xFFFF_FFFF_FFFF_FFFE
+        store(0, T1, S0, 0x7),                           # sb: 0xFE
+        load(0, S1, S0, 0x5),                            # lb: sign-extended
+        load(4, T2, S0, 0x5),                            # lbu: zero-extended
+        load(3, T1, S0, 0x8),                            # ld
+        WFI, jal0(-4),
+    ]
+    seen = {}
+    for method in ("run", "run_raw"):
+        eng = _mmio_engine(prog)
+        call = getattr(eng, method)
+        exits = []
+        for _ in range(20):
+            ex = call(100)
+            exits.append((ex.reason.name, ex.hart, ex.addr, ex.size, ex.value))
+            if ex.reason.name == "MMIO_READ":
+                eng.complete_mmio_read({0x1000_0005: 0x80, 0x1000_0008: 0x8000_0000_0000_0001}[ex.addr])
+            if ex.reason.name == "WFI":
+                break
+        seen[method] = (exits, eng.get_reg(0, S1), eng.get_reg(0, T2), eng.get_reg(0, T1), eng.stats()["exits"])
+    assert seen["run_raw"] == seen["run"]
+    exits, s1, t2, t1, _ = seen["run_raw"]
+    assert ("MMIO_WRITE", 0, 0x1000_0018, 8, 0xFFFF_FFFF_FFFF_FFFE) in exits
+    assert ("MMIO_WRITE", 0, 0x1000_0007, 1, 0xFE) in exits
+    assert (s1, t2, t1) == (0xFFFF_FFFF_FFFF_FF80, 0x80, 0x8000_0000_0000_0001)
+
+
+def test_run_raw_insists_on_completing_a_read():
+    eng = _mmio_engine([lui(S0, 0x10000), load(2, S1, S0, 0), WFI, jal0(-4)])
+    ex = eng.run_raw(100)
+    assert ex.reason.name == "MMIO_READ" and (ex.addr, ex.size) == (0x1000_0000, 4)
+    assert "MMIO_READ" in repr(ex)
+    with pytest.raises(RuntimeError, match="complete_mmio_read"):
+        eng.run_raw(100)
+    eng.complete_mmio_read(0xFFFF_FFFF)
+    assert eng.get_reg(0, S1) == 0xFFFF_FFFF_FFFF_FFFF  # lw sign-extends
+    assert eng.run_raw(100).reason.name == "WFI"

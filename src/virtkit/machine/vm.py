@@ -8,7 +8,8 @@ computes never starves its devices. Interrupt lines may be driven from either th
 :meth:`Vm.set_irq` serialises them and wakes a sleeping vCPU.
 
 Engine interface used (``virtkit.engines.riscv.engine.RiscvEngine``, later the KVM engine):
-``run(budget) -> Exit(reason, hart, addr, size, value)``, ``complete_mmio_read(v)``,
+``run(budget) -> Exit(reason, hart, addr, size, value)`` (or ``run_raw(budget)``, the same for less, when
+the engine has it), ``complete_mmio_read(v)``,
 ``set_irq(hart, bit, level)``, ``next_timer_deadline()``, ``request_exit()``, ``stats()``.
 """
 
@@ -214,7 +215,8 @@ class Vm:
         eng, bus = self.engine, self.bus
         counts = self.mmio_counts
         stop = self._stop
-        run, complete, budget = eng.run, eng.complete_mmio_read, self.budget
+        # an engine's run_raw() is run() returning a cheaper exit object (same fields), when it has one
+        run, complete, budget = getattr(eng, "run_raw", None) or eng.run, eng.complete_mmio_read, self.budget
         # Engines name their exit reasons with their own enum: the loop learns the MMIO members by
         # name on first sight and then compares by identity (the per-exit fast path).
         mmio_read = mmio_write = None
