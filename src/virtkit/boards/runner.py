@@ -255,6 +255,9 @@ def print_stats(stats: dict[str, Any], to_terminal_raw: bool = False) -> None:
     t = Table(title="virtkit run: riscv64-virt")
     t.add_column("counter")
     t.add_column("value", justify="right")
+    from virtkit.engines.riscv.engine import selected_core
+
+    t.add_row("core", selected_core())
     t.add_row("instructions", f"{stats.get('instructions', 0):,}")
     for h, n in enumerate(stats.get("per_hart", [])):
         t.add_row(f"hart {h} instructions", f"{n:,}")

@@ -100,6 +100,9 @@ def _print_stats(res) -> None:
     t = Table(title="virtkit run: RISC-V engine")
     t.add_column("counter")
     t.add_column("value", justify="right")
+    from virtkit.engines.riscv.engine import selected_core
+
+    t.add_row("core", selected_core())
     t.add_row("instructions", f"{res.instructions:,}")
     t.add_row("traps", f"{res.stats.get('traps', 0):,}")
     t.add_row("seconds", f"{res.seconds:.3f}")
