@@ -105,6 +105,18 @@ def test_build_into_unusable_root_is_one_line_error(tmp_path, monkeypatch):
         aot.build()
 
 
+def test_old_builds_are_pruned(tmp_path):
+    for i in range(6):
+        d = tmp_path / f"{i:016x}"
+        d.mkdir()
+        os.utime(d, (1000 + i, 1000 + i))
+        (tmp_path / f"build-{d.name}.log").write_text("log")
+    aot._prune(tmp_path, keep=f"{0:016x}", n=3)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert left == [f"{i:016x}" for i in (0, 4, 5)]  # the current build and the 2 newest others
+    assert not (tmp_path / f"build-{1:016x}.log").exists()
+
+
 # ---- CLI -------------------------------------------------------------------------------------
 
 def test_engine_status_json_without_a_build(aot_cache):

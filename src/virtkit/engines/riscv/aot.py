@@ -39,6 +39,8 @@ MODULE_NAME = "_virtkit_core"
 META = "meta.json"
 #: Bump when the build recipe changes in a way the key cannot see (flags, exported set...).
 FORMAT = 1
+#: How many AOT builds (source versions) the cache keeps.
+KEEP_BUILDS = 4
 
 
 class EngineBuildError(VirtkitError):
@@ -254,7 +256,18 @@ def _build_locked(d: Path, force: bool, progress: Callable[[float], None] | None
     if d.exists():
         shutil.rmtree(d)
     os.replace(tmp, d)
+    _prune(root, keep=d.name)
     return {**status(), "built": True}
+
+
+def _prune(root: Path, keep: str, n: int = KEEP_BUILDS) -> None:
+    """Drop all but the ``n`` most recent AOT builds (other checkouts may use the older keys; ~1 MB each)."""
+    builds = sorted((p for p in root.iterdir() if p.is_dir() and len(p.name) == 16 and p.name != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[n - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+        for f in (root / f"build-{old.name}.log", root / f".lock-{old.name}"):
+            f.unlink(missing_ok=True)
 
 
 def _build_into(out: Path) -> None:
