@@ -30,6 +30,7 @@ HS_TRAPS = 11
 HS_CY_FROZEN = 12
 HS_IR_FROZEN = 13
 HS_JIT = 14  # instructions retired by native (JIT) code
+HS_JIT_CALLS = 15  # calls into native code
 HS_N = 16
 
 # ---- configuration / shared scalars (cfg[k]) -------------------------------

@@ -56,6 +56,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     HS_IR_FROZEN,
     HS_IRET_OFF,
     HS_JIT,
+    HS_JIT_CALLS,
     HS_MMIO_KIND,
     HS_MMIO_RD,
     HS_N,
@@ -1154,6 +1155,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     k = call_native(jtab[ji, JT_FN], jc[J_SELF])
                     n += k
                     hs[h, HS_JIT] += k
+                    hs[h, HS_JIT_CALLS] += 1
                     pc = jc[J_PC]
                     jst = jc[J_STATUS]
                     if jst == ST_END:
@@ -1168,6 +1170,9 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     if q - jreq[1] < REQ_N:
                         jreq[JR_RING + (q & (REQ_N - 1))] = off
                         jreq[0] = q + 1
+                        if cfg[CF_JIT_SYNC]:
+                            blk = True
+                            break  # deterministic runs translate it now: run_harts returns, pc not yet run
         lo = np.int64(r16u[off >> 1])
         if (lo & 3) == 3:
             if (pc & 0xFFF) != 0xFFE:

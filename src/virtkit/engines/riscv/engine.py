@@ -364,6 +364,7 @@ class RiscvEngine:
             "per_hart": per,
             "traps": int(self.hs[:, core.HS_TRAPS].sum()),
             "jit_instructions": int(self.hs[:, core.HS_JIT].sum()),
+            "jit_calls": int(self.hs[:, core.HS_JIT_CALLS].sum()),
             "jit": self.jit.stats(),
             "exits": dict(self._exits),
         }

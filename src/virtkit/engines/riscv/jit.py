@@ -28,6 +28,7 @@ invalidated ``MAX_INVALIDATIONS`` times is not translated again (code and data s
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -72,7 +73,10 @@ from virtkit.engines.riscv.consts import (
 MAX_REGION = 256
 MAX_INVALIDATIONS = 4
 DEFAULT_THRESHOLD = 64
-CODEGEN_OPT = int(os.environ.get("VIRTKIT_JIT_CODEGEN", "0"))
+OPT_PASSES = ("sroa", "instruction_combine")
+MIN_RUN = 6  # worth_translating(): native instructions from the entry before a bail
+TIER2 = True  # recompile regions with loops at codegen level 1 when idle
+BATCH = 4  # regions per LLVM module: small batches install the first ones sooner
 
 
 
@@ -98,25 +102,37 @@ def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
 
 # ---- LLVM ----------------------------------------------------------------------------------
 _llvm_lock = threading.Lock()
-_llvm: tuple | None = None
+_llvm: dict[int, tuple] = {}
+_shutdown = False
+_threads: list[threading.Thread] = []
 
 
-def _llvm_engine():
-    """The process-wide MCJIT compiler and target machine (created on first use)."""
-    global _llvm
+@atexit.register
+def _stop_translators() -> None:
+    """At exit, let running translations finish before LLVM's globals are torn down."""
+    global _shutdown
+    _shutdown = True
+    for t in _threads:
+        t.join(timeout=2.0)
+
+
+def _llvm_engine(level: int = 0):
+    """The process-wide MCJIT compiler and target machine for code-generation level ``level``.
+
+    Level 0 (FastISel, fast register allocator) compiles about 4x faster and is what every region
+    gets first; regions with a loop are compiled again at level 1 (SelectionDAG, greedy register
+    allocator: loop values stay in host registers) when the translator has nothing else to do.
+    """
     with _llvm_lock:
-        if _llvm is None:
+        if level not in _llvm:
             import llvmlite.binding as llvm
 
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
-            # FastISel + the fast register allocator: region functions have hundreds of small blocks
-            # (one side exit per memory access), where the optimising code generator costs ~20x more
-            # compile time for little speed (measured in docs/benchmarks.md, "JIT")
-            tm = llvm.Target.from_default_triple().create_target_machine(opt=CODEGEN_OPT, jit=True)
+            tm = llvm.Target.from_default_triple().create_target_machine(opt=level, jit=True)
             eng = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-            _llvm = (llvm, tm, eng)
-        return _llvm
+            _llvm[level] = (llvm, tm, eng)
+        return _llvm[level]
 
 
 # ---- decoding ------------------------------------------------------------------------------
@@ -225,6 +241,32 @@ def decode_region(r16: np.ndarray, ctab: np.ndarray, entry: int, max_insns: int 
                 break
             o += ln
     return insns
+
+
+def worth_translating(insns: dict[int, Insn], entry: int) -> bool:
+    """False when native code would soon hand back to the interpreter: a bail point (FP, CSR, AMO...)
+    within the first few instructions from the entry, or bail points in more than 1/8 of the region."""
+    o = entry
+    for _ in range(MIN_RUN):
+        it = insns.get(o)
+        if it is None or it.kind == "bail":
+            return it is None and o != entry  # left the region (a jump out) after some native work
+        if (it.ins & 0x7F) in (0x63, 0x6F, 0x67):
+            break
+        o += it.length
+    bails = sum(1 for i in insns.values() if i.kind == "bail")
+    return bails * 8 <= len(insns)
+
+
+def _has_loop(insns: dict[int, Insn]) -> bool:
+    """The region has a backward branch or jump inside it (a loop the native code runs)."""
+    for i in insns.values():
+        op = i.ins & 0x7F
+        if i.kind == "ok" and op in (0x63, 0x6F):
+            tgt = i.off + (_branch_target(i.ins) if op == 0x63 else _jal_target(i.ins))
+            if tgt <= i.off and tgt in insns:
+                return True
+    return False
 
 
 # ---- code generation -----------------------------------------------------------------------
@@ -771,6 +813,8 @@ class Jit:
         self._seq = 0
         self._keep: list = []  # compiled modules stay alive as long as the engine
         self._thread: threading.Thread | None = None
+        self._tier2: list[_Pending] = []  # regions with a loop, to compile again at codegen level 1
+        self.tier2 = 0
         self._lock = threading.Lock()
 
     def bind(self, x: np.ndarray, ram: np.ndarray, tlbt: np.ndarray, tlbo: np.ndarray, cfg: np.ndarray) -> None:
@@ -795,44 +839,61 @@ class Jit:
             return
         ref = weakref.ref(self)
         self._thread = threading.Thread(target=_translator, args=(ref,), name="virtkit-jit", daemon=True)
+        _threads[:] = [t for t in _threads if t.is_alive()] + [self._thread]
         self._thread.start()
 
     def service(self) -> None:
         """Translate and install the regions queued since the last call (the caller's thread)."""
         with self._lock:
-            head = int(self.jreq[0])
-            tail = int(self.jreq[1])
-            if head == tail:
-                return
-            offs = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(max(tail, head - REQ_N), head)]
-            self.jreq[1] = head
-            t = time.monotonic()
-            todo = []
-            for off in dict.fromkeys(offs):
-                ji = (off >> 1) & JMASK
-                if self.jtab[ji, JT_KEY] == off:
+            while not _shutdown:
+                head = int(self.jreq[0])
+                tail = int(self.jreq[1])
+                if head == tail:
+                    if not self._tier2:
+                        return
+                    t = time.monotonic()
+                    p = self._tier2.pop(0)
+                    p.name += "_t2"
+                    self._compile([p], level=1)
+                    self.compile_seconds += time.monotonic() - t
                     continue
-                insns = decode_region(self._r16, self._ctab, off)
-                if not insns or insns[off].kind == "bail":
-                    self.refused += 1
-                    continue
-                lo = min(insns) >> CSHIFT
-                hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
-                if (self.cmap[lo : hi + 1] >> 1).max() >= MAX_INVALIDATIONS:
-                    self.refused += 1
-                    continue
-                self._seq += 1
-                # mark the chunks first: a store from now on bumps their count, which the check
-                # of the bytes before installing then sees
-                self.cmap[lo : hi + 1] |= 1
-                code = bytes(self._ram[lo << CSHIFT : (hi + 1) << CSHIFT])
-                todo.append(_Pending(off, insns, lo, hi, f"vk_r{id(self):x}_{self._seq}", code))
-            if todo:
-                self._compile(todo)
-            self.compile_seconds += time.monotonic() - t
+                tail = max(tail, head - REQ_N)
+                take = min(head - tail, BATCH)
+                offs = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(tail, tail + take)]
+                self.jreq[1] = tail + take
+                self._batch(offs)
 
-    def _compile(self, todo: list[_Pending]) -> None:
-        llvm, tm, eng = _llvm_engine()
+    def _batch(self, offs: list[int]) -> None:
+        """Decode, compile and install the regions entered at ``offs``."""
+        t = time.monotonic()
+        todo = []
+        seen: set[int] = set()
+        for off in dict.fromkeys(offs):
+            ji = (off >> 1) & JMASK
+            if self.jtab[ji, JT_KEY] == off or off in seen:
+                continue  # already an entry of a translated region (or of one in this batch)
+            insns = decode_region(self._r16, self._ctab, off)
+            if not insns or not worth_translating(insns, off):
+                self.refused += 1
+                continue
+            lo = min(insns) >> CSHIFT
+            hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
+            if (self.cmap[lo : hi + 1] >> 1).max() >= MAX_INVALIDATIONS:
+                self.refused += 1
+                continue
+            self._seq += 1
+            # mark the chunks first: a store from now on bumps their count, which the check
+            # of the bytes before installing then sees
+            self.cmap[lo : hi + 1] |= 1
+            code = bytes(self._ram[lo << CSHIFT : (hi + 1) << CSHIFT])
+            todo.append(_Pending(off, insns, lo, hi, f"vk_r{id(self):x}_{self._seq}", code))
+            seen.update(_Gen(" ", insns, off, 1).entries)
+        if todo:
+            self._compile(todo)
+        self.compile_seconds += time.monotonic() - t
+
+    def _compile(self, todo: list[_Pending], level: int = 0) -> None:
+        llvm, tm, eng = _llvm_engine(level)
         parts = [region_ir(p.name, p.insns, p.entry, self.nharts) for p in todo]
         ir = "".join(text for text, _ in parts) + _PROF
         with _llvm_lock:
@@ -841,8 +902,8 @@ class Jit:
             pto = llvm.create_pipeline_tuning_options(speed_level=0)
             pb = llvm.create_pass_builder(tm, pto)
             mpm = llvm.create_new_module_pass_manager()
-            mpm.add_sroa_pass()  # the instruction count n becomes SSA
-            mpm.add_instruction_combine_pass()
+            for name in OPT_PASSES:  # sroa: the instruction count n becomes SSA
+                getattr(mpm, f"add_{name}_pass")()
             mpm.run(mod, pb)
             eng.add_module(mod)
             eng.finalize_object()
@@ -866,8 +927,13 @@ class Jit:
                         self.jtab[ji, JT_KEY] = -1
                 self.stale += 1
                 continue
-            self.regions += 1
-            self.entries += len(entries)
+            if level == 0:
+                self.regions += 1
+                self.entries += len(entries)
+                if TIER2 and _has_loop(p.insns):
+                    self._tier2.append(p)
+            else:
+                self.tier2 += 1
 
     def invalidate(self, off: int, n: int) -> None:
         """Drop the regions translated from RAM ``[off, off+n)`` (device DMA, image loading)."""
@@ -898,13 +964,14 @@ class Jit:
             "invalidations": int(self.jreq[JR_INVAL]),
             "refused": self.refused,
             "stale": self.stale,
+            "tier2": self.tier2,
         }
 
 
 def _translator(ref: weakref.ref) -> None:
     """The background translator: polls the request ring while its engine lives."""
     idle = 0.001
-    while True:
+    while not _shutdown:
         j = ref()
         if j is None:
             return
