@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
+import subprocess
 import sys
 import threading
 import time
@@ -114,6 +116,8 @@ def _stop_translators() -> None:
     _shutdown = True
     for t in _threads:
         t.join(timeout=2.0)
+    if _the_worker is not None:
+        _the_worker.close()
 
 
 def _llvm_engine(level: int = 0):
@@ -773,23 +777,114 @@ _PROF = (
 
 # ---- the JIT state of one engine -----------------------------------------------------------
 @dataclass
-class _Pending:
-    """A region decoded and waiting for the compiler."""
+class Job:
+    """One region to translate: the 4 KiB page it lives in, as it was when requested."""
 
-    entry: int
-    insns: dict[int, Insn]
-    lo: int  # chunk range
-    hi: int
     name: str
-    code: bytes  # the RAM bytes it was decoded from (checked again before installing)
+    page: int  # RAM offset of the page
+    entry: int  # RAM offset of the entry
+    code: bytes  # the page's bytes
+    level: int = 0  # LLVM code-generation level
+
+
+@dataclass
+class Result:
+    """A translated region: object code defining ``name``, its entry points and chunk range."""
+
+    name: str
+    obj: bytes
+    entries: list[int]
+    lo: int
+    hi: int
+    has_loop: bool
+
+
+def translate(job: Job, ctab: np.ndarray, nharts: int) -> Result | None:
+    """Decode and compile one region to object code (runs in the translator process); None if not worth it."""
+    page16 = np.frombuffer(job.code, dtype=np.uint16)
+    rel = decode_region(page16, ctab, job.entry - job.page)
+    insns = {o + job.page: Insn(o + job.page, i.length, i.ins, i.kind) for o, i in rel.items()}
+    if not insns or not worth_translating(insns, job.entry):
+        return None
+    text, entries = region_ir(job.name, insns, job.entry, nharts)
+    llvm, tm, _ = _llvm_engine(job.level)
+    with _llvm_lock:
+        mod = llvm.parse_assembly(text + _PROF)
+        mod.verify()
+        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=0))
+        mpm = llvm.create_new_module_pass_manager()
+        for name in OPT_PASSES:  # sroa: the instruction count n becomes SSA
+            getattr(mpm, f"add_{name}_pass")()
+        mpm.run(mod, pb)
+        obj = tm.emit_object(mod)
+    lo = min(insns) >> CSHIFT
+    hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
+    return Result(job.name, obj, entries, lo, hi, _has_loop(insns))
+
+
+class _WorkerProcess:
+    """The translator as a child process (``python -m virtkit.engines.riscv.jitworker``).
+
+    Decoding and IR generation are Python: in a thread they would take the GIL from the vCPU
+    thread's device exits. A process compiles on the other core and only object code comes back.
+    """
+
+    def __init__(self, ctab: np.ndarray) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "virtkit.engines.riscv.jitworker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.lock = threading.Lock()
+        self.send(("init", ctab.tobytes(), str(ctab.dtype)))
+
+    def send(self, msg: object) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
+        self.proc.stdin.flush()
+
+    def recv(self) -> object:
+        assert self.proc.stdout is not None
+        head = self.proc.stdout.read(8)
+        if len(head) < 8:
+            raise EOFError("the JIT translator process ended")
+        n = int.from_bytes(head, "little")
+        return pickle.loads(self.proc.stdout.read(n))
+
+    def translate(self, jobs: list[Job], nharts: int) -> list[Result | None]:
+        with self.lock:
+            self.send(("jobs", nharts, jobs))
+            out = self.recv()
+        assert isinstance(out, list)
+        return out
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+_the_worker: _WorkerProcess | None = None
+
+
+def _worker(ctab: np.ndarray) -> _WorkerProcess:
+    """The process-wide translator process (started on first use, shared by every engine)."""
+    global _the_worker
+    with _llvm_lock:
+        if _the_worker is None or _the_worker.proc.poll() is not None:
+            _the_worker = _WorkerProcess(ctab)
+        return _the_worker
 
 
 class Jit:
     """Tables shared with the core, the translator, and the statistics of one engine.
 
-    ``background=True`` translates in a daemon thread of its own (LLVM releases the GIL), so the
-    vCPU never waits for the compiler; otherwise the engine calls :meth:`service` between core
-    calls (the core returns as soon as a region is queued: deterministic runs).
+    ``background=True``: a daemon thread drains the request ring and has a translator *process*
+    compile the regions to object code (so neither the compiler nor the Python decoder competes
+    with the vCPU for the GIL), then links and installs them. ``background=False``: the engine calls
+    :meth:`service` between core calls and regions are compiled in-process at once (the core
+    returns as soon as one is queued: deterministic runs).
     """
 
     def __init__(self, ram: np.ndarray, nharts: int, ctab: np.ndarray, threshold: int,
@@ -797,7 +892,6 @@ class Jit:
         self.threshold = threshold
         self.nharts = nharts
         self.background = background
-        self._r16 = ram.view(np.uint16)
         self._ram = ram
         self._ctab = ctab
         self.jtab = np.full((JSIZE, 4), -1, dtype=np.int64)
@@ -810,11 +904,10 @@ class Jit:
         self.compile_seconds = 0.0
         self.refused = 0
         self.stale = 0
-        self._seq = 0
-        self._keep: list = []  # compiled modules stay alive as long as the engine
-        self._thread: threading.Thread | None = None
-        self._tier2: list[_Pending] = []  # regions with a loop, to compile again at codegen level 1
         self.tier2 = 0
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._tier2: list[tuple[int, int, list[int]]] = []  # (page, entry, entries) of regions with a loop
         self._lock = threading.Lock()
 
     def bind(self, x: np.ndarray, ram: np.ndarray, tlbt: np.ndarray, tlbo: np.ndarray, cfg: np.ndarray) -> None:
@@ -851,89 +944,78 @@ class Jit:
                 if head == tail:
                     if not self._tier2:
                         return
-                    t = time.monotonic()
-                    p = self._tier2.pop(0)
-                    p.name += "_t2"
-                    self._compile([p], level=1)
-                    self.compile_seconds += time.monotonic() - t
+                    page, entry, entries = self._tier2.pop(0)
+                    ji = (entry >> 1) & JMASK
+                    if self.jtab[ji, JT_KEY] == entry:  # still live: compile it again, better
+                        self._run([self._job(entry, level=1)], tier2=True)
                     continue
                 tail = max(tail, head - REQ_N)
                 take = min(head - tail, BATCH)
                 offs = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(tail, tail + take)]
                 self.jreq[1] = tail + take
-                self._batch(offs)
+                jobs = []
+                for off in dict.fromkeys(offs):
+                    if self.jtab[(off >> 1) & JMASK, JT_KEY] != off:  # not already an entry of a region
+                        jobs.append(self._job(off))
+                if jobs:
+                    self._run(jobs)
 
-    def _batch(self, offs: list[int]) -> None:
-        """Decode, compile and install the regions entered at ``offs``."""
+    def _job(self, entry: int, level: int = 0) -> Job:
+        self._seq += 1
+        page = entry & ~0xFFF
+        return Job(f"vk_r{id(self):x}_{self._seq}", page, entry, bytes(self._ram[page : page + 4096]), level)
+
+    def _run(self, jobs: list[Job], tier2: bool = False) -> None:
+        """Translate ``jobs`` (in the worker process when there is one), link and install the results."""
         t = time.monotonic()
-        todo = []
-        seen: set[int] = set()
-        for off in dict.fromkeys(offs):
-            ji = (off >> 1) & JMASK
-            if self.jtab[ji, JT_KEY] == off or off in seen:
-                continue  # already an entry of a translated region (or of one in this batch)
-            insns = decode_region(self._r16, self._ctab, off)
-            if not insns or not worth_translating(insns, off):
+        if self.background:
+            results = _worker(self._ctab).translate(jobs, self.nharts)
+        else:
+            results = [translate(j, self._ctab, self.nharts) for j in jobs]
+        llvm, _, eng = _llvm_engine(0)
+        for job, res in zip(jobs, results, strict=True):
+            if res is None:
                 self.refused += 1
                 continue
-            lo = min(insns) >> CSHIFT
-            hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
-            if (self.cmap[lo : hi + 1] >> 1).max() >= MAX_INVALIDATIONS:
-                self.refused += 1
+            if (self.cmap[res.lo : res.hi + 1] >> 1).max() >= MAX_INVALIDATIONS:
+                self.refused += 1  # code and data share these chunks: translating again would only thrash
                 continue
-            self._seq += 1
-            # mark the chunks first: a store from now on bumps their count, which the check
-            # of the bytes before installing then sees
-            self.cmap[lo : hi + 1] |= 1
-            code = bytes(self._ram[lo << CSHIFT : (hi + 1) << CSHIFT])
-            todo.append(_Pending(off, insns, lo, hi, f"vk_r{id(self):x}_{self._seq}", code))
-            seen.update(_Gen(" ", insns, off, 1).entries)
-        if todo:
-            self._compile(todo)
+            with _llvm_lock:
+                eng.add_object_file(llvm.ObjectFileRef.from_data(res.obj))
+                eng.finalize_object()
+                fn = eng.get_function_address(res.name)
+            self._install(job, res, fn, tier2)
         self.compile_seconds += time.monotonic() - t
 
-    def _compile(self, todo: list[_Pending], level: int = 0) -> None:
-        llvm, tm, eng = _llvm_engine(level)
-        parts = [region_ir(p.name, p.insns, p.entry, self.nharts) for p in todo]
-        ir = "".join(text for text, _ in parts) + _PROF
-        with _llvm_lock:
-            mod = llvm.parse_assembly(ir)
-            mod.verify()
-            pto = llvm.create_pipeline_tuning_options(speed_level=0)
-            pb = llvm.create_pass_builder(tm, pto)
-            mpm = llvm.create_new_module_pass_manager()
-            for name in OPT_PASSES:  # sroa: the instruction count n becomes SSA
-                getattr(mpm, f"add_{name}_pass")()
-            mpm.run(mod, pb)
-            eng.add_module(mod)
-            eng.finalize_object()
-            addrs = [eng.get_function_address(p.name) for p in todo]
-        self._keep.append(mod)
-        for p, (_, entries), fn in zip(todo, parts, addrs, strict=True):
-            span = slice(p.lo << CSHIFT, (p.hi + 1) << CSHIFT)
-            if bytes(self._ram[span]) != p.code:
-                self.stale += 1
-                continue  # written while we compiled
-            slots = [(e >> 1) & JMASK for e in entries]
-            for e, ji in zip(entries, slots, strict=True):
-                self.jtab[ji, JT_KEY] = -1
-                self.jtab[ji, JT_FN] = fn
-                self.jtab[ji, JT_LO] = p.lo
-                self.jtab[ji, JT_HI] = p.hi
-                self.jtab[ji, JT_KEY] = e
-            if bytes(self._ram[span]) != p.code:  # a store raced with the installation: take it back
-                for e, ji in zip(entries, slots, strict=True):
-                    if self.jtab[ji, JT_KEY] == e and self.jtab[ji, JT_FN] == fn:
-                        self.jtab[ji, JT_KEY] = -1
-                self.stale += 1
-                continue
-            if level == 0:
-                self.regions += 1
-                self.entries += len(entries)
-                if TIER2 and _has_loop(p.insns):
-                    self._tier2.append(p)
-            else:
-                self.tier2 += 1
+    def _install(self, job: Job, res: Result, fn: int, tier2: bool) -> None:
+        """Publish ``fn`` for the region's entries unless its code changed since the job was made."""
+        # mark the chunks first: any store from now on drops the region (or the checks below see it)
+        self.cmap[res.lo : res.hi + 1] |= 1
+        span = slice(res.lo << CSHIFT, (res.hi + 1) << CSHIFT)
+        snap = job.code[span.start - job.page : span.stop - job.page]
+        if bytes(self._ram[span]) != snap:
+            self.stale += 1
+            return
+        slots = [(e >> 1) & JMASK for e in res.entries]
+        for e, ji in zip(res.entries, slots, strict=True):
+            self.jtab[ji, JT_KEY] = -1
+            self.jtab[ji, JT_FN] = fn
+            self.jtab[ji, JT_LO] = res.lo
+            self.jtab[ji, JT_HI] = res.hi
+            self.jtab[ji, JT_KEY] = e
+        if bytes(self._ram[span]) != snap:  # a store raced with the installation: take it back
+            for e, ji in zip(res.entries, slots, strict=True):
+                if self.jtab[ji, JT_KEY] == e and self.jtab[ji, JT_FN] == fn:
+                    self.jtab[ji, JT_KEY] = -1
+            self.stale += 1
+            return
+        if tier2:
+            self.tier2 += 1
+            return
+        self.regions += 1
+        self.entries += len(res.entries)
+        if TIER2 and res.has_loop:
+            self._tier2.append((job.page, job.entry, res.entries))
 
     def invalidate(self, off: int, n: int) -> None:
         """Drop the regions translated from RAM ``[off, off+n)`` (device DMA, image loading)."""
