@@ -42,6 +42,16 @@ def jal0(off):
         | 0x6F
 
 
+def andi(rd, rs1, imm):
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (7 << 12) | (rd << 7) | 0x13
+
+
+def beq(rs1, rs2, off):
+    i = off & 0x1FFF
+    return (((i >> 12) & 1) << 31) | (((i >> 5) & 0x3F) << 25) | (rs2 << 20) | (rs1 << 15) | (((i >> 1) & 0xF) << 8) \
+        | (((i >> 11) & 1) << 7) | 0x63
+
+
 def putc(ch):
     """t1 = ch; *(u8*)t0 = t1 (t0 holds the UART base)."""
     return [addi(T1, 0, ord(ch)), store(0, T1, T0, 0)]
@@ -53,6 +63,7 @@ POWEROFF = [lui(T0, 0x100), lui(T1, 0x5), addi(T1, T1, 0x555), store(2, T1, T0, 
 def test_encoder_matches_known_instructions():
     assert lui(T0, 0x100) == 0x001002B7 and store(2, T1, T0, 0) == 0x0062A023 and jal0(0) == 0x6F
     assert jal0(-4) == 0xFFDFF06F and addi(T1, T1, 0x555) == 0x55530313
+    assert beq(T2, 0, -8) == 0xFE038CE3 and andi(T2, T2, 1) == 0x0013F393
 
 
 class Console:
@@ -91,6 +102,26 @@ def test_output_without_newline_reaches_console_while_guest_idles(tmp_path):
     finally:
         b.vm.stop()
         b.vm.wait(30)
+        b.vm.close()
+
+
+def test_prompt_shows_while_guest_busy_polls_for_input_then_key_is_echoed(tmp_path):
+    """Prompt, then LSR polled in a loop (no WFI, no budget exit): the prompt must still reach the console."""
+    con = Console(want=b"> ")
+    body = [lui(T0, 0x10000), *putc(">"), *putc(" "),
+            load(4, T2, T0, 5), andi(T2, T2, 1), beq(T2, 0, -8),  # until LSR.DR
+            load(4, T1, T0, 0), store(0, T1, T0, 0),               # echo RBR
+            *POWEROFF]
+    b = board(tmp_path, body, con)
+    b.vm.start()
+    try:
+        assert con.seen.wait(60), con.out
+        assert b.vm.wait(0) is None and b.vm.mmio_counts["uart0"] > 2  # still polling
+        b.uart.feed(b"k")
+        res = b.vm.wait(60)
+        assert res is not None and res.reason == "poweroff"
+        assert con.out == b"> k"
+    finally:
         b.vm.close()
 
 

@@ -28,6 +28,9 @@ from virtkit.machine.bus import Bus
 
 BUDGET = 500_000  # instructions per run() call: bounds the latency of host-side events
 MAX_IDLE_SLEEP = 0.05  # seconds: a WFI sleep re-checks at least this often
+#: The flushers also run every this many MMIO exits: a guest that prints, then busy-polls a device
+#: (a prompt, then LSR until a key arrives) never spends its budget nor idles, yet its output must show.
+FLUSH_EVERY = 512
 
 
 @dataclass
@@ -225,6 +228,7 @@ class Vm:
         dev_read: Callable[[int, int], int] = bus.read
         dev_write: Callable[[int, int, int], None] = bus.write
         name = ""
+        until_flush = FLUSH_EVERY
         try:
             while not stop.is_set():
                 ex = run(budget)
@@ -238,6 +242,10 @@ class Vm:
                     else:
                         self._other_exit(kind)
                         continue
+                until_flush -= 1
+                if not until_flush:
+                    until_flush = FLUSH_EVERY
+                    self._flush()
                 addr = ex.addr
                 if not lo <= addr < hi:
                     reg = bus.find(addr)
