@@ -119,15 +119,18 @@ def main(argv: list[str] | None = None) -> int:
                 qm.append((run_qemu(long_) - run_qemu(short)) / exits * 1e6)
     v = statistics.median(vk)
     q = statistics.median(qm) if qm else None
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     if args.json:
         print(json.dumps({"chars": args.chars, "exits": exits, "virtkit_us_per_exit": v, "qemu_us_per_exit": q,
+                          "load_average": load,
                           "samples": {"virtkit": vk, "qemu": qm},
                           "ratio_virtkit_over_qemu": (v / q) if q else None}, indent=1))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"MMIO exit round trip: 16550 LSR read + THR write, {exits:,} exits (median of {args.rounds})")
+    table = Table(title=f"MMIO exit round trip: 16550 LSR read + THR write, {exits:,} exits (median of {args.rounds})",
+                  caption=f"load average {load:.1f}")
     table.add_column("peer")
     table.add_column("µs per exit", justify="right")
     table.add_row("qemu-system-riscv64 -M virt (TCG)", "-" if q is None else f"{q:.2f}")
