@@ -57,6 +57,7 @@ class Row:
     cpu_ratio: float = 0.0
     virtkit_checksum: str = ""
     qemu_checksum: str = ""
+    native: float = 0.0  # share of the instructions run as JIT-compiled native code
     error: str = ""
 
     @property
@@ -117,16 +118,18 @@ def engine_load_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def run_virtkit(elf: Path) -> tuple[str, int, float, float]:
-    """Run on virtkit's engine: (checksum, instructions retired, wall seconds, CPU seconds of this process)."""
+def run_virtkit(elf: Path, jit: int | None = None) -> tuple[str, int, float, float, float]:
+    """Run on virtkit's engine: (checksum, instructions retired, wall seconds, CPU seconds of this process,
+    share of instructions run as native code). ``jit``: the JIT threshold (0 = interpreter only)."""
     from virtkit.engines.riscv.baremetal import run_elf
 
     cpu0 = time.process_time()
-    res = run_elf(elf, console=lambda b: None, max_instructions=20_000_000_000)
+    res = run_elf(elf, console=lambda b: None, max_instructions=20_000_000_000, jit=jit)
     cpu = time.process_time() - cpu0
     if res.exit_code != 0:
         raise VirtkitError(f"virtkit: {elf.name} ended with {res.exit_code} ({res.reason})")
-    return checksum_of(res.output.decode(errors="replace")), res.instructions, res.seconds, cpu
+    native = res.stats.get("jit_instructions", 0) / res.instructions if res.instructions else 0.0
+    return checksum_of(res.output.decode(errors="replace")), res.instructions, res.seconds, cpu, native
 
 
 def run_qemu(elf: Path, timeout: float = 600) -> tuple[str, float, float]:
@@ -144,7 +147,7 @@ def run_qemu(elf: Path, timeout: float = 600) -> tuple[str, float, float]:
     return checksum_of(p.stdout.decode(errors="replace")), dt, cpu
 
 
-def measure(names: list[str], scale: float) -> tuple[list[Row], float, float]:
+def measure(names: list[str], scale: float, jit: int | None = None) -> tuple[list[Row], float, float]:
     """Run every workload on both peers; also return engine load time and QEMU's start-up time."""
     load_s = engine_load_seconds()
     qemu_start = run_qemu(build("crc32", 0))[1]
@@ -153,7 +156,7 @@ def measure(names: list[str], scale: float) -> tuple[list[Row], float, float]:
         row = Row(name, max(1, round(WORKLOADS[name] * scale)))
         try:
             elf = build(name, row.iterations)
-            row.virtkit_checksum, row.instructions, row.virtkit_s, row.virtkit_cpu_s = run_virtkit(elf)
+            row.virtkit_checksum, row.instructions, row.virtkit_s, row.virtkit_cpu_s, row.native = run_virtkit(elf, jit)
             row.qemu_checksum, row.qemu_s, row.qemu_cpu_s = run_qemu(elf)
             row.mips = row.instructions / row.virtkit_s / 1e6 if row.virtkit_s else 0.0
             row.ratio = row.virtkit_s / row.qemu_s if row.qemu_s else 0.0
@@ -175,16 +178,17 @@ def print_table(rows: list[Row], load_s: float, qemu_start: float) -> None:
     t = Table(title="CPU: virtkit RISC-V engine vs qemu-system-riscv64 (TCG), same ELF")
     cols = [("workload", "left"), ("iters", "right"), ("instructions", "right"), ("virtkit s", "right"),
             ("MIPS", "right"), ("QEMU s", "right"), ("virtkit/QEMU", "right"), ("CPU-time MIPS", "right"),
-            ("CPU-time ratio", "right"), ("checksum", "left")]
+            ("CPU-time ratio", "right"), ("native", "right"), ("checksum", "left")]
     for col, just in cols:
         t.add_column(col, justify=just)
     for r in rows:
         if r.error and not r.virtkit_s:
-            t.add_row(r.workload, str(r.iterations), *["-"] * 7, f"[red]{r.error}[/red]")
+            t.add_row(r.workload, str(r.iterations), *["-"] * 8, f"[red]{r.error}[/red]")
             continue
         ck = f"{r.virtkit_checksum} ok" if r.ok else f"[red]{r.error}[/red]"
         t.add_row(r.workload, str(r.iterations), f"{r.instructions:,}", f"{r.virtkit_s:.2f}", f"{r.mips:.1f}",
-                  f"{r.qemu_s:.2f}", f"{r.ratio:.1f}x", f"{r.cpu_mips:.1f}", f"{r.cpu_ratio:.1f}x", ck)
+                  f"{r.qemu_s:.2f}", f"{r.ratio:.1f}x", f"{r.cpu_mips:.1f}", f"{r.cpu_ratio:.1f}x",
+                  f"{r.native:.0%}", ck)
     good = [r for r in rows if r.virtkit_s and r.qemu_s]
     if good:
         insns = sum(r.instructions for r in good)
@@ -193,12 +197,15 @@ def print_table(rows: list[Row], load_s: float, qemu_start: float) -> None:
         vc = sum(r.virtkit_cpu_s for r in good)
         qc = sum(r.qemu_cpu_s for r in good)
         t.add_row("[b]total[/b]", "", f"{insns:,}", f"{vs:.2f}", f"{insns / vs / 1e6:.1f}", f"{qs:.2f}",
-                  f"{vs / qs:.1f}x", f"{insns / vc / 1e6:.1f}" if vc else "-", f"{vc / qc:.1f}x" if qc else "-", "")
+                  f"{vs / qs:.1f}x", f"{insns / vc / 1e6:.1f}" if vc else "-", f"{vc / qc:.1f}x" if qc else "-", "",
+                  "")
     con = Console(width=max(150, Console().width))
     con.print(t)
     con.print(f"virtkit engine compile/cache-load (not in the times above): {load_s:.2f} s; "
               f"QEMU start-up (included in QEMU s): {qemu_start:.2f} s. CPU-time columns use process CPU time "
-              "(virtkit: this process, QEMU: the child), which a loaded machine distorts less than wall time.")
+              "(virtkit: this process, QEMU: the child), which a loaded machine distorts less than wall time; the "
+              "JIT's translator process is not in virtkit's CPU time. native: share of instructions run as "
+              "JIT-compiled host code (the rest interpreted).")
     if good:
         mips = insns / vs / 1e6
         ratio = vs / qs
@@ -214,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--micro", action="store_true", help="also measure per-instruction cost (profile of the engine)")
+    ap.add_argument("--jit", default=None, help="JIT hotness threshold, or 'off' for the interpreter alone "
+                    "(default: the engine's default or $VIRTKIT_JIT)")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]
@@ -227,8 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which(QEMU) is None:
         print(f"bench/cpu.py: error: {QEMU} not found (Debian package qemu-system-misc)", file=sys.stderr)
         return 2
+    jit = None
+    if args.jit is not None:
+        if args.jit.lower() == "off":
+            jit = 0
+        elif args.jit.isdigit():
+            jit = int(args.jit)
+        else:
+            print(f"bench/cpu.py: error: --jit must be 'off' or a threshold (a number >= 0): {args.jit!r}",
+                  file=sys.stderr)
+            return 2
     try:
-        rows, load_s, qemu_start = measure(names, args.scale)
+        rows, load_s, qemu_start = measure(names, args.scale, jit)
         micro = measure_micro() if args.micro else []
     except VirtkitError as err:
         print(f"bench/cpu.py: error: {err}", file=sys.stderr)

@@ -63,3 +63,22 @@ def test_tiny_run_matches_qemu_json(cpu, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["workload"] for r in out["rows"]] == ["crc32", "interp"]
     assert all(r["ok"] and r["instructions"] > 0 for r in out["rows"])
+
+
+@pytest.mark.parametrize("value", ["fast", "-2", "1.5"])
+def test_bad_jit_option_is_a_clear_error(cpu, capsys, value):
+    assert cpu.main(["--jit", value]) == 2
+    err = capsys.readouterr().err
+    assert "--jit must be" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_workload_with_the_jit_and_without_matches_qemu(cpu, capsys):
+    """crc32 with every block entry a translation candidate (threshold 1) and with the interpreter alone:
+    the same checksum as QEMU; the JSON says which share ran as native code (0 without the JIT)."""
+    require_tool(cpu.QEMU, harness.CROSS_CC)
+    for jit in ("1", "off"):
+        assert cpu.main(["--only", "crc32", "--scale", "0.1", "--jit", jit, "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)["rows"][0]
+        assert row["ok"] and 0.0 <= row["native"] <= 1.0, row
+    assert row["native"] == 0.0
