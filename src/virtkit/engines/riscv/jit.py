@@ -836,7 +836,8 @@ class _WorkerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "virtkit.engines.riscv.jitworker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lock = threading.Lock()
-        self.send(("init", ctab.tobytes(), str(ctab.dtype)))
+        self.ctab = ctab
+        self.inited = False  # the table goes with the first jobs (a 512 KiB write would wait for the child)
 
     def send(self, msg: object) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
@@ -854,6 +855,9 @@ class _WorkerProcess:
 
     def translate(self, jobs: list[Job], nharts: int) -> list[Result | None]:
         with self.lock:
+            if not self.inited:
+                self.send(("init", self.ctab.tobytes(), str(self.ctab.dtype)))
+                self.inited = True
             self.send(("jobs", nharts, jobs))
             out = self.recv()
         assert isinstance(out, list)
@@ -934,6 +938,7 @@ class Jit:
         """Start the background translator (once; the engine calls it on its first run)."""
         if self._thread is not None or not self.background or self.threshold <= 0:
             return
+        _worker(self._ctab)  # start the translator process now: its imports overlap the guest's start
         ref = weakref.ref(self)
         self._thread = threading.Thread(target=_translator, args=(ref,), name="virtkit-jit", daemon=True)
         _threads[:] = [t for t in _threads if t.is_alive()] + [self._thread]
