@@ -4,8 +4,10 @@ on virtkit (AOT-compiled core and Numba JIT core) and on `qemu-system-riscv64 -M
 Prints the wall time of the whole process (median of ``--runs``), virtkit's start-up before the first
 guest instruction (wall time minus the guest run time ``virtkit run --json`` reports), and the
 virtkit/QEMU ratio. The guest's run itself is tiny, so the process time is almost all start-up.
+``--boot`` also boots the Linux guest to /init (as ``bench/boot.py`` does) on QEMU and on virtkit with
+each core; the peers take turns within each round, so machine load hits them alike.
 
-    .venv/bin/python bench/startup.py [--runs N] [--json]
+    .venv/bin/python bench/startup.py [--runs N] [--boot] [--json]
 """
 
 from __future__ import annotations
@@ -77,10 +79,39 @@ def run_qemu(elf: Path, runs: int) -> Peer:
     return peer
 
 
+def boot_rounds(runs: int) -> list[Peer]:
+    """Linux to /init, ``runs`` rounds of QEMU, virtkit AOT core, virtkit Numba core (interleaved)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from boot import APPEND, MEMORY, virtkit_argv
+
+    from virtkit.images import INIT_REACHED, default_guest
+    from virtkit.images.qemu import qemu_argv, run_console
+
+    guest = default_guest(progress=False)
+    append = f"{APPEND} virtkit.bench=init"
+    peers = {"qemu": Peer("qemu-system-riscv64 -M virt: boot to init"),
+             "aot": Peer("virtkit (aot core): boot to init"), "jit": Peer("virtkit (jit core): boot to init")}
+    argvs = {"qemu": qemu_argv(guest.kernel, guest.initrd, append, guest.firmware, memory=MEMORY),
+             "aot": virtkit_argv(guest, append), "jit": virtkit_argv(guest, append)}
+    for _ in range(runs):
+        for name, peer in peers.items():
+            if peer.error:
+                continue
+            env = None if name == "qemu" else {"VIRTKIT_CORE": name}
+            run = run_console(argvs[name], timeout=300, marks=[INIT_REACHED], env=env)
+            if INIT_REACHED not in run.marks:
+                lines = [ln for ln in run.output.splitlines() if ln.strip()]
+                peer.error = lines[-1][:120] if lines else f"exit {run.returncode}"
+                continue
+            peer.wall.append(run.marks[INIT_REACHED])
+    return list(peers.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table (or JSON)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="processes per peer (median reported)")
+    ap.add_argument("--boot", action="store_true", help="also boot Linux to /init on each peer, interleaved")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)
     if args.runs < 1:
@@ -101,10 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         peers.append(run_virtkit(elf, "aot", args.runs))
     peers.append(run_virtkit(elf, "jit", args.runs))
-    q = qemu.median("wall")
+    if args.boot:
+        if reason:
+            print(f"bench/startup.py: error: --boot needs the AOT core: {reason}", file=sys.stderr)
+            return 1
+        peers += boot_rounds(args.runs)
+    qemu_wall = {"demo": qemu.median("wall"), "boot": peers[3].median("wall") if args.boot else None}
 
     def ratio(p: Peer) -> float | None:
         w = p.median("wall")
+        q = qemu_wall["boot" if "boot to init" in p.name else "demo"]
         return None if w is None or not q else w / q
 
     if args.json:
@@ -116,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Start-up: bare-metal demo ({elf.name}), median of {args.runs} processes")
+    what = f"bare-metal demo ({elf.name})" + (" and Linux to /init" if args.boot else "")
+    t = Table(title=f"Start-up: {what}, median of {args.runs} processes")
     for col in ("peer", "process wall time", "before the first guest instruction", "wall / qemu"):
         t.add_column(col, justify="left" if col == "peer" else "right")
     for p in peers:
