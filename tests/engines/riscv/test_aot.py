@@ -269,3 +269,16 @@ def test_aot_core_releases_the_gil(built_aot):
     assert p.returncode == 0, p.stderr
     core, n = p.stdout.split()
     assert core == "aot" and 0 < int(n) < 10**12
+
+
+@pytest.mark.slow
+def test_core_function_missing_from_the_aot_core_comes_from_numba_with_a_note(built_aot):
+    code = ("from virtkit.engines.riscv import engine\n"
+            "from virtkit.machine.memory import GuestMemory\n"
+            "engine.RiscvEngine(GuestMemory(1 << 16, 0x8000_0000))\n"
+            "print(engine.selected_core(), engine.core.srl(-1, 60))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "VIRTKIT_CORE": "aot", "VIRTKIT_AOT_CACHE": str(built_aot)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["aot", "15"]
+    assert "core.srl is not in the AOT core" in p.stderr
