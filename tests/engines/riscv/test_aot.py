@@ -105,6 +105,25 @@ def test_build_into_unusable_root_is_one_line_error(tmp_path, monkeypatch):
         aot.build()
 
 
+def test_compiled_sources_follow_the_imports_of_njit_modules(tmp_path, monkeypatch):
+    import virtkit.engines.riscv as pkg
+
+    (tmp_path / "a.py").write_text("from virtkit.engines.riscv.b import (  # noqa\n    X,\n)\n"
+                                   "from virtkit.engines.riscv import c, d\n\n@njit\ndef f():\n    pass\n")
+    (tmp_path / "b.py").write_text("from virtkit.engines.riscv.e import Y\n")
+    for name in ("c", "d", "e", "unrelated"):
+        (tmp_path / f"{name}.py").write_text("Z = 1  # mentions @njit only in a comment\n")
+    monkeypatch.setattr(pkg, "HERE", tmp_path)
+    assert [p.name for p in pkg.compiled_sources()] == ["a.py", "b.py", "c.py", "d.py", "e.py"]
+
+
+def test_real_compiled_sources_include_the_constants():
+    import virtkit.engines.riscv as pkg
+
+    names = [p.name for p in pkg.compiled_sources()]
+    assert {"core.py", "fpu.py", "consts.py"} <= set(names) and "aot.py" not in names
+
+
 def test_old_builds_are_pruned(tmp_path):
     for i in range(6):
         d = tmp_path / f"{i:016x}"

@@ -27,7 +27,8 @@ from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
-_IMPORT = re.compile(rb"^\s*from virtkit\.engines\.riscv(?:\.(\w+))? import \(?\s*(\w+)", re.M)
+_FROM_SUB = re.compile(rb"^\s*from virtkit\.engines\.riscv\.(\w+) import", re.M)
+_FROM_PKG = re.compile(rb"^\s*from virtkit\.engines\.riscv import \(?([\w, ]+)", re.M)
 _NJIT = re.compile(rb"^@njit", re.M)
 
 
@@ -56,8 +57,9 @@ def compiled_sources() -> list[Path]:
         if name in seen or name not in srcs:
             continue
         seen.add(name)
-        for sub, imported in _IMPORT.findall(srcs[name]):
-            todo.append((sub or imported).decode() + ".py")
+        todo += [m.decode() + ".py" for m in _FROM_SUB.findall(srcs[name])]
+        for names in _FROM_PKG.findall(srcs[name]):
+            todo += [n.strip().decode() + ".py" for n in names.split(b",") if n.strip()]
     return [HERE / n for n in sorted(seen)]
 
 
