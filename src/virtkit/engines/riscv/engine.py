@@ -481,6 +481,9 @@ def _select_core() -> str:
             _use_jit("")
             return _core_kind
         mod, reason = aot.load()
+        lacks = [n for n in CORE_FUNCTIONS if mod is not None and not callable(getattr(mod, n, None))]
+        if lacks:  # CORE_FUNCTIONS grew since the build (engine.py is not part of the AOT key)
+            mod, reason = None, f"the AOT core lacks {', '.join(lacks)} (rebuild it)"
         if mod is None:
             if mode == "aot":
                 raise ConfigError(f"VIRTKIT_CORE=aot: {reason}")
