@@ -267,3 +267,22 @@ def test_untranslatable_and_garbage_code_is_left_to_the_interpreter():
         if ok:
             text, entries = region_ir("f", insns, entry & ~1, 1)
             assert "define i64 @f" in text and entries
+
+
+def test_translations_are_kept_between_runs_and_damaged_ones_replaced(tmp_path, monkeypatch):
+    """The persistent translation cache: a second run loads the regions; a corrupt file is translated again."""
+    from virtkit.engines.riscv import jit as jitmod
+
+    monkeypatch.setenv("VIRTKIT_JIT_CACHE", str(tmp_path / "cache"))
+    elf = asm.build(HOT, tmp_path, "hot")
+    e1, _, v1 = run(elf, jit=1)
+    files = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert v1 == 1 and files
+    for f in files:
+        f.write_bytes(b"\x80garbage")
+    e2, _, v2 = run(elf, jit=1)
+    assert v2 == 1 and e2.stats()["jit_instructions"] > 0
+    assert all(f.read_bytes() != b"\x80garbage" for f in files)  # replaced by fresh translations
+    job = jitmod.Job("x", 0, 0, bytes(4096))
+    monkeypatch.setenv("VIRTKIT_JIT_CACHE", "off")
+    assert jitmod.cache_root() is None and jitmod.cached(job, 1) is jitmod.MISS

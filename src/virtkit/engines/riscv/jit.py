@@ -29,14 +29,17 @@ invalidated ``MAX_INVALIDATIONS`` times is not translated again (code and data s
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -802,27 +805,122 @@ class Result:
     has_loop: bool
 
 
+_NOT_WORTH = b"-"  # a cache file saying "decoded, not worth translating"
+
+
+def cache_root() -> Path | None:
+    """Where translated regions are kept between runs (``$VIRTKIT_JIT_CACHE``; ``off`` disables it)."""
+    v = os.environ.get("VIRTKIT_JIT_CACHE", "")
+    if v.lower() in ("off", "no", "none", "0"):
+        return None
+    root = Path(v) if v else Path.home() / ".cache" / "virtkit" / "jit"
+    return root / _jit_version()
+
+
+_version: str | None = None
+
+
+def _jit_version() -> str:
+    """Hash of everything a translation depends on: this translator, the table layout, LLVM."""
+    global _version
+    if _version is None:
+        import llvmlite
+
+        h = hashlib.sha256()
+        here = Path(__file__).resolve().parent
+        for name in ("jit.py", "consts.py"):
+            h.update((here / name).read_bytes())
+        h.update(llvmlite.__version__.encode())
+        _version = h.hexdigest()[:16]
+    return _version
+
+
+def region_key(job: Job, nharts: int) -> str:
+    """The persistent-cache key of a job: the page's bytes and RAM offset, the entry, harts, codegen level."""
+    h = hashlib.sha256(job.code)
+    h.update(f"{job.page}:{job.entry}:{nharts}:{job.level}".encode())
+    return h.hexdigest()[:32]
+
+
 def translate(job: Job, ctab: np.ndarray, nharts: int) -> Result | None:
-    """Decode and compile one region to object code (runs in the translator process); None if not worth it."""
+    """Decode and compile one region to object code (runs in the translator process); None if not worth it.
+
+    Results are kept on disk (:func:`cache_root`) keyed by :func:`region_key`: the same guest code at
+    the same place (the kernel of every boot) is translated once, later runs load the object code.
+    """
+    key = region_key(job, nharts)
+    root = cache_root()
+    path = root / key[:2] / key if root is not None else None
+    hit = cached(job, nharts)
+    if hit is not MISS:
+        return hit  # type: ignore[return-value]
+    res = _translate(job, ctab, nharts, f"vk_{key}")
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{key}.{os.getpid()}")
+            tmp.write_bytes(_NOT_WORTH if res is None else pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only or full cache only costs the next run a translation
+    return res
+
+
+MISS = object()
+CACHE_MAX_FILES = 50_000  # a version directory past this is cleared (guest user code lands anywhere in RAM)
+
+
+def prune_cache() -> None:
+    """Drop translations of other translator versions, and this version's when it grew past the cap."""
+    root = cache_root()
+    if root is None or not root.parent.is_dir():
+        return
+    for d in root.parent.iterdir():
+        if d.is_dir() and d.name != root.name:
+            shutil.rmtree(d, ignore_errors=True)
+    if root.is_dir() and sum(1 for _ in root.glob("*/*")) > CACHE_MAX_FILES:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cached(job: Job, nharts: int) -> Result | None | object:
+    """The cached translation of ``job`` (a Result, or None for "not worth it"), or MISS."""
+    root = cache_root()
+    if root is None:
+        return MISS
+    key = region_key(job, nharts)
+    try:
+        data = (root / key[:2] / key).read_bytes()
+    except OSError:
+        return MISS
+    if data == _NOT_WORTH:
+        return None
+    try:
+        res = pickle.loads(data)
+    except Exception:  # a damaged cache file: translate again (and replace it)
+        return MISS
+    return res if isinstance(res, Result) and res.name == f"vk_{key}" else MISS
+
+
+def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | None:
     page16 = np.frombuffer(job.code, dtype=np.uint16)
     rel = decode_region(page16, ctab, job.entry - job.page)
     insns = {o + job.page: Insn(o + job.page, i.length, i.ins, i.kind) for o, i in rel.items()}
     if not insns or not worth_translating(insns, job.entry):
         return None
-    text, entries = region_ir(job.name, insns, job.entry, nharts)
+    text, entries = region_ir(name, insns, job.entry, nharts)
     llvm, tm, _ = _llvm_engine(job.level)
     with _llvm_lock:
         mod = llvm.parse_assembly(text + _PROF)
         mod.verify()
         pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=0))
         mpm = llvm.create_new_module_pass_manager()
-        for name in OPT_PASSES[job.level]:
-            getattr(mpm, f"add_{name}_pass")()
+        for pass_name in OPT_PASSES[job.level]:
+            getattr(mpm, f"add_{pass_name}_pass")()
         mpm.run(mod, pb)
         obj = tm.emit_object(mod)
     lo = min(insns) >> CSHIFT
     hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
-    return Result(job.name, obj, entries, lo, hi, _has_loop(insns))
+    return Result(name, obj, entries, lo, hi, _has_loop(insns))
 
 
 class _WorkerProcess:
@@ -873,6 +971,8 @@ class _WorkerProcess:
 
 
 _the_worker: _WorkerProcess | None = None
+_linked: dict[str, int] = {}  # region function name -> address in this process
+_pruned = False
 
 
 def _worker(ctab: np.ndarray) -> _WorkerProcess:
@@ -939,6 +1039,10 @@ class Jit:
         if self._thread is not None or not self.background or self.threshold <= 0:
             return
         _worker(self._ctab)  # start the translator process now: its imports overlap the guest's start
+        global _pruned
+        if not _pruned:
+            _pruned = True
+            threading.Thread(target=prune_cache, name="virtkit-jit-prune", daemon=True).start()
         ref = weakref.ref(self)
         self._thread = threading.Thread(target=_translator, args=(ref,), name="virtkit-jit", daemon=True)
         _threads[:] = [t for t in _threads if t.is_alive()] + [self._thread]
@@ -980,7 +1084,12 @@ class Jit:
         """Translate ``jobs`` (in the worker process when there is one), link and install the results."""
         t = time.monotonic()
         if self.background:
-            results = _worker(self._ctab).translate(jobs, self.nharts)
+            # translations kept from earlier runs are read here; only the others go to the translator process
+            results: list[Result | None | object] = [cached(j, self.nharts) for j in jobs]
+            misses = [j for j, r in zip(jobs, results, strict=True) if r is MISS]
+            if misses:
+                done = iter(_worker(self._ctab).translate(misses, self.nharts))
+                results = [next(done) if r is MISS else r for r in results]
         else:
             results = [translate(j, self._ctab, self.nharts) for j in jobs]
         llvm, _, eng = _llvm_engine(0)
@@ -992,9 +1101,11 @@ class Jit:
                 self.refused += 1  # code and data share these chunks: translating again would only thrash
                 continue
             with _llvm_lock:
-                eng.add_object_file(llvm.ObjectFileRef.from_data(res.obj))
-                eng.finalize_object()
-                fn = eng.get_function_address(res.name)
+                fn = _linked.get(res.name)
+                if fn is None:  # the same region (same code, same place) is linked once per process
+                    eng.add_object_file(llvm.ObjectFileRef.from_data(res.obj))
+                    eng.finalize_object()
+                    fn = _linked[res.name] = eng.get_function_address(res.name)
             self._install(job, res, fn, tier2)
         self.compile_seconds += time.monotonic() - t
 
