@@ -160,6 +160,18 @@ def test_engine_cli_malformed(aot_cache, args, match):
     assert p.returncode == 2 and match in p.stderr and "Traceback" not in p.stderr
 
 
+def test_engine_status_into_a_closed_pipe_has_no_traceback(aot_cache):
+    """`virtkit engine status | head -1`: the reader may be gone before virtkit writes."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "virtkit.cli", "engine", "status"], stdout=w, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141 and p.stderr == ""
+
+
 def test_engine_build_unusable_root_is_one_line_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
