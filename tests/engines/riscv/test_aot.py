@@ -277,6 +277,7 @@ def test_engine_status_and_run_stats_after_build(built_aot):
 
 GIL_PROBE = """
 import sys, threading
+from virtkit.engines.riscv.consts import HS_INSTRET
 from virtkit.engines.riscv.engine import RiscvEngine, selected_core
 from virtkit.machine.memory import GuestMemory
 mem = GuestMemory(1 << 16, 0x8000_0000)
@@ -284,7 +285,7 @@ mem.write(0x8000_0000, (0x6f).to_bytes(4, "little"))  # j .  (forever)
 eng = RiscvEngine(mem)
 th = threading.Thread(target=eng.run, args=(10**12,))
 th.start()
-for _ in range(100000):  # Python work while the guest runs: only possible if run() released the GIL
+while eng.hs[0, HS_INSTRET] == 0:  # updated every slice; Python runs meanwhile only if run() released the GIL
     pass
 eng.request_exit()
 th.join()
@@ -294,7 +295,8 @@ print(selected_core(), eng.stats()["instructions"])
 
 @pytest.mark.slow
 def test_aot_core_releases_the_gil(built_aot):
-    """The vCPU thread runs the AOT core without the GIL: another thread stops a guest that loops forever."""
+    """The vCPU thread runs the AOT core without the GIL: another thread watches a guest that loops forever
+    retire instructions and stops it (with the GIL held, the watcher never runs: the subprocess times out)."""
     p = subprocess.run([sys.executable, "-c", GIL_PROBE], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "VIRTKIT_CORE": "aot", "VIRTKIT_AOT_CACHE": str(built_aot)})
     assert p.returncode == 0, p.stderr
