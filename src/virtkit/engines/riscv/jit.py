@@ -82,9 +82,10 @@ DEFAULT_THRESHOLD = 64
 #: compile time for ~4% smaller code, so only the tier-2 recompile of loops runs it
 OPT_PASSES = {0: ("sroa",), 1: ("sroa", "instruction_combine")}
 MIN_RUN = 6  # worth_translating(): native instructions from the entry before a bail
-TIER2 = True  # recompile regions with loops at codegen level 1 when idle
+TIER2 = False  # recompile regions with loops at codegen level 1 when idle (off: see docs/benchmarks.md "JIT")
+TIER2_QUIET = 0.1  # seconds without new requests before tier-2 work starts
 BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped: they went cold)
-BATCH = 4  # regions per LLVM module: small batches install the first ones sooner
+BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
 
 
 
@@ -961,6 +962,15 @@ class _WorkerProcess:
         assert isinstance(out, list)
         return out
 
+    def ping(self) -> None:
+        """Wait until the process has imported everything and answers."""
+        with self.lock:
+            if not self.inited:
+                self.send(("init", self.ctab.tobytes(), str(self.ctab.dtype)))
+                self.inited = True
+            self.send(("ping",))
+            self.recv()
+
     def close(self) -> None:
         try:
             if self.proc.stdin:
@@ -982,6 +992,13 @@ def _worker(ctab: np.ndarray) -> _WorkerProcess:
         if _the_worker is None or _the_worker.proc.poll() is not None:
             _the_worker = _WorkerProcess(ctab)
         return _the_worker
+
+
+def warm_up() -> None:
+    """Start the translator process and wait until it is ready (benchmarks call this with the engine load)."""
+    from virtkit.engines.riscv.engine import _ctab
+
+    _worker(_ctab()).ping()
 
 
 class Jit:
@@ -1014,7 +1031,8 @@ class Jit:
         self.tier2 = 0
         self._seq = 0
         self._thread: threading.Thread | None = None
-        self._backlog: list[int] = []  # requested entries not translated yet, newest first
+        self._backlog: list[int] = []
+        self._last_request = 0.0  # requested entries not translated yet, newest first
         self._tier2: list[tuple[int, int, list[int]]] = []  # (page, entry, entries) of regions with a loop
         self._lock = threading.Lock()
 
@@ -1059,14 +1077,19 @@ class Jit:
                     fresh = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(head - 1, tail - 1, -1)]
                     self.jreq[1] = head
                     self._backlog = (fresh + self._backlog)[:BACKLOG]
+                    self._last_request = time.monotonic()
                 if not self._backlog:
-                    if not self._tier2:
+                    # tier 2 only once the guest has stopped asking for a while (it costs 4x a first translation)
+                    if not self._tier2 or time.monotonic() - self._last_request < TIER2_QUIET:
                         return
                     page, entry, entries = self._tier2.pop(0)
                     ji = (entry >> 1) & JMASK
                     if self.jtab[ji, JT_KEY] == entry:  # still live: compile it again, better
                         self._run([self._job(entry, level=1)], tier2=True)
                     continue
+                # hottest first: the core keeps counting entries into untranslated code, so jhot says
+                # which waiting entry the guest runs most right now
+                self._backlog.sort(key=lambda o: -int(self.jhot[(o >> 1) & JMASK]))
                 offs, self._backlog = self._backlog[:BATCH], self._backlog[BATCH:]
                 jobs = []
                 for off in dict.fromkeys(offs):
@@ -1187,6 +1210,6 @@ def _translator(ref: weakref.ref) -> None:
                 return
             idle = 0.001
         else:
-            idle = min(idle * 2, 0.02)
+            idle = min(idle * 2, 0.005)
         del j
         time.sleep(idle)

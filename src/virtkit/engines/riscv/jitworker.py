@@ -2,7 +2,8 @@
 
 Started by :class:`virtkit.engines.riscv.jit.Jit` (``python -m virtkit.engines.riscv.jitworker``);
 messages are 8-byte little-endian lengths followed by a pickle. ``("init", ctab, dtype)``,
-then ``("jobs", nharts, [Job, ...])`` answered by a list of ``Result | None`` in the same order.
+then ``("jobs", nharts, [Job, ...])``, answered by a list of ``Result | None`` in the same order
+(``("ping",)`` is answered ``"pong"``: the process is ready).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main() -> int:
         msg = _read(inp)
         if msg is None:
             return 0
+        if msg[0] == "ping":
+            data = pickle.dumps("pong")
+            out.write(len(data).to_bytes(8, "little") + data)
+            out.flush()
+            continue
         results = []
         nharts = int(msg[1])
         for job in msg[2]:
