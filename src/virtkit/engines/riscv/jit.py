@@ -879,8 +879,11 @@ def prune_cache() -> None:
     for d in root.parent.iterdir():
         if d.is_dir() and d.name != root.name:
             shutil.rmtree(d, ignore_errors=True)
-    if root.is_dir() and sum(1 for _ in root.glob("*/*")) > CACHE_MAX_FILES:
-        shutil.rmtree(root, ignore_errors=True)
+    if root.is_dir():
+        with os.scandir(root) as subdirs:  # 256 two-hex-digit directories at most
+            count = sum(len(os.listdir(d.path)) for d in subdirs if d.is_dir())
+        if count > CACHE_MAX_FILES:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def cached(job: Job, nharts: int) -> Result | None | object:
