@@ -121,10 +121,10 @@ def _stop_translators() -> None:
     """At exit, let running translations finish before LLVM's globals are torn down."""
     global _shutdown
     _shutdown = True
-    for t in _threads:
-        t.join(timeout=2.0)
-    if _the_worker is not None:
-        _the_worker.close()
+    if _the_worker is not None:  # nothing to save there (cache files are written atomically): stop it now
+        _the_worker.proc.kill()
+    for t in _threads:  # a thread linking a region finishes it (LLVM must not be torn down under it)
+        t.join(timeout=1.0)
 
 
 def _llvm_engine(level: int = 0):
@@ -1209,7 +1209,8 @@ def _translator(ref: weakref.ref) -> None:
             try:
                 j.service()
             except Exception as err:  # a translator bug must not kill the VM: the interpreter runs on
-                print(f"virtkit: JIT translator stopped: {err!r}", file=sys.stderr)
+                if not _shutdown:  # (at exit the translator process is stopped under it: not news)
+                    print(f"virtkit: JIT translator stopped: {err!r}", file=sys.stderr)
                 return
             idle = 0.001
         else:
