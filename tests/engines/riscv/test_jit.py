@@ -38,7 +38,8 @@ SPECIAL = [0, 1, -1, 2, -2, 63, 64, -(1 << 63), (1 << 63) - 1, -(1 << 31), (1 <<
 def random_program(seed: int, n: int = 160, iters: int = 40) -> str:
     """A loop of ``n`` random integer instructions (ALU, M, loads/stores, forward branches), run ``iters`` times."""
     rnd = random.Random(seed)
-    lines = ["    .globl _start", "_start:", "    la x9, scratch", "    la x2, dump", f"    li x8, {iters}"]
+    lines = ["    .globl _start", "_start:", "    li x9, 0x6000", "    csrs mstatus, x9",  # FP on (mstatus.FS)
+             "    la x9, scratch", "    la x2, dump", f"    li x8, {iters}"]
     for r in DATA_REGS:
         v = rnd.choice(SPECIAL) if rnd.random() < 0.5 else rnd.getrandbits(64) - (1 << 63)
         lines.append(f"    li x{r}, {v}")
@@ -69,6 +70,19 @@ def random_program(seed: int, n: int = 160, iters: int = 40) -> str:
             op, size = rnd.choice(STORES)
             off = rnd.randrange(0, 2040, size) if rnd.random() < 0.9 else rnd.randrange(0, 2040)
             lines.append(f"    {op} x{rs2}, {off}(x9)")
+        elif k < 0.89:  # instructions native code hands to the interpreter and then goes on after
+            j = rnd.randrange(5)
+            if j == 0:
+                lines.append(f"    csrrw x{rd}, mscratch, x{rs1}")
+            elif j == 1:
+                lines.append(f"    addi x30, x9, {8 * rnd.randrange(8)}")  # x30 is free until PASS
+                lines.append(f"    amoadd.d x{rd}, x{rs2}, (x30)")
+            elif j == 2:
+                lines.append(f"    fld f{rnd.randrange(8)}, {8 * rnd.randrange(64)}(x9)")
+            elif j == 3:
+                lines.append(f"    fadd.d f{rnd.randrange(8)}, f{rnd.randrange(8)}, f{rnd.randrange(8)}")
+            else:
+                lines.append(f"    fsd f{rnd.randrange(8)}, {8 * rnd.randrange(64)}(x9)")
         else:
             label += 1
             name = f"f{label}"
@@ -119,6 +133,8 @@ def test_random_programs_match_the_interpreter(seed, tmp_path):
     assert e0.stats()["jit_instructions"] == 0
     assert e0.stats()["instructions"] == e1.stats()["instructions"]
     np.testing.assert_array_equal(e0.x, e1.x)
+    np.testing.assert_array_equal(e0.f, e1.f)
+    assert e0.read_csr(0, 0x340) == e1.read_csr(0, 0x340)  # mscratch
     assert bytes(m0.array) == bytes(m1.array)
 
 

@@ -130,4 +130,5 @@ JR_RING = 3  # jreq[3:] = RAM offsets of the block entries to translate
 J_SELF, J_X, J_RAM, J_TLBT, J_TLBO, J_CMAP, J_CFG, J_PC, J_LIMIT, J_LCTX, J_SCTX, J_STATUS, J_ARG = range(13)
 JC_N = 16
 ST_END, ST_BAIL, ST_CODE = 0, 1, 2  # native exit status: block end, interpret the insn at pc, code written
+ST_REJOIN = 3  # interpret the insn at pc, then look the next pc up again (it is an entry of the region)
 

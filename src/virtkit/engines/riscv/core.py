@@ -128,6 +128,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     SSTATUS_MASK,
     ST_CODE,
     ST_END,
+    ST_REJOIN,
     STVAL,
     STVEC,
     TIME,
@@ -1105,6 +1106,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     jc = jt[4][h]
     jthr = cfg[CF_JIT]
     blk = True
+    rejoin = False  # after this instruction, native code continues at the next one
     while n < limit:
         if ctx_dirty | irq_check:
             if ctx_dirty:
@@ -1162,6 +1164,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         blk = True
                     elif jst == ST_CODE:
                         jit_inval(jc[J_ARG], jt)
+                    elif jst == ST_REJOIN:
+                        rejoin = True
                     continue
                 hc = jhot[ji] + 1
                 jhot[ji] = hc
@@ -1723,6 +1727,9 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             ntrap += 1
         else:
             pc = npc
+        if rejoin:
+            rejoin = False
+            blk = True
         n += 1
     xr[0] = 0
     hs[h, HS_PC] = pc

@@ -72,6 +72,7 @@ from virtkit.engines.riscv.consts import (
     ST_BAIL,
     ST_CODE,
     ST_END,
+    ST_REJOIN,
     TLB_SIZE,
 )
 
@@ -207,6 +208,15 @@ def _supported(ins: int) -> bool:
     return False
 
 
+def _continues(ins: int) -> bool:
+    """An untranslated instruction after which execution goes on at the next one (CSR access, FP,
+    AMO, LR/SC): the region continues there, and the core looks that instruction up again."""
+    op = ins & 0x7F
+    if op == 0x73:
+        return (ins >> 12) & 7 not in (0, 4)  # CSR instructions, not ECALL/EBREAK/xRET/WFI/SFENCE
+    return op in (0x07, 0x27, 0x2F, 0x43, 0x47, 0x4B, 0x4F, 0x53)
+
+
 def _branch_target(ins: int) -> int:
     return ((ins >> 19) & -4096) | ((ins << 4) & 0x800) | ((ins >> 20) & 0x7E0) | ((ins >> 7) & 0x1E)
 
@@ -240,7 +250,10 @@ def decode_region(r16: np.ndarray, ctab: np.ndarray, entry: int, max_insns: int 
                     break
             if not _supported(ins):
                 insns[o] = Insn(o, ln, ins, "bail")
-                break
+                if not _continues(ins):
+                    break
+                o += ln  # the interpreter runs this one, native code goes on with the next
+                continue
             insns[o] = Insn(o, ln, ins, "ok")
             op = ins & 0x7F
             if op == 0x63:
@@ -303,6 +316,8 @@ class _Gen:
             op = it.ins & 0x7F
             nxt = it.off + it.length
             if it.kind != "ok":
+                if it.ins and _continues(it.ins) and nxt in insns:
+                    self.labels.add(nxt)  # where the core re-enters after interpreting it
                 continue
             if op == 0x63:
                 self.labels.add(it.off + _branch_target(it.ins))
@@ -465,7 +480,8 @@ class _Gen:
                 self.e(f"br label %L{o}")
             self.new_block(f"L{o}")
         if it.kind == "bail":
-            self.exit_to(self.vpc(o), ST_BAIL)
+            rejoin = it.ins != 0 and _continues(it.ins) and (o + it.length) in self.insns
+            self.exit_to(self.vpc(o), ST_REJOIN if rejoin else ST_BAIL)
             return
         ins = it.ins
         nxt = o + it.length
