@@ -1050,8 +1050,8 @@ class Jit:
         self.tier2 = 0
         self._seq = 0
         self._thread: threading.Thread | None = None
-        self._backlog: list[int] = []
-        self._last_request = 0.0  # requested entries not translated yet, newest first
+        self._backlog: list[int] = []  # requested entries not translated yet
+        self._last_request = 0.0  # when the core last queued one (tier-2 work waits for quiet)
         self._tier2: list[tuple[int, int, list[int]]] = []  # (page, entry, entries) of regions with a loop
         self._lock = threading.Lock()
 
