@@ -302,3 +302,32 @@ def test_translations_are_kept_between_runs_and_damaged_ones_replaced(tmp_path, 
     job = jitmod.Job("x", 0, 0, bytes(4096))
     monkeypatch.setenv("VIRTKIT_JIT_CACHE", "off")
     assert jitmod.cache_root() is None and jitmod.cached(job, 1) is jitmod.MISS
+
+
+LONG = """
+    .globl _start
+_start:
+    li s0, 200000000
+1:  addi s1, s1, 3
+    addi s0, s0, -1
+    bnez s0, 1b
+    PASS
+"""
+
+
+def test_cli_exits_cleanly_after_running_native_code(tmp_path):
+    """`virtkit run --bios none` with the background JIT: native code ran, exit 0, nothing on stderr but notes."""
+    import subprocess
+    import sys
+
+    elf = asm.build(LONG, tmp_path, "long")
+    env = dict(__import__("os").environ, VIRTKIT_JIT="1", VIRTKIT_JIT_CACHE=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--bios", "none", "--kernel", str(elf), "--stats",
+                        "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    noise = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("virtkit: note")]
+    assert not noise, p.stderr
+    import json
+
+    stats = json.loads(p.stdout[p.stdout.find("{"):])
+    assert stats["stats"]["jit_instructions"] > 0, stats  # code was linked in this process before it exited

@@ -126,6 +126,12 @@ def _stop_translators() -> None:
         _the_worker.proc.kill()
     for t in _threads:  # a thread linking a region finishes it (LLVM must not be torn down under it)
         t.join(timeout=1.0)
+    # The compiled code must outlive every thread that may still run it, and llvmlite's finalizers fail
+    # once the interpreter is half torn down ("Exception ignored ... ObjectRef.__del__"): leave the
+    # execution engines to the process exit.
+    for _, tm, eng in _llvm.values():
+        for obj in (eng, tm):
+            obj._closed = True
 
 
 def _llvm_engine(level: int = 0):
