@@ -16,11 +16,13 @@ from pathlib import Path
 
 from virtkit.errors import ImageError
 from virtkit.images.cache import (
+    DPKG_STATUS,
     BuildContext,
     MissingToolError,
     _locked,
     cache_root,
     deb_version,
+    debian_memo,
     require_program,
 )
 from virtkit.images.recipe import Recipe, make_jobs
@@ -66,6 +68,11 @@ def _cached_dsc_versions() -> list[str]:
 
 def source_version() -> str:
     """The busybox source version apt offers (newest), or the newest already downloaded when apt has none."""
+    stamps = ["/var/lib/apt/lists", "/var/cache/apt/srcpkgcache.bin", DPKG_STATUS, sources_dir()]
+    return debian_memo(f"src:{SOURCE_PACKAGE}", stamps, _source_version)
+
+
+def _source_version() -> str:
     out = subprocess.run(["apt-cache", "showsrc", "--only-source", SOURCE_PACKAGE], capture_output=True,
                          text=True, check=False)
     versions = re.findall(r"^Version: (\S+)$", out.stdout, re.M)
