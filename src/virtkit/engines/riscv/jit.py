@@ -2,19 +2,23 @@
 
 The Numba interpreter (``core.run_slice``) counts how often each block entry (the target of a
 taken branch or jump, a trap vector, a return) is reached, keyed by the guest-physical RAM offset.
-When a count reaches the threshold it queues the offset; :meth:`Jit.service`, called by the
-engine between ``run()`` slices, translates a *region* from there: every instruction reachable
+When a count reaches the threshold it queues the offset in a ring (``jreq``). A translator
+thread (:meth:`Jit.service`) takes the hottest waiting entry and has the translator *process*
+(``jitworker.py``; :func:`translate`) build a *region* from there: every instruction reachable
 inside the same 4 KiB page through fall-through, branches and direct jumps, up to
-``MAX_REGION`` instructions. Each region becomes one LLVM function (IR text -> llvmlite ->
-MCJIT, the same LLVM Numba uses) with the guest registers in SSA values, intra-region branches as
-native jumps, the software TLB probed inline for loads and stores, and the instruction limit
-checked on every backward branch. The interpreter calls the function through a pointer stored in
-``jtab`` (see ``core.call_native``).
+``MAX_REGION`` instructions. Each region becomes one LLVM function (IR text -> llvmlite -> object
+code, the same LLVM Numba uses) with the guest registers cached in SSA values inside a block,
+intra-region branches as native jumps, the software TLB probed inline for loads and stores, and
+the instruction limit checked on every backward branch. The engine links the object code (MCJIT)
+and publishes its entry points in ``jtab``; the interpreter calls them through
+``core.call_native``. Object code is also kept on disk (:func:`cache_root`) for later runs.
+Deterministic engines translate in-process at once (``background=False``).
 
 Only the common integer instructions are translated (RV64IM loads, stores, ALU, branches, jumps,
 FENCE); anything else, and any access the inline TLB probe cannot serve (a TLB miss, a
 misaligned access, MMIO, a store while another hart holds an LR reservation), makes the native
-code stop *before* that instruction and hand it back to the interpreter ("bail"). Traps,
+code stop *before* that instruction and hand it back to the interpreter ("bail"; after CSR, FP
+and AMO instructions the region goes on and the core re-enters it at the next one). Traps,
 CSRs, FP, AMOs, interrupts and timers therefore keep exactly one implementation: the
 interpreter's. The translation is per physical page and independent of the virtual mapping
 (pc-relative values are computed from the entry pc passed in).
