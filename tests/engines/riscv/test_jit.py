@@ -299,7 +299,7 @@ def test_translations_are_kept_between_runs_and_damaged_ones_replaced(tmp_path, 
     e2, _, v2 = run(elf, jit=1)
     assert v2 == 1 and e2.stats()["jit_instructions"] > 0
     assert all(f.read_bytes() != b"\x80garbage" for f in files)  # replaced by fresh translations
-    job = jitmod.Job("x", 0, 0, bytes(4096))
+    job = jitmod.Job(0, 0, bytes(4096))
     monkeypatch.setenv("VIRTKIT_JIT_CACHE", "off")
     assert jitmod.cache_root() is None and jitmod.cached(job, 1) is jitmod.MISS
 

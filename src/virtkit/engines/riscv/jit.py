@@ -83,12 +83,9 @@ from virtkit.engines.riscv.consts import (
 MAX_REGION = 256
 MAX_INVALIDATIONS = 4
 DEFAULT_THRESHOLD = 64
-#: IR passes per code-generation level: sroa makes the instruction count n SSA; instcombine costs ~30% more
-#: compile time for ~4% smaller code, so only the tier-2 recompile of loops runs it
-OPT_PASSES = {0: ("sroa",), 1: ("sroa", "instruction_combine")}
+#: IR passes: sroa makes the instruction count n SSA (instcombine cost ~30% more compile time for ~4% less code)
+OPT_PASSES = ("sroa",)
 MIN_RUN = 6  # worth_translating(): native instructions from the entry before a bail
-TIER2 = False  # recompile regions with loops at codegen level 1 when idle (off: see docs/benchmarks.md "JIT")
-TIER2_QUIET = 0.1  # seconds without new requests before tier-2 work starts
 BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped: they went cold)
 BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
 
@@ -116,7 +113,7 @@ def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
 
 # ---- LLVM ----------------------------------------------------------------------------------
 _llvm_lock = threading.Lock()
-_llvm: dict[int, tuple] = {}
+_llvm: tuple | None = None
 _shutdown = False
 _threads: list[threading.Thread] = []
 
@@ -133,28 +130,28 @@ def _stop_translators() -> None:
     # The compiled code must outlive every thread that may still run it, and llvmlite's finalizers fail
     # once the interpreter is half torn down ("Exception ignored ... ObjectRef.__del__"): leave the
     # execution engines to the process exit.
-    for _, tm, eng in _llvm.values():
-        for obj in (eng, tm):
+    if _llvm is not None:
+        for obj in _llvm[1:]:
             obj._closed = True
 
 
-def _llvm_engine(level: int = 0):
-    """The process-wide MCJIT compiler and target machine for code-generation level ``level``.
+def _llvm_engine():
+    """The process-wide llvmlite module, target machine and MCJIT compiler (created on first use).
 
-    Level 0 (FastISel, fast register allocator) compiles about 4x faster and is what every region
-    gets first; regions with a loop are compiled again at level 1 (SelectionDAG, greedy register
-    allocator: loop values stay in host registers) when the translator has nothing else to do.
+    Code generation level 0 (FastISel, fast register allocator): regions have hundreds of small
+    blocks, where the optimising code generator took ~4x the compile time (docs/benchmarks.md).
     """
+    global _llvm
     with _llvm_lock:
-        if level not in _llvm:
+        if _llvm is None:
             import llvmlite.binding as llvm
 
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
-            tm = llvm.Target.from_default_triple().create_target_machine(opt=level, jit=True)
+            tm = llvm.Target.from_default_triple().create_target_machine(opt=0, jit=True)
             eng = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-            _llvm[level] = (llvm, tm, eng)
-        return _llvm[level]
+            _llvm = (llvm, tm, eng)
+        return _llvm
 
 
 # ---- decoding ------------------------------------------------------------------------------
@@ -290,17 +287,6 @@ def worth_translating(insns: dict[int, Insn], entry: int) -> bool:
         o += it.length
     bails = sum(1 for i in insns.values() if i.kind == "bail")
     return bails * 8 <= len(insns)
-
-
-def _has_loop(insns: dict[int, Insn]) -> bool:
-    """The region has a backward branch or jump inside it (a loop the native code runs)."""
-    for i in insns.values():
-        op = i.ins & 0x7F
-        if i.kind == "ok" and op in (0x63, 0x6F):
-            tgt = i.off + (_branch_target(i.ins) if op == 0x63 else _jal_target(i.ins))
-            if tgt <= i.off and tgt in insns:
-                return True
-    return False
 
 
 # ---- code generation -----------------------------------------------------------------------
@@ -813,11 +799,9 @@ _PROF = (
 class Job:
     """One region to translate: the 4 KiB page it lives in, as it was when requested."""
 
-    name: str
     page: int  # RAM offset of the page
     entry: int  # RAM offset of the entry
     code: bytes  # the page's bytes
-    level: int = 0  # LLVM code-generation level
 
 
 @dataclass
@@ -829,7 +813,6 @@ class Result:
     entries: list[int]
     lo: int
     hi: int
-    has_loop: bool
 
 
 _NOT_WORTH = b"-"  # a cache file saying "decoded, not worth translating"
@@ -863,9 +846,9 @@ def _jit_version() -> str:
 
 
 def region_key(job: Job, nharts: int) -> str:
-    """The persistent-cache key of a job: the page's bytes and RAM offset, the entry, harts, codegen level."""
+    """The persistent-cache key of a job: the page's bytes and RAM offset, the entry, the hart count."""
     h = hashlib.sha256(job.code)
-    h.update(f"{job.page}:{job.entry}:{nharts}:{job.level}".encode())
+    h.update(f"{job.page}:{job.entry}:{nharts}".encode())
     return h.hexdigest()[:32]
 
 
@@ -938,19 +921,19 @@ def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | N
     if not insns or not worth_translating(insns, job.entry):
         return None
     text, entries = region_ir(name, insns, job.entry, nharts)
-    llvm, tm, _ = _llvm_engine(job.level)
+    llvm, tm, _ = _llvm_engine()
     with _llvm_lock:
         mod = llvm.parse_assembly(text + _PROF)
         mod.verify()
         pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=0))
         mpm = llvm.create_new_module_pass_manager()
-        for pass_name in OPT_PASSES[job.level]:
+        for pass_name in OPT_PASSES:
             getattr(mpm, f"add_{pass_name}_pass")()
         mpm.run(mod, pb)
         obj = tm.emit_object(mod)
     lo = min(insns) >> CSHIFT
     hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
-    return Result(name, obj, entries, lo, hi, _has_loop(insns))
+    return Result(name, obj, entries, lo, hi)
 
 
 class _WorkerProcess:
@@ -1057,12 +1040,8 @@ class Jit:
         self.compile_seconds = 0.0
         self.refused = 0
         self.stale = 0
-        self.tier2 = 0
-        self._seq = 0
         self._thread: threading.Thread | None = None
         self._backlog: list[int] = []  # requested entries not translated yet
-        self._last_request = 0.0  # when the core last queued one (tier-2 work waits for quiet)
-        self._tier2: list[tuple[int, int, list[int]]] = []  # (page, entry, entries) of regions with a loop
         self._lock = threading.Lock()
 
     def bind(self, x: np.ndarray, ram: np.ndarray, tlbt: np.ndarray, tlbo: np.ndarray, cfg: np.ndarray) -> None:
@@ -1106,16 +1085,8 @@ class Jit:
                     fresh = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(head - 1, tail - 1, -1)]
                     self.jreq[1] = head
                     self._backlog = (fresh + self._backlog)[:BACKLOG]
-                    self._last_request = time.monotonic()
                 if not self._backlog:
-                    # tier 2 only once the guest has stopped asking for a while (it costs 4x a first translation)
-                    if not self._tier2 or time.monotonic() - self._last_request < TIER2_QUIET:
-                        return
-                    page, entry, entries = self._tier2.pop(0)
-                    ji = (entry >> 1) & JMASK
-                    if self.jtab[ji, JT_KEY] == entry:  # still live: compile it again, better
-                        self._run([self._job(entry, level=1)], tier2=True)
-                    continue
+                    return
                 # hottest first: the core keeps counting entries into untranslated code, so jhot says
                 # which waiting entry the guest runs most right now
                 self._backlog.sort(key=lambda o: -int(self.jhot[(o >> 1) & JMASK]))
@@ -1127,12 +1098,11 @@ class Jit:
                 if jobs:
                     self._run(jobs)
 
-    def _job(self, entry: int, level: int = 0) -> Job:
-        self._seq += 1
+    def _job(self, entry: int) -> Job:
         page = entry & ~0xFFF
-        return Job(f"vk_r{id(self):x}_{self._seq}", page, entry, bytes(self._ram[page : page + 4096]), level)
+        return Job(page, entry, bytes(self._ram[page : page + 4096]))
 
-    def _run(self, jobs: list[Job], tier2: bool = False) -> None:
+    def _run(self, jobs: list[Job]) -> None:
         """Translate ``jobs`` (in the worker process when there is one), link and install the results."""
         t = time.monotonic()
         if self.background:
@@ -1144,7 +1114,7 @@ class Jit:
                 results = [next(done) if r is MISS else r for r in results]
         else:
             results = [translate(j, self._ctab, self.nharts) for j in jobs]
-        llvm, _, eng = _llvm_engine(0)
+        llvm, _, eng = _llvm_engine()
         for job, res in zip(jobs, results, strict=True):
             if res is None:
                 self.refused += 1
@@ -1158,10 +1128,10 @@ class Jit:
                     eng.add_object_file(llvm.ObjectFileRef.from_data(res.obj))
                     eng.finalize_object()
                     fn = _linked[res.name] = eng.get_function_address(res.name)
-            self._install(job, res, fn, tier2)
+            self._install(job, res, fn)
         self.compile_seconds += time.monotonic() - t
 
-    def _install(self, job: Job, res: Result, fn: int, tier2: bool) -> None:
+    def _install(self, job: Job, res: Result, fn: int) -> None:
         """Publish ``fn`` for the region's entries unless its code changed since the job was made."""
         # mark the chunks first: any store from now on drops the region (or the checks below see it)
         self.cmap[res.lo : res.hi + 1] |= 1
@@ -1183,13 +1153,8 @@ class Jit:
                     self.jtab[ji, JT_KEY] = -1
             self.stale += 1
             return
-        if tier2:
-            self.tier2 += 1
-            return
         self.regions += 1
         self.entries += len(res.entries)
-        if TIER2 and res.has_loop:
-            self._tier2.append((job.page, job.entry, res.entries))
 
     def invalidate(self, off: int, n: int) -> None:
         """Drop the regions translated from RAM ``[off, off+n)`` (device DMA, image loading)."""
@@ -1220,7 +1185,6 @@ class Jit:
             "invalidations": int(self.jreq[JR_INVAL]),
             "refused": self.refused,
             "stale": self.stale,
-            "tier2": self.tier2,
         }
 
 
