@@ -858,10 +858,8 @@ def translate(job: Job, ctab: np.ndarray, nharts: int) -> Result | None:
     Results are kept on disk (:func:`cache_root`) keyed by :func:`region_key`: the same guest code at
     the same place (the kernel of every boot) is translated once, later runs load the object code.
     """
-    key = region_key(job, nharts)
-    root = cache_root()
-    path = root / key[:2] / key if root is not None else None
-    hit = cached(job, nharts)
+    key, path = _cache_file(job, nharts)
+    hit = _load(path, key)
     if hit is not MISS:
         return hit  # type: ignore[return-value]
     res = _translate(job, ctab, nharts, f"vk_{key}")
@@ -895,14 +893,24 @@ def prune_cache() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _cache_file(job: Job, nharts: int) -> tuple[str, Path | None]:
+    """The job's cache key and file (None when the cache is off)."""
+    key = region_key(job, nharts)
+    root = cache_root()
+    return key, (root / key[:2] / key if root is not None else None)
+
+
 def cached(job: Job, nharts: int) -> Result | None | object:
     """The cached translation of ``job`` (a Result, or None for "not worth it"), or MISS."""
-    root = cache_root()
-    if root is None:
+    key, path = _cache_file(job, nharts)
+    return _load(path, key)
+
+
+def _load(path: Path | None, key: str) -> Result | None | object:
+    if path is None:
         return MISS
-    key = region_key(job, nharts)
     try:
-        data = (root / key[:2] / key).read_bytes()
+        data = path.read_bytes()
     except OSError:
         return MISS
     if data == _NOT_WORTH:
@@ -936,6 +944,21 @@ def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | N
     return Result(name, obj, entries, lo, hi)
 
 
+def write_msg(f, msg: object) -> None:
+    """One message of the translator protocol: an 8-byte little-endian length, then a pickle."""
+    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(len(data).to_bytes(8, "little") + data)
+    f.flush()
+
+
+def read_msg(f) -> object:
+    """The next message written by :func:`write_msg`; EOFError when the other side has gone."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise EOFError("the JIT translator's pipe closed")
+    return pickle.loads(f.read(int.from_bytes(head, "little")))
+
+
 class _WorkerProcess:
     """The translator as a child process (``python -m virtkit.engines.riscv.jitworker``).
 
@@ -950,38 +973,23 @@ class _WorkerProcess:
         self.ctab = ctab
         self.inited = False  # the table goes with the first jobs (a 512 KiB write would wait for the child)
 
-    def send(self, msg: object) -> None:
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
-        self.proc.stdin.flush()
-
-    def recv(self) -> object:
-        assert self.proc.stdout is not None
-        head = self.proc.stdout.read(8)
-        if len(head) < 8:
-            raise EOFError("the JIT translator process ended")
-        n = int.from_bytes(head, "little")
-        return pickle.loads(self.proc.stdout.read(n))
-
-    def translate(self, jobs: list[Job], nharts: int) -> list[Result | None]:
+    def exchange(self, msg: object) -> object:
+        """Send ``msg`` (after the one-time table) and return the answer."""
         with self.lock:
             if not self.inited:
-                self.send(("init", self.ctab.tobytes(), str(self.ctab.dtype)))
+                write_msg(self.proc.stdin, ("init", self.ctab.tobytes(), str(self.ctab.dtype)))
                 self.inited = True
-            self.send(("jobs", nharts, jobs))
-            out = self.recv()
+            write_msg(self.proc.stdin, msg)
+            return read_msg(self.proc.stdout)
+
+    def translate(self, jobs: list[Job], nharts: int) -> list[Result | None]:
+        out = self.exchange(("jobs", nharts, jobs))
         assert isinstance(out, list)
         return out
 
     def ping(self) -> None:
         """Wait until the process has imported everything and answers."""
-        with self.lock:
-            if not self.inited:
-                self.send(("init", self.ctab.tobytes(), str(self.ctab.dtype)))
-                self.inited = True
-            self.send(("ping",))
-            self.recv()
+        self.exchange(("ping",))
 
     def close(self) -> None:
         try:

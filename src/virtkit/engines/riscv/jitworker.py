@@ -8,49 +8,38 @@ then ``("jobs", nharts, [Job, ...])``, answered by a list of ``Result | None`` i
 
 from __future__ import annotations
 
-import pickle
 import sys
 
 import numpy as np
 
-from virtkit.engines.riscv.jit import translate
-
-
-def _read(f) -> object | None:
-    head = f.read(8)
-    if len(head) < 8:
-        return None
-    return pickle.loads(f.read(int.from_bytes(head, "little")))
+from virtkit.engines.riscv.jit import read_msg, translate, write_msg
 
 
 def main() -> int:
     """Serve translation jobs until stdin closes."""
     inp = sys.stdin.buffer
     out = sys.stdout.buffer
-    msg = _read(inp)
-    if not (isinstance(msg, tuple) and msg[0] == "init"):
-        return 2
-    ctab = np.frombuffer(msg[1], dtype=np.dtype(msg[2]))
-    while True:
-        msg = _read(inp)
-        if msg is None:
-            return 0
-        if msg[0] == "ping":
-            data = pickle.dumps("pong")
-            out.write(len(data).to_bytes(8, "little") + data)
-            out.flush()
-            continue
-        results = []
-        nharts = int(msg[1])
-        for job in msg[2]:
-            try:
-                results.append(translate(job, ctab, nharts))
-            except Exception as err:  # a bad region is not translated; the interpreter runs it
-                print(f"virtkit: JIT: region at {job.entry:#x} not translated: {err!r}", file=sys.stderr)
-                results.append(None)
-        data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        out.write(len(data).to_bytes(8, "little") + data)
-        out.flush()
+    try:
+        msg = read_msg(inp)
+        if not (isinstance(msg, tuple) and msg[0] == "init"):
+            return 2
+        ctab = np.frombuffer(msg[1], dtype=np.dtype(msg[2]))
+        while True:
+            msg = read_msg(inp)
+            if msg[0] == "ping":
+                write_msg(out, "pong")
+                continue
+            results = []
+            nharts = int(msg[1])
+            for job in msg[2]:
+                try:
+                    results.append(translate(job, ctab, nharts))
+                except Exception as err:  # a bad region is not translated; the interpreter runs it
+                    print(f"virtkit: JIT: region at {job.entry:#x} not translated: {err!r}", file=sys.stderr)
+                    results.append(None)
+            write_msg(out, results)
+    except EOFError:
+        return 0
 
 
 if __name__ == "__main__":
