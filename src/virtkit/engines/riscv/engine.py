@@ -227,24 +227,27 @@ class RiscvEngine:
         if self._pending_read is not None:
             raise RuntimeError("complete_mmio_read() must be called after an MMIO_READ exit")
         self._sync_time()
-        t = time.monotonic()
-        self.jit.start()
-        n = core.run_harts(*self.core_args(budget))
-        while not self.jit.background and self.jit.pending():
-            self.jit.service()
-            if self.out[0] != ExitReason.BUDGET or n >= budget:
-                break
-            n += core.run_harts(*self.core_args(budget - n))
-        if not self.deterministic and n > 10000:
-            dt = time.monotonic() - t
-            rate = int(dt * TIMEBASE_HZ * 65536 / n)
-            self.cfg[core.CF_RATE] = max(1, (int(self.cfg[core.CF_RATE]) * 3 + rate) // 4)
+        self._execute(core.run_harts, budget, time.monotonic())
         o = self.out
         ex = Exit(ExitReason(int(o[0])), int(o[1]), _u64(o[2]), int(o[3]), _u64(o[4]))
         self._exits[ex.reason.name] += 1
         if ex.reason is ExitReason.MMIO_READ:
             self._pending_read = ex
         return ex
+
+    def _execute(self, run_harts: Callable, budget: int, t: float) -> None:
+        """The core calls of :meth:`run` and :meth:`run_raw`: start the JIT's translator, run, translate
+        queued regions at once when the JIT is synchronous, and adapt the instruction-to-time rate."""
+        self.jit.start()
+        n = run_harts(*self.core_args(budget))
+        while not self.jit.background and self.jit.pending():
+            self.jit.service()
+            if self.out[0] != ExitReason.BUDGET or n >= budget:
+                break
+            n += run_harts(*self.core_args(budget - n))
+        if not self.deterministic and n > 10000:
+            rate = int((time.monotonic() - t) * TIMEBASE_HZ * 65536 / n)
+            self.cfg[core.CF_RATE] = max(1, (int(self.cfg[core.CF_RATE]) * 3 + rate) // 4)
 
     def core_args(self, budget: int) -> tuple:
         """The arguments of ``core.run_harts`` for this engine (the one place that lists them)."""
@@ -375,26 +378,17 @@ class RiscvEngine:
 
     def run_raw(self, budget: int) -> RawExit:
         """:meth:`run` for the vCPU loop's hot path: the same exit, cheaper (a slotted :class:`RawExit`, no enum
-        call, the host clock sampled at most every ``SYNC_INTERVAL`` s). Keep the core calls in step with run()."""
+        call, the host clock sampled at most every ``SYNC_INTERVAL`` s); the core calls are run()'s :meth:`_execute`."""
         if self._pending_read is not None:
             raise RuntimeError("complete_mmio_read() must be called after an MMIO_READ exit")
         t = time.monotonic()
         if t - self._raw_synced >= SYNC_INTERVAL:
             self._sync_time()
             self._raw_synced = t
-        self.jit.start()
         run_harts = self._raw_call
         if run_harts is None:
             run_harts = self._raw_call = _direct_entry(core.run_harts, self.core_args(budget))
-        n = run_harts(*self.core_args(budget))
-        while not self.jit.background and self.jit.pending():
-            self.jit.service()
-            if self.out[0] != ExitReason.BUDGET or n >= budget:
-                break
-            n += run_harts(*self.core_args(budget - n))
-        if not self.deterministic and n > 10000:
-            rate = int((time.monotonic() - t) * TIMEBASE_HZ * 65536 / n)
-            self.cfg[core.CF_RATE] = max(1, (int(self.cfg[core.CF_RATE]) * 3 + rate) // 4)
+        self._execute(run_harts, budget, t)
         code, hart, addr, size, value = self.out.tolist()[:5]
         ex = RawExit(_REASONS[code], hart, addr & _M64, size, value & _M64)
         self._exits[ex.reason._name_] += 1
