@@ -242,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     jit = None
     if args.jit is not None:
-        if args.jit.lower() == "off":
-            jit = 0
-        elif args.jit.isdigit():
-            jit = int(args.jit)
-        else:
-            print(f"bench/cpu.py: error: --jit must be 'off' or a threshold (a number >= 0): {args.jit!r}",
-                  file=sys.stderr)
+        from virtkit.engines.riscv.jit import parse_threshold
+        from virtkit.errors import ConfigError
+
+        try:
+            jit = parse_threshold(args.jit, "--jit")
+        except ConfigError as err:
+            print(f"bench/cpu.py: error: {err}", file=sys.stderr)
             return 2
     try:
         rows, load_s, qemu_start = measure(names, args.scale, jit)

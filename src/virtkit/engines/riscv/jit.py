@@ -79,6 +79,7 @@ from virtkit.engines.riscv.consts import (
     ST_REJOIN,
     TLB_SIZE,
 )
+from virtkit.errors import ConfigError
 
 MAX_REGION = 256
 MAX_INVALIDATIONS = 4
@@ -91,24 +92,24 @@ BATCH = 1  # regions per translator round trip: the first one is installed as so
 
 
 
-def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
-    """``$VIRTKIT_JIT``: ``0``/``off`` disables the JIT, a number sets the hotness threshold."""
-    v = os.environ.get("VIRTKIT_JIT", "").strip().lower()
-    if not v:
-        return default
+def parse_threshold(text: str, what: str = "VIRTKIT_JIT") -> int:
+    """``off`` (0: no JIT) or a hotness threshold >= 0; :class:`ConfigError` naming ``what`` otherwise."""
+    v = text.strip().lower()
     if v in ("off", "no", "false", "none"):
         return 0
     try:
         n = int(v)
     except ValueError:
-        from virtkit.errors import ConfigError
-
-        raise ConfigError(f"VIRTKIT_JIT must be 'off' or a threshold (a number >= 0): {v!r}") from None
+        n = -1
     if n < 0:
-        from virtkit.errors import ConfigError
-
-        raise ConfigError(f"VIRTKIT_JIT must be 'off' or a threshold (a number >= 0): {v!r}")
+        raise ConfigError(f"{what} must be 'off' or a threshold (a number >= 0): {v!r}")
     return n
+
+
+def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
+    """``$VIRTKIT_JIT``: ``0``/``off`` disables the JIT, a number sets the hotness threshold."""
+    v = os.environ.get("VIRTKIT_JIT", "").strip()
+    return parse_threshold(v) if v else default
 
 
 # ---- LLVM ----------------------------------------------------------------------------------
