@@ -11,8 +11,12 @@ import importlib
 import os
 import sys
 
-from virtkit import __version__
-from virtkit.errors import VirtkitError
+# NumPy's BLAS would start a thread per core on import, spinning for a while: virtkit does no linear
+# algebra, and on a small host those threads take CPU from the vCPU and the JIT translator.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from virtkit import __version__  # noqa: E402
+from virtkit.errors import VirtkitError  # noqa: E402
 
 # Subcommand modules, in the order ``virtkit --help`` lists them.
 COMMAND_MODULES = ["run", "images", "engine", "disk", "pool", "volume", "nbd", "net"]

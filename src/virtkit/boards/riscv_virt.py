@@ -481,6 +481,7 @@ class RiscvVirt:
         self._map(RTC_BASE, RTC_SIZE, self.rtc, "rtc")
         self._map(PLIC_BASE, self.plic.size, self.plic, "plic")
         self._map(UART0_BASE, UART0_SIZE, self.uart, "uart0")
+        self._fast_console()
         self.transports = []
         for i in range(VIRTIO_COUNT):
             dev = self.virtio[i] if i < len(self.virtio) else None
@@ -498,6 +499,24 @@ class RiscvVirt:
             self.engine.set_reg(h, 10, h)
             self.engine.set_reg(h, 11, self.layout.fdt[0])
             self.engine.set_reg(h, 12, 0)
+
+    def _fast_console(self) -> None:
+        """Coalesced MMIO for the console (when the engine has it): the LSR polls and THR writes of the
+        guest's console output (two exits per character) are served by the engine, THR bytes in order."""
+        add = getattr(self.engine, "add_fast_mmio", None)
+        if add is None:
+            return
+        uart = self.uart
+        thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v))
+        lsr = add(UART0_BASE + 5, 1)
+        setf = self.engine.set_fast_mmio
+
+        def hook(thr_plain: bool, lsr_value: int | None) -> None:
+            setf(thr, thr_plain)
+            setf(lsr, lsr_value is not None, lsr_value or 0)
+
+        uart.fast_hook = hook
+        uart.publish()
 
     def _map(self, base: int, size: int, dev: Any, name: str) -> None:
         self.bus.register(base, size, dev, name)

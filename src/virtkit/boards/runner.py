@@ -258,7 +258,13 @@ def print_stats(stats: dict[str, Any], to_terminal_raw: bool = False) -> None:
     from virtkit.engines.riscv.engine import selected_core
 
     t.add_row("core", selected_core())
-    t.add_row("instructions", f"{stats.get('instructions', 0):,}")
+    insns, secs = stats.get("instructions", 0), stats.get("run_seconds", 0.0)
+    t.add_row("instructions", f"{insns:,}")
+    t.add_row("run seconds", f"{secs:.3f}")
+    if secs > 0:
+        t.add_row("MIPS", f"{insns / secs / 1e6:.1f}")
+    if insns and stats.get("jit_instructions"):
+        t.add_row("run by JIT code", f"{stats['jit_instructions'] / insns:.0%}")
     for h, n in enumerate(stats.get("per_hart", [])):
         t.add_row(f"hart {h} instructions", f"{n:,}")
     t.add_row("traps", f"{stats.get('traps', 0):,}")
@@ -266,7 +272,10 @@ def print_stats(stats: dict[str, Any], to_terminal_raw: bool = False) -> None:
         t.add_row(f"exits: {reason}", f"{n:,}")
     for dev, n in sorted(stats.get("mmio", {}).items()):
         t.add_row(f"MMIO: {dev}", f"{n:,}")
-    t.add_row("WFI sleeps", f"{stats.get('wfi_sleeps', 0):,}")
+    if stats.get("fast_mmio_reads") or stats.get("fast_mmio_writes"):
+        t.add_row("MMIO served without exit", f"{stats.get('fast_mmio_reads', 0):,} reads, "
+                  f"{stats.get('fast_mmio_writes', 0):,} writes")
+    t.add_row("WFI sleeps", f"{stats.get('wfi_sleeps', 0):,} ({stats.get('wfi_seconds', 0.0):.3f} s)")
     t.add_row("interrupt line changes", f"{stats.get('irq_changes', 0):,}")
     for dev, counters in stats.get("devices", {}).items():
         for k, v in counters.items():

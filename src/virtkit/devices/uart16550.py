@@ -58,7 +58,18 @@ class Uart16550:
         self._tx = bytearray()  # buffered output not yet handed to the sink
         self.tx_bytes = 0
         self.rx_bytes = 0
+        #: ``fast_hook(thr_plain, lsr)``, when set, hears after every state change whether a THR write
+        #: would only transmit (so an engine may buffer THR writes) and the value an LSR read would
+        #: return without side effects (None when a read would clear error bits): coalesced MMIO.
+        self.fast_hook: Callable[[bool, int | None], None] | None = None
         self.reset()
+
+    def publish(self) -> None:
+        """Tell :attr:`fast_hook` the current fast-path state (called after every state change)."""
+        if self.fast_hook is not None:
+            plain = self.thr_ipending and not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP)
+            lsr = None if self.lsr_errors else (LSR_IDLE | LSR_DR if self._rx else LSR_IDLE)
+            self.fast_hook(plain, lsr)
 
     def flush(self) -> None:
         """Hand buffered output to the sink (a no-op when nothing is buffered). Called on the vCPU thread."""
@@ -82,6 +93,7 @@ class Uart16550:
             self._rx.clear()
             self._level = False
             self.irq(False)
+            self.publish()
 
     # -- host side ------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -92,6 +104,7 @@ class Uart16550:
             self._rx.extend(data)
             self.rx_bytes += len(data)
             self._update()
+            self.publish()
 
     @property
     def rx_pending(self) -> int:
@@ -130,36 +143,41 @@ class Uart16550:
             # the console's hot path (poll LSR before each THR write): nothing to clear, no line to update
             return LSR_IDLE | LSR_DR if self._rx else LSR_IDLE
         with self._lock:
-            dlab = self.lcr & LCR_DLAB
-            if r == RBR:
-                if dlab:
-                    return self.dll
-                v = self._rx.popleft() if self._rx else 0
+            v = self._read(r)
+            self.publish()
+            return v
+
+    def _read(self, r: int) -> int:
+        dlab = self.lcr & LCR_DLAB
+        if r == RBR:
+            if dlab:
+                return self.dll
+            v = self._rx.popleft() if self._rx else 0
+            self._update()
+            return v
+        if r == IER:
+            return self.dlm if dlab else self.ier
+        if r == IIR:
+            v = self._iir()
+            if v & 0x0F == IIR_THRI:
+                self.thr_ipending = False  # reading IIR acknowledges THRE
                 self._update()
-                return v
-            if r == IER:
-                return self.dlm if dlab else self.ier
-            if r == IIR:
-                v = self._iir()
-                if v & 0x0F == IIR_THRI:
-                    self.thr_ipending = False  # reading IIR acknowledges THRE
-                    self._update()
-                return v
-            if r == LCR:
-                return self.lcr
-            if r == MCR:
-                return self.mcr
-            if r == LSR:
-                v = LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0) | self.lsr_errors
-                self.lsr_errors = 0
-                self._update()
-                return v
-            if r == MSR:
-                v = self._modem_status() | self.msr_delta
-                self.msr_delta = 0
-                self._update()
-                return v
-            return self.scr
+            return v
+        if r == LCR:
+            return self.lcr
+        if r == MCR:
+            return self.mcr
+        if r == LSR:
+            v = LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0) | self.lsr_errors
+            self.lsr_errors = 0
+            self._update()
+            return v
+        if r == MSR:
+            v = self._modem_status() | self.msr_delta
+            self.msr_delta = 0
+            self._update()
+            return v
+        return self.scr
 
     def _transmit(self, value: int) -> None:
         self.tx_bytes += 1
@@ -178,39 +196,43 @@ class Uart16550:
             self._transmit(value)  # the console's hot path: THRE already pending, no interrupt state changes
             return
         with self._lock:
-            dlab = self.lcr & LCR_DLAB
-            if r == THR:
-                if dlab:
-                    self.dll = value
-                    return
-                if self.mcr & MCR_LOOP:
-                    self._rx.append(value)
-                else:
-                    self._transmit(value)
-                self.thr_ipending = True
-            elif r == IER:
-                if dlab:
-                    self.dlm = value
-                    return
-                was = self.ier
-                self.ier = value & 0x0F
-                if self.ier & IER_THRI and not was & IER_THRI:
-                    self.thr_ipending = True  # enabling THRE with an empty THR interrupts at once
-            elif r == FCR:
-                if value & FCR_CLEAR_RCVR:
-                    self._rx.clear()
-                self.fcr = value & 0xC9
-            elif r == LCR:
-                self.lcr = value
-            elif r == MCR:
-                old = self._modem_status()
-                self.mcr = value & 0x1F
-                new = self._modem_status()
-                changed = (old ^ new) & 0xF0
-                self.msr_delta |= (changed >> 4) & (MSR_DCTS | MSR_DDSR | MSR_DDCD)
-                if old & MSR_RI and not new & MSR_RI:
-                    self.msr_delta |= MSR_TERI
-            elif r == SCR:
-                self.scr = value
-            # LSR and MSR are read-only
-            self._update()
+            self._write(r, value)
+            self.publish()
+
+    def _write(self, r: int, value: int) -> None:
+        dlab = self.lcr & LCR_DLAB
+        if r == THR:
+            if dlab:
+                self.dll = value
+                return
+            if self.mcr & MCR_LOOP:
+                self._rx.append(value)
+            else:
+                self._transmit(value)
+            self.thr_ipending = True
+        elif r == IER:
+            if dlab:
+                self.dlm = value
+                return
+            was = self.ier
+            self.ier = value & 0x0F
+            if self.ier & IER_THRI and not was & IER_THRI:
+                self.thr_ipending = True  # enabling THRE with an empty THR interrupts at once
+        elif r == FCR:
+            if value & FCR_CLEAR_RCVR:
+                self._rx.clear()
+            self.fcr = value & 0xC9
+        elif r == LCR:
+            self.lcr = value
+        elif r == MCR:
+            old = self._modem_status()
+            self.mcr = value & 0x1F
+            new = self._modem_status()
+            changed = (old ^ new) & 0xF0
+            self.msr_delta |= (changed >> 4) & (MSR_DCTS | MSR_DDSR | MSR_DDCD)
+            if old & MSR_RI and not new & MSR_RI:
+                self.msr_delta |= MSR_TERI
+        elif r == SCR:
+            self.scr = value
+        # LSR and MSR are read-only
+        self._update()

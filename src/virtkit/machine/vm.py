@@ -10,7 +10,9 @@ computes never starves its devices. Interrupt lines may be driven from either th
 Engine interface used (``virtkit.engines.riscv.engine.RiscvEngine``, later the KVM engine):
 ``run(budget) -> Exit(reason, hart, addr, size, value)`` (or ``run_raw(budget)``, the same for less, when
 the engine has it), ``complete_mmio_read(v)``,
-``set_irq(hart, bit, level)``, ``next_timer_deadline()``, ``request_exit()``, ``stats()``.
+``set_irq(hart, bit, level)``, ``next_timer_deadline()``, ``request_exit()``, ``stats()``; optionally
+``idle(seconds)`` (told how long every hart slept in WFI) and ``add_fast_mmio``/``set_fast_mmio``
+(coalesced MMIO: device registers the engine serves without an exit).
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ class Vm:
         self._t0 = 0.0
         self.mmio_counts: Counter[str] = Counter()
         self.wfi_sleeps = 0
+        self.wfi_seconds = 0.0
+        self.vcpu_cpu_seconds = 0.0  # CPU time of the vCPU thread (known when the run has ended)
+        self._idle: Callable[[float], None] | None = getattr(engine, "idle", None)  # guest time moves while idle
         self.irq_changes = 0
         #: Called on the vCPU thread between runs (e.g. RTC alarm polling).
         self.periodic: list[Callable[[], None]] = []
@@ -229,6 +234,7 @@ class Vm:
         dev_write: Callable[[int, int, int], None] = bus.write
         name = ""
         until_flush = FLUSH_EVERY
+        cpu0 = time.thread_time()
         try:
             while not stop.is_set():
                 ex = run(budget)
@@ -273,6 +279,7 @@ class Vm:
             if self._result is None:
                 self._result = RunResult("stopped")
             self._result.seconds = time.monotonic() - self._t0
+            self.vcpu_cpu_seconds = time.thread_time() - cpu0
             self._result.stats = self.stats()
             self._done.set()
 
@@ -285,7 +292,12 @@ class Vm:
             t = MAX_IDLE_SLEEP if deadline is None else min(deadline, MAX_IDLE_SLEEP)
             if t > 0:
                 self.wfi_sleeps += 1
+                t0 = time.monotonic()
                 self._wake.wait(t)
+                slept = time.monotonic() - t0
+                self.wfi_seconds += slept
+                if self._idle is not None:
+                    self._idle(slept)
             self._wake.clear()
         elif kind == "SHUTDOWN":
             self.power_event("poweroff")
@@ -301,7 +313,11 @@ class Vm:
         except Exception:
             s = {}
         s["mmio"] = dict(self.mmio_counts)
+        end = self._result.seconds if self._result is not None and self._done.is_set() else None
+        s["run_seconds"] = round(end if end is not None else time.monotonic() - self._t0, 3) if self._t0 else 0.0
         s["mmio_unhandled"] = self.bus.unhandled
         s["wfi_sleeps"] = self.wfi_sleeps
+        s["wfi_seconds"] = round(self.wfi_seconds, 3)
+        s["vcpu_cpu_seconds"] = round(self.vcpu_cpu_seconds, 3)
         s["irq_changes"] = self.irq_changes
         return s

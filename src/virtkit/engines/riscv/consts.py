@@ -47,7 +47,20 @@ CF_NRESV = 9
 CF_STOP = 10
 CF_JIT = 11  # JIT hotness threshold (0: interpreter only), see jit.py
 CF_JIT_SYNC = 12  # 1: run_harts returns when a region is queued (translated in the vCPU thread)
+CF_NFAST = 13  # fast MMIO cells in use (rows FAST0.. of the mmio table)
+CF_FCOUNT = 14  # buffered MMIO writes waiting in the ring (rows FRING0.. of the mmio table)
+CF_FREADS = 15  # loads answered from a read shadow (statistics)
 CF_N = 16
+
+# ---- the mmio table (int64, MMIO_COLS columns): regions, then fast cells, then the write ring ----------
+MAX_MMIO = 64  # rows 0..: (base, size) of the regions whose accesses exit to the device model
+FAST0 = MAX_MMIO  # rows FAST0..: fast cells (address, size, kind, value), see engine.add_fast_mmio
+MAX_FAST = 8
+FAST_OFF, FAST_SHADOW, FAST_BUFFER = 0, 1, 2  # cell kinds: disabled, read shadow, buffered write
+FRING0 = FAST0 + MAX_FAST  # rows FRING0..: buffered writes (cell, value), drained in order before any exit
+FRING_N = 1024
+MMIO_ROWS = FRING0 + FRING_N
+MMIO_COLS = 4
 
 # ---- CLINT time array (ctime[k]) -------------------------------------------
 CT_MTIME = 0
@@ -118,11 +131,13 @@ S_MODE_IRQ = 0x222
 IRQ_ORDER = (11, 3, 7, 9, 1, 5)
 
 # ---- the JIT tier's tables (jit.py builds them, core.py uses them) -------------------------------------
-JBITS = 14
-JSIZE = 1 << JBITS  # entries of the direct-mapped region table
+JBITS = 16
+JSIZE = 1 << JBITS  # entries of the direct-mapped region table, indexed by (RAM offset >> 1) & JMASK
+PAGE_SLOTS = 2048  # the slots a 4 KiB page's entries map to (consecutive, mod JSIZE): a region's are among them
 JMASK = JSIZE - 1
 JT_KEY, JT_FN, JT_LO, JT_HI = 0, 1, 2, 3  # jtab columns: RAM offset of entry (-1 empty), fn, chunk range
 CSHIFT = 8  # cmap: one byte per 256-byte chunk of RAM
+REQ_AGAIN = 4096  # a block entry still interpreted is requested again every this many entries (a power of 2)
 REQ_N = 256  # request ring (a power of 2): jreq[0] head, jreq[1] tail, jreq[2] invalidations
 JR_INVAL = 2
 JR_RING = 3  # jreq[3:] = RAM offsets of the block entries to translate

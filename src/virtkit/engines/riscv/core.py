@@ -22,9 +22,12 @@ from numba.np.arrayobj import make_array, populate_array
 from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in consts.py, numba-free)
     CF_CLINT_BASE,
     CF_DETERMINISTIC,
+    CF_FCOUNT,
+    CF_FREADS,
     CF_JIT,
     CF_JIT_SYNC,
     CF_N,
+    CF_NFAST,
     CF_NHARTS,
     CF_NMMIO,
     CF_NRESV,
@@ -45,8 +48,13 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     EXIT_MMIO_WRITE,
     EXIT_SHUTDOWN,
     EXIT_WFI,
+    FAST0,
+    FAST_BUFFER,
+    FAST_SHADOW,
     FCSR,
     FFLAGS,
+    FRING0,
+    FRING_N,
     FRM,
     HS_CY_FROZEN,
     HS_CYC_OFF,
@@ -112,8 +120,10 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     MTVEC,
     MVENDORID,
     NPMP,
+    PAGE_SLOTS,
     PMPADDR0,
     PMPCFG0,
+    REQ_AGAIN,
     REQ_N,
     S_MODE_IRQ,
     SATP,
@@ -181,7 +191,9 @@ def jit_inval(o, jt):
     cnt = (cmap[ch] >> 1) + 1
     cmap[ch] = np.uint8((min(cnt, 127) << 1) & 0xFE)
     jreq[JR_INVAL] += 1
-    for i in range(JSIZE):
+    base = (o & ~0xFFF) >> 1  # a region lies inside one page: its entries use that page's slots
+    for k in range(PAGE_SLOTS):
+        i = (base + k) & JMASK
         if jtab[i, JT_KEY] >= 0 and jtab[i, JT_LO] <= ch and jtab[i, JT_HI] >= ch:
             jtab[i, JT_KEY] = -1
             jhot[i] = 0
@@ -781,6 +793,21 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
             return 0, _clint_read(pa - cb, size, cfg, msip, mtcmp, ctime)
         _clint_write(pa - cb, size, wval, cfg, msip, mtcmp, ctime)
         return 0, 0
+    for i in range(cfg[CF_NFAST]):  # registers the device model lets the core serve (coalesced MMIO)
+        r = FAST0 + i
+        if mmio[r, 0] == pa and mmio[r, 1] == size:
+            k = mmio[r, 2]
+            if k == FAST_SHADOW and perm == 1:
+                cfg[CF_FREADS] += 1
+                return 0, mmio[r, 3] & _szmask(size)
+            if k == FAST_BUFFER and perm == 2:
+                q = cfg[CF_FCOUNT]
+                if q < FRING_N:
+                    mmio[FRING0 + q, 0] = i
+                    mmio[FRING0 + q, 1] = wval & _szmask(size)
+                    cfg[CF_FCOUNT] = q + 1
+                    return 0, 0
+            break
     for i in range(cfg[CF_NMMIO]):
         if mmio[i, 0] <= pa and pa + size <= mmio[i, 0] + mmio[i, 1]:
             out[1] = h
@@ -1169,7 +1196,9 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     continue
                 hc = jhot[ji] + 1
                 jhot[ji] = hc
-                if hc == jthr:  # queue it (a ring: jreq[0] head, jreq[1] tail, dropped when full)
+                # queue it (a ring: jreq[0] head, jreq[1] tail, dropped when full); asked again every
+                # REQ_AGAIN entries while it runs interpreted (a dropped request, a slot another region took)
+                if hc == jthr or (hc & (REQ_AGAIN - 1)) == 0:
                     q = jreq[0]
                     if q - jreq[1] < REQ_N:
                         jreq[JR_RING + (q & (REQ_N - 1))] = off

@@ -75,7 +75,7 @@ core = _Core("virtkit.engines.riscv.core_in_use")
 core.__dict__.update({k: v for k, v in vars(consts).items() if k.isupper()})
 
 TIMEBASE_HZ = 10_000_000
-MAX_MMIO = 64
+MAX_MMIO = consts.MAX_MMIO
 
 
 class ExitReason(IntEnum):
@@ -150,7 +150,9 @@ class RiscvEngine:
         self.hs = np.zeros((nharts, core.HS_N), dtype=np.int64)
         self.irq = np.zeros(nharts, dtype=np.int64)
         self.cfg = np.zeros(core.CF_N, dtype=np.int64)
-        self.mmio = np.zeros((MAX_MMIO, 2), dtype=np.int64)
+        self.mmio = np.zeros((core.MMIO_ROWS, core.MMIO_COLS), dtype=np.int64)
+        self._fast_sinks: list[Callable[[int], None] | None] = []  # per fast cell: where buffered writes go
+        self.fast_writes = 0
         self.msip = np.zeros(nharts, dtype=np.int64)
         self.mtimecmp = np.full(nharts, -1, dtype=np.int64)
         self.ctime = np.zeros(4, dtype=np.int64)
@@ -198,8 +200,56 @@ class RiscvEngine:
             raise ConfigError(f"too many MMIO regions (max {MAX_MMIO})")
         if base < self.mem.end and self.mem.base < base + size:
             raise ConfigError(f"MMIO region {base:#x}+{size:#x} overlaps RAM")
-        self.mmio[n] = (base, size)
+        self.mmio[n, :2] = (base, size)
         self.cfg[core.CF_NMMIO] = n + 1
+
+    def add_fast_mmio(self, addr: int, size: int, sink: Callable[[int], None] | None = None) -> int:
+        """A device register the core serves without an exit (coalesced MMIO, as KVM's); returns its cell.
+
+        With ``sink``, stores of exactly ``size`` bytes at ``addr`` are buffered and handed to ``sink(value)``
+        in order before the next exit of any kind (so before any other device access); without, loads of
+        it return the value last given to :meth:`set_fast_mmio`. A cell starts disabled (accesses exit as
+        usual): the device enables it while the register has no side effects beyond those.
+        """
+        n = len(self._fast_sinks)
+        if n >= core.MAX_FAST:
+            raise ConfigError(f"too many fast MMIO registers (max {core.MAX_FAST})")
+        if size not in (1, 2, 4, 8) or addr < 0:
+            raise ConfigError(f"bad fast MMIO register {addr:#x}+{size}")
+        if not any(b <= addr and addr + size <= b + sz for b, sz in self.mmio[: int(self.cfg[core.CF_NMMIO]), :2]):
+            raise ConfigError(f"fast MMIO register {addr:#x} is not inside an MMIO region")
+        self._drain_fast()
+        self.mmio[core.FAST0 + n] = (addr, size, core.FAST_OFF, 0)
+        self._fast_sinks.append(sink)
+        self.cfg[core.CF_NFAST] = n + 1
+        return n
+
+    def set_fast_mmio(self, cell: int, enabled: bool, value: int = 0) -> None:
+        """Enable or disable a fast cell; a read shadow's loads return ``value``.
+
+        Devices call it while handling an access (the ring is empty then: it is drained before every
+        exit), a read shadow also from the I/O thread (one 64-bit store the core reads whole).
+        """
+        if not 0 <= cell < len(self._fast_sinks):
+            raise ValueError(f"no fast MMIO cell {cell}")
+        row = self.mmio[core.FAST0 + cell]
+        if not enabled:
+            row[2] = core.FAST_OFF
+        row[3] = _s64(value)
+        if enabled:
+            row[2] = core.FAST_SHADOW if self._fast_sinks[cell] is None else core.FAST_BUFFER
+
+    def _drain_fast(self) -> None:
+        """Hand the buffered writes to their devices, oldest first (before the caller sees the exit)."""
+        n = int(self.cfg[core.CF_FCOUNT])
+        if not n:
+            return
+        rows = self.mmio[core.FRING0 : core.FRING0 + n, :2].tolist()
+        self.cfg[core.CF_FCOUNT] = 0
+        self.fast_writes += n
+        sinks = self._fast_sinks
+        for cell, value in rows:
+            sinks[cell](value)  # type: ignore[misc]
 
     @property
     def tohost(self) -> int | None:
@@ -248,6 +298,8 @@ class RiscvEngine:
         if not self.deterministic and n > 10000:
             rate = int((time.monotonic() - t) * TIMEBASE_HZ * 65536 / n)
             self.cfg[core.CF_RATE] = max(1, (int(self.cfg[core.CF_RATE]) * 3 + rate) // 4)
+        if self.cfg[core.CF_FCOUNT]:
+            self._drain_fast()
 
     def core_args(self, budget: int) -> tuple:
         """The arguments of ``core.run_harts`` for this engine (the one place that lists them)."""
@@ -291,6 +343,17 @@ class RiscvEngine:
             self.irq[hart] &= ~(1 << bit)
         if level and self.hs[hart, core.HS_WFI]:
             self.request_exit()
+
+    def idle(self, seconds: float) -> None:
+        """Every hart waited ``seconds`` for an interrupt: guest time moves on by at least that much.
+
+        mtime runs on the host clock and, between syncs, on an instructions-to-time rate that can run
+        ahead of it; without this, an idle guest would wait for the host clock to catch up first.
+        """
+        if self.deterministic or seconds <= 0:
+            return
+        host = self._time_base + int((time.monotonic() - self._t0) * TIMEBASE_HZ)
+        self.ctime[core.CT_MTIME] = max(int(self.ctime[core.CT_MTIME]) + int(seconds * TIMEBASE_HZ), host)
 
     def next_timer_deadline(self) -> float | None:
         """Seconds from now until the earliest mtimecmp of a hart with MTIE set, or None."""
@@ -370,6 +433,8 @@ class RiscvEngine:
             "jit_calls": int(self.hs[:, core.HS_JIT_CALLS].sum()),
             "jit": self.jit.stats(),
             "exits": dict(self._exits),
+            "fast_mmio_reads": int(self.cfg[core.CF_FREADS]),
+            "fast_mmio_writes": self.fast_writes,
         }
 
     # ---- the run loop's fast path (machine/vm.py) -----------------------------------------------

@@ -72,6 +72,7 @@ from virtkit.engines.riscv.consts import (
     JT_HI,
     JT_KEY,
     JT_LO,
+    PAGE_SLOTS,
     REQ_N,
     ST_BAIL,
     ST_CODE,
@@ -89,6 +90,8 @@ OPT_PASSES = ("sroa",)
 MIN_RUN = 6  # worth_translating(): native instructions from the entry before a bail
 BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped: they went cold)
 BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
+PRELOAD_FIRST = 48  # of them installed before the guest's first instruction
+PRELOAD_MAX = 8192  # cached regions installed at most before the guest runs (the table has JSIZE slots)
 
 
 
@@ -923,6 +926,58 @@ def _load(path: Path | None, key: str) -> Result | None | object:
     return res if isinstance(res, Result) and res.name == f"vk_{key}" else MISS
 
 
+def page_key(code: bytes, page: int, nharts: int) -> str:
+    """The persistent-cache key of a page: its bytes, its RAM offset and the hart count."""
+    h = hashlib.sha256(code)
+    h.update(f"{page}:{nharts}".encode())
+    return h.hexdigest()[:32]
+
+
+def _index_file(pkey: str) -> Path | None:
+    root = cache_root()
+    return None if root is None else root / "pages" / pkey[:2] / pkey
+
+
+def read_page_index(pkey: str) -> dict[int, tuple[str | None, int]]:
+    """What earlier runs translated in a page: entry -> (region key, or None for "not worth it"; order).
+
+    A region has many entries (branch targets inside it); which one a run asks for first depends on
+    timing, so lookups go through the page: any earlier region that has the entry serves it.
+    """
+    path = _index_file(pkey)
+    if path is None:
+        return {}
+    try:
+        idx = pickle.loads(path.read_bytes())
+    except Exception:  # missing or damaged: the page is translated again (and the index rewritten)
+        return {}
+    return idx if isinstance(idx, dict) else {}
+
+
+def write_page_index(pkey: str, new: dict[int, tuple[str | None, int]]) -> dict[int, tuple[str | None, int]]:
+    """Merge ``new`` into the page's index on disk (another VM may have added entries); the merged index."""
+    path = _index_file(pkey)
+    idx = read_page_index(pkey)
+    for e, (key, order) in new.items():
+        old = idx.get(e)
+        idx[e] = (key, order if old is None else min(order, old[1]))
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{pkey}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(pickle.dumps(idx, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return idx
+
+
+def load_region(key: str) -> Result | None | object:
+    """The region file ``key`` of the cache (a Result, None for "not worth it"), or MISS."""
+    root = cache_root()
+    return _load(None if root is None else root / key[:2] / key, key)
+
+
 def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | None:
     page16 = np.frombuffer(job.code, dtype=np.uint16)
     rel = decode_region(page16, ctab, job.entry - job.page)
@@ -1022,6 +1077,28 @@ def warm_up() -> None:
     _worker(_ctab()).ping()
 
 
+def _link(res: Result) -> int:
+    """Link a region's object code into this process (once per region) and return its entry address."""
+    llvm, _, eng = _llvm_engine()
+    with _llvm_lock:
+        fn = _linked.get(res.name)
+        if fn is None:  # the same region (same code, same place) is linked once per process
+            eng.add_object_file(llvm.ObjectFileRef.from_data(res.obj))
+            eng.finalize_object()
+            fn = _linked[res.name] = eng.get_function_address(res.name)
+        return fn
+
+
+def preload_from_env() -> bool:
+    """``$VIRTKIT_JIT_PRELOAD``: ``off`` starts every run with no native code, even with a warm cache."""
+    v = os.environ.get("VIRTKIT_JIT_PRELOAD", "on").strip().lower()
+    if v in ("on", "yes", "1", ""):
+        return True
+    if v in ("off", "no", "0"):
+        return False
+    raise ConfigError(f"VIRTKIT_JIT_PRELOAD must be 'on' or 'off': {v!r}")
+
+
 class Jit:
     """Tables shared with the core, the translator, and the statistics of one engine.
 
@@ -1049,6 +1126,14 @@ class Jit:
         self.compile_seconds = 0.0
         self.refused = 0
         self.stale = 0
+        self.cache_hits = 0  # regions (or "not worth it" answers) read from the persistent cache
+        self.translated = 0  # regions sent to the translator
+        self.preloaded = 0  # regions installed before the guest asked for them (:meth:`preload`)
+        self._pages: dict[str, dict[int, tuple[str | None, int]]] = {}  # page key -> page index
+        self._order = 0  # translations requested so far (the page indexes keep the earliest)
+        self._preload: list[tuple[int, int, str, bytes]] | None = None  # (order, page, region key, page bytes)
+        self._written: list[tuple[int, int]] = []  # RAM written from outside before the first run (images)
+        self.preload_enabled = preload_from_env()
         self._thread: threading.Thread | None = None
         self._backlog: list[int] = []  # requested entries not translated yet
         self._lock = threading.Lock()
@@ -1067,13 +1152,15 @@ class Jit:
 
     def pending(self) -> bool:
         """Block entries are queued for translation."""
-        return int(self.jreq[0]) != int(self.jreq[1])
+        return int(self.jreq[0]) != int(self.jreq[1]) or bool(self._backlog)
 
     def start(self) -> None:
         """Start the background translator (once; the engine calls it on its first run)."""
         if self._thread is not None or not self.background or self.threshold <= 0:
             return
-        _worker(self._ctab)  # start the translator process now: its imports overlap the guest's start
+        # warm start: the earliest cached regions of the loaded images are installed before the first
+        # instruction (the firmware's first loops), the rest by the translator thread as the guest runs
+        self.preload_some(PRELOAD_FIRST)
         global _pruned
         if not _pruned:
             _pruned = True
@@ -1083,17 +1170,23 @@ class Jit:
         _threads[:] = [t for t in _threads if t.is_alive()] + [self._thread]
         self._thread.start()
 
-    def service(self) -> None:
-        """Translate and install the regions queued since the last call (the caller's thread)."""
+    def service(self, rounds: int = 1 << 30) -> None:
+        """Translate and install the regions queued since the last call (the caller's thread), at most
+        ``rounds`` batches."""
         with self._lock:
-            while not _shutdown:
+            while not _shutdown and rounds > 0:
+                rounds -= 1
                 head = int(self.jreq[0])
                 tail = int(self.jreq[1])
                 if head != tail:  # newest first: what was hot last is most likely still hot
                     tail = max(tail, head - REQ_N)
                     fresh = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(head - 1, tail - 1, -1)]
                     self.jreq[1] = head
-                    self._backlog = (fresh + self._backlog)[:BACKLOG]
+                    self._backlog = fresh + self._backlog
+                    if len(self._backlog) > BACKLOG:  # drop the oldest; they count from 0 again if still hot
+                        for o in self._backlog[BACKLOG:]:
+                            self.jhot[(o >> 1) & JMASK] = 0
+                        del self._backlog[BACKLOG:]
                 if not self._backlog:
                     return
                 # hottest first: the core keeps counting entries into untranslated code, so jhot says
@@ -1114,16 +1207,20 @@ class Jit:
     def _run(self, jobs: list[Job]) -> None:
         """Translate ``jobs`` (in the worker process when there is one), link and install the results."""
         t = time.monotonic()
-        if self.background:
-            # translations kept from earlier runs are read here; only the others go to the translator process
-            results: list[Result | None | object] = [cached(j, self.nharts) for j in jobs]
-            misses = [j for j, r in zip(jobs, results, strict=True) if r is MISS]
-            if misses:
+        # translations kept from earlier runs are read here; only the others are translated
+        results: list[Result | None | object] = [self._cached(j) for j in jobs]
+        misses = [j for j, r in zip(jobs, results, strict=True) if r is MISS]
+        self.cache_hits += len(jobs) - len(misses)
+        self.translated += len(misses)
+        if misses:
+            if self.background:
                 done = iter(_worker(self._ctab).translate(misses, self.nharts))
-                results = [next(done) if r is MISS else r for r in results]
-        else:
-            results = [translate(j, self._ctab, self.nharts) for j in jobs]
-        llvm, _, eng = _llvm_engine()
+            else:
+                done = iter([translate(j, self._ctab, self.nharts) for j in misses])
+            results = [next(done) if r is MISS else r for r in results]
+            for j, r in zip(jobs, results, strict=True):
+                if j in misses:
+                    self._remember(j, r)  # type: ignore[arg-type]
         for job, res in zip(jobs, results, strict=True):
             if res is None:
                 self.refused += 1
@@ -1131,14 +1228,88 @@ class Jit:
             if (self.cmap[res.lo : res.hi + 1] >> 1).max() >= MAX_INVALIDATIONS:
                 self.refused += 1  # code and data share these chunks: translating again would only thrash
                 continue
-            with _llvm_lock:
-                fn = _linked.get(res.name)
-                if fn is None:  # the same region (same code, same place) is linked once per process
-                    eng.add_object_file(llvm.ObjectFileRef.from_data(res.obj))
-                    eng.finalize_object()
-                    fn = _linked[res.name] = eng.get_function_address(res.name)
-            self._install(job, res, fn)
+            self._install(job, res, _link(res))  # type: ignore[arg-type]
         self.compile_seconds += time.monotonic() - t
+
+    def _page_index(self, job: Job) -> tuple[str, dict[int, tuple[str | None, int]]]:
+        pkey = page_key(job.code, job.page, self.nharts)
+        idx = self._pages.get(pkey)
+        if idx is None:
+            idx = self._pages[pkey] = read_page_index(pkey)
+        return pkey, idx
+
+    def _cached(self, job: Job) -> Result | None | object:
+        """The translation of ``job`` kept by an earlier run (any region of the page with this entry), or MISS."""
+        if cache_root() is None:
+            return MISS
+        _, idx = self._page_index(job)
+        known = idx.get(job.entry)
+        if known is None:
+            return MISS
+        if known[0] is None:
+            return None
+        res = load_region(known[0])
+        return res if res is None or (isinstance(res, Result) and job.entry in res.entries) else MISS
+
+    def _remember(self, job: Job, res: Result | None) -> None:
+        """Record a fresh translation in its page's index (every entry of the region points to it)."""
+        if cache_root() is None:
+            return
+        self._order += 1
+        key = region_key(job, self.nharts)
+        new = {job.entry: (None, self._order)} if res is None else {e: (key, self._order) for e in res.entries}
+        pkey, _ = self._page_index(job)
+        self._pages[pkey] = write_page_index(pkey, new)
+
+    # ---- warm start -----------------------------------------------------------------------------
+    def plan_preload(self) -> None:
+        """List the cached regions of every page whose bytes are in RAM now (firmware, kernel...).
+
+        Called once before the guest runs; :meth:`preload_some` then installs them a few at a time,
+        earliest-translated first, so a guest that booted before finds its code already native.
+        """
+        self._preload = []
+        if not self.preload_enabled or cache_root() is None or self.threshold <= 0:
+            return
+        root = cache_root()
+        assert root is not None
+        ram = self._ram
+        pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
+        plan: dict[str, tuple[int, int, str, bytes]] = {}
+        for p in pages:
+            code = bytes(ram[p << 12 : (p + 1) << 12])
+            pkey = page_key(code, p << 12, self.nharts)
+            if not (root / "pages" / pkey[:2] / pkey).is_file():
+                continue
+            idx = self._pages[pkey] = read_page_index(pkey)
+            for key, order in idx.values():
+                if key is not None and (key not in plan or order < plan[key][0]):
+                    plan[key] = (order, p << 12, key, code)
+        self._preload = sorted(plan.values(), reverse=True)[-PRELOAD_MAX:]  # popped from the end
+
+    def preload_some(self, n: int = 8) -> bool:
+        """Install up to ``n`` planned regions; False when nothing is left to preload."""
+        if self._preload is None:
+            self.plan_preload()
+        plan = self._preload
+        assert plan is not None
+        t = time.monotonic()
+        with self._lock:
+            for _ in range(min(n, len(plan))):
+                if _shutdown:
+                    break
+                _, page, key, code = plan.pop()
+                res = load_region(key)
+                if not isinstance(res, Result) or not res.entries:
+                    continue
+                if all(self.jtab[(e >> 1) & JMASK, JT_KEY] == e for e in res.entries):
+                    continue
+                job = Job(page, res.entries[0], code)
+                before = self.regions
+                self._install(job, res, _link(res))
+                self.preloaded += self.regions - before
+        self.compile_seconds += time.monotonic() - t
+        return bool(plan)
 
     def _install(self, job: Job, res: Result, fn: int) -> None:
         """Publish ``fn`` for the region's entries unless its code changed since the job was made."""
@@ -1169,13 +1340,20 @@ class Jit:
         """Drop the regions translated from RAM ``[off, off+n)`` (device DMA, image loading)."""
         if n <= 0:
             return
+        if self._preload is None and len(self._written) < 64:
+            self._written.append((off, n))  # firmware, kernel, initrd...: where preload() looks
         lo = off >> CSHIFT
         hi = (off + n - 1) >> CSHIFT
         seg = self.cmap[lo : hi + 1]
         if not (seg & 1).any():
             return
-        keys = self.jtab[:, JT_KEY]
-        kill = (keys >= 0) & (self.jtab[:, JT_LO] <= hi) & (self.jtab[:, JT_HI] >= lo)
+        first, last = off >> 12, (off + n - 1) >> 12
+        if (last - first + 1) * PAGE_SLOTS < JSIZE:  # a region lies in one page: only its slots can hold it
+            slots = ((np.arange(first, last + 1)[:, None] * PAGE_SLOTS + np.arange(PAGE_SLOTS)) & JMASK).ravel()
+        else:
+            slots = np.arange(JSIZE)
+        rows = self.jtab[slots]
+        kill = slots[(rows[:, JT_KEY] >= 0) & (rows[:, JT_LO] <= hi) & (rows[:, JT_HI] >= lo)]
         self.jtab[kill, JT_KEY] = -1
         self.jhot[kill] = 0
         hit = (seg & 1) != 0
@@ -1194,25 +1372,38 @@ class Jit:
             "invalidations": int(self.jreq[JR_INVAL]),
             "refused": self.refused,
             "stale": self.stale,
+            "cache_hits": self.cache_hits,
+            "translated": self.translated,
+            "preloaded": self.preloaded,
         }
 
 
 def _translator(ref: weakref.ref) -> None:
-    """The background translator: polls the request ring while its engine lives."""
+    """The background translator: preloads cached regions, then polls the request ring while its engine lives."""
     idle = 0.001
     while not _shutdown:
         j = ref()
         if j is None:
             return
-        if j.pending():
+        busy = False
+        if j._preload is None or j._preload:  # interleaved with the requests: neither waits for the other
+            busy = True
             try:
-                j.service()
+                j.preload_some()
+            except Exception as err:  # a damaged cache must not kill the VM: the guest's requests go on
+                print(f"virtkit: JIT preload stopped: {err!r}", file=sys.stderr)
+                j._preload = []
+        if j.pending():
+            busy = True
+            try:
+                j.service(rounds=1)
             except Exception as err:  # a translator bug must not kill the VM: the interpreter runs on
                 if not _shutdown:  # (at exit the translator process is stopped under it: not news)
                     print(f"virtkit: JIT translator stopped: {err!r}", file=sys.stderr)
                 return
-            idle = 0.001
-        else:
-            idle = min(idle * 2, 0.005)
         del j
+        if busy:
+            idle = 0.001
+            continue
+        idle = min(idle * 2, 0.005)
         time.sleep(idle)
