@@ -216,3 +216,31 @@ def test_wide_and_odd_accesses_act_on_the_byte_register(size):
     assert u.read(RBR, size) == ord("q") and u.read(LSR, size) == 0x60
     u.flush()
     assert sink.out == b"A"
+
+
+def test_fast_hook_says_when_thr_writes_only_transmit_and_what_lsr_reads():
+    """The coalesced-MMIO contract (boards/riscv_virt wires it to the engine): THR plain only while THRE is
+    pending and neither DLAB nor loopback is on; the LSR shadow carries DR; error bits switch it off."""
+    from virtkit.devices.uart16550 import LCR, LSR_DR, LSR_IDLE, MCR, MCR_LOOP, Uart16550
+
+    seen = []
+    u = Uart16550(lambda b: None)
+    u.fast_hook = lambda plain, lsr: seen.append((plain, lsr))
+    u.publish()
+    assert seen[-1] == (False, LSR_IDLE)  # after reset THRE is not pending yet: the first write must exit
+    u.write(0, 1, ord("x"))
+    assert seen[-1] == (True, LSR_IDLE)
+    u.write(LCR, 1, 0x83)  # DLAB: offset 0 is the divisor latch
+    assert seen[-1][0] is False
+    u.write(LCR, 1, 0x03)
+    assert seen[-1][0] is True
+    u.write(MCR, 1, MCR_LOOP)
+    assert seen[-1][0] is False
+    u.write(MCR, 1, 0)
+    u.feed(b"k")
+    assert seen[-1] == (True, LSR_IDLE | LSR_DR)
+    assert u.read(0, 1) == ord("k")
+    assert seen[-1] == (True, LSR_IDLE)
+    u.lsr_errors = 0x02  # an overrun: reading LSR has a side effect now
+    u.publish()
+    assert seen[-1][1] is None

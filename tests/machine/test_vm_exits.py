@@ -5,6 +5,7 @@ The guests are a few hand-encoded RV64 instructions run by the real software eng
 
 import struct
 import threading
+import time
 
 import pytest
 
@@ -116,7 +117,9 @@ def test_prompt_shows_while_guest_busy_polls_for_input_then_key_is_echoed(tmp_pa
     b.vm.start()
     try:
         assert con.seen.wait(60), con.out
-        assert b.vm.wait(0) is None and b.vm.mmio_counts["uart0"] > 2  # still polling
+        polled = b.vm.engine.stats()["fast_mmio_reads"]  # LSR polls are served from the UART's shadow
+        time.sleep(0.05)
+        assert b.vm.wait(0) is None and b.vm.engine.stats()["fast_mmio_reads"] > polled  # still polling
         b.uart.feed(b"k")
         res = b.vm.wait(60)
         assert res is not None and res.reason == "poweroff"
@@ -131,7 +134,8 @@ def test_output_flushed_when_guest_powers_off_mid_line(tmp_path):
     res = b.run(60)
     assert res.reason == "poweroff"
     assert con.out == b"bye"
-    assert res.stats["mmio"]["uart0"] == 3
+    # the first THR write exits; then THRE is pending, writes only transmit and the engine buffers them
+    assert res.stats["mmio"]["uart0"] == 1 and res.stats["fast_mmio_writes"] == 2
 
 
 def test_many_lines_every_byte_in_order_in_few_calls(tmp_path):
@@ -149,7 +153,9 @@ def test_many_lines_every_byte_in_order_in_few_calls(tmp_path):
     assert res.reason == "poweroff"
     assert con.out == text
     assert len(con.calls) < n // 10
-    assert res.stats["mmio"]["uart0"] == 2 * n
+    # every access happened, in order, nearly all without an exit (coalesced MMIO)
+    assert res.stats["mmio"]["uart0"] + res.stats["fast_mmio_reads"] + res.stats["fast_mmio_writes"] == 2 * n
+    assert res.stats["mmio"]["uart0"] <= 2
 
 
 class Ram4:

@@ -91,7 +91,8 @@ MIN_RUN = 6  # worth_translating(): native instructions from the entry before a 
 BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped: they went cold)
 BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
 PRELOAD_FIRST = 48  # of them installed before the guest's first instruction
-PRELOAD_MAX = 8192  # cached regions installed at most before the guest runs (the table has JSIZE slots)
+PRELOAD_MAX = 8192
+PRELOAD_SCAN_MAX = 256 << 20  # RAM scanned for loaded pages when no load was seen (bytes)  # cached regions installed at most before the guest runs (the table has JSIZE slots)
 
 
 
@@ -236,16 +237,25 @@ def _jal_target(ins: int) -> int:
     return ((ins >> 11) & -(1 << 20)) | (ins & 0xFF000) | ((ins >> 9) & 0x800) | ((ins >> 20) & 0x7FE)
 
 
-def decode_region(r16: np.ndarray, ctab: np.ndarray, entry: int, max_insns: int = MAX_REGION) -> dict[int, Insn]:
-    """The instructions reachable from RAM offset ``entry`` inside its 4 KiB page (see module doc)."""
+def decode_region(r16: np.ndarray, ctab: np.ndarray, entry: int, max_insns: int = MAX_REGION,
+                  succ: list[int] | None = None) -> dict[int, Insn]:
+    """The instructions reachable from RAM offset ``entry`` inside its 4 KiB page (see module doc).
+
+    ``succ`` collects where straight-line code goes on outside the region: past the instruction cap,
+    or into the next page (the translator asks for those next, so long functions become native whole).
+    """
     page = entry & ~0xFFF
     end = page + 4096
     insns: dict[int, Insn] = {}
     work = [entry]
     while work:
         o = work.pop()
+        if o == end and succ is not None:
+            succ.append(o)
         while page <= o < end and o not in insns:
             if len(insns) >= max_insns:
+                if succ is not None:
+                    succ.extend(w for w in [o, *work] if page <= w < end and w not in insns)
                 return insns
             lo = int(r16[o >> 1])
             if lo & 3 == 3:
@@ -275,6 +285,8 @@ def decode_region(r16: np.ndarray, ctab: np.ndarray, entry: int, max_insns: int 
             elif op == 0x67:
                 break
             o += ln
+            if o == end and succ is not None:
+                succ.append(o)
     return insns
 
 
@@ -817,6 +829,7 @@ class Result:
     entries: list[int]
     lo: int
     hi: int
+    succ: list[int]  # RAM offsets where straight-line code leaves the region (cap, page end)
 
 
 _NOT_WORTH = b"-"  # a cache file saying "decoded, not worth translating"
@@ -980,7 +993,8 @@ def load_region(key: str) -> Result | None | object:
 
 def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | None:
     page16 = np.frombuffer(job.code, dtype=np.uint16)
-    rel = decode_region(page16, ctab, job.entry - job.page)
+    succ: list[int] = []
+    rel = decode_region(page16, ctab, job.entry - job.page, succ=succ)
     insns = {o + job.page: Insn(o + job.page, i.length, i.ins, i.kind) for o, i in rel.items()}
     if not insns or not worth_translating(insns, job.entry):
         return None
@@ -997,7 +1011,7 @@ def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | N
         obj = tm.emit_object(mod)
     lo = min(insns) >> CSHIFT
     hi = (max(i.off + i.length for i in insns.values()) - 1) >> CSHIFT
-    return Result(name, obj, entries, lo, hi)
+    return Result(name, obj, entries, lo, hi, sorted({o + job.page for o in succ}))
 
 
 def write_msg(f, msg: object) -> None:
@@ -1229,6 +1243,10 @@ class Jit:
                 self.refused += 1  # code and data share these chunks: translating again would only thrash
                 continue
             self._install(job, res, _link(res))  # type: ignore[arg-type]
+            for o in res.succ:  # type: ignore[union-attr]
+                # the code after a capped region, or in the next page: wanted next, not after 64 more trips
+                if o < self._ram.size and self.jtab[(o >> 1) & JMASK, JT_KEY] != o and o not in self._backlog:
+                    self._backlog.insert(0, o)
         self.compile_seconds += time.monotonic() - t
 
     def _page_index(self, job: Job) -> tuple[str, dict[int, tuple[str | None, int]]]:
@@ -1275,6 +1293,9 @@ class Jit:
         assert root is not None
         ram = self._ram
         pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
+        if not pages and ram.size <= PRELOAD_SCAN_MAX:  # RAM filled before the engine existed: look at all of it
+            npages = ram.size >> 12
+            pages = np.flatnonzero(ram[: npages << 12].view(np.uint64).reshape(npages, 512).any(axis=1)).tolist()
         plan: dict[str, tuple[int, int, str, bytes]] = {}
         for p in pages:
             code = bytes(ram[p << 12 : (p + 1) << 12])
