@@ -90,9 +90,9 @@ OPT_PASSES = ("sroa",)
 MIN_RUN = 6  # worth_translating(): native instructions from the entry before a bail
 BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped: they went cold)
 BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
+PRELOAD_MAX = 8192  # cached regions installed at most before the guest asks (the table has JSIZE slots)
 PRELOAD_FIRST = 48  # of them installed before the guest's first instruction
-PRELOAD_MAX = 8192
-PRELOAD_SCAN_MAX = 256 << 20  # RAM scanned for loaded pages when no load was seen (bytes)  # cached regions installed at most before the guest runs (the table has JSIZE slots)
+PRELOAD_SCAN_MAX = 256 << 20  # RAM scanned for loaded pages when no load was seen (bytes)
 
 
 
