@@ -6,7 +6,12 @@ Measures wall time from process start to the guest's /init (``virtkit.bench=init
 table with the virtkit/QEMU ratio (``--json`` for scripts). If virtkit cannot boot the guest yet,
 its row says "not available: <reason>" and QEMU is still measured.
 
-    .venv/bin/python bench/boot.py [--runs N] [--timeout S] [--json] [--skip-virtkit]
+    .venv/bin/python bench/boot.py [--runs N] [--warmup N] [--jit-cache warm|cold] [--timeout S] [--json]
+                                   [--skip-virtkit]
+
+The peers take turns boot by boot. ``--warmup`` boots (default 1) are not counted: they fill the
+host's page cache for both and virtkit's persistent JIT cache (``~/.cache/virtkit/jit``, which a
+later boot preloads); ``--jit-cache cold`` gives every virtkit boot an empty cache instead.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 from virtkit.errors import VirtkitError
@@ -71,8 +77,10 @@ def last_line(text: str) -> str:
     return lines[-1][:100] if lines else "(no output)"
 
 
-def measure(name: str, make_argv, runs: int, timeout: float) -> PeerResult:
-    """Boot ``runs`` times to init and to the shell; stop at the first failure with its reason."""
+def measure(name: str, make_argv, runs: int, timeout: float, env_for=lambda: None) -> PeerResult:
+    """Boot ``runs`` times to init and to the shell; stop at the first failure with its reason.
+
+    ``env_for()`` gives each boot's extra environment (``--jit-cache cold``: a fresh JIT cache)."""
     res = PeerResult(name)
     try:
         init_argv = make_argv(f"{APPEND} virtkit.bench=init")
@@ -81,7 +89,7 @@ def measure(name: str, make_argv, runs: int, timeout: float) -> PeerResult:
         res.error = f"not available: {err}"
         return res
     for _ in range(runs):
-        run = run_console(init_argv, timeout=timeout, marks=[INIT_REACHED])
+        run = run_console(init_argv, timeout=timeout, marks=[INIT_REACHED], env=env_for())
         if INIT_REACHED not in run.marks:
             refused = [t for t in run.output.splitlines() if t.startswith("virtkit: error:")]
             if refused and not run.timed_out:
@@ -92,7 +100,7 @@ def measure(name: str, make_argv, runs: int, timeout: float) -> PeerResult:
             return res
         res.init.append(run.marks[INIT_REACHED])
         res.init_total.append(run.seconds)
-        run = run_console(shell_argv, timeout=timeout, marks=[PROMPT], replies={PROMPT: "exit\n"})
+        run = run_console(shell_argv, timeout=timeout, marks=[PROMPT], replies={PROMPT: "exit\n"}, env=env_for())
         if PROMPT.pattern not in run.marks:
             why = "timed out" if run.timed_out else f"exit {run.returncode}"
             res.error = f"failed to reach the shell ({why}): {last_line(run.output)}"
@@ -118,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed per boot")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--skip-virtkit", action="store_true", help="measure QEMU only")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="boots per peer before measuring, not counted (host page cache; virtkit's JIT cache)")
+    ap.add_argument("--jit-cache", choices=("warm", "cold"), default="warm",
+                    help="virtkit's persistent JIT cache: the user's (warm, after --warmup) or a fresh one per boot")
     args = ap.parse_args(argv)
-    if args.runs < 1 or args.timeout <= 0:
-        ap.error("--runs and --timeout must be positive")
+    if args.runs < 1 or args.timeout <= 0 or args.warmup < 0:
+        ap.error("--runs and --timeout must be positive, --warmup at least 0")
     try:
         guest = default_guest(progress=not args.json)
     except VirtkitError as err:
@@ -135,9 +147,25 @@ def main(argv: list[str] | None = None) -> int:
             raise VirtkitError("skipped (--skip-virtkit)")
         return virtkit_argv(guest, append)
 
-    results = [measure("qemu-system-riscv64 -M virt", qemu, args.runs, args.timeout),
-               measure("virtkit run", virtkit, args.runs, args.timeout)]
-    q, v = results
+    tmp = tempfile.TemporaryDirectory(prefix="virtkit-bench-jit-")
+    fresh = iter(range(1 << 30))
+
+    def virtkit_env() -> dict[str, str] | None:
+        return {"VIRTKIT_JIT_CACHE": f"{tmp.name}/{next(fresh)}"} if args.jit_cache == "cold" else None
+
+    # the peers take turns, run by run, so a machine that speeds up or slows down hits both alike
+    q, v = PeerResult("qemu-system-riscv64 -M virt"), PeerResult("virtkit run")
+    for i in range(args.warmup + args.runs):
+        for peer, make, env_for in ((q, qemu, lambda: None), (v, virtkit, virtkit_env)):
+            if peer.error:
+                continue
+            one = measure(peer.name, make, 1, args.timeout, env_for)
+            peer.error = one.error
+            if i >= args.warmup:
+                for k in ("init", "init_total", "shell"):
+                    getattr(peer, k).extend(getattr(one, k))
+    tmp.cleanup()
+    results = [q, v]
     rows = {
         "boot to init (virtkit-init-reached)": "init",
         "boot to init + poweroff (process exit)": "init_total",
@@ -147,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "guest": {"kernel": str(guest.kernel), "initrd": str(guest.initrd), "firmware": str(guest.firmware)},
             "runs": args.runs,
+            "warmup": args.warmup,
+            "jit_cache": args.jit_cache,
             "peers": [{"name": r.name, "error": r.error, **{k: r.median(k) for k in rows.values()},
                        "samples": {k: getattr(r, k) for k in rows.values()}} for r in results],
             "ratio_virtkit_over_qemu": {k: ratio(v.median(k), q.median(k)) for k in rows.values()},
@@ -157,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     table = Table(title=f"Boot: OpenSBI + Linux {guest.kernel.parent.name} + busybox initramfs "
-                        f"(median of {args.runs})")
+                        f"(median of {args.runs}, {args.warmup} warm-up, JIT cache {args.jit_cache})")
     table.add_column("measure")
     table.add_column(q.name, justify="right")
     table.add_column(v.name, justify="right")

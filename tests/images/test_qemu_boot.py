@@ -97,7 +97,7 @@ def test_boot_bench_runs_qemu_and_reports_virtkit_row(guest_images):
     require_tool("qemu-system-riscv64")
     bench = Path(__file__).resolve().parents[2] / "bench" / "boot.py"
     # --skip-virtkit keeps this bounded: a software-emulated boot is the devices tests' business
-    p = subprocess.run([sys.executable, str(bench), "--json", "--skip-virtkit", "--timeout", "900"],
+    p = subprocess.run([sys.executable, str(bench), "--json", "--skip-virtkit", "--warmup", "0", "--timeout", "900"],
                        capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout)
@@ -106,3 +106,7 @@ def test_boot_bench_runs_qemu_and_reports_virtkit_row(guest_images):
     assert virtkit["error"].startswith("not available") and virtkit["init"] is None
     p = subprocess.run([sys.executable, str(bench), "--runs", "0"], capture_output=True, text=True)
     assert p.returncode == 2 and "must be positive" in p.stderr
+    p = subprocess.run([sys.executable, str(bench), "--warmup", "-1"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--warmup at least 0" in p.stderr
+    p = subprocess.run([sys.executable, str(bench), "--jit-cache", "lukewarm"], capture_output=True, text=True)
+    assert p.returncode == 2 and "invalid choice" in p.stderr
