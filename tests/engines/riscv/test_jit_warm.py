@@ -148,3 +148,19 @@ def test_an_entry_whose_request_was_lost_is_asked_for_again(tmp_path, monkeypatc
             break
     assert ex.reason is ExitReason.HTIF and ex.value == 1
     assert eng.jit.jtab[slot, JT_KEY] == f
+
+
+def test_the_preload_plan_is_saved_and_a_damaged_one_is_replanned(tmp_path, monkeypatch):
+    """A run saves its preload plan (one file: the next start reads it instead of hashing every page);
+    a damaged plan file only costs planning from the page indexes again."""
+    cache_in(tmp_path, monkeypatch)
+    elf = asm.build(HOT, tmp_path, "hot")
+    run(elf, jit=1)
+    run_background(elf, 1 << 40)
+    plans = list((tmp_path / "cache").rglob("plans/*"))
+    assert len(plans) == 1
+    plan = __import__("pickle").loads(plans[0].read_bytes())
+    assert plan and [o for o, *_ in plan] == sorted((o for o, *_ in plan), reverse=True)  # earliest wanted last
+    plans[0].write_bytes(b"\x80 damaged")
+    st = run_background(elf, 1 << 40).stats()
+    assert st["jit"]["preloaded"] > 0 and st["jit_instructions"] > 0

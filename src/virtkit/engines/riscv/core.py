@@ -136,6 +136,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     SSCRATCH,
     SSTATUS,
     SSTATUS_MASK,
+    ST_BAIL,
     ST_CODE,
     ST_END,
     ST_REJOIN,
@@ -1191,7 +1192,9 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         blk = True
                     elif jst == ST_CODE:
                         jit_inval(jc[J_ARG], jt)
-                    elif jst == ST_REJOIN:
+                    elif jst == ST_REJOIN or jst == ST_BAIL:
+                        # after that instruction, look the next pc up again: after a bail (a TLB miss, say) in
+                        # long straight-line code the rest runs native too, as soon as a region starts there
                         rejoin = True
                     continue
                 hc = jhot[ji] + 1

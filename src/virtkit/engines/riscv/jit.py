@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,7 @@ BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped
 BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
 PRELOAD_MAX = 8192  # cached regions installed at most before the guest asks (the table has JSIZE slots)
 PRELOAD_FIRST = 48  # of them installed before the guest's first instruction
+PRELOAD_SYNC_PAGES = 64  # up to this many loaded pages and no saved plan: planned before the first instruction too
 PRELOAD_SCAN_MAX = 256 << 20  # RAM scanned for loaded pages when no load was seen (bytes)
 
 
@@ -1144,8 +1146,14 @@ class Jit:
         self.translated = 0  # regions sent to the translator
         self.preloaded = 0  # regions installed before the guest asked for them (:meth:`preload`)
         self._pages: dict[str, dict[int, tuple[str | None, int]]] = {}  # page key -> page index
-        self._order = 0  # translations requested so far (the page indexes keep the earliest)
-        self._preload: list[tuple[int, int, str, bytes]] | None = None  # (order, page, region key, page bytes)
+        #: Guest instructions retired so far (the engine sets it): when a region was first wanted, in
+        #: a unit that is the same from run to run (the page indexes keep the earliest; preload follows it).
+        self.clock: Callable[[], int] = lambda: 0
+        self._preload: list[tuple[int, int, str, str]] | None = None  # (order, page, page key, region key)
+        self._plan_file: Path | None = None
+        self._plan_checked: dict[int, bool] = {}  # page -> its bytes still match the plan's page key
+        self._plan_refreshed = False
+        self._installed_plan: list[tuple[int, int, str, str]] = []  # plan items already taken
         self._written: list[tuple[int, int]] = []  # RAM written from outside before the first run (images)
         self.preload_enabled = preload_from_env()
         self._thread: threading.Thread | None = None
@@ -1174,7 +1182,12 @@ class Jit:
             return
         # warm start: the earliest cached regions of the loaded images are installed before the first
         # instruction (the firmware's first loops), the rest by the translator thread as the guest runs
-        self.preload_some(PRELOAD_FIRST)
+        # (a saved plan is one file; planning from the page indexes hashes every loaded page: the thread does that)
+        self.plan_preload(from_indexes=len(self._loaded_pages()) <= PRELOAD_SYNC_PAGES)
+        if self._preload:
+            self.preload_some(PRELOAD_FIRST)
+        elif not self._plan_refreshed:
+            self._preload = None  # no saved plan: the translator thread plans from the indexes
         global _pruned
         if not _pruned:
             _pruned = True
@@ -1264,6 +1277,10 @@ class Jit:
         known = idx.get(job.entry)
         if known is None:
             return MISS
+        now = self.clock()
+        if now < known[1]:  # wanted earlier in this run than ever before: preload it earlier next time
+            pkey, _ = self._page_index(job)
+            self._pages[pkey] = write_page_index(pkey, {job.entry: (known[0], now)})
         if known[0] is None:
             return None
         res = load_region(known[0])
@@ -1273,64 +1290,121 @@ class Jit:
         """Record a fresh translation in its page's index (every entry of the region points to it)."""
         if cache_root() is None:
             return
-        self._order += 1
+        now = self.clock()
         key = region_key(job, self.nharts)
-        new = {job.entry: (None, self._order)} if res is None else {e: (key, self._order) for e in res.entries}
+        new = {job.entry: (None, now)} if res is None else {e: (key, now) for e in res.entries}
         pkey, _ = self._page_index(job)
         self._pages[pkey] = write_page_index(pkey, new)
 
     # ---- warm start -----------------------------------------------------------------------------
-    def plan_preload(self) -> None:
-        """List the cached regions of every page whose bytes are in RAM now (firmware, kernel...).
-
-        Called once before the guest runs; :meth:`preload_some` then installs them a few at a time,
-        earliest-translated first, so a guest that booted before finds its code already native.
-        """
-        self._preload = []
-        if not self.preload_enabled or cache_root() is None or self.threshold <= 0:
-            return
-        root = cache_root()
-        assert root is not None
-        ram = self._ram
+    def _loaded_pages(self) -> list[int]:
+        """Pages written from outside before the first run (the images), or RAM's non-zero pages."""
         pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
+        ram = self._ram
         if not pages and ram.size <= PRELOAD_SCAN_MAX:  # RAM filled before the engine existed: look at all of it
             npages = ram.size >> 12
             pages = np.flatnonzero(ram[: npages << 12].view(np.uint64).reshape(npages, 512).any(axis=1)).tolist()
-        plan: dict[str, tuple[int, int, str, bytes]] = {}
-        for p in pages:
-            code = bytes(ram[p << 12 : (p + 1) << 12])
-            pkey = page_key(code, p << 12, self.nharts)
+        return pages
+
+    def _plan_path(self) -> Path | None:
+        """The saved preload plan for what was loaded where (validated page by page when used)."""
+        root = cache_root()
+        if root is None:
+            return None
+        h = hashlib.sha256(f"{self.nharts}:{self._ram.size}:{sorted(self._written)}".encode())
+        return root / "plans" / h.hexdigest()[:32]
+
+    def plan_preload(self, from_indexes: bool = True) -> None:
+        """List the cached regions of the pages loaded before the first run (firmware, kernel...).
+
+        Fast path: the plan an earlier run saved for the same loads (one file). Otherwise (and, in the
+        translator thread, after a saved plan has been installed) from the page indexes: hash every
+        loaded page, read its index. :meth:`preload_some` installs them, earliest wanted first.
+        """
+        self._preload = []
+        if not self.preload_enabled or cache_root() is None or self.threshold <= 0:
+            self._plan_refreshed = True  # nothing to plan, now or later
+            return
+        self._plan_file = self._plan_path()
+        try:
+            saved = pickle.loads(self._plan_file.read_bytes()) if self._plan_file is not None else None
+        except Exception:  # missing or damaged: planned from the indexes
+            saved = None
+        if isinstance(saved, list):
+            self._preload = saved[-PRELOAD_MAX:]
+            return
+        if from_indexes:
+            self._preload = self._plan_from_indexes(set())
+            self._plan_refreshed = True
+            self._save_plan(self._preload)
+
+    def _plan_from_indexes(self, skip: set[str]) -> list[tuple[int, int, str, str]]:
+        root = cache_root()
+        assert root is not None
+        ram = self._ram
+        plan: dict[str, tuple[int, int, str, str]] = {}
+        for p in self._loaded_pages():
+            pkey = page_key(bytes(ram[p << 12 : (p + 1) << 12]), p << 12, self.nharts)
             if not (root / "pages" / pkey[:2] / pkey).is_file():
                 continue
+            self._plan_checked[p << 12] = True
             idx = self._pages[pkey] = read_page_index(pkey)
             for key, order in idx.values():
-                if key is not None and (key not in plan or order < plan[key][0]):
-                    plan[key] = (order, p << 12, key, code)
-        self._preload = sorted(plan.values(), reverse=True)[-PRELOAD_MAX:]  # popped from the end
+                if key is not None and key not in skip and (key not in plan or order < plan[key][0]):
+                    plan[key] = (order, p << 12, pkey, key)
+        return sorted(plan.values(), reverse=True)[-PRELOAD_MAX:]  # popped from the end
+
+    def _save_plan(self, plan: list[tuple[int, int, str, str]]) -> None:
+        if self._plan_file is None:
+            return
+        try:
+            self._plan_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._plan_file.with_name(f".{self._plan_file.name}.{os.getpid()}")
+            tmp.write_bytes(pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(tmp, self._plan_file)
+        except OSError:
+            pass
 
     def preload_some(self, n: int = 8) -> bool:
-        """Install up to ``n`` planned regions; False when nothing is left to preload."""
+        """Install up to ``n`` planned regions; False when nothing is left to preload.
+
+        When a saved plan runs out, the translator thread plans again from the page indexes (what the
+        last runs added) and saves that plan for the next run.
+        """
         if self._preload is None:
             self.plan_preload()
         plan = self._preload
         assert plan is not None
+        if not plan and not self._plan_refreshed:  # a saved plan is done: add what the last runs translated
+            self._plan_refreshed = True
+            fresh = self._plan_from_indexes({key for _, _, _, key in self._installed_plan})
+            self._save_plan(sorted(self._installed_plan + fresh, reverse=True))
+            self._preload = plan = fresh
         t = time.monotonic()
         with self._lock:
             for _ in range(min(n, len(plan))):
                 if _shutdown:
                     break
-                _, page, key, code = plan.pop()
+                item = plan.pop()
+                self._installed_plan.append(item)
+                _, page, pkey, key = item
+                ok = self._plan_checked.get(page)
+                if ok is None:  # the page must still hold the bytes the plan was made from
+                    code = bytes(self._ram[page : page + 4096])
+                    ok = self._plan_checked[page] = page_key(code, page, self.nharts) == pkey
+                if not ok:
+                    continue
                 res = load_region(key)
                 if not isinstance(res, Result) or not res.entries:
                     continue
                 if all(self.jtab[(e >> 1) & JMASK, JT_KEY] == e for e in res.entries):
                     continue
-                job = Job(page, res.entries[0], code)
+                job = Job(page, res.entries[0], bytes(self._ram[page : page + 4096]))
                 before = self.regions
                 self._install(job, res, _link(res))
                 self.preloaded += self.regions - before
         self.compile_seconds += time.monotonic() - t
-        return bool(plan)
+        return bool(plan) or not self._plan_refreshed
 
     def _install(self, job: Job, res: Result, fn: int) -> None:
         """Publish ``fn`` for the region's entries unless its code changed since the job was made."""
@@ -1407,7 +1481,7 @@ def _translator(ref: weakref.ref) -> None:
         if j is None:
             return
         busy = False
-        if j._preload is None or j._preload:  # interleaved with the requests: neither waits for the other
+        if j._preload is None or j._preload or not j._plan_refreshed:  # interleaved with the requests
             busy = True
             try:
                 j.preload_some()
