@@ -1154,6 +1154,7 @@ class Jit:
         self._plan_checked: dict[int, bool] = {}  # page -> its bytes still match the plan's page key
         self._plan_refreshed = False
         self._installed_plan: list[tuple[int, int, str, str]] = []  # plan items already taken
+        self._deferred: list[int] = []  # entries to translate once the preload is done
         self._written: list[tuple[int, int]] = []  # RAM written from outside before the first run (images)
         self.preload_enabled = preload_from_env()
         self._thread: threading.Thread | None = None
@@ -1238,6 +1239,13 @@ class Jit:
         results: list[Result | None | object] = [self._cached(j) for j in jobs]
         misses = [j for j, r in zip(jobs, results, strict=True) if r is MISS]
         self.cache_hits += len(jobs) - len(misses)
+        if misses and self.preloading():
+            # the translator process waits until the preload is done: the cached code the guest needs
+            # first goes in sooner, and the process's start-up does not compete with it for the CPU
+            self._deferred.extend(j.entry for j in misses)
+            jobs = [j for j, r in zip(jobs, results, strict=True) if r is not MISS]
+            results = [r for r in results if r is not MISS]
+            misses = []
         self.translated += len(misses)
         if misses:
             if self.background:
@@ -1297,6 +1305,10 @@ class Jit:
         self._pages[pkey] = write_page_index(pkey, new)
 
     # ---- warm start -----------------------------------------------------------------------------
+    def preloading(self) -> bool:
+        """The background translator is still installing cached regions (translations wait)."""
+        return self.background and (self._preload is None or bool(self._preload) or not self._plan_refreshed)
+
     def _loaded_pages(self) -> list[int]:
         """Pages written from outside before the first run (the images), or RAM's non-zero pages."""
         pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
@@ -1481,13 +1493,18 @@ def _translator(ref: weakref.ref) -> None:
         if j is None:
             return
         busy = False
-        if j._preload is None or j._preload or not j._plan_refreshed:  # interleaved with the requests
+        if j.preloading():  # interleaved with the requests (cache hits; translations wait for the end)
             busy = True
             try:
                 j.preload_some()
             except Exception as err:  # a damaged cache must not kill the VM: the guest's requests go on
                 print(f"virtkit: JIT preload stopped: {err!r}", file=sys.stderr)
                 j._preload = []
+                j._plan_refreshed = True
+            if not j.preloading() and j._deferred:
+                with j._lock:
+                    j._backlog = list(dict.fromkeys(j._deferred + j._backlog))[:BACKLOG]
+                    j._deferred.clear()
         if j.pending():
             busy = True
             try:
