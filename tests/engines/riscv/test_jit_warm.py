@@ -14,7 +14,7 @@ import pytest
 from tests.engines.riscv.test_jit import HOT, RAM_BASE, run
 from virtkit.engines.riscv import asm
 from virtkit.engines.riscv import jit as jitmod
-from virtkit.engines.riscv.consts import JMASK, JT_KEY
+from virtkit.engines.riscv.consts import JT_KEY, jslot
 from virtkit.engines.riscv.elf import load_elf
 from virtkit.engines.riscv.engine import ExitReason, RiscvEngine, _ctab
 from virtkit.errors import ConfigError
@@ -140,7 +140,7 @@ def test_an_entry_whose_request_was_lost_is_asked_for_again(tmp_path, monkeypatc
     eng = RiscvEngine(mem, 1, reset_pc=img.entry, deterministic=True, jit=64)
     eng.tohost = img.symbols["tohost"]
     f = img.symbols["f"] - RAM_BASE
-    slot = (f >> 1) & JMASK
+    slot = jslot(f)
     eng.jit.jhot[slot] = 65  # past the threshold: as if its request had been dropped
     for _ in range(200):
         ex = eng.run(2_000_000)

@@ -132,7 +132,15 @@ IRQ_ORDER = (11, 3, 7, 9, 1, 5)
 
 # ---- the JIT tier's tables (jit.py builds them, core.py uses them) -------------------------------------
 JBITS = 16
-JSIZE = 1 << JBITS  # entries of the direct-mapped region table, indexed by (RAM offset >> 1) & JMASK
+JSIZE = 1 << JBITS  # entries of the direct-mapped region table, indexed by jslot(RAM offset)
+JSTRIDE = 2531  # odd: page p's entries use slots p*JSTRIDE.. (+2048, mod JSIZE): page starts never pile up
+
+
+def jslot(off: int) -> int:
+    """The region-table slot of RAM offset ``off`` (core.py inlines the same formula)."""
+    return (((off & 0xFFF) >> 1) + (off >> 12) * JSTRIDE) & JMASK
+
+
 PAGE_SLOTS = 2048  # the slots a 4 KiB page's entries map to (consecutive, mod JSIZE): a region's are among them
 JMASK = JSIZE - 1
 JT_KEY, JT_FN, JT_LO, JT_HI = 0, 1, 2, 3  # jtab columns: RAM offset of entry (-1 empty), fn, chunk range

@@ -87,6 +87,7 @@ from virtkit.engines.riscv.consts import (  # noqa: F401  (constants live in con
     JR_INVAL,
     JR_RING,
     JSIZE,
+    JSTRIDE,
     JT_FN,
     JT_HI,
     JT_KEY,
@@ -192,7 +193,7 @@ def jit_inval(o, jt):
     cnt = (cmap[ch] >> 1) + 1
     cmap[ch] = np.uint8((min(cnt, 127) << 1) & 0xFE)
     jreq[JR_INVAL] += 1
-    base = (o & ~0xFFF) >> 1  # a region lies inside one page: its entries use that page's slots
+    base = (o >> 12) * JSTRIDE  # a region lies inside one page: its entries use that page's slots
     for k in range(PAGE_SLOTS):
         i = (base + k) & JMASK
         if jtab[i, JT_KEY] >= 0 and jtab[i, JT_LO] <= ch and jtab[i, JT_HI] >= ch:
@@ -1175,7 +1176,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         if blk:
             blk = False
             if jthr > 0 and fvpn != -1:  # -1: no cached fetch page (PMP split)
-                ji = (off >> 1) & JMASK
+                ji = (((off & 0xFFF) >> 1) + (off >> 12) * JSTRIDE) & JMASK  # consts.jslot
                 if jtab[ji, JT_KEY] == off:
                     jc[J_PC] = pc
                     jc[J_LIMIT] = limit - n

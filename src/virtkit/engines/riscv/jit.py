@@ -69,6 +69,7 @@ from virtkit.engines.riscv.consts import (
     JR_INVAL,
     JR_RING,
     JSIZE,
+    JSTRIDE,
     JT_FN,
     JT_HI,
     JT_KEY,
@@ -80,6 +81,7 @@ from virtkit.engines.riscv.consts import (
     ST_END,
     ST_REJOIN,
     TLB_SIZE,
+    jslot,
 )
 from virtkit.errors import ConfigError
 
@@ -1213,17 +1215,17 @@ class Jit:
                     self._backlog = fresh + self._backlog
                     if len(self._backlog) > BACKLOG:  # drop the oldest; they count from 0 again if still hot
                         for o in self._backlog[BACKLOG:]:
-                            self.jhot[(o >> 1) & JMASK] = 0
+                            self.jhot[jslot(o)] = 0
                         del self._backlog[BACKLOG:]
                 if not self._backlog:
                     return
                 # hottest first: the core keeps counting entries into untranslated code, so jhot says
                 # which waiting entry the guest runs most right now
-                self._backlog.sort(key=lambda o: -int(self.jhot[(o >> 1) & JMASK]))
+                self._backlog.sort(key=lambda o: -int(self.jhot[jslot(o)]))
                 offs, self._backlog = self._backlog[:BATCH], self._backlog[BATCH:]
                 jobs = []
                 for off in dict.fromkeys(offs):
-                    if self.jtab[(off >> 1) & JMASK, JT_KEY] != off:  # not already an entry of a region
+                    if self.jtab[jslot(off), JT_KEY] != off:  # not already an entry of a region
                         jobs.append(self._job(off))
                 if jobs:
                     self._run(jobs)
@@ -1266,7 +1268,7 @@ class Jit:
             self._install(job, res, _link(res))  # type: ignore[arg-type]
             for o in res.succ:  # type: ignore[union-attr]
                 # the code after a capped region, or in the next page: wanted next, not after 64 more trips
-                if o < self._ram.size and self.jtab[(o >> 1) & JMASK, JT_KEY] != o and o not in self._backlog:
+                if o < self._ram.size and self.jtab[jslot(o), JT_KEY] != o and o not in self._backlog:
                     self._backlog.insert(0, o)
         self.compile_seconds += time.monotonic() - t
 
@@ -1409,7 +1411,7 @@ class Jit:
                 res = load_region(key)
                 if not isinstance(res, Result) or not res.entries:
                     continue
-                if all(self.jtab[(e >> 1) & JMASK, JT_KEY] == e for e in res.entries):
+                if all(self.jtab[jslot(e), JT_KEY] == e for e in res.entries):
                     continue
                 job = Job(page, res.entries[0], bytes(self._ram[page : page + 4096]))
                 before = self.regions
@@ -1427,7 +1429,7 @@ class Jit:
         if bytes(self._ram[span]) != snap:
             self.stale += 1
             return
-        slots = [(e >> 1) & JMASK for e in res.entries]
+        slots = [jslot(e) for e in res.entries]
         for e, ji in zip(res.entries, slots, strict=True):
             self.jtab[ji, JT_KEY] = -1
             self.jtab[ji, JT_FN] = fn
@@ -1456,7 +1458,7 @@ class Jit:
             return
         first, last = off >> 12, (off + n - 1) >> 12
         if (last - first + 1) * PAGE_SLOTS < JSIZE:  # a region lies in one page: only its slots can hold it
-            slots = ((np.arange(first, last + 1)[:, None] * PAGE_SLOTS + np.arange(PAGE_SLOTS)) & JMASK).ravel()
+            slots = ((np.arange(first, last + 1)[:, None] * JSTRIDE + np.arange(PAGE_SLOTS)) & JMASK).ravel()
         else:
             slots = np.arange(JSIZE)
         rows = self.jtab[slots]
