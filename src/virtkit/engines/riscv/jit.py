@@ -91,7 +91,7 @@ DEFAULT_THRESHOLD = 64
 #: IR passes: sroa makes the instruction count n SSA (instcombine cost ~30% more compile time for ~4% less code)
 OPT_PASSES = ("sroa",)
 MIN_RUN = 6  # worth_translating(): native instructions from the entry before a bail
-BACKLOG = 64  # requests kept waiting for the translator (older ones are dropped: they went cold)
+BACKLOG = 256  # requests kept waiting for the translator (the coldest are dropped, and asked for again if hot)
 BATCH = 1  # regions per translator round trip: the first one is installed as soon as it is ready
 PRELOAD_MAX = 8192  # cached regions installed at most before the guest asks (the table has JSIZE slots)
 PRELOAD_FIRST = 48  # of them installed before the guest's first instruction
@@ -1213,10 +1213,7 @@ class Jit:
                     fresh = [int(self.jreq[JR_RING + (i & (REQ_N - 1))]) for i in range(head - 1, tail - 1, -1)]
                     self.jreq[1] = head
                     self._backlog = fresh + self._backlog
-                    if len(self._backlog) > BACKLOG:  # drop the oldest; they count from 0 again if still hot
-                        for o in self._backlog[BACKLOG:]:
-                            self.jhot[jslot(o)] = 0
-                        del self._backlog[BACKLOG:]
+                    self._trim_backlog()
                 if not self._backlog:
                     return
                 # hottest first: the core keeps counting entries into untranslated code, so jhot says
@@ -1229,6 +1226,14 @@ class Jit:
                         jobs.append(self._job(off))
                 if jobs:
                     self._run(jobs)
+
+    def _trim_backlog(self) -> None:
+        """Keep the BACKLOG hottest waiting entries; the others count from 0 again (asked for again if still hot)."""
+        if len(self._backlog) > BACKLOG:
+            self._backlog.sort(key=lambda o: -int(self.jhot[jslot(o)]))
+            for o in self._backlog[BACKLOG:]:
+                self.jhot[jslot(o)] = 0
+            del self._backlog[BACKLOG:]
 
     def _job(self, entry: int) -> Job:
         page = entry & ~0xFFF
@@ -1505,8 +1510,9 @@ def _translator(ref: weakref.ref) -> None:
                 j._plan_refreshed = True
             if not j.preloading() and j._deferred:
                 with j._lock:
-                    j._backlog = list(dict.fromkeys(j._deferred + j._backlog))[:BACKLOG]
+                    j._backlog = list(dict.fromkeys(j._deferred + j._backlog))
                     j._deferred.clear()
+                    j._trim_backlog()
         if j.pending():
             busy = True
             try:
