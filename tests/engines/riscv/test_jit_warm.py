@@ -164,3 +164,24 @@ def test_the_preload_plan_is_saved_and_a_damaged_one_is_replanned(tmp_path, monk
     plans[0].write_bytes(b"\x80 damaged")
     st = run_background(elf, 1 << 40).stats()
     assert st["jit"]["preloaded"] > 0 and st["jit_instructions"] > 0
+
+
+def test_a_page_changed_after_planning_is_not_preloaded(tmp_path, monkeypatch):
+    """The preload installs code compiled from the bytes its plan was checked on: a store in between
+    (the guest, a device) makes the install refuse it, never run stale code."""
+    cache_in(tmp_path, monkeypatch)
+    elf = asm.build(HOT, tmp_path, "hot")
+    run(elf, jit=1)
+    mem = GuestMemory(16 << 20, RAM_BASE)
+    probe = GuestMemory(16 << 20, RAM_BASE)
+    entry = load_elf(elf, probe).entry
+    eng = RiscvEngine(mem, 1, reset_pc=entry, jit=1 << 40)
+    img = load_elf(elf, mem)
+    f = img.symbols["f"] - RAM_BASE
+    eng.jit.plan_preload()
+    assert any(page == f & ~0xFFF for _, page, _, _ in eng.jit._preload)
+    mem.array[f] ^= 0x10  # a store the JIT's invalidation cannot see yet: nothing is installed there
+    while eng.jit.preload_some(64):
+        pass
+    assert eng.jit.jtab[jslot(f), JT_KEY] != f
+    assert eng.jit.stale > 0

@@ -1153,7 +1153,8 @@ class Jit:
         self.clock: Callable[[], int] = lambda: 0
         self._preload: list[tuple[int, int, str, str]] | None = None  # (order, page, page key, region key)
         self._plan_file: Path | None = None
-        self._plan_checked: dict[int, bool] = {}  # page -> its bytes still match the plan's page key
+        self._plan_checked: dict[int, bytes | None] = {}  # page -> bytes its key was checked on (None: changed)
+        self._loaded: list[int] | None = None
         self._plan_refreshed = False
         self._installed_plan: list[tuple[int, int, str, str]] = []  # plan items already taken
         self._deferred: list[int] = []  # entries to translate once the preload is done
@@ -1318,12 +1319,14 @@ class Jit:
 
     def _loaded_pages(self) -> list[int]:
         """Pages written from outside before the first run (the images), or RAM's non-zero pages."""
-        pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
-        ram = self._ram
-        if not pages and ram.size <= PRELOAD_SCAN_MAX:  # RAM filled before the engine existed: look at all of it
-            npages = ram.size >> 12
-            pages = np.flatnonzero(ram[: npages << 12].view(np.uint64).reshape(npages, 512).any(axis=1)).tolist()
-        return pages
+        if self._loaded is None:
+            pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
+            ram = self._ram
+            if not pages and ram.size <= PRELOAD_SCAN_MAX:  # RAM filled before the engine existed: look at it all
+                npages = ram.size >> 12
+                pages = np.flatnonzero(ram[: npages << 12].view(np.uint64).reshape(npages, 512).any(axis=1)).tolist()
+            self._loaded = pages
+        return self._loaded
 
     def _plan_path(self) -> Path | None:
         """The saved preload plan for what was loaded where (validated page by page when used)."""
@@ -1363,10 +1366,11 @@ class Jit:
         ram = self._ram
         plan: dict[str, tuple[int, int, str, str]] = {}
         for p in self._loaded_pages():
-            pkey = page_key(bytes(ram[p << 12 : (p + 1) << 12]), p << 12, self.nharts)
+            code = bytes(ram[p << 12 : (p + 1) << 12])
+            pkey = page_key(code, p << 12, self.nharts)
             if not (root / "pages" / pkey[:2] / pkey).is_file():
                 continue
-            self._plan_checked[p << 12] = True
+            self._plan_checked[p << 12] = code
             idx = self._pages[pkey] = read_page_index(pkey)
             for key, order in idx.values():
                 if key is not None and key not in skip and (key not in plan or order < plan[key][0]):
@@ -1407,18 +1411,22 @@ class Jit:
                 item = plan.pop()
                 self._installed_plan.append(item)
                 _, page, pkey, key = item
-                ok = self._plan_checked.get(page)
-                if ok is None:  # the page must still hold the bytes the plan was made from
+                if page in self._plan_checked:
+                    code = self._plan_checked[page]
+                else:  # the page must still hold the bytes the plan was made from
                     code = bytes(self._ram[page : page + 4096])
-                    ok = self._plan_checked[page] = page_key(code, page, self.nharts) == pkey
-                if not ok:
+                    if page_key(code, page, self.nharts) != pkey:
+                        code = None
+                    self._plan_checked[page] = code
+                if code is None:
                     continue
                 res = load_region(key)
                 if not isinstance(res, Result) or not res.entries:
                     continue
                 if all(self.jtab[jslot(e), JT_KEY] == e for e in res.entries):
                     continue
-                job = Job(page, res.entries[0], bytes(self._ram[page : page + 4096]))
+                # the bytes the page key was checked on: a store since then makes _install() refuse it
+                job = Job(page, res.entries[0], code)
                 before = self.regions
                 self._install(job, res, _link(res))
                 self.preloaded += self.regions - before
