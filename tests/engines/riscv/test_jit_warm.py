@@ -147,7 +147,7 @@ def test_an_entry_whose_request_was_lost_is_asked_for_again(tmp_path, monkeypatc
         if ex.reason is ExitReason.HTIF:
             break
     assert ex.reason is ExitReason.HTIF and ex.value == 1
-    assert eng.jit.jtab[slot, JT_KEY] == f
+    assert eng.jit.jtab[JT_KEY, slot] == f
 
 
 def test_the_preload_plan_is_saved_and_a_damaged_one_is_replanned(tmp_path, monkeypatch):
@@ -183,5 +183,5 @@ def test_a_page_changed_after_planning_is_not_preloaded(tmp_path, monkeypatch):
     mem.array[f] ^= 0x10  # a store the JIT's invalidation cannot see yet: nothing is installed there
     while eng.jit.preload_some(64):
         pass
-    assert eng.jit.jtab[jslot(f), JT_KEY] != f
+    assert eng.jit.jtab[JT_KEY, jslot(f)] != f
     assert eng.jit.stale > 0

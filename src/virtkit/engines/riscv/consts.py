@@ -143,7 +143,7 @@ def jslot(off: int) -> int:
 
 PAGE_SLOTS = 2048  # the slots a 4 KiB page's entries map to (consecutive, mod JSIZE): a region's are among them
 JMASK = JSIZE - 1
-JT_KEY, JT_FN, JT_LO, JT_HI = 0, 1, 2, 3  # jtab columns: RAM offset of entry (-1 empty), fn, chunk range
+JT_KEY, JT_FN, JT_LO, JT_HI = 0, 1, 2, 3  # jtab rows (shape (4, JSIZE)): entry RAM offset (-1 empty), fn, chunks
 CSHIFT = 8  # cmap: one byte per 256-byte chunk of RAM
 REQ_AGAIN = 4096  # a block entry still interpreted is requested again every this many entries (a power of 2)
 REQ_N = 256  # request ring (a power of 2): jreq[0] head, jreq[1] tail, jreq[2] invalidations

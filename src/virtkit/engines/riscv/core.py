@@ -196,8 +196,8 @@ def jit_inval(o, jt):
     base = (o >> 12) * JSTRIDE  # a region lies inside one page: its entries use that page's slots
     for k in range(PAGE_SLOTS):
         i = (base + k) & JMASK
-        if jtab[i, JT_KEY] >= 0 and jtab[i, JT_LO] <= ch and jtab[i, JT_HI] >= ch:
-            jtab[i, JT_KEY] = -1
+        if jtab[JT_KEY, i] >= 0 and jtab[JT_LO, i] <= ch and jtab[JT_HI, i] >= ch:
+            jtab[JT_KEY, i] = -1
             jhot[i] = 0
 
 
@@ -453,7 +453,7 @@ def expand_c(c):
 @njit(cache=True)
 def build_ctab():
     """All 65536 16-bit words expanded (entries for 32-bit-length words are unused)."""
-    t = np.zeros(65536, dtype=np.int64)
+    t = np.zeros(65536, dtype=np.int32)  # 256 KiB: looked up for every compressed instruction (cache-friendly)
     for c in range(65536):
         if (c & 3) != 3:
             t[c] = expand_c(c)
@@ -1177,13 +1177,13 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             blk = False
             if jthr > 0 and fvpn != -1:  # -1: no cached fetch page (PMP split)
                 ji = (((off & 0xFFF) >> 1) + (off >> 12) * JSTRIDE) & JMASK  # consts.jslot
-                if jtab[ji, JT_KEY] == off:
+                if jtab[JT_KEY, ji] == off:
                     jc[J_PC] = pc
                     jc[J_LIMIT] = limit - n
                     jc[J_LCTX] = lctx
                     jc[J_SCTX] = sctx
                     jc[J_ARG] = off
-                    k = call_native(jtab[ji, JT_FN], jc[J_SELF])
+                    k = call_native(jtab[JT_FN, ji], jc[J_SELF])
                     n += k
                     hs[h, HS_JIT] += k
                     hs[h, HS_JIT_CALLS] += 1

@@ -1134,7 +1134,9 @@ class Jit:
         self.background = background
         self._ram = ram
         self._ctab = ctab
-        self.jtab = np.full((JSIZE, 4), -1, dtype=np.int64)
+        # one row per column (JT_KEY...): the keys the interpreter probes at every block entry are contiguous,
+        # and a page's entries share cache lines
+        self.jtab = np.full((4, JSIZE), -1, dtype=np.int64)
         self.jhot = np.zeros(JSIZE, dtype=np.int64)
         self.jreq = np.zeros(JR_RING + REQ_N, dtype=np.int64)
         self.cmap = np.zeros((ram.size >> CSHIFT) + 1, dtype=np.uint8)
@@ -1223,7 +1225,7 @@ class Jit:
                 offs, self._backlog = self._backlog[:BATCH], self._backlog[BATCH:]
                 jobs = []
                 for off in dict.fromkeys(offs):
-                    if self.jtab[jslot(off), JT_KEY] != off:  # not already an entry of a region
+                    if self.jtab[JT_KEY, jslot(off)] != off:  # not already an entry of a region
                         jobs.append(self._job(off))
                 if jobs:
                     self._run(jobs)
@@ -1274,7 +1276,7 @@ class Jit:
             self._install(job, res, _link(res))  # type: ignore[arg-type]
             for o in res.succ:  # type: ignore[union-attr]
                 # the code after a capped region, or in the next page: wanted next, not after 64 more trips
-                if o < self._ram.size and self.jtab[jslot(o), JT_KEY] != o and o not in self._backlog:
+                if o < self._ram.size and self.jtab[JT_KEY, jslot(o)] != o and o not in self._backlog:
                     self._backlog.insert(0, o)
         self.compile_seconds += time.monotonic() - t
 
@@ -1423,7 +1425,7 @@ class Jit:
                 res = load_region(key)
                 if not isinstance(res, Result) or not res.entries:
                     continue
-                if all(self.jtab[jslot(e), JT_KEY] == e for e in res.entries):
+                if all(self.jtab[JT_KEY, jslot(e)] == e for e in res.entries):
                     continue
                 # the bytes the page key was checked on: a store since then makes _install() refuse it
                 job = Job(page, res.entries[0], code)
@@ -1444,15 +1446,15 @@ class Jit:
             return
         slots = [jslot(e) for e in res.entries]
         for e, ji in zip(res.entries, slots, strict=True):
-            self.jtab[ji, JT_KEY] = -1
-            self.jtab[ji, JT_FN] = fn
-            self.jtab[ji, JT_LO] = res.lo
-            self.jtab[ji, JT_HI] = res.hi
-            self.jtab[ji, JT_KEY] = e
+            self.jtab[JT_KEY, ji] = -1
+            self.jtab[JT_FN, ji] = fn
+            self.jtab[JT_LO, ji] = res.lo
+            self.jtab[JT_HI, ji] = res.hi
+            self.jtab[JT_KEY, ji] = e
         if bytes(self._ram[span]) != snap:  # a store raced with the installation: take it back
             for e, ji in zip(res.entries, slots, strict=True):
-                if self.jtab[ji, JT_KEY] == e and self.jtab[ji, JT_FN] == fn:
-                    self.jtab[ji, JT_KEY] = -1
+                if self.jtab[JT_KEY, ji] == e and self.jtab[JT_FN, ji] == fn:
+                    self.jtab[JT_KEY, ji] = -1
             self.stale += 1
             return
         self.regions += 1
@@ -1474,9 +1476,9 @@ class Jit:
             slots = ((np.arange(first, last + 1)[:, None] * JSTRIDE + np.arange(PAGE_SLOTS)) & JMASK).ravel()
         else:
             slots = np.arange(JSIZE)
-        rows = self.jtab[slots]
-        kill = slots[(rows[:, JT_KEY] >= 0) & (rows[:, JT_LO] <= hi) & (rows[:, JT_HI] >= lo)]
-        self.jtab[kill, JT_KEY] = -1
+        cols = self.jtab[:, slots]
+        kill = slots[(cols[JT_KEY] >= 0) & (cols[JT_LO] <= hi) & (cols[JT_HI] >= lo)]
+        self.jtab[JT_KEY, kill] = -1
         self.jhot[kill] = 0
         hit = (seg & 1) != 0
         cnt = np.minimum((seg >> 1) + 1, 127).astype(np.uint8)
