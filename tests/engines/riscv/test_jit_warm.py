@@ -185,3 +185,30 @@ def test_a_page_changed_after_planning_is_not_preloaded(tmp_path, monkeypatch):
         pass
     assert eng.jit.jtab[JT_KEY, jslot(f)] != f
     assert eng.jit.stale > 0
+
+
+def test_programs_sharing_a_load_layout_never_run_each_others_code(tmp_path, monkeypatch):
+    """Two programs loaded the same way share a saved preload plan; every region is checked against
+    the bytes it was compiled from, so each program computes its own result, run after run."""
+    cache_in(tmp_path, monkeypatch)
+    progs = {3: asm.build(HOT, tmp_path, "hot3"), 5: asm.build(HOT.replace("addi a0, x0, 3", "addi a0, x0, 5"),
+                                                               tmp_path, "hot5")}
+    for elf in progs.values():
+        run(elf, jit=1)  # fills the cache for both
+    for k in (3, 5, 3, 5, 3):
+        mem = GuestMemory(16 << 20, RAM_BASE)
+        img = load_elf(progs[k], GuestMemory(16 << 20, RAM_BASE))
+        eng = RiscvEngine(mem, 1, reset_pc=img.entry, jit=1 << 40)
+        load_elf(progs[k], mem)
+        eng.tohost = img.symbols["tohost"]
+        eng.jit.plan_preload()
+        while eng.jit.preload_some(64):  # the whole plan (saved plan, then the page indexes), before the guest
+            pass
+        for _ in range(2000):
+            ex = eng.run(200_000)
+            if ex.reason is ExitReason.HTIF:
+                break
+        assert ex.reason is ExitReason.HTIF
+        got = int.from_bytes(mem.read(img.symbols["result"], 8), "little")
+        assert got == k * 2000, f"program {k} computed {got}"
+        assert eng.stats()["jit"]["preloaded"] > 0

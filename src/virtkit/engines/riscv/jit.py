@@ -1155,7 +1155,8 @@ class Jit:
         self.clock: Callable[[], int] = lambda: 0
         self._preload: list[tuple[int, int, str, str]] | None = None  # (order, page, page key, region key)
         self._plan_file: Path | None = None
-        self._plan_checked: dict[int, bytes | None] = {}  # page -> bytes its key was checked on (None: changed)
+        # (page, page key) -> the page's bytes when they had that key, None when they did not
+        self._plan_checked: dict[tuple[int, str], bytes | None] = {}
         self._loaded: list[int] | None = None
         self._plan_refreshed = False
         self._installed_plan: list[tuple[int, int, str, str]] = []  # plan items already taken
@@ -1372,7 +1373,7 @@ class Jit:
             pkey = page_key(code, p << 12, self.nharts)
             if not (root / "pages" / pkey[:2] / pkey).is_file():
                 continue
-            self._plan_checked[p << 12] = code
+            self._plan_checked[(p << 12, pkey)] = code
             idx = self._pages[pkey] = read_page_index(pkey)
             for key, order in idx.values():
                 if key is not None and key not in skip and (key not in plan or order < plan[key][0]):
@@ -1413,13 +1414,15 @@ class Jit:
                 item = plan.pop()
                 self._installed_plan.append(item)
                 _, page, pkey, key = item
-                if page in self._plan_checked:
-                    code = self._plan_checked[page]
-                else:  # the page must still hold the bytes the plan was made from
+                # the page must hold the bytes this region was compiled from: plans are shared by every
+                # guest loaded the same way, so one page may have items of several programs
+                if (page, pkey) in self._plan_checked:
+                    code = self._plan_checked[(page, pkey)]
+                else:
                     code = bytes(self._ram[page : page + 4096])
                     if page_key(code, page, self.nharts) != pkey:
                         code = None
-                    self._plan_checked[page] = code
+                    self._plan_checked[(page, pkey)] = code
                 if code is None:
                     continue
                 res = load_region(key)
