@@ -28,6 +28,16 @@ live region was translated from it. Every store (interpreter, native code, devic
 :class:`~virtkit.machine.memory.GuestMemory`) that hits such a chunk invalidates the regions
 covering it before the next instruction runs; bits 1..7 count invalidations, and a chunk
 invalidated ``MAX_INVALIDATIONS`` times is not translated again (code and data sharing a chunk).
+
+The persistent cache and the warm start: a region file is keyed by its page's bytes and place, its
+entry and the hart count; a per-page index (keyed by the page's bytes and place) maps every entry
+of every region translated from that page to its file, with the guest instruction count at which a
+run first wanted it. Before the first instruction the engine installs the cached regions of the
+pages the images were loaded into, earliest wanted first (:meth:`Jit.plan_preload`,
+:meth:`Jit.preload_some`; a saved plan per set of loads makes that one file read), each checked
+against the page bytes it was compiled from. Requests that miss the cache wait until that is done.
+A region cut by the instruction cap or the page end asks for its continuation at once; the core
+asks again every ``REQ_AGAIN`` entries for a block that still runs interpreted.
 """
 
 from __future__ import annotations
