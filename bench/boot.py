@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import statistics
 import subprocess
@@ -78,36 +79,30 @@ def last_line(text: str) -> str:
     return lines[-1][:100] if lines else "(no output)"
 
 
-def measure(name: str, make_argv, runs: int, timeout: float, env_for=lambda: None) -> PeerResult:
-    """Boot ``runs`` times to init and to the shell; stop at the first failure with its reason.
-
-    ``env_for()`` gives each boot's extra environment (``--jit-cache cold``: a fresh JIT cache)."""
-    res = PeerResult(name)
-    try:
-        init_argv = make_argv(f"{APPEND} virtkit.bench=init")
-        shell_argv = make_argv(APPEND)
-    except VirtkitError as err:
-        res.error = f"not available: {err}"
-        return res
-    for _ in range(runs):
-        run = run_console(init_argv, timeout=timeout, marks=[INIT_REACHED], env=env_for())
-        if INIT_REACHED not in run.marks:
-            refused = [t for t in run.output.splitlines() if t.startswith("virtkit: error:")]
-            if refused and not run.timed_out:
-                res.error = f"not available: {refused[-1].removeprefix('virtkit: error:').strip()}"
-                return res
-            why = "timed out" if run.timed_out else f"exit {run.returncode}"
-            res.error = f"failed to reach init ({why}): {last_line(run.output)}"
-            return res
+def boot_pair(res: PeerResult, argvs: tuple[list[str], list[str]], timeout: float, env: dict[str, str] | None,
+              keep: bool) -> None:
+    """One boot to init and one to the shell; their times go into ``res`` when ``keep`` (not a warm-up),
+    the first failure into ``res.error`` with its reason."""
+    init_argv, shell_argv = argvs
+    run = run_console(init_argv, timeout=timeout, marks=[INIT_REACHED], env=env)
+    if INIT_REACHED not in run.marks:
+        refused = [t for t in run.output.splitlines() if t.startswith("virtkit: error:")]
+        if refused and not run.timed_out:
+            res.error = f"not available: {refused[-1].removeprefix('virtkit: error:').strip()}"
+            return
+        why = "timed out" if run.timed_out else f"exit {run.returncode}"
+        res.error = f"failed to reach init ({why}): {last_line(run.output)}"
+        return
+    if keep:
         res.init.append(run.marks[INIT_REACHED])
         res.init_total.append(run.seconds)
-        run = run_console(shell_argv, timeout=timeout, marks=[PROMPT], replies={PROMPT: "exit\n"}, env=env_for())
-        if PROMPT.pattern not in run.marks:
-            why = "timed out" if run.timed_out else f"exit {run.returncode}"
-            res.error = f"failed to reach the shell ({why}): {last_line(run.output)}"
-            return res
+    run = run_console(shell_argv, timeout=timeout, marks=[PROMPT], replies={PROMPT: "exit\n"}, env=env)
+    if PROMPT.pattern not in run.marks:
+        why = "timed out" if run.timed_out else f"exit {run.returncode}"
+        res.error = f"failed to reach the shell ({why}): {last_line(run.output)}"
+        return
+    if keep:
         res.shell.append(run.marks[PROMPT.pattern])
-    return res
 
 
 def fmt(v: float | None) -> str:
@@ -156,24 +151,28 @@ def main(argv: list[str] | None = None) -> int:
         return virtkit_argv(guest, append)
 
     tmp = tempfile.TemporaryDirectory(prefix="virtkit-bench-jit-")
-    fresh = iter(range(1 << 30))
+    fresh = itertools.count()
 
     def virtkit_env() -> dict[str, str] | None:
         return {"VIRTKIT_JIT_CACHE": f"{tmp.name}/{next(fresh)}"} if args.jit_cache == "cold" else None
 
-    # the peers take turns, run by run, so a machine that speeds up or slows down hits both alike
-    q, v = PeerResult("qemu-system-riscv64 -M virt"), PeerResult("virtkit run")
+    peers = []  # (result, (init argv, shell argv), extra environment per boot)
+    for name, make_argv, env_for in (("qemu-system-riscv64 -M virt", qemu, lambda: None),
+                                     ("virtkit run", virtkit, virtkit_env)):
+        res, argvs = PeerResult(name), ([], [])
+        try:
+            argvs = (make_argv(f"{APPEND} virtkit.bench=init"), make_argv(APPEND))
+        except VirtkitError as err:
+            res.error = f"not available: {err}"
+        peers.append((res, argvs, env_for))
+    # the peers take turns, boot by boot, so a machine that speeds up or slows down hits both alike
     for i in range(args.warmup + args.runs):
-        for peer, make, env_for in ((q, qemu, lambda: None), (v, virtkit, virtkit_env)):
-            if peer.error:
-                continue
-            one = measure(peer.name, make, 1, args.timeout, env_for)
-            peer.error = one.error
-            if i >= args.warmup:
-                for k in ("init", "init_total", "shell"):
-                    getattr(peer, k).extend(getattr(one, k))
+        for res, argvs, env_for in peers:
+            if not res.error:
+                boot_pair(res, argvs, args.timeout, env_for(), keep=i >= args.warmup)
     tmp.cleanup()
-    results = [q, v]
+    results = [res for res, _, _ in peers]
+    q, v = results
     rows = {
         "boot to init (virtkit-init-reached)": "init",
         "boot to init + poweroff (process exit)": "init_total",
