@@ -301,7 +301,7 @@ def test_translations_are_kept_between_runs_and_damaged_ones_replaced(tmp_path, 
     assert all(f.read_bytes() != b"\x80garbage" for f in files)  # replaced by fresh translations
     job = jitmod.Job(0, 0, bytes(4096))
     monkeypatch.setenv("VIRTKIT_JIT_CACHE", "off")
-    assert jitmod.cache_root() is None and jitmod.cached(job, 1) is jitmod.MISS
+    assert jitmod.cache_root() is None and jitmod.load_region(jitmod.region_key(job, 1)) is jitmod.MISS
 
 
 LONG = """

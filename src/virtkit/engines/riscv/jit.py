@@ -895,14 +895,20 @@ def translate(job: Job, ctab: np.ndarray, nharts: int) -> Result | None:
         return hit  # type: ignore[return-value]
     res = _translate(job, ctab, nharts, f"vk_{key}")
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{key}.{os.getpid()}")
-            tmp.write_bytes(_NOT_WORTH if res is None else pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only or full cache only costs the next run a translation
+        _write_atomic(path, _NOT_WORTH if res is None else pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
     return res
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a cache file whole or not at all (a temporary file renamed; other VMs may read it meanwhile).
+    A read-only or full cache only costs later runs the work again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 MISS = object()
@@ -927,14 +933,12 @@ def prune_cache() -> None:
 def _cache_file(job: Job, nharts: int) -> tuple[str, Path | None]:
     """The job's cache key and file (None when the cache is off)."""
     key = region_key(job, nharts)
+    return key, _region_path(key)
+
+
+def _region_path(key: str) -> Path | None:
     root = cache_root()
-    return key, (root / key[:2] / key if root is not None else None)
-
-
-def cached(job: Job, nharts: int) -> Result | None | object:
-    """The cached translation of ``job`` (a Result, or None for "not worth it"), or MISS."""
-    key, path = _cache_file(job, nharts)
-    return _load(path, key)
+    return None if root is None else root / key[:2] / key
 
 
 def _load(path: Path | None, key: str) -> Result | None | object:
@@ -989,20 +993,13 @@ def write_page_index(pkey: str, new: dict[int, tuple[str | None, int]]) -> dict[
         old = idx.get(e)
         idx[e] = (key, order if old is None else min(order, old[1]))
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{pkey}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(pickle.dumps(idx, protocol=pickle.HIGHEST_PROTOCOL))
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        _write_atomic(path, pickle.dumps(idx, protocol=pickle.HIGHEST_PROTOCOL))
     return idx
 
 
 def load_region(key: str) -> Result | None | object:
     """The region file ``key`` of the cache (a Result, None for "not worth it"), or MISS."""
-    root = cache_root()
-    return _load(None if root is None else root / key[:2] / key, key)
+    return _load(_region_path(key), key)
 
 
 def _translate(job: Job, ctab: np.ndarray, nharts: int, name: str) -> Result | None:
@@ -1203,8 +1200,6 @@ class Jit:
         self.plan_preload(from_indexes=len(self._loaded_pages()) <= PRELOAD_SYNC_PAGES)
         if self._preload:
             self.preload_some(PRELOAD_FIRST)
-        elif not self._plan_refreshed:
-            self._preload = None  # no saved plan: the translator thread plans from the indexes
         global _pruned
         if not _pruned:
             _pruned = True
@@ -1241,6 +1236,14 @@ class Jit:
                 if jobs:
                     self._run(jobs)
 
+    def release_deferred(self) -> None:
+        """Once the preload is done, the translations that waited for it join the backlog."""
+        if self._deferred and not self.preloading():
+            with self._lock:
+                self._backlog = list(dict.fromkeys(self._deferred + self._backlog))
+                self._deferred.clear()
+                self._trim_backlog()
+
     def _trim_backlog(self) -> None:
         """Keep the BACKLOG hottest waiting entries; the others count from 0 again (asked for again if still hot)."""
         if len(self._backlog) > BACKLOG:
@@ -1270,13 +1273,13 @@ class Jit:
         self.translated += len(misses)
         if misses:
             if self.background:
-                done = iter(_worker(self._ctab).translate(misses, self.nharts))
+                fresh = _worker(self._ctab).translate(misses, self.nharts)
             else:
-                done = iter([translate(j, self._ctab, self.nharts) for j in misses])
+                fresh = [translate(j, self._ctab, self.nharts) for j in misses]
+            for j, r in zip(misses, fresh, strict=True):
+                self._remember(j, r)
+            done = iter(fresh)
             results = [next(done) if r is MISS else r for r in results]
-            for j, r in zip(jobs, results, strict=True):
-                if j in misses:
-                    self._remember(j, r)  # type: ignore[arg-type]
         for job, res in zip(jobs, results, strict=True):
             if res is None:
                 self.refused += 1
@@ -1302,13 +1305,12 @@ class Jit:
         """The translation of ``job`` kept by an earlier run (any region of the page with this entry), or MISS."""
         if cache_root() is None:
             return MISS
-        _, idx = self._page_index(job)
+        pkey, idx = self._page_index(job)
         known = idx.get(job.entry)
         if known is None:
             return MISS
         now = self.clock()
         if now < known[1]:  # wanted earlier in this run than ever before: preload it earlier next time
-            pkey, _ = self._page_index(job)
             self._pages[pkey] = write_page_index(pkey, {job.entry: (known[0], now)})
         if known[0] is None:
             return None
@@ -1372,34 +1374,28 @@ class Jit:
             self._preload = self._plan_from_indexes(set())
             self._plan_refreshed = True
             self._save_plan(self._preload)
+        else:
+            self._preload = None  # not planned yet: the translator thread plans from the indexes
 
     def _plan_from_indexes(self, skip: set[str]) -> list[tuple[int, int, str, str]]:
-        root = cache_root()
-        assert root is not None
         ram = self._ram
         plan: dict[str, tuple[int, int, str, str]] = {}
         for p in self._loaded_pages():
             code = bytes(ram[p << 12 : (p + 1) << 12])
             pkey = page_key(code, p << 12, self.nharts)
-            if not (root / "pages" / pkey[:2] / pkey).is_file():
+            idx = read_page_index(pkey)
+            if not idx:
                 continue
             self._plan_checked[(p << 12, pkey)] = code
-            idx = self._pages[pkey] = read_page_index(pkey)
+            self._pages[pkey] = idx
             for key, order in idx.values():
                 if key is not None and key not in skip and (key not in plan or order < plan[key][0]):
                     plan[key] = (order, p << 12, pkey, key)
         return sorted(plan.values(), reverse=True)[-PRELOAD_MAX:]  # popped from the end
 
     def _save_plan(self, plan: list[tuple[int, int, str, str]]) -> None:
-        if self._plan_file is None:
-            return
-        try:
-            self._plan_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._plan_file.with_name(f".{self._plan_file.name}.{os.getpid()}")
-            tmp.write_bytes(pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
-            os.replace(tmp, self._plan_file)
-        except OSError:
-            pass
+        if self._plan_file is not None:
+            _write_atomic(self._plan_file, pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
 
     def preload_some(self, n: int = 8) -> bool:
         """Install up to ``n`` planned regions; False when nothing is left to preload.
@@ -1531,11 +1527,7 @@ def _translator(ref: weakref.ref) -> None:
                 print(f"virtkit: JIT preload stopped: {err!r}", file=sys.stderr)
                 j._preload = []
                 j._plan_refreshed = True
-            if not j.preloading() and j._deferred:
-                with j._lock:
-                    j._backlog = list(dict.fromkeys(j._deferred + j._backlog))
-                    j._deferred.clear()
-                    j._trim_backlog()
+            j.release_deferred()
         if j.pending():
             busy = True
             try:
