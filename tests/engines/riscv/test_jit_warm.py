@@ -212,3 +212,24 @@ def test_programs_sharing_a_load_layout_never_run_each_others_code(tmp_path, mon
         got = int.from_bytes(mem.read(img.symbols["result"], 8), "little")
         assert got == k * 2000, f"program {k} computed {got}"
         assert eng.stats()["jit"]["preloaded"] > 0
+
+
+def test_the_loads_a_plan_is_filed_under_are_those_before_the_start(tmp_path, monkeypatch):
+    """Device DMA once the guest runs (a disk read into RAM) does not change which saved plan a run uses
+    or writes: the next run, with the same images, must find it."""
+    cache_in(tmp_path, monkeypatch)
+    # as for a kernel: too many pages to plan before the first instruction, the translator thread plans
+    # later (here: never, so the window where the guest runs unplanned stays open)
+    monkeypatch.setattr(jitmod, "PRELOAD_SYNC_PAGES", 0)
+    monkeypatch.setattr(jitmod, "_translator", lambda ref: None)
+    elf = asm.build(HOT, tmp_path, "hot")
+    mem = GuestMemory(16 << 20, RAM_BASE)
+    img = load_elf(elf, GuestMemory(16 << 20, RAM_BASE))
+    eng = RiscvEngine(mem, 1, reset_pc=img.entry, jit=1 << 40)
+    load_elf(elf, mem)
+    eng.tohost = img.symbols["tohost"]
+    eng.run(1)  # starts the engine (and its preload)
+    assert eng.jit.preloading()
+    planned = eng.jit._plan_path()
+    mem.write(RAM_BASE + (8 << 20), b"dma" * 100)  # a device writing guest RAM while it runs
+    assert eng.jit._plan_path() == planned

@@ -1473,8 +1473,10 @@ class Jit:
         """Drop the regions translated from RAM ``[off, off+n)`` (device DMA, image loading)."""
         if n <= 0:
             return
-        if self._preload is None and len(self._written) < 64:
-            self._written.append((off, n))  # firmware, kernel, initrd...: where preload() looks
+        if self._loaded is None and len(self._written) < 64:
+            # firmware, kernel, initrd...: where the preload looks, frozen when the engine starts (device DMA
+            # after that must not change the key of the saved plan the next run looks up)
+            self._written.append((off, n))
         lo = off >> CSHIFT
         hi = (off + n - 1) >> CSHIFT
         seg = self.cmap[lo : hi + 1]
