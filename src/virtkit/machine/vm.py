@@ -285,8 +285,7 @@ class Vm:
 
     def _other_exit(self, kind: str) -> None:
         """Every exit but MMIO: WFI sleeps until an interrupt line or the next timer deadline."""
-        for f in self.flushers:  # the guest stops producing output for now: let it out
-            f()
+        self._flush()  # the guest stops producing output for now: let it out
         if kind == "WFI":
             deadline = self.engine.next_timer_deadline()
             t = MAX_IDLE_SLEEP if deadline is None else min(deadline, MAX_IDLE_SLEEP)

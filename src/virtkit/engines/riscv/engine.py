@@ -267,10 +267,14 @@ class RiscvEngine:
         self.tlbt[:] = 0
 
     # ---- running ---------------------------------------------------------------------
+    def _host_mtime(self) -> int:
+        """mtime as the host clock says it is now (ticks since the engine was created)."""
+        return self._time_base + int((time.monotonic() - self._t0) * TIMEBASE_HZ)
+
     def _sync_time(self) -> None:
         if self.deterministic:
             return
-        host = self._time_base + int((time.monotonic() - self._t0) * TIMEBASE_HZ)
+        host = self._host_mtime()
         if host > self.ctime[core.CT_MTIME]:
             self.ctime[core.CT_MTIME] = host
 
@@ -354,8 +358,7 @@ class RiscvEngine:
         """
         if self.deterministic or seconds <= 0:
             return
-        host = self._time_base + int((time.monotonic() - self._t0) * TIMEBASE_HZ)
-        self.ctime[core.CT_MTIME] = max(int(self.ctime[core.CT_MTIME]) + int(seconds * TIMEBASE_HZ), host)
+        self.ctime[core.CT_MTIME] = max(int(self.ctime[core.CT_MTIME]) + int(seconds * TIMEBASE_HZ), self._host_mtime())
 
     def next_timer_deadline(self) -> float | None:
         """Seconds from now until the earliest mtimecmp of a hart with MTIE set, or None."""
