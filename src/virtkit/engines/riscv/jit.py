@@ -1155,7 +1155,7 @@ class Jit:
         self.stale = 0
         self.cache_hits = 0  # regions (or "not worth it" answers) read from the persistent cache
         self.translated = 0  # regions sent to the translator
-        self.preloaded = 0  # regions installed before the guest asked for them (:meth:`preload`)
+        self.preloaded = 0  # regions installed before the guest asked for them (:meth:`preload_some`)
         self._pages: dict[str, dict[int, tuple[str | None, int]]] = {}  # page key -> page index
         #: Guest instructions retired so far (the engine sets it): when a region was first wanted, in
         #: a unit that is the same from run to run (the page indexes keep the earliest; preload follows it).
