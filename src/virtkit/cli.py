@@ -1,7 +1,12 @@
-"""The ``virtkit`` command line: parse, call the library, print. Nothing else lives here.
+"""virtkit: virtual machines, containers, disks and networks you can read, run and measure.
 
-Each subcommand is a module in :mod:`virtkit.commands` with a ``register(subparsers)`` function;
-registration is lazy-safe: a command whose module is missing is simply absent.
+Boot a RISC-V Linux guest on an emulated machine (``virtkit run``), manage the running VMs
+(``virtkit ps``, ``console``, ``pause``, ``stop``), and the storage and networks they use: disk
+images (``virtkit disk``), storage pools and volumes (``pool``, ``volume``), an NBD server (``nbd``)
+and 802.1Q virtual switches (``net``).
+
+The CLI only parses, calls the library and prints; each subcommand is a module of
+:mod:`virtkit.commands` with a ``register(subparsers)`` function.
 """
 
 from __future__ import annotations
@@ -18,23 +23,47 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from virtkit import __version__  # noqa: E402
 from virtkit.errors import VirtkitError  # noqa: E402
 
-# Subcommand modules, in the order ``virtkit --help`` lists them.
-COMMAND_MODULES = ["run", "images", "engine", "disk", "pool", "volume", "nbd", "net"]
+#: command word -> module of virtkit.commands, in the order ``virtkit --help`` lists them
+COMMANDS = {
+    "run": "run", "ps": "vm", "console": "vm", "pause": "vm", "resume": "vm", "stop": "vm", "kill": "vm",
+    "images": "images", "engine": "engine", "disk": "disk", "pool": "pool", "volume": "volume", "nbd": "nbd",
+    "net": "net",
+}
+
+DESCRIPTION = """\
+virtkit: virtual machines, storage and networks, small enough to read, fast enough to use.
+
+Boot a RISC-V Linux guest on an emulated machine, manage the running VMs from any terminal, and the
+disk images, storage pools, NBD exports and 802.1Q switches they use."""
+
+EPILOG = """\
+examples:
+  virtkit run                          boot the default guest, its console on this terminal
+  virtkit run --exec 'uname -a'        run one command in a guest and exit with its status
+  virtkit run -d --name web1           boot in the background; then: virtkit ps, virtkit console web1
+  virtkit disk create vm.qcow2 10G     a qcow2 disk image
+  virtkit pool create tank a.img b.img a storage pool (then: virtkit volume create tank/vm0 --size 2G)
+  virtkit net create lab               an 802.1Q switch (then: virtkit run --net switch:lab,vlan=7)
+
+`virtkit COMMAND --help` describes each command, with examples."""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """Build the top-level parser with every available subcommand registered (or just ``only``: importing
-    every command module costs ~0.25 s of start-up that ``virtkit run`` does not need)."""
-    parser = argparse.ArgumentParser(prog="virtkit", description=__doc__.splitlines()[0])
+    """Build the top-level parser with every available subcommand registered (or just ``only``'s module:
+    importing every command module costs ~0.25 s of start-up that ``virtkit run`` does not need)."""
+    parser = argparse.ArgumentParser(prog="virtkit", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        if only is not None and name != only:
+    done: set[str] = set()
+    for module in COMMANDS.values():
+        if module in done or only is not None and COMMANDS.get(only) != module:
             continue
+        done.add(module)
         try:
-            mod = importlib.import_module(f"virtkit.commands.{name}")
+            mod = importlib.import_module(f"virtkit.commands.{module}")
         except ModuleNotFoundError as err:
-            if err.name == f"virtkit.commands.{name}":
+            if err.name == f"virtkit.commands.{module}":
                 continue
             raise
         mod.register(sub)
@@ -45,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``virtkit`` console script; returns the process exit status."""
     words = sys.argv[1:] if argv is None else argv
     first = next((w for w in words if not w.startswith("-")), None)
-    parser = build_parser(first if first in COMMAND_MODULES else None)
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.conftest import BOOT_TIMEOUT, require_root, require_tool, run_guest_exec
-from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
+from tests.helpers import BOOT_TIMEOUT, require_root, require_tool, run_guest_exec
+from tests.helpers.machines import virt
 
 pytestmark = pytest.mark.slow
 
@@ -72,14 +72,14 @@ def test_console_input_runs_a_typed_command(guest_images):
         if b"typed-42" in out:
             done.set()
 
-    board = RiscvVirt(BoardConfig(kernel=str(guest_images.kernel), initrd=str(guest_images.initrd),
-                                  firmware=str(guest_images.firmware)), console=console)
+    board = virt(console, kernel=str(guest_images.kernel), initrd=str(guest_images.initrd),
+                                  firmware=str(guest_images.firmware))
     board.vm.start()
     try:
         assert prompt.wait(int(BOOT_TIMEOUT)), out.decode(errors="replace")[-2000:]
-        board.uart.feed(b"echo typed-$((6*7))\r")
+        board.serial.feed(b"echo typed-$((6*7))\r")
         assert done.wait(600), out.decode(errors="replace")[-2000:]
-        board.uart.feed(b"exit\r")
+        board.serial.feed(b"exit\r")
         res = board.vm.wait(600)
         assert res is not None and res.reason == "poweroff"
     finally:
@@ -110,15 +110,17 @@ def test_qemu_boots_linux_with_our_device_tree(guest_images, tmp_path):
     require_tool("qemu-system-riscv64")
     from virtkit.boards.riscv_virt import MiB, build_fdt
     from virtkit.images import exec_append
+    from virtkit.machine.config import MachineConfig
 
-    cfg = BoardConfig(kernel="k", cpus=2, append="console=ttyS0 " + exec_append("nproc; ls /sys/bus/virtio/devices"))
+    cfg = MachineConfig(kernel="k", cpus=2)
+    append = "console=ttyS0 " + exec_append("nproc; ls /sys/bus/virtio/devices")
     dtb = tmp_path / "virtkit.dtb"
-    dtb.write_bytes(build_fdt(cfg, 256 * MiB, []))
+    dtb.write_bytes(build_fdt(cfg, 256 * MiB, cmdline=append))
     disk = tmp_path / "d.raw"
     disk.write_bytes(bytes(1 << 20))
     p = subprocess.run(["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-smp", "2", "-nographic",
                         "-bios", str(guest_images.firmware), "-kernel", str(guest_images.kernel),
-                        "-initrd", str(guest_images.initrd), "-dtb", str(dtb), "-append", cfg.append,
+                        "-initrd", str(guest_images.initrd), "-dtb", str(dtb), "-append", append,
                         "-drive", f"file={disk},format=raw,if=none,id=d0", "-device", "virtio-blk-device,drive=d0"],
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=int(BOOT_TIMEOUT))
     assert "virtkit-exit-status: 0" in p.stdout, p.stdout[-3000:]

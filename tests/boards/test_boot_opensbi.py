@@ -5,29 +5,12 @@ through the sifive_test device, so the whole path firmware -> FDT -> UART -> PLI
 S-mode handover -> poweroff is exercised without needing the Linux image.
 """
 
-import struct
 import threading
-from pathlib import Path
 
 import pytest
 
-from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
-
-FW_JUMP = Path("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin")
-
-J_PLUS_64 = 0x0400006F  # jal x0, +64: skip the Image header
-POWEROFF = [0x001002B7, 0x00005337, 0x55530313, 0x0062A023, 0x0000006F]  # *(u32*)0x100000 = 0x5555; j .
-FAIL_7 = [0x001002B7, 0x00073337, 0x33330313, 0x0062A023, 0x0000006F]  # 0x3333 | 7 << 16
-
-
-def payload_image(path: Path, body: list[int]) -> str:
-    hdr = bytearray(64)
-    struct.pack_into("<I", hdr, 0, J_PLUS_64)
-    struct.pack_into("<Q", hdr, 16, 1 << 20)
-    hdr[48:56] = b"RISCV\0\0\0"
-    hdr[56:60] = b"RSC\x05"
-    path.write_bytes(bytes(hdr) + struct.pack(f"<{len(body)}I", *body))
-    return str(path)
+from tests.helpers.machines import virt
+from tests.helpers.opensbi import FAIL_7, FW_JUMP, POWEROFF, payload_image
 
 
 class Console:
@@ -56,8 +39,8 @@ def need_firmware():
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_opensbi_banner_then_poweroff(tmp_path, cpus):
     con = Console()
-    board = RiscvVirt(BoardConfig(kernel=payload_image(tmp_path / "Image", POWEROFF), firmware=str(FW_JUMP),
-                                  cpus=cpus), console=con)
+    board = virt(con, kernel=payload_image(tmp_path / "Image", POWEROFF), firmware=str(FW_JUMP),
+                                  cpus=cpus)
     res = board.run(timeout=600)
     assert res.reason == "poweroff", (res, con.text[-2000:])
     assert res.exit_status == 0
@@ -72,8 +55,7 @@ def test_opensbi_banner_then_poweroff(tmp_path, cpus):
 
 @pytest.mark.slow
 def test_guest_failure_code_is_reported(tmp_path):
-    board = RiscvVirt(BoardConfig(kernel=payload_image(tmp_path / "Image", FAIL_7), firmware=str(FW_JUMP)),
-                      console=Console())
+    board = virt(Console(), kernel=payload_image(tmp_path / "Image", FAIL_7), firmware=str(FW_JUMP))
     res = board.run(timeout=600)
     assert (res.reason, res.code, res.exit_status) == ("fail", 7, 7)
 
@@ -82,8 +64,7 @@ def test_guest_failure_code_is_reported(tmp_path):
 def test_stop_from_host_while_guest_spins(tmp_path):
     con = Console()
     spin = [0x0000006F]
-    board = RiscvVirt(BoardConfig(kernel=payload_image(tmp_path / "Image", spin), firmware=str(FW_JUMP)),
-                      console=con)
+    board = virt(con, kernel=payload_image(tmp_path / "Image", spin), firmware=str(FW_JUMP))
     board.vm.start()
     assert con.seen.wait(600), con.text
     board.vm.stop()

@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
-from virtkit.boards.riscv_virt import (
-    FW_JUMP_FDT_ADDR,
-    BoardConfig,
-    DiskSpec,
-    MiB,
-    NetSpec,
-    Segment,
-    build_fdt,
-    parse_mem,
-    plan_layout,
-)
+from tests.helpers import require_tool
+from virtkit.boards.riscv_virt import FW_JUMP_FDT_ADDR, MiB, Segment, build_fdt, plan_layout
 from virtkit.errors import ConfigError, ImageError
+from virtkit.machine.config import DiskConfig, MachineConfig, NicConfig, parse_memory
 
 FW_JUMP = Path("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin")
 
@@ -47,8 +38,9 @@ def dts_of(blob: bytes, tmp_path: Path) -> str:
 
 
 def test_fdt_matches_qemu_virt_layout(tmp_path):
-    cfg = BoardConfig(kernel="k", cpus=2, append="console=ttyS0 root=/dev/vda")
-    dts = dts_of(build_fdt(cfg, 256 * MiB, [], (0x8820_0000, 0x8830_0000), rng_seed=bytes(32)), tmp_path)
+    cfg = MachineConfig(kernel="k", cpus=2)
+    dts = dts_of(build_fdt(cfg, 256 * MiB, (0x8820_0000, 0x8830_0000), rng_seed=bytes(32),
+                           cmdline="console=ttyS0 root=/dev/vda"), tmp_path)
     for want in [
         'compatible = "riscv-virtio";',
         'bootargs = "console=ttyS0 root=/dev/vda";',
@@ -75,18 +67,17 @@ def test_fdt_matches_qemu_virt_layout(tmp_path):
 
 
 def test_layout_like_qemu():
-    cfg = BoardConfig(kernel="k", initrd="i", firmware="fw")
     fw = [Segment(0x8000_0000, b"x" * 100_000, 100_000)]
     kernel = fake_image_bytes(20 * MiB)
-    lay, segs = plan_layout(cfg, 256 * MiB, fw, kernel, 5 * MiB, 0x5000)
+    lay, segs = plan_layout(256 * MiB, fw, kernel, 5 * MiB, 0x5000)
     assert lay.entry == 0x8000_0000
     assert lay.kernel == (0x8020_0000, 0x8020_0000 + 20 * MiB)
     assert lay.initrd == (0x8020_0000 + 128 * MiB, 0x8020_0000 + 133 * MiB)
     assert lay.fdt[0] == 0x8FE0_0000
-    lay, _ = plan_layout(cfg, 128 * MiB, fw, kernel, 5 * MiB, 0x5000)
+    lay, _ = plan_layout(128 * MiB, fw, kernel, 5 * MiB, 0x5000)
     assert lay.initrd[0] == 0x8020_0000 + 64 * MiB  # half of RAM on small machines
     # a big initrd that does not fit half-way goes right under the device tree
-    lay, _ = plan_layout(cfg, 128 * MiB, fw, kernel, 60 * MiB, 0x5000)
+    lay, _ = plan_layout(128 * MiB, fw, kernel, 60 * MiB, 0x5000)
     assert lay.initrd[1] <= lay.fdt[0] and lay.initrd[0] >= FW_JUMP_FDT_ADDR + 0x5000
 
 
@@ -98,23 +89,23 @@ def fake_image_bytes(image_size):
 
 
 def test_layout_errors():
-    cfg = BoardConfig(kernel="k", firmware="fw")
     fw = [Segment(0x8000_0000, b"x", 1)]
     with pytest.raises(ImageError, match="RAM too small"):
-        plan_layout(cfg, 32 * MiB, fw, fake_image_bytes(4 * MiB), None, 0x5000)
+        plan_layout(32 * MiB, fw, fake_image_bytes(4 * MiB), None, 0x5000)
     with pytest.raises(ImageError, match="fw_jump"):
-        plan_layout(cfg, 256 * MiB, fw, fake_image_bytes(40 * MiB), None, 0x5000)
+        plan_layout(256 * MiB, fw, fake_image_bytes(40 * MiB), None, 0x5000)
     with pytest.raises(ImageError, match="RAM too small"):
-        plan_layout(cfg, 64 * MiB, fw, fake_image_bytes(20 * MiB), 60 * MiB, 0x5000)
+        plan_layout(64 * MiB, fw, fake_image_bytes(20 * MiB), 60 * MiB, 0x5000)
 
 
 def build(tmp_path, **kw):
-    """Build the board with the real engine (devices wired, images loaded) without running it."""
-    from virtkit.boards.riscv_virt import RiscvVirt
+    """Build the machine with the real engine (devices wired, images loaded) without running it."""
+    from virtkit.machine.builder import build as build_machine
 
     kw.setdefault("kernel", str(fake_image(tmp_path / "Image")))
     kw.setdefault("firmware", str(FW_JUMP))
-    return RiscvVirt(BoardConfig(**kw))
+    kw.setdefault("memory", 256 * MiB)
+    return build_machine(MachineConfig(**kw))
 
 
 @pytest.mark.parametrize("setup,match", [
@@ -123,13 +114,18 @@ def build(tmp_path, **kw):
     (lambda t: {"kernel": _write(t / "empty", b"")}, "is empty"),
     (lambda t: {"kernel": _write(t / "Image.gz", gzip.compress(b"x" * 100))}, "gzip"),
     (lambda t: {"kernel": _write(t / "junk", os.urandom(4096))}, "neither a RISC-V Linux Image"),
+    (lambda t: {"kernel": "/etc/passwd"}, "is a text file: neither"),
+    (lambda t: {"initrd": "/etc/passwd"}, "not an initramfs: it is a text file"),
+    (lambda t: {"initrd": _write(t / "gz", gzip.compress(b"plain text" * 100))}, "holds a text file, not a cpio"),
+    (lambda t: {"firmware": "/etc/passwd"}, "firmware '/etc/passwd' is a text file, not firmware"),
+    (lambda t: {"firmware": str(fake_image(t / "Image2"))}, "is a RISC-V Linux kernel Image, not firmware"),
     (lambda t: {"kernel": _write(t / "elf", b"\x7fELF\x01\x01" + bytes(100))}, "64-bit"),
     (lambda t: {"kernel": _write(t / "elf", b"\x7fELF\x02\x01" + bytes(12) + struct.pack("<H", 62) + bytes(50))},
      "not RISC-V"),
     (lambda t: {"firmware": str(t / "nofw")}, "firmware .* does not exist"),
     (lambda t: {"firmware": _write(t / "bigfw", bytes(3 * MiB))}, "larger than the 2 MiB"),
     (lambda t: {"initrd": str(t / "noinitrd")}, "initrd .* does not exist"),
-    (lambda t: {"mem_mib": 32}, "RAM too small"),
+    (lambda t: {"memory": 32 * MiB}, "RAM too small"),
 ])
 def test_bad_images_are_clear_errors(tmp_path, setup, match):
     if not FW_JUMP.exists():
@@ -144,30 +140,39 @@ def _write(p: Path, data: bytes) -> str:
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"cpus": 0}, "--cpus"), ({"cpus": 9}, "--cpus"), ({"mem_mib": 8}, "--mem"), ({"mmu": "sv57"}, "mmu"),
-    ({"append": "a\0b"}, "NUL"), ({"disks": [DiskSpec("x")] * 9}, "too many virtio"),
+    ({"cpus": 9}, "cpus: 9 is out of range 1..8 for board riscv64-virt"),
+    ({"memory": 8 * MiB}, "memory: 8M is out of range: board riscv64-virt takes 16M to 16G"),
+    ({"memory": 17 * MiB + 4096}, "in whole MiB"),
+    ({"disks": [DiskConfig("/etc/hostname", format="raw")] * 9}, "too many virtio devices"),
 ])
-def test_bad_config(kw, match):
+def test_board_limits(tmp_path, kw, match):
+    if not FW_JUMP.exists():
+        pytest.skip("needs Debian package opensbi")
     with pytest.raises(ConfigError, match=match):
-        BoardConfig(kernel="k", **kw).validate()
+        build(tmp_path, **kw)
 
 
 def test_disk_net_mem_specs():
-    assert DiskSpec.parse("a.img") == DiskSpec("a.img", False)
-    assert DiskSpec.parse("a.img,ro") == DiskSpec("a.img", True)
-    for bad in ("", ",ro", "a.img,rx"):
+    assert DiskConfig.parse("a.img") == DiskConfig("a.img")
+    assert DiskConfig.parse("a.img,ro") == DiskConfig("a.img", read_only=True)
+    assert DiskConfig.parse("a.img,format=raw,werror=stop") == DiskConfig("a.img", format="raw", werror="stop")
+    for bad in ("", ",ro", "a.img,rx", "a.img,format=vmdk", "a.img,werror=maybe"):
         with pytest.raises(ConfigError):
-            DiskSpec.parse(bad)
-    assert NetSpec.parse("tap:tap0") == NetSpec("tap", "tap0")
-    assert NetSpec.parse("tap:t1,mac=52:54:00:00:00:01").mac == "52:54:00:00:00:01"
-    sw = NetSpec.parse("switch:lan,vlan=7,mac=52:54:00:00:00:02")
-    assert (sw.kind, sw.name, sw.switch_spec, sw.mac) == ("switch", "lan", "lan,vlan=7", "52:54:00:00:00:02")
-    for bad in ("tap0", "tap:", "user:x", "tap:t,foo=1", "tap:t,vlan=7", "switch:", "switch:lan,vlan", "switch:s,x=1"):
+            DiskConfig.parse(bad)
+    assert NicConfig.parse("tap:tap0") == NicConfig("tap", "tap0")
+    assert NicConfig.parse("tap:t1,mac=52:54:00:00:00:01").mac == "52:54:00:00:00:01"
+    sw = NicConfig.parse("switch:lan,vlan=7,mac=52:54:00:00:00:02")
+    assert (sw.backend, sw.name, sw.vlan, sw.mac) == ("switch", "lan", 7, "52:54:00:00:00:02")
+    assert NicConfig.parse(sw.to_flag()) == sw
+    for bad in ("tap0", "tap:", "user:x", "tap:t,foo=1", "tap:t,vlan=7", "switch:", "switch:lan,vlan",
+                "switch:s,x=1", "switch:s,vlan=4095", "switch:s,vlan=x", "tap:t,mac=01:00:00:00:00:00",
+                "switch:s,port=a,vlan=3"):
         with pytest.raises(ConfigError):
-            NetSpec.parse(bad)
-    assert parse_mem("256") == 256 and parse_mem("1G") == 1024 and parse_mem("512M") == 512
+            NicConfig.parse(bad)
+    assert parse_memory("256") == 256 * MiB and parse_memory("1G") == 1024 * MiB
+    assert parse_memory("1.5G") == 1536 * MiB and parse_memory(512) == 512 * MiB
     with pytest.raises(ConfigError):
-        parse_mem("lots")
+        parse_memory("lots")
 
 
 def test_disk_errors(tmp_path):
@@ -176,17 +181,17 @@ def test_disk_errors(tmp_path):
     img = tmp_path / "d.img"
     img.write_bytes(bytes(1 << 20))
     with pytest.raises(BlockError, match="does not exist"):
-        build(tmp_path, disks=[DiskSpec(str(tmp_path / "missing.img"))])
-    a = build(tmp_path, disks=[DiskSpec(str(img))])
+        build(tmp_path, disks=[DiskConfig(str(tmp_path / "missing.img"), format="raw")])
+    a = build(tmp_path, disks=[DiskConfig(str(img), format="raw")])
     try:
         with pytest.raises(BlockError, match="locked"):
-            build(tmp_path, disks=[DiskSpec(str(img))])
+            build(tmp_path, disks=[DiskConfig(str(img), format="raw")])
     finally:
         a.vm.close()
     img.chmod(0o444)
     if os.geteuid() != 0:  # root writes anyway
         with pytest.raises(BlockError, match="not writable"):
-            build(tmp_path, disks=[DiskSpec(str(img))])
+            build(tmp_path, disks=[DiskConfig(str(img), format="raw")])
 
 
 def test_qemu_opensbi_accepts_our_device_tree(tmp_path):
@@ -194,9 +199,9 @@ def test_qemu_opensbi_accepts_our_device_tree(tmp_path):
     require_tool("qemu-system-riscv64")
     if not FW_JUMP.exists():
         pytest.skip("needs Debian package opensbi")
-    cfg = BoardConfig(kernel="k", cpus=2)
+    cfg = MachineConfig(kernel="k", cpus=2)
     dtb = tmp_path / "virtkit.dtb"
-    dtb.write_bytes(build_fdt(cfg, 256 * MiB, []))
+    dtb.write_bytes(build_fdt(cfg, 256 * MiB))
     kernel = fake_image(tmp_path / "Image")
     p = subprocess.Popen(["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-smp", "2", "-nographic",
                           "-bios", str(FW_JUMP), "-kernel", str(kernel), "-dtb", str(dtb)],

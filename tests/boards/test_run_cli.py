@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from tests.boards.test_boot_opensbi import FAIL_7, FW_JUMP, POWEROFF, payload_image
-from virtkit.boards.runner import EXEC_BEGIN, ExecFilter, exec_command_line
+from tests.helpers.opensbi import FAIL_7, FW_JUMP, POWEROFF, payload_image
+from virtkit.commands._terminal import ExecFilter
 from virtkit.errors import ConfigError
+from virtkit.images.initramfs import EXEC_BEGIN, exec_command_line
 
 
 def virtkit(*args, stdin=subprocess.DEVNULL, timeout=900):
@@ -31,21 +32,28 @@ def bad(args, match):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--kernel", "/nonexistent/Image"], "kernel '/nonexistent/Image' does not exist"),
-    (["--initrd", "/nonexistent/initrd"], "initrd '/nonexistent/initrd' does not exist"),
-    (["--bios", "/nonexistent/fw.bin"], "firmware '/nonexistent/fw.bin' does not exist"),
-    (["--disk", "/nonexistent/disk.img"], "does not exist"),
-    (["--disk", "x.img,rx"], "bad --disk option"),
-    (["--net", "eth0"], "bad --net"),
+    (["--kernel", "/nonexistent/Image"], "kernel: file '/nonexistent/Image' does not exist"),
+    (["--initrd", "/nonexistent/initrd"], "initrd: file '/nonexistent/initrd' does not exist"),
+    (["--bios", "/nonexistent/fw.bin"], "firmware: file '/nonexistent/fw.bin' does not exist"),
+    (["--initrd", "/etc/passwd"], "not an initramfs: it is a text file"),
+    (["--bios", "/etc/passwd"], "is a text file, not firmware"),
+    (["--disk", "/nonexistent/disk.img"], "is neither a file nor POOL/VOLUME"),
+    (["--disk", "x.img,rx"], "unknown option 'rx'"),
+    (["--net", "eth0"], "--net 'eth0': expected tap:NAME"),
     (["--net", "tap:this-name-is-far-too-long"], "bad TAP interface name"),
-    (["--cpus", "0"], "--cpus must be 1..8"),
-    (["--cpus", "99"], "--cpus must be 1..8"),
-    (["--mem", "lots"], "bad memory size"),
+    (["--cpus", "0"], "cpus: 0 is out of range 1..64"),
+    (["--cpus", "9"], "cpus: 9 is out of range 1..8 for board riscv64-virt"),
+    (["--mem", "lots"], "bad --mem 'lots'"),
+    (["--mem", "8"], "memory: 8M is out of range: board riscv64-virt takes 16M to 16G"),
     (["--mem", "16M"], "RAM too small"),
-    (["--mem", "1000K"], "whole number of MiB"),
-    (["--exec", "  "], "--exec needs a non-empty command"),
-    (["--timeout", "-1"], "--timeout must be positive"),
-    (["--max-insns", "10"], "only apply to --bios none"),
+    (["--mem", "1000K"], "in whole MiB"),
+    (["--exec", "  "], "exec: empty command"),
+    (["--timeout", "-1"], "bad --timeout '-1'"),
+    (["--max-insns", "10"], "only apply to bare-metal runs"),
+    (["--name", "bad/name"], "bad VM name 'bad/name'"),
+    (["--board", "pc"], "board: unknown board 'pc' (known: riscv64-spike, riscv64-virt)"),
+    (["--engine", "qemu"], "engine: unknown engine 'qemu'"),
+    (["--config", "/nonexistent/vm.toml"], "config file '/nonexistent/vm.toml' does not exist"),
 ])
 def test_bad_arguments_are_one_line_errors(kernel, args, match):
     if not FW_JUMP.exists():
@@ -59,6 +67,7 @@ def test_corrupt_kernel_and_firmware(tmp_path, kernel):
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x00" * 4096)
     bad(["--kernel", str(junk)], "neither a RISC-V Linux Image")
+    bad(["--kernel", "/etc/passwd"], "is a text file: neither a RISC-V Linux Image")
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(3 << 20))
     bad(["--kernel", kernel, "--bios", str(big)], "larger than the 2 MiB")
@@ -71,7 +80,7 @@ def test_disk_locked_or_read_only(tmp_path, kernel):
     img.write_bytes(bytes(1 << 20))
     with open(img, "rb+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # another VM holds it
-        bad(["--kernel", kernel, "--disk", str(img)], "locked by another VM")
+        bad(["--kernel", kernel, "--disk", f"{img},format=raw"], "locked by another VM")
 
 
 @pytest.mark.slow
@@ -121,9 +130,12 @@ def test_exec_command_line_quotes():
         exec_command_line("")
 
 
-def test_help_lists_board_options():
+def test_help_lists_options_escapes_ranges_and_examples():
     p = virtkit("--help")
-    for opt in ("--disk", "--net", "--exec", "--cpus", "--mem", "--bios", "--stats"):
+    for opt in ("--disk", "--net", "--exec", "--cpus", "--mem", "--bios", "--stats", "--config", "--dump-config",
+                "--detach", "--name"):
         assert opt in p.stdout
+    assert "Ctrl-A x quit" in p.stdout and "--cpus 1..8" in p.stdout and "16M..16G" in p.stdout
+    assert "examples:" in p.stdout and "--json prints one JSON document" in p.stdout
 
 

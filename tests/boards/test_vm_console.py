@@ -3,9 +3,8 @@
 import os
 import threading
 
-from tests.boards.test_boot_opensbi import FW_JUMP, payload_image
-from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
-from virtkit.boards.runner import TerminalConsole
+from tests.helpers.machines import virt
+from tests.helpers.opensbi import FW_JUMP, payload_image
 from virtkit.machine.vm import IoLoop, RunResult
 
 
@@ -50,23 +49,38 @@ def test_run_result_exit_status():
     assert RunResult("timeout").exit_status == 1
 
 
-def test_console_escapes(tmp_path):
-    board = RiscvVirt(BoardConfig(kernel=payload_image(tmp_path / "Image", [0x6F]), firmware=str(FW_JUMP)))
-    r, w = os.pipe()
-    stats = []
-    con = TerminalConsole(board, lambda: stats.append(1), fd=r)
-    con.is_tty = True  # escapes only apply on a terminal
+def test_console_escapes_and_input_queue(tmp_path):
+    """Ctrl-A escapes are split from what goes to the guest; input waits on the host until the driver is ready."""
+    from virtkit.commands._terminal import EscapeReader
+
+    board = virt(kernel=payload_image(tmp_path / "Image", [0x6F]), firmware=str(FW_JUMP))
+    keys = []
+    esc = EscapeReader(keys.append)
     try:
-        os.write(w, b"ls\x01a\x01s\x01zq")
-        con.on_input()
-        assert board.uart.rx_pending == 4  # "ls", one literal Ctrl-A, "q"; unknown escape dropped
-        assert bytes(board.uart.read(0, 1) for _ in range(4)) == b"ls\x01q"
-        assert stats == [1]
-        os.write(w, b"\x01x")
-        con.on_input()
-        res = board.vm.wait(0)
-        assert board.vm._stop.is_set() and (res is None or res.reason == "stopped")
+        data = esc.feed(b"ls\x01a\x01s\x01zq")
+        assert data == b"ls\x01q" and keys == ["s", "z"]  # a literal Ctrl-A; unknown escapes are the caller's
+        board.console.type(data)
+        uart = board.serial
+        assert uart.rx_pending == 4
+        uart.pump()
+        assert uart.read(5, 1) & 1 == 0  # receive interrupts off: nothing on the line yet (no byte lost to a reset)
+        uart.write(1, 1, 1)  # the driver enables receive interrupts
+        assert bytes(uart.read(0, 1) for _ in range(4)) == b"ls\x01q"
     finally:
         board.vm.close()
-        os.close(r)
-        os.close(w)
+
+
+def test_break_reads_as_zero_with_bi():
+    from virtkit.devices.uart16550 import LSR_BI, LSR_DR, Uart16550
+
+    levels = []
+    u = Uart16550(irq=levels.append)
+    u.write(1, 1, 0x05)  # IER: receive data + line status interrupts
+    u.send_break(b"o")
+    u.pump()
+    assert u.read(2, 1) & 0x0F == 0x06  # IIR: receiver line status first
+    lsr = u.read(5, 1)
+    assert lsr & LSR_BI and lsr & LSR_DR
+    assert u.read(0, 1) == 0  # the break character
+    assert u.read(5, 1) & LSR_BI == 0
+    assert u.read(0, 1) == ord("o")

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.errors import ConfigError
 from virtkit.fdt import FDT_MAGIC, Fdt
 

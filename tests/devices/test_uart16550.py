@@ -52,6 +52,9 @@ def test_receive_queue_dr_and_nothing_lost():
     u, w = make()
     data = bytes(range(256)) * 4  # more than any FIFO: the host queue keeps it all
     u.feed(data)
+    u.pump()
+    assert not u.read(LSR, 1) & 1  # receive interrupts off: the bytes wait on the host side
+    u.write(IER, 1, 0x01)  # the driver is ready
     got = bytearray()
     while u.read(LSR, 1) & 1:
         got.append(u.read(RBR, 1))
@@ -76,6 +79,7 @@ def test_rx_interrupt_raised_and_cleared():
     assert u.read(IIR, 1) & 1  # no interrupt pending
     u.write(IER, 1, 0x01)
     u.feed(b"ab")
+    u.pump()
     assert w.level and u.read(IIR, 1) & 0x0F == 0x04
     u.read(RBR, 1)
     assert w.level
@@ -100,6 +104,7 @@ def test_rx_has_priority_over_thre_and_fifo_bits():
     u.write(FCR, 1, 0x07)
     u.write(IER, 1, 0x03)
     u.feed(b"z")
+    u.pump()
     assert u.read(IIR, 1) == 0xC4
     u.read(RBR, 1)
     assert u.read(IIR, 1) == 0xC2
@@ -107,7 +112,10 @@ def test_rx_has_priority_over_thre_and_fifo_bits():
 
 def test_fcr_clears_receiver():
     u, _ = make()
+    u.write(IER, 1, 0x01)
     u.feed(b"garbage")
+    u.pump()
+    assert u.read(LSR, 1) & 1
     u.write(FCR, 1, 0x03)
     assert not u.read(LSR, 1) & 1
 
@@ -207,7 +215,9 @@ def test_wide_and_odd_accesses_act_on_the_byte_register(size):
     """Documented: any access size reads the register at its offset zero-extended, writes its low byte."""
     sink = Calls()
     u = Uart16550(sink, buffered=True)
+    u.write(IER, 1, 0x01)
     u.feed(b"q")
+    u.pump()
     assert u.read(LSR, size) == 0x61  # THRE | TEMT | DR, nothing in the upper bytes
     assert u.read(LSR + 8, size) == 0x61  # registers repeat every 8 bytes
     u.write(THR, size, 0x1234_5678_9ABC_DE41)
@@ -237,10 +247,30 @@ def test_fast_hook_says_when_thr_writes_only_transmit_and_what_lsr_reads():
     u.write(MCR, 1, MCR_LOOP)
     assert seen[-1][0] is False
     u.write(MCR, 1, 0)
+    u.write(IER, 1, 0x01)
     u.feed(b"k")
+    u.pump()
     assert seen[-1] == (True, LSR_IDLE | LSR_DR)
     assert u.read(0, 1) == ord("k")
     assert seen[-1] == (True, LSR_IDLE)
     u.lsr_errors = 0x02  # an overrun: reading LSR has a side effect now
     u.publish()
     assert seen[-1][1] is None
+
+
+def test_polling_reader_gets_input_and_nothing_arrives_before_the_driver_is_ready():
+    """A reader that polls LSR with interrupts off (firmware, a bare-metal program) still gets the input;
+    input typed before any driver is ready survives the driver's FIFO reset."""
+    u, _ = make()
+    u.feed(b"early")
+    u.pump()
+    u.write(FCR, 1, 0x07)  # the driver's start-up resets the FIFOs: nothing was on the line yet
+    u.write(IER, 1, 0x01)
+    assert bytes(u.read(RBR, 1) for _ in range(5)) == b"early"
+    v, _ = make()
+    v.feed(b"p")
+    polls = 0
+    while not v.read(LSR, 1) & 1:
+        polls += 1
+        assert polls < 1000
+    assert v.read(RBR, 1) == ord("p")

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from tests.devices.virtio_driver import RAM_BASE, Driver
+from tests.helpers.virtio_driver import RAM_BASE, Driver
 from virtkit.devices.virtio import blk as B
 from virtkit.devices.virtio import mmio as M
 from virtkit.devices.virtio.blk import VirtioBlk

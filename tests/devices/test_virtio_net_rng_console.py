@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import require_root, require_tool
-from tests.devices.virtio_driver import RAM_BASE, Driver
+from tests.helpers import require_root, require_tool
+from tests.helpers.virtio_driver import RAM_BASE, Driver
 from virtkit.devices.virtio import mmio as M
 from virtkit.devices.virtio.console import VirtioConsole
 from virtkit.devices.virtio.mmio import MmioTransport

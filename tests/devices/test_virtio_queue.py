@@ -9,7 +9,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.devices.virtio_driver import RAM_BASE, Driver
+from tests.helpers.virtio_driver import RAM_BASE, Driver
 from virtkit.devices.virtio.blk import VirtioBlk
 from virtkit.devices.virtio.mmio import MmioTransport
 from virtkit.devices.virtio.queue import Chain, Virtqueue, split_views

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import require_root, require_tool
+from tests.helpers import require_root, require_tool
 from virtkit.errors import ImageError
 from virtkit.images.cpio import CpioError, CpioWriter, gzip_bytes, read_cpio
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.errors import ImageError
 from virtkit.images.ext4 import make_ext4, parse_size, read_ext4_file
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.images import INIT_REACHED, exec_append, make_ext4, read_ext4_file
 from virtkit.images.qemu import PROMPT, qemu_argv, run_console
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.cli import main
 from virtkit.errors import ConfigError, ImageError
 from virtkit.images import RECIPES, cache, exec_append, parse_exit_status

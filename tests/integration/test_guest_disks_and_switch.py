@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from tests.conftest import require_root, require_tool, run_guest_exec
+from tests.helpers import require_root, require_tool, run_guest_exec
 
 pytestmark = pytest.mark.slow
 PATTERN = "virtkit-guest-wrote-this"

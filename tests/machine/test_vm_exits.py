@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.boards.test_boot_opensbi import payload_image
-from virtkit.boards.riscv_virt import BoardConfig, RiscvVirt
+from tests.helpers.machines import virt
+from tests.helpers.opensbi import payload_image
 from virtkit.devices.sifive_test import SifiveTest
 from virtkit.devices.uart16550 import Uart16550
 from virtkit.machine.bus import Bus
@@ -86,8 +86,7 @@ class Console:
 
 
 def board(tmp_path, body, console):
-    return RiscvVirt(BoardConfig(kernel=payload_image(tmp_path / "Image", body), firmware=None, mem_mib=32,
-                                 rng=False), console=console)
+    return virt(console, kernel=payload_image(tmp_path / "Image", body), firmware=None, mem_mib=32, rng=False)
 
 
 def test_output_without_newline_reaches_console_while_guest_idles(tmp_path):
@@ -99,7 +98,7 @@ def test_output_without_newline_reaches_console_while_guest_idles(tmp_path):
         assert con.seen.wait(60), con.out
         assert b.vm.wait(0) is None  # still running: idling, not powered off
         assert con.out == b"abc"
-        assert b.uart.tx_bytes == 3
+        assert b.serial.tx_bytes == 3
     finally:
         b.vm.stop()
         b.vm.wait(30)
@@ -120,7 +119,7 @@ def test_prompt_shows_while_guest_busy_polls_for_input_then_key_is_echoed(tmp_pa
         polled = b.vm.engine.stats()["fast_mmio_reads"]  # LSR polls are served from the UART's shadow
         time.sleep(0.05)
         assert b.vm.wait(0) is None and b.vm.engine.stats()["fast_mmio_reads"] > polled  # still polling
-        b.uart.feed(b"k")
+        b.serial.feed(b"k")
         res = b.vm.wait(60)
         assert res is not None and res.reason == "poweroff"
         assert con.out == b"> k"
@@ -214,6 +213,15 @@ def test_a_failing_console_stops_the_vm_with_a_message(tmp_path):
     b = board(tmp_path, [lui(T0, 0x10000), *putc("x"), WFI, jal0(-4)], broken)
     res = b.run(60)
     assert res.reason == "error" and "console gone" in res.message
+    # nothing vanished: a failing closer is reported too
+    b2 = board(tmp_path, [*POWEROFF], Console())
+
+    def failing_close():
+        raise OSError("disk flush failed")
+
+    b2.vm.closers.append(("disk x", failing_close))
+    res2 = b2.run(60)
+    assert res2.reason == "poweroff" and any("disk flush failed" in e for e in res2.errors)
 
 
 def test_unbuffered_uart_on_a_vm_still_delivers_each_byte():
@@ -263,10 +271,10 @@ def test_run_raw_gives_the_same_exits_and_results_as_run():
         exits = []
         for _ in range(20):
             ex = call(100)
-            exits.append((ex.reason.name, ex.hart, ex.addr, ex.size, ex.value))
+            exits.append((ex.reason.name, ex.vcpu, ex.addr, ex.size, ex.value))
             if ex.reason.name == "MMIO_READ":
                 eng.complete_mmio_read({0x1000_0005: 0x80, 0x1000_0008: 0x8000_0000_0000_0001}[ex.addr])
-            if ex.reason.name == "WFI":
+            if ex.reason.name == "HALT":
                 break
         seen[method] = (exits, eng.get_reg(0, S1), eng.get_reg(0, T2), eng.get_reg(0, T1), eng.stats()["exits"])
     assert seen["run_raw"] == seen["run"]
@@ -281,8 +289,8 @@ def test_run_raw_insists_on_completing_a_read():
     ex = eng.run_raw(100)
     assert ex.reason.name == "MMIO_READ" and (ex.addr, ex.size) == (0x1000_0000, 4)
     assert "MMIO_READ" in repr(ex)
-    with pytest.raises(RuntimeError, match="complete_mmio_read"):
+    with pytest.raises(RuntimeError, match="complete_read"):
         eng.run_raw(100)
     eng.complete_mmio_read(0xFFFF_FFFF)
     assert eng.get_reg(0, S1) == 0xFFFF_FFFF_FFFF_FFFF  # lw sign-extends
-    assert eng.run_raw(100).reason.name == "WFI"
+    assert eng.run_raw(100).reason.name == "HALT"

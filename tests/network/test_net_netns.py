@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.helpers import require_root, require_tool
 from virtkit.network import control
 from virtkit.network.netns import Netns, NetnsError, sh
 

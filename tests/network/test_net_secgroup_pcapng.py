@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.errors import ConfigError
 from virtkit.network import ethernet as eth
 from virtkit.network.pcapng import PcapngError, PcapngWriter, read

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.storage import open_disk
 from virtkit.storage.nbd import (
     IHAVEOPT,

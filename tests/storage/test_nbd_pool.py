@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.cli import main
 from virtkit.storage import open_disk
 from virtkit.storage.nbd import NbdExport, NbdServer

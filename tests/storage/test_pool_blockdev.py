@@ -6,8 +6,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import require_root, require_tool
 
+from tests.helpers import require_root, require_tool
 from virtkit.storage.pool import Pool
 
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import require_tool
 
+from tests.helpers import require_tool
 from virtkit.storage.pool import Pool
 
 EXTENT = 64 << 10

@@ -194,7 +194,7 @@ def test_two_failures_in_parity_is_an_error_not_garbage(tmp_path):
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 1 MiB tmpfs: a device file on it fails with ENOSPC once it has 1 MiB of data (a real I/O error)."""
-    from conftest import require_root
+    from tests.helpers import require_root
 
     require_root()
     mnt = tmp_path / "tiny"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.cli import main
 from virtkit.commands.disk import parse_size
 from virtkit.errors import ConfigError

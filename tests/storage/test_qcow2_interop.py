@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 from virtkit.storage.qcow2 import Qcow2, Qcow2Error
 
 

@@ -19,25 +19,24 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from virtkit.devices.goldfish_rtc import GoldfishRtc
 from virtkit.devices.plic import Plic, plic_size
 from virtkit.devices.sifive_test import SifiveTest
 from virtkit.devices.uart16550 import Uart16550
-from virtkit.devices.virtio.blk import VirtioBlk
-from virtkit.devices.virtio.console import VirtioConsole
-from virtkit.devices.virtio.device import VirtioDevice
-from virtkit.devices.virtio.mmio import WINDOW, MmioTransport
-from virtkit.devices.virtio.net import VirtioNet
-from virtkit.devices.virtio.rng import VirtioRng
+from virtkit.devices.virtio.mmio import WINDOW
 from virtkit.errors import ConfigError, ImageError
 from virtkit.fdt import Fdt
-from virtkit.machine.bus import Bus
-from virtkit.machine.memory import GuestMemory
-from virtkit.machine.vm import RunResult, Vm
+from virtkit.machine.config import MachineConfig
+from virtkit.machine.elf import is_elf
+from virtkit.machine.elf import parse_elf as _parse_elf
+from virtkit.machine.images import check_firmware, check_initrd, read_image
+from virtkit.units import format_size
+
+if TYPE_CHECKING:
+    from virtkit.machine.builder import Builder
 
 MiB = 1 << 20
 RAM_BASE = 0x8000_0000
@@ -53,6 +52,7 @@ UART_CLOCK_HZ = 3_686_400
 ISA = "rv64imafdc"
 MAX_CPUS = 8
 MIN_RAM_MIB = 16
+MAX_RAM_MIB = 16 * 1024
 FDT_PAD = 16 * 1024  # room for OpenSBI's and the kernel's in-place fix-ups
 DEFAULT_APPEND = "console=ttyS0 earlycon=sbi"
 
@@ -71,46 +71,10 @@ class Segment:
     memsz: int
 
 
-def _read_image(path: str | os.PathLike, what: str) -> bytes:
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"{what} {str(p)!r} does not exist")
-    if not p.is_file():
-        raise ImageError(f"{what} {str(p)!r} is not a regular file")
-    try:
-        data = p.read_bytes()
-    except OSError as err:
-        raise ImageError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
-    if not data:
-        raise ImageError(f"{what} {str(p)!r} is empty")
-    return data
-
-
 def parse_elf(data: bytes, what: str) -> tuple[int, list[Segment]]:
     """Entry point and PT_LOAD segments (by physical address) of a 64-bit little-endian RISC-V ELF."""
-    if len(data) < 64 or data[:4] != ELF_MAGIC:
-        raise ImageError(f"{what} is not an ELF file")
-    if data[4] != 2 or data[5] != 1:
-        raise ImageError(f"{what} is not a 64-bit little-endian ELF")
-    e_machine, = struct.unpack_from("<H", data, 18)
-    if e_machine != EM_RISCV:
-        raise ImageError(f"{what} is an ELF for machine {e_machine}, not RISC-V")
-    entry, phoff = struct.unpack_from("<QQ", data, 24)
-    phentsize, phnum = struct.unpack_from("<HH", data, 54)
-    if phentsize < 56 or phoff + phnum * phentsize > len(data):
-        raise ImageError(f"{what}: program headers lie outside the file (truncated?)")
-    segs = []
-    for i in range(phnum):
-        p_type, _flags, off, _vaddr, paddr, filesz, memsz, _align = struct.unpack_from("<IIQQQQQQ", data,
-                                                                                      phoff + i * phentsize)
-        if p_type != 1 or memsz == 0:
-            continue
-        if off + filesz > len(data) or filesz > memsz:
-            raise ImageError(f"{what}: segment {i} lies outside the file (truncated?)")
-        segs.append(Segment(paddr, data[off : off + filesz], memsz))
-    if not segs:
-        raise ImageError(f"{what} has no loadable segment")
-    return entry, segs
+    img = _parse_elf(data, what)
+    return img.entry, [Segment(addr, body, memsz) for addr, body, memsz in img.segments]
 
 
 def kernel_image_size(data: bytes, what: str = "kernel") -> int:
@@ -118,122 +82,17 @@ def kernel_image_size(data: bytes, what: str = "kernel") -> int:
     if data[:2] == b"\x1f\x8b":
         raise ImageError(f"{what} is gzip-compressed (Image.gz): give the uncompressed Image")
     if len(data) < 64 or data[56:60] != RISCV_IMAGE_MAGIC2:
-        raise ImageError(f"{what} is neither a RISC-V Linux Image (no 'RSC\\x05' magic) nor an ELF")
+        from virtkit.machine.images import describe
+
+        raise ImageError(f"{what} is {describe(data)}: neither a RISC-V Linux Image (no 'RSC\\x05' magic) "
+                         "nor a RISC-V ELF")
     image_size, = struct.unpack_from("<Q", data, 16)
     return max(image_size, len(data))
 
 
-# -- configuration ------------------------------------------------------------------------------
-@dataclass
-class DiskSpec:
-    """One ``--disk PATH[,ro]``."""
-
-    path: str
-    read_only: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> DiskSpec:
-        """Parse ``PATH[,ro|,rw]``; a clear ConfigError for anything else."""
-        path, *opts = text.split(",")
-        if not path:
-            raise ConfigError(f"bad --disk {text!r}: expected PATH[,ro]")
-        ro = False
-        for o in opts:
-            if o in ("ro", "readonly", "read-only"):
-                ro = True
-            elif o == "rw":
-                ro = False
-            else:
-                raise ConfigError(f"bad --disk option {o!r} in {text!r} (known: ro, rw)")
-        return cls(path, ro)
-
-
-@dataclass
-class NetSpec:
-    """One ``--net tap:NAME[,mac=XX:..]`` or ``--net switch:NAME[,vlan=N][,port=ID][,group=G][,mac=XX:..]``."""
-
-    kind: str
-    name: str
-    mac: str | None = None
-    #: For ``switch:``: the text handed to :func:`virtkit.network.switchport.from_netspec` (name + options).
-    switch_spec: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> NetSpec:
-        """Parse ``tap:NAME[,mac=..]`` or ``switch:NAME[,vlan=N][,port=ID][,group=G][,mac=..]``."""
-        head, *opts = text.split(",")
-        kind, sep, name = head.partition(":")
-        if kind not in ("tap", "switch") or not sep or not name:
-            raise ConfigError(f"bad --net {text!r}: expected tap:NAME[,mac=52:54:00:12:34:56] "
-                              "or switch:NAME[,vlan=N][,port=ID][,group=G]")
-        mac = None
-        sw_opts = []
-        for o in opts:
-            k, _, v = o.partition("=")
-            if k == "mac" and v:
-                mac = v
-            elif kind == "switch" and k in ("vlan", "port", "group") and v:
-                sw_opts.append(o)
-            else:
-                known = "mac=" if kind == "tap" else "vlan=, port=, group=, mac="
-                raise ConfigError(f"bad --net option {o!r} in {text!r} (known: {known})")
-        switch_spec = ",".join([name, *sw_opts]) if kind == "switch" else None
-        return cls(kind, name, mac, switch_spec)
-
-
-def parse_mem(text: str | int) -> int:
-    """``256``, ``256M``, ``1G`` -> MiB (QEMU's ``-m`` syntax)."""
-    if isinstance(text, int):
-        return text
-    t = text.strip().upper().removesuffix("B")
-    mult = 1
-    if t.endswith("G"):
-        mult, t = 1024, t[:-1]
-    elif t.endswith("M"):
-        t = t[:-1]
-    try:
-        v = int(t) * mult
-    except ValueError:
-        raise ConfigError(f"bad memory size {text!r} (examples: 256, 256M, 1G)") from None
-    return v
-
-
-@dataclass
-class BoardConfig:
-    """What ``virtkit run`` asks for."""
-
-    kernel: str
-    initrd: str | None = None
-    firmware: str | None = None  # None/"none": kernel runs from reset in M-mode
-    append: str = DEFAULT_APPEND
-    cpus: int = 1
-    mem_mib: int = 256
-    disks: list[DiskSpec] = field(default_factory=list)
-    nets: list[NetSpec] = field(default_factory=list)
-    rng: bool = True
-    virtio_console: bool = False
-    mmu: str = "sv48"
-
-    def validate(self) -> None:
-        """Range checks with clear errors."""
-        if not 1 <= self.cpus <= MAX_CPUS:
-            raise ConfigError(f"--cpus must be 1..{MAX_CPUS}: {self.cpus}")
-        if self.mem_mib < MIN_RAM_MIB:
-            raise ConfigError(f"--mem must be at least {MIN_RAM_MIB} MiB: {self.mem_mib}")
-        if self.mem_mib > 16 * 1024:
-            raise ConfigError(f"--mem at most 16 GiB: {self.mem_mib} MiB")
-        if self.mmu not in ("sv39", "sv48"):
-            raise ConfigError(f"mmu must be sv39 or sv48: {self.mmu!r}")
-        nvirtio = len(self.disks) + len(self.nets) + int(self.rng) + int(self.virtio_console)
-        if nvirtio > VIRTIO_COUNT:
-            raise ConfigError(f"too many virtio devices ({nvirtio}): the board has {VIRTIO_COUNT} slots")
-        if "\0" in self.append:
-            raise ConfigError("kernel command line contains a NUL byte")
-
-
 # -- the device tree --------------------------------------------------------------------------
-def build_fdt(cfg: BoardConfig, ram_size: int, virtio_ids: list[int], initrd: tuple[int, int] | None = None,
-              rng_seed: bytes | None = None) -> bytes:
+def build_fdt(cfg: MachineConfig, ram_size: int, initrd: tuple[int, int] | None = None,
+              rng_seed: bytes | None = None, cmdline: str = "") -> bytes:
     """The board's device tree (what QEMU's ``virt`` generates, minus PCI, flash and fw_cfg)."""
     f = Fdt()
     root = f.root
@@ -241,8 +100,8 @@ def build_fdt(cfg: BoardConfig, ram_size: int, virtio_ids: list[int], initrd: tu
     root.set_str("compatible", "riscv-virtio").set_str("model", "riscv-virtio,virtkit")
 
     chosen = f.node("/chosen")
-    if cfg.append:
-        chosen.set_str("bootargs", cfg.append)
+    if cmdline:
+        chosen.set_str("bootargs", cmdline)
     chosen.set_str("stdout-path", f"/soc/serial@{UART0_BASE:x}")
     if initrd:
         chosen.set_u64("linux,initrd-start", initrd[0]).set_u64("linux,initrd-end", initrd[1])
@@ -256,7 +115,7 @@ def build_fdt(cfg: BoardConfig, ram_size: int, virtio_ids: list[int], initrd: tu
     for h in range(cfg.cpus):
         cpu = f.node(f"/cpus/cpu@{h}")
         cpu.set_str("device_type", "cpu").set_u32("reg", h).set_str("status", "okay")
-        cpu.set_str("compatible", "riscv").set_str("riscv,isa", ISA).set_str("mmu-type", f"riscv,{cfg.mmu}")
+        cpu.set_str("compatible", "riscv").set_str("riscv,isa", ISA).set_str("mmu-type", "riscv,sv48")
         f.phandle(cpu)
         intc = f.node(f"/cpus/cpu@{h}/interrupt-controller")
         intc.set_u32("#interrupt-cells", 1).set_empty("interrupt-controller").set_str("compatible", "riscv,cpu-intc")
@@ -333,8 +192,8 @@ def fdt_address(ram_base: int, ram_size: int, fdt_size: int) -> int:
 FW_JUMP_FDT_ADDR = RAM_BASE + 0x220_0000  # where Debian's OpenSBI fw_jump copies the device tree
 
 
-def plan_layout(cfg: BoardConfig, ram_size: int, fw_segs: list[Segment] | None, kernel: bytes,
-                initrd_size: int | None, fdt_size: int) -> tuple[Layout, list[Segment]]:
+def plan_layout(ram_size: int, fw_segs: list[Segment] | None, kernel: bytes,
+                initrd_size: int | None, fdt_size: int, what: str = "kernel") -> tuple[Layout, list[Segment]]:
     """Decide where firmware, kernel, initrd and device tree go; ImageError when they do not fit."""
     ram_end = RAM_BASE + ram_size
     segs: list[Segment] = []
@@ -350,13 +209,13 @@ def plan_layout(cfg: BoardConfig, ram_size: int, fw_segs: list[Segment] | None, 
         kernel_start = RAM_BASE
         entry = RAM_BASE
     if kernel[:4] == ELF_MAGIC:
-        kentry, ksegs = parse_elf(kernel, "kernel")
+        kentry, ksegs = parse_elf(kernel, what)
         segs += ksegs
         kr = (min(s.addr for s in ksegs), max(s.addr + s.memsz for s in ksegs))
         if fw_segs is None:
             entry = kentry
     else:
-        ksize = kernel_image_size(kernel)
+        ksize = kernel_image_size(kernel, what)
         segs.append(Segment(kernel_start, kernel, ksize))
         kr = (kernel_start, kernel_start + ksize)
     fdt_addr = fdt_address(RAM_BASE, ram_size, fdt_size)
@@ -393,149 +252,136 @@ def plan_layout(cfg: BoardConfig, ram_size: int, fw_segs: list[Segment] | None, 
     return Layout(entry, fw_range, kr, initrd, (fdt_addr, fdt_addr + fdt_size)), segs
 
 
-class RiscvVirt:
-    """A built ``riscv64-virt`` machine: RAM, engine, bus, devices, loaded images, ready to :meth:`run`.
+class RiscvVirtBoard:
+    """``riscv64-virt``: QEMU virt's memory map with OpenSBI (or a kernel from reset) and Linux."""
 
-    ``console`` receives UART output; :attr:`uart` takes input with ``feed``. ``engine_factory``
-    builds the CPU engine (default: the software RISC-V engine).
-    """
+    name = "riscv64-virt"
+    aliases = ("virt",)
+    engines = ("riscv",)
+    max_cpus = MAX_CPUS
+    min_memory = MIN_RAM_MIB * MiB
+    max_memory = MAX_RAM_MIB * MiB
+    default_cmdline = DEFAULT_APPEND
+    ram_base = RAM_BASE
+    budget = 500_000
+    virtio_slots = VIRTIO_COUNT
 
-    def __init__(self, cfg: BoardConfig, console: Callable[[bytes], None] | None = None,
-                 engine_factory: Callable[..., Any] | None = None, virtio_console_out: Callable[[bytes], None]
-                 | None = None) -> None:
-        cfg.validate()
-        ram_size = cfg.mem_mib * MiB
-        # read and check every image before allocating anything
-        fw_segs = None
-        if cfg.firmware and cfg.firmware != "none":
-            fw = _read_image(cfg.firmware, "firmware")
-            if fw[:4] == ELF_MAGIC:
-                _, fw_segs = parse_elf(fw, "firmware")
-            else:
-                if len(fw) > 2 * MiB:
-                    raise ImageError(f"firmware {cfg.firmware!r} is {len(fw)} bytes: larger than the 2 MiB "
-                                     "before the kernel (is it really fw_jump.bin?)")
-                fw_segs = [Segment(RAM_BASE, fw, len(fw))]
-        kernel = _read_image(cfg.kernel, "kernel")
-        initrd = _read_image(cfg.initrd, "initrd") if cfg.initrd else None
-        probe = build_fdt(cfg, ram_size, [], (0, 0) if initrd else None, rng_seed=bytes(32))
-        self.layout, segs = plan_layout(cfg, ram_size, fw_segs, kernel, len(initrd) if initrd else None, len(probe))
+    def __init__(self, cfg: MachineConfig) -> None:
         self.cfg = cfg
-        self.fdt = build_fdt(cfg, ram_size, [], self.layout.initrd)
-        assert len(self.fdt) == len(probe)
+        self.fdt = b""
+        self.layout: Layout | None = None
+        self.cmdline = ""
 
-        # the machine: RAM, then the host resources that can fail (disks, TAPs) before the costly engine
-        self.mem = GuestMemory(ram_size, RAM_BASE)
-        closers: list[Callable[[], None]] = []
-        self.virtio: list[VirtioDevice] = []  # in slot order: disks (vda, vdb...), NICs, rng, console
-        taps: list[tuple[Any, VirtioNet]] = []
-        try:
-            for d in cfg.disks:
-                from virtkit.storage import open_disk
+    # -- before anything is allocated -----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Range checks, the default guest's images, every image read and checked, the layout planned."""
+        cfg = self.cfg
+        if not 1 <= cfg.cpus <= MAX_CPUS:
+            raise ConfigError(f"cpus: {cfg.cpus} is out of range 1..{MAX_CPUS} for board {self.name}")
+        if not self.min_memory <= cfg.memory <= self.max_memory or cfg.memory % MiB:
+            raise ConfigError(f"memory: {format_size(cfg.memory)} is out of range: board {self.name} takes "
+                              f"{format_size(self.min_memory)} to {format_size(self.max_memory)}, in whole MiB")
+        kernel, initrd, firmware = cfg.kernel, cfg.initrd, cfg.firmware
+        if kernel is None:
+            import sys
 
-                backend = open_disk(d.path, read_only=d.read_only)
-                closers.append(backend.close)
-                closers.insert(0, _flusher(backend))
-                self.virtio.append(VirtioBlk(self.mem, backend, serial=f"virtkit{len(self.virtio)}"))
-            for n in cfg.nets:
-                from virtkit.devices.virtio.net import parse_mac
+            from virtkit.images import default_guest
 
-                mac = parse_mac(n.mac) if n.mac else None
-                if n.kind == "switch":
-                    from virtkit.network.switchport import from_netspec
+            guest = default_guest(progress=sys.stderr.isatty())
+            kernel = str(guest.kernel)
+            initrd = initrd or str(guest.initrd)
+            firmware = str(guest.firmware) if firmware == "default" else firmware
+        if firmware == "default":
+            from virtkit.images import firmware_path
 
-                    tap = from_netspec(n.switch_spec or n.name)
-                else:
-                    from virtkit.network.tap import Tap
+            firmware = str(firmware_path())
+        self.images = (kernel, initrd, firmware)
+        fw_segs = None
+        if firmware != "none":
+            fw = read_image(firmware, "firmware")
+            check_firmware(fw, firmware, 2 * MiB)
+            fw_segs = parse_elf(fw, f"firmware {firmware!r}")[1] if is_elf(fw) else [Segment(RAM_BASE, fw, len(fw))]
+        kdata = read_image(kernel, "kernel")
+        self.initrd_data = read_image(initrd, "initrd") if initrd else None
+        if self.initrd_data is not None:
+            check_initrd(self.initrd_data, str(initrd))
+        cmdline = cfg.cmdline if cfg.cmdline is not None else self.default_cmdline
+        if cfg.exec is not None:
+            from virtkit.images.initramfs import exec_command_line
 
-                    tap = Tap(n.name)
-                closers.append(tap.close)
-                nic = VirtioNet(self.mem, tap, mac)
-                taps.append((tap, nic))
-                self.virtio.append(nic)
-            if cfg.rng:
-                self.virtio.append(VirtioRng(self.mem))
-            if cfg.virtio_console:
-                self.vconsole = VirtioConsole(self.mem, virtio_console_out or console)
-                self.virtio.append(self.vconsole)
-            if engine_factory is None:
-                from virtkit.engines.riscv.engine import RiscvEngine as engine_factory  # noqa: N813
-            self.engine = engine_factory(self.mem, cfg.cpus, reset_pc=self.layout.entry, clint_base=CLINT_BASE)
-        except BaseException:
-            for c in closers:
-                c()
-            raise
-        self.bus = Bus()
-        self.vm = Vm(self.engine, self.bus)
-        self.vm.closers.extend(closers)
-        for tap, nic in taps:
-            self.vm.io.add_reader(tap.fileno(), nic.poll_backend)
-        self.plic = Plic(cfg.cpus, self.vm.set_irq, PLIC_NDEV)
-        # console output is batched: the run loop flushes it whenever the guest stops running
-        self.uart = Uart16550(console, self.plic.line(UART0_IRQ), buffered=True)
-        self.vm.flushers.append(self.uart.flush)
-        self.test = SifiveTest(self.vm.power_event)
+            cmdline = f"{cmdline} {exec_command_line(cfg.exec)}".strip()
+        self.cmdline = cmdline
+        ram = cfg.memory
+        probe = build_fdt(cfg, ram, (0, 0) if self.initrd_data else None, rng_seed=bytes(32), cmdline=cmdline)
+        self.layout, self.segments = plan_layout(ram, fw_segs, kdata, len(self.initrd_data)
+                                                 if self.initrd_data else None, len(probe), f"kernel {kernel!r}")
+        self._fdt_size = len(probe)
+
+    def engine_args(self) -> dict[str, Any]:
+        """Every hart starts at the firmware (or the kernel's entry), with the CLINT inside the engine."""
+        assert self.layout is not None
+        return {"reset_pc": self.layout.entry, "clint_base": CLINT_BASE}
+
+    # -- devices ---------------------------------------------------------------------------------------
+    def attach_platform(self, b: Builder) -> None:
+        """PLIC, the 16550 console (coalesced MMIO where the engine has it), sifive_test, goldfish RTC."""
+        vm = b.vm
+        self.plic = Plic(self.cfg.cpus, vm.set_irq, PLIC_NDEV)
+        self.uart = Uart16550(b.console.write, self.plic.line(UART0_IRQ), buffered=True)
+        vm.flushers.append(self.uart.flush)
+        self.test = SifiveTest(vm.power_event)
         self.rtc = GoldfishRtc(self.plic.line(RTC_IRQ))
-        self.vm.periodic.append(self.rtc.poll)
-        self._map(TEST_BASE, TEST_SIZE, self.test, "sifive_test")
-        self._map(RTC_BASE, RTC_SIZE, self.rtc, "rtc")
-        self._map(PLIC_BASE, self.plic.size, self.plic, "plic")
-        self._map(UART0_BASE, UART0_SIZE, self.uart, "uart0")
-        self._fast_console()
-        self.transports = []
-        for i in range(VIRTIO_COUNT):
-            dev = self.virtio[i] if i < len(self.virtio) else None
-            t = MmioTransport(dev, self.plic.line(1 + i))
-            self.transports.append(t)
-            self._map(VIRTIO_BASE + WINDOW * i, WINDOW, t, f"virtio{i}" + (f"-{dev.name}" if dev else ""))
+        vm.periodic.append(self.rtc.poll)
+        b.attach_mmio(TEST_BASE, TEST_SIZE, self.test, "sifive_test")
+        b.attach_mmio(RTC_BASE, RTC_SIZE, self.rtc, "rtc")
+        b.attach_mmio(PLIC_BASE, self.plic.size, self.plic, "plic")
+        b.attach_mmio(UART0_BASE, UART0_SIZE, self.uart, "uart0")
+        b.attach_serial(self.uart)
+        _fast_console(b.engine, self.uart)
 
-        # images into RAM, boot registers
-        for s in segs:
-            self.mem.write(s.addr, s.data)
-        if initrd is not None and self.layout.initrd:
-            self.mem.write(self.layout.initrd[0], initrd)
-        self.mem.write(self.layout.fdt[0], self.fdt)
-        for h in range(cfg.cpus):
-            self.engine.set_reg(h, 10, h)
-            self.engine.set_reg(h, 11, self.layout.fdt[0])
-            self.engine.set_reg(h, 12, 0)
+    def virtio_slot(self, b: Builder, index: int) -> tuple[int, int, Callable[[bool], None]]:
+        """Slot ``index``: a 4 KiB window from 0x1000_1000 on, PLIC source 1 + index."""
+        return VIRTIO_BASE + WINDOW * index, WINDOW, self.plic.line(1 + index)
 
-    def _fast_console(self) -> None:
-        """Coalesced MMIO for the console (when the engine has it): the LSR polls and THR writes of the
-        guest's console output (two exits per character) are served by the engine, THR bytes in order."""
-        add = getattr(self.engine, "add_fast_mmio", None)
-        if add is None:
-            return
-        uart = self.uart
-        thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v))
-        lsr = add(UART0_BASE + 5, 1)
-        setf = self.engine.set_fast_mmio
+    def finish(self, b: Builder) -> None:
+        """Device tree, images into RAM, a0 = hart id and a1 = the device tree for every hart."""
+        assert self.layout is not None
+        self.fdt = build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, cmdline=self.cmdline)
+        assert len(self.fdt) == self._fdt_size
+        mem = b.mem
+        for s in self.segments:
+            mem.write(s.addr, s.data)
+        if self.initrd_data is not None and self.layout.initrd:
+            mem.write(self.layout.initrd[0], self.initrd_data)
+        mem.write(self.layout.fdt[0], self.fdt)
+        for h in range(self.cfg.cpus):
+            b.engine.set_reg(h, 10, h)
+            b.engine.set_reg(h, 11, self.layout.fdt[0])
+            b.engine.set_reg(h, 12, 0)
 
-        def hook(thr_plain: bool, lsr_value: int | None) -> None:
-            setf(thr, thr_plain)
-            setf(lsr, lsr_value is not None, lsr_value or 0)
-
-        uart.fast_hook = hook
-        uart.publish()
-
-    def _map(self, base: int, size: int, dev: Any, name: str) -> None:
-        self.bus.register(base, size, dev, name)
-        self.engine.add_mmio_region(base, size)
-
-    def run(self, timeout: float | None = None) -> RunResult:
-        """Boot and run until the guest powers off (or ``timeout``); then release everything."""
-        return self.vm.run(timeout)
-
-    def stats(self) -> dict[str, Any]:
-        """Engine, bus and device counters."""
-        s = self.vm.stats()
-        s["devices"] = {d.name + str(i): d.stats() for i, d in enumerate(self.virtio)}
-        s["uart"] = {"tx_bytes": self.uart.tx_bytes, "rx_bytes": self.uart.rx_bytes}
-        return s
+    def dump_dtb(self) -> bytes:
+        """The device tree the guest gets, with the random ``rng-seed`` zeroed (so dumps compare; QEMU's
+        ``-machine dumpdtb``)."""
+        assert self.layout is not None
+        return build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, rng_seed=bytes(32), cmdline=self.cmdline)
 
 
-def _flusher(backend: Any) -> Callable[[], None]:
-    def flush() -> None:
-        if not backend.read_only:
-            backend.flush()
-    return flush
+def _fast_console(engine: Any, uart: Uart16550) -> None:
+    """Coalesced MMIO for the console (when the engine has it): the LSR polls and THR writes of the
+    guest's console output (two exits per character) are served by the engine, THR bytes in order."""
+    add = getattr(engine, "add_fast_mmio", None)
+    if add is None:
+        return
+    thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v))
+    lsr = add(UART0_BASE + 5, 1)
+    setf = engine.set_fast_mmio
+
+    def hook(thr_plain: bool, lsr_value: int | None) -> None:
+        setf(thr, thr_plain)
+        setf(lsr, lsr_value is not None, lsr_value or 0)
+
+    uart.fast_hook = hook
+    uart.publish()
+
+
+BOARD = RiscvVirtBoard

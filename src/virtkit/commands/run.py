@@ -1,114 +1,399 @@
-"""``virtkit run``: boot a guest. ``--bios none --kernel prog.elf`` runs a bare-metal RISC-V program.
+"""``virtkit run``: boot a VM (its console on this terminal, or detached), or run a bare-metal program.
 
-The bare-metal path lives in :func:`run_bare_metal`; the board path (OpenSBI + Linux on the
-virt board) plugs into :func:`cmd_run` through the same arguments.
+The flags describe a :class:`~virtkit.machine.config.MachineConfig` (``--dump-config`` prints it as TOML,
+``--config FILE`` reads one; flags given with a file override its values); the one builder assembles the
+machine and :class:`~virtkit.machine.runner.RunningVm` runs it with a control socket, so ``virtkit ps``,
+``pause``, ``resume``, ``stop``, ``kill`` and ``console`` reach it from other terminals.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
+import subprocess
 import sys
+import time
+from typing import Any
 
-from virtkit.errors import ConfigError
+from virtkit.errors import ConfigError, VirtkitError
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGkmg]?)(i?B)?\s*$")
+EPILOG = """\
+console escapes (interactive console): Ctrl-A x quit, Ctrl-A s statistics, Ctrl-A p pause/resume,
+  Ctrl-A b break (+ a key: Linux SysRq), Ctrl-A h help, Ctrl-A a a literal Ctrl-A.
 
+ranges: --cpus 1..8 and --mem 16M..16G (whole MiB) on riscv64-virt; --cpus 1..64 and up to 16G on
+  riscv64-spike. --mem takes QEMU's -m syntax: a bare number is MiB (256 = 256M), K/M/G/T suffixes, 1.5G.
 
-def parse_size(text: str) -> int:
-    """'128M', '1G', '65536K' or plain bytes -> bytes (ConfigError when malformed)."""
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ConfigError(f"bad memory size {text!r} (expected e.g. 128M, 1G)")
-    n = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
-    if n <= 0 or n % 4096 or n > (64 << 30):
-        raise ConfigError(f"bad memory size {text!r}: must be a multiple of 4K between 4K and 64G")
-    return n
+--json prints one JSON document on stdout and nothing else there: the guest console (or the --exec
+  command's output) is inside it ("console", "output").
+
+examples:
+  virtkit run                                      boot the default guest, console here
+  virtkit run --exec 'uname -a'                    run one command in the guest, exit with its status
+  virtkit run --cpus 2 --mem 512M --disk data.qcow2,format=qcow2 --net switch:lab,vlan=7
+  virtkit run --detach --name web1                 boot in the background (virtkit console web1)
+  virtkit run --cpus 2 --dump-config > vm.toml     the flags as a config file; virtkit run --config vm.toml
+  virtkit run --bios none --kernel prog.elf        a bare-metal ELF (HTIF exit code: 0 = pass)
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``run`` subcommand."""
-    p = subparsers.add_parser("run", help="run a guest (bare-metal ELF with --bios none, or a board)")
-    p.add_argument("--kernel", help="kernel image, or the bare-metal ELF with --bios none")
-    p.add_argument("--bios", default="default", help="firmware: 'none' runs --kernel bare-metal (HTIF exit)")
-    p.add_argument("--initrd", help="initial ramdisk")
-    p.add_argument("--append", default="", help="kernel command line")
-    p.add_argument("--mem", default="128M", help="guest RAM size (default 128M)")
-    p.add_argument("--cpus", type=int, default=1, help="number of harts (default 1)")
-    p.add_argument("--stats", action="store_true", help="print instructions, MIPS and exits by reason")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON (with --bios none)")
-    p.add_argument("--max-insns", type=int, default=None, help="stop after this many instructions")
-    p.add_argument("--deterministic", action="store_true", help="mtime follows instructions, not the host clock")
-    from virtkit.boards.runner import add_board_arguments  # --disk, --net, --exec... (the riscv64-virt board)
-
-    add_board_arguments(p)
+    p = subparsers.add_parser("run", help="boot a VM (or a bare-metal program) with its console here or detached",
+                              description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("machine (each maps to a key of the config file)")
+    m.add_argument("--config", metavar="FILE", help="a machine config (TOML or JSON); flags override its values")
+    m.add_argument("--name", help="the VM's name (default: generated); `virtkit ps` lists it")
+    m.add_argument("--board", help="riscv64-virt (default) or riscv64-spike (bare-metal, HTIF)")
+    m.add_argument("--engine", help="the CPU engine (default: riscv, the software engine)")
+    m.add_argument("--cpus", "-smp", type=int, help="number of harts (default 1)")
+    m.add_argument("--mem", "-m", help="guest RAM, QEMU -m syntax: 256 = 256M, 1G, 1.5G (default 128M)")
+    m.add_argument("--kernel", help="kernel Image or ELF (default: the default guest's), or the bare-metal ELF")
+    m.add_argument("--initrd", help="initramfs (cpio, gzip/zstd/xz cpio)")
+    m.add_argument("--append", help="kernel command line (default: console=ttyS0 earlycon=sbi)")
+    m.add_argument("--bios", help="firmware: default (OpenSBI fw_jump), none (bare-metal: --board riscv64-spike), "
+                   "or a file")
+    m.add_argument("--disk", action="append", metavar="PATH[,ro][,format=raw|qcow2][,werror=stop]",
+                   help="virtio-blk disk: a file, block device or POOL/VOLUME (repeatable; first is /dev/vda)")
+    m.add_argument("--net", action="append", metavar="tap:NAME|switch:NAME[,vlan=N]",
+                   help="virtio-net NIC on a TAP device or a port of a virtkit switch (repeatable)")
+    m.add_argument("--no-rng", action="store_true", default=None, help="no virtio-rng device")
+    m.add_argument("--virtio-console", action="store_true", default=None, help="add a virtio console (hvc0)")
+    m.add_argument("--serial", choices=["stdio", "none"], help="where the serial console goes (none: only to "
+                   "`virtkit console` viewers)")
+    m.add_argument("--exec", dest="exec_cmd", metavar="CMD",
+                   help="run CMD in the guest, print its output, exit with its status")
+    m.add_argument("--timeout", help="stop the guest after this many seconds")
+    m.add_argument("--boot-timeout", help="seconds to reach the guest's shell or command (default: 300 with "
+                   "--exec, off otherwise; 0 = off)")
+    m.add_argument("--max-insns", type=int, help="(bare-metal) stop after this many instructions")
+    m.add_argument("--deterministic", action="store_true", default=None,
+                   help="guest time follows instructions, not the host clock")
+    o = p.add_argument_group("front end")
+    o.add_argument("--detach", "-d", action="store_true", help="run in the background; print the name")
+    o.add_argument("--dump-config", nargs="?", const="toml", choices=["toml", "json"],
+                   help="print the config the flags describe and exit")
+    o.add_argument("--dump-dtb", metavar="FILE", help="write the guest's device tree (rng-seed zeroed) and exit")
+    o.add_argument("--stats", action="store_true", help="print instructions, MIPS and exits by reason at the end")
+    o.add_argument("--json", action="store_true", help="print one JSON document on stdout (console inside)")
+    o.add_argument("--console-log", metavar="FILE", help=argparse.SUPPRESS)  # detached VMs: console to a file
     p.set_defaults(func=cmd_run)
     return p
 
 
+# ------------------------------------------------------------------------------------------------- config
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The MachineConfig the flags (and ``--config``) describe; every option parsed once, in the config."""
+    from virtkit.machine.config import ConsoleConfig, DiskConfig, MachineConfig, NicConfig, parse_memory
+    from virtkit.units import format_size, parse_duration
+
+    cfg = MachineConfig.load(args.config) if args.config else MachineConfig()
+    data = cfg.to_dict()
+    spike = args.bios == "none" and not args.board and not args.config
+    if spike:
+        data["board"] = "riscv64-spike"  # QEMU's `-M spike -bios none -kernel prog.elf`
+    flags = {"name": args.name, "board": args.board, "engine": args.engine, "cpus": args.cpus,
+             "kernel": args.kernel, "initrd": args.initrd, "cmdline": args.append, "exec": args.exec_cmd,
+             "max_insns": args.max_insns, "deterministic": args.deterministic,
+             "firmware": None if spike else args.bios}
+    if args.mem is not None:
+        flags["memory"] = format_size(parse_memory(args.mem, "--mem"), exact=True)
+    if args.timeout is not None:
+        flags["timeout"] = parse_duration(args.timeout, what="--timeout")
+        if not flags["timeout"]:
+            raise ConfigError("--timeout must be positive")
+    if args.boot_timeout is not None:
+        flags["boot_timeout"] = parse_duration(args.boot_timeout, what="--boot-timeout")
+    if args.no_rng:
+        flags["rng"] = False
+    for k, v in flags.items():
+        if v is not None:
+            data[k] = v
+    if args.disk:
+        data["disks"] = [DiskConfig.parse(d).to_dict() for d in args.disk]
+    if args.net:
+        data["nics"] = [NicConfig.parse(n).to_dict() for n in args.net]
+    if args.serial is not None or args.virtio_console:
+        con = ConsoleConfig.from_dict(data.get("console", {}), "console")
+        data["console"] = ConsoleConfig(args.serial or con.serial, bool(args.virtio_console or con.virtio)).to_dict()
+    cfg = MachineConfig.from_dict(data)
+    cfg.resolve_paths(os.getcwd())
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    """Dispatch ``virtkit run`` to the bare-metal runner or the board."""
-    if args.bios == "none":
-        return run_bare_metal(args)
-    from virtkit.boards.runner import run_board  # OpenSBI + Linux on riscv64-virt (the default guest)
-
-    if args.max_insns is not None or args.deterministic:
-        raise ConfigError("--max-insns and --deterministic only apply to --bios none")
-    return run_board(args, parse_size(args.mem))
-
-
-def run_bare_metal(args: argparse.Namespace) -> int:
-    """Run ``--kernel`` as a bare-metal ELF; exit 0 on pass, 1 with 'FAIL: test N' on failure."""
-    from virtkit.engines.riscv.baremetal import run_elf
-
-    if not args.kernel:
-        raise ConfigError("--bios none needs --kernel PROGRAM.elf")
-    if not 1 <= args.cpus <= 64:
-        raise ConfigError(f"--cpus must be 1..64: {args.cpus}")
+    """Boot (or dump, or detach) the machine the flags describe."""
     if args.max_insns is not None and args.max_insns <= 0:
         raise ConfigError(f"--max-insns must be positive: {args.max_insns}")
-    mem = parse_size(args.mem)
-    console = (lambda b: None) if args.json else None
-    res = run_elf(args.kernel, mem_size=mem, nharts=args.cpus, max_instructions=args.max_insns,
-                  deterministic=args.deterministic, console=console)
-    if res.exit_code == 0:
-        rc, verdict = 0, "PASS"
-    elif res.exit_code is not None:
-        rc, verdict = 1, f"FAIL: test {res.exit_code}"
-    elif res.reason == "wfi":
-        rc, verdict = 3, "STUCK: every hart waits for an interrupt that cannot come"
-    else:
-        rc, verdict = 2, "TIMEOUT: instruction budget spent without an exit code"
+    cfg = config_from_args(args)
+    if args.dump_config:
+        print(cfg.to_json() if args.dump_config == "json" else cfg.to_toml(), end="" if args.dump_config == "toml"
+              else "\n")
+        return 0
+    if cfg.board != "riscv64-spike" and (cfg.max_insns is not None or cfg.deterministic):
+        raise ConfigError("--max-insns and --deterministic only apply to bare-metal runs (--bios none)")
+    if args.detach:
+        return detach(cfg, args)
+    from virtkit.machine.control import generate_name
+
+    if cfg.name is None:
+        cfg.name = generate_name()
+    if args.dump_dtb:
+        return dump_dtb(cfg, args.dump_dtb)
+    if cfg.board == "riscv64-spike":
+        return run_bare_metal(cfg, args)
+    return run_board(cfg, args)
+
+
+def dump_dtb(cfg: Any, path: str) -> int:
+    """Build the machine (nothing runs), write its device tree."""
+    from virtkit.machine.builder import build
+
+    m = build(cfg)
+    try:
+        dump = getattr(m.board, "dump_dtb", None)
+        if dump is None:
+            raise ConfigError(f"board {cfg.board} has no device tree")
+        with open(path, "wb") as f:
+            f.write(dump())
+    finally:
+        m.vm.close()
+    return 0
+
+
+def _start(cfg: Any, console: Any, warn: Any) -> Any:
+    from virtkit.machine.builder import build
+    from virtkit.machine.runner import RunningVm
+
+    boot_timeout = cfg.boot_timeout
+    if boot_timeout is None:
+        boot_timeout = 300.0 if cfg.exec is not None else 0.0
+    machine = build(cfg, console)
+    try:
+        return RunningVm(machine, cfg.name, timeout=cfg.timeout, boot_timeout=boot_timeout, warn=warn)
+    except BaseException:
+        machine.vm.close()
+        raise
+
+
+def run_board(cfg: Any, args: argparse.Namespace) -> int:
+    """Boot the board with its console on this terminal (or filtered for --exec, or inside --json)."""
+    from virtkit.commands import _terminal as term
+    from virtkit.machine.console import ConsoleHub
+
+    hub = ConsoleHub()
+    exec_filter = None
+    interactive = cfg.exec is None and not args.json and cfg.console.serial == "stdio" and not args.console_log
+    log = bytearray()
+    if cfg.exec is not None:
+        exec_filter = term.ExecFilter((lambda b: None) if args.json else term.stdout_write)
+        hub.sinks.append(exec_filter)
     if args.json:
-        print(json.dumps({"result": verdict, "exit_code": res.exit_code, "reason": res.reason,
-                          "instructions": res.instructions, "seconds": round(res.seconds, 6),
-                          "mips": round(res.mips, 2), "output": res.output.decode("utf-8", "replace"),
-                          "stats": res.stats}))
+        hub.sinks.append(log.extend)
+    elif interactive:
+        hub.sinks.append(term.stdout_write)
+    logfile = None
+    if args.console_log:
+        logfile = open(args.console_log, "wb", buffering=0)
+        hub.sinks.append(logfile.write)
+    raw = term.RawTerminal(0)
+    is_raw = interactive and raw.is_tty
+
+    def warn(msg: str) -> None:
+        term.stderr_line(f"virtkit: warning: {msg}", raw=is_raw)
+
+    rv = _start(cfg, hub, warn)
+    vm = rv.vm
+
+    def stats_now() -> None:
+        term.print_stats(_stats(rv), title=f"virtkit run: {cfg.board}", to_terminal_raw=True)
+
+    def on_escape(key: str) -> None:
+        if key == "x":
+            vm.stop("stopped")
+        elif key == "s":
+            stats_now()
+        elif key == "p":
+            if vm.paused:
+                vm.resume()
+                term.stderr_line("virtkit: resumed", raw=True)
+            else:
+                vm.pause("paused from the console")
+                term.stderr_line("virtkit: paused (Ctrl-A p resumes)", raw=True)
+        elif key == "b" and hub.send_break is not None:
+            hub.send_break(b"")
+        elif key in ("h", "?"):
+            os.write(1, term.help_text(term.ESCAPES))
+
+    esc = term.EscapeReader(on_escape, enabled=raw.is_tty and interactive)
+
+    def deliver(data: bytes) -> None:
+        data = esc.feed(data)
+        if data:
+            hub.type(data)
+
+    def eof() -> None:
+        vm.io.remove_reader(0) if vm.io is not None else None
+
+    with term.StopSignals(lambda name: vm.stop("stopped", f"stopped by {name}")) as sigs:
+        with raw if interactive else _Null():
+            if cfg.console.serial == "stdio" and not args.console_log:
+                if term.is_regular_or_null(0):
+                    data = term.read_all(0)
+                    if data:
+                        hub.type(data)
+                else:
+                    vm.io.add_reader(0, term.stdin_reader(0, deliver, eof), guest=False)
+            res = rv.run()
+    if logfile is not None:
+        logfile.close()
+    return _report_board(cfg, args, rv, res, exec_filter, log, sigs.received)
+
+
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _stats(rv: Any) -> dict[str, Any]:
+    from virtkit.engines.riscv.engine import selected_core
+
+    s = rv.machine.stats()
+    s["core"] = selected_core()
+    return s
+
+
+def _report_board(cfg: Any, args: argparse.Namespace, rv: Any, res: Any, exec_filter: Any, log: bytearray,
+                  signal_name: str | None) -> int:
+    rc = res.exit_status
+    problem = ""
+    if res.reason in ("error", "panic", "boot-timeout", "timeout", "killed"):
+        problem = f"virtkit: guest stopped ({res.reason}): {res.message}" if res.message else \
+            f"virtkit: guest stopped ({res.reason})"
+    if exec_filter is not None:
+        if exec_filter.status is None:
+            if res.reason == "poweroff":
+                problem = problem or ("virtkit: the guest powered off without reporting the command's exit status "
+                                      "(is the initramfs virtkit's?)")
+            rc = rc or 1
+        else:
+            rc = exec_filter.status
+    for e in res.errors:
+        problem += f"\nvirtkit: error: {e}"
+    stats = _stats(rv)
+    if args.json:
+        out: dict[str, Any] = {"name": cfg.name, "reason": res.reason, "code": res.code, "message": res.message,
+                               "exit_status": rc, "seconds": round(res.seconds, 3), "warnings": rv.warnings,
+                               "errors": res.errors, "stats": stats}
+        if exec_filter is not None:
+            out["command_exit_status"] = exec_filter.status
+            out["output"] = exec_filter.output.decode(errors="replace")
+        out["console"] = log.decode(errors="replace")
+        print(json.dumps(out, default=str))
+        if problem:
+            print(problem.strip(), file=sys.stderr)
         return rc
-    if rc:
-        print(verdict, file=sys.stderr)
+    if problem:
+        print(problem.strip(), file=sys.stderr)
     if args.stats:
-        _print_stats(res)
+        from virtkit.commands._terminal import print_stats
+
+        print_stats(stats, title=f"virtkit run: {cfg.board}")
     return rc
 
 
-def _print_stats(res) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def run_bare_metal(cfg: Any, args: argparse.Namespace) -> int:
+    """Run a bare-metal ELF on the riscv64-spike board: exit 0 on pass, 1 with 'FAIL: test N' on failure."""
+    from virtkit.commands import _terminal as term
+    from virtkit.machine.console import ConsoleHub
 
-    t = Table(title="virtkit run: RISC-V engine")
-    t.add_column("counter")
-    t.add_column("value", justify="right")
-    from virtkit.engines.riscv.engine import selected_core
+    hub = ConsoleHub()
+    out = bytearray()
+    hub.sinks.append(out.extend)
+    if not args.json:
+        hub.sinks.append(term.stdout_write)
+    rv = _start(cfg, hub, lambda msg: term.stderr_line(f"virtkit: warning: {msg}"))
+    with term.StopSignals(lambda name: rv.vm.stop("stopped", f"stopped by {name}")):
+        res = rv.run()
+    st = _stats(rv)
+    if res.reason == "exit" and res.code == 0:
+        rc, verdict = 0, "PASS"
+    elif res.reason == "exit":
+        rc, verdict = 1, f"FAIL: test {res.code}"
+    elif res.reason == "stuck":
+        rc, verdict = 3, "STUCK: every hart waits for an interrupt that cannot come"
+    elif res.reason == "budget":
+        rc, verdict = 2, "TIMEOUT: instruction budget spent without an exit code"
+    else:
+        rc, verdict = res.exit_status or 1, f"STOPPED ({res.reason}): {res.message}".rstrip(": ")
+    instructions = int(st.get("instructions", 0))
+    if args.json:
+        print(json.dumps({"name": cfg.name, "result": verdict, "exit_code": res.code if res.reason == "exit" else None,
+                          "reason": {"exit": "exit", "stuck": "wfi"}.get(res.reason, res.reason),
+                          "exit_status": rc, "instructions": instructions, "seconds": round(res.seconds, 6),
+                          "mips": round(instructions / res.seconds / 1e6, 2) if res.seconds > 0 else 0.0,
+                          "output": out.decode("utf-8", "replace"), "errors": res.errors, "stats": st},
+                         default=str))
+        return rc
+    if rc:
+        print(verdict, file=sys.stderr)
+    for e in res.errors:
+        print(f"virtkit: error: {e}", file=sys.stderr)
+    if args.stats:
+        term.print_stats(st, title="virtkit run: RISC-V engine (bare metal)")
+    return rc
 
-    t.add_row("core", selected_core())
-    t.add_row("instructions", f"{res.instructions:,}")
-    t.add_row("traps", f"{res.stats.get('traps', 0):,}")
-    t.add_row("seconds", f"{res.seconds:.3f}")
-    t.add_row("MIPS", f"{res.mips:.1f}")
-    for hart, n in enumerate(res.stats.get("per_hart", [])):
-        t.add_row(f"hart {hart} instructions", f"{n:,}")
-    for reason, n in res.stats.get("exits", {}).items():
-        t.add_row(f"exits: {reason}", f"{n:,}")
-    Console(stderr=True).print(t)
+
+# ------------------------------------------------------------------------------------------------- detach
+def detach(cfg: Any, args: argparse.Namespace) -> int:
+    """Start the VM in a background process; return once its control socket answers, print its name."""
+    from virtkit.machine import control
+
+    if cfg.name is None:
+        cfg.name = control.generate_name()
+    name = cfg.name
+    d = control.run_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    # refuse a name in use before spawning (the child would fail the same way, less visibly)
+    try:
+        control.request(name, "ping", wait=2)
+        raise ConfigError(f"a VM named {name!r} is already running; pick another --name or stop it first")
+    except control.ControlError:
+        pass
+    if cfg.board == "riscv64-virt" and cfg.kernel is None:
+        from virtkit.images import default_guest
+
+        default_guest(progress=sys.stderr.isatty())  # build the images here, with progress, not in the child
+    conf = d / f"{name}.run.toml"
+    conf.write_text(cfg.to_toml())
+    log = d / f"{name}.log"
+    cmd = [sys.executable, "-m", "virtkit.cli", "run", "--config", str(conf), "--serial", "none",
+           "--console-log", str(d / f"{name}.console")]
+    with open(log, "wb") as lf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            conf.unlink(missing_ok=True)
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise VirtkitError(f"VM {name!r} exited at start: {' / '.join(tail) or 'see ' + str(log)}")
+        try:
+            control.request(name, "ping", wait=2)
+            conf.unlink(missing_ok=True)  # the VM has its config: `virtkit` can ask it for it (op config)
+            break
+        except control.ControlError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise VirtkitError(f"VM {name!r} did not come up within 120 s (see {log})")
+    if args.json:
+        print(json.dumps({"name": name, "pid": proc.pid, "socket": str(control.socket_path(name))}))
+    else:
+        print(name)
+    return 0

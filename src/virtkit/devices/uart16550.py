@@ -1,9 +1,14 @@
 """The NS16550A UART: the console of QEMU's ``virt`` board (and of most PCs).
 
 Registers (byte-wide, ``reg-shift`` 0): RBR/THR/DLL, IER/DLM, IIR/FCR, LCR, MCR, LSR, MSR, SCR.
-Transmission is instant (THR empty again as soon as it is written); received bytes wait in an
-unbounded host-side queue so that nothing typed is lost, and the FIFO/no-FIFO difference only
-shows in IIR. The interrupt output is a callable ``irq(level)`` (a PLIC source).
+Transmission is instant (THR empty again as soon as it is written). Input is never lost: bytes typed
+or piped on the host wait in an unbounded host-side queue and move into the 16-byte receive FIFO only
+while the driver is ready for them (receive interrupts enabled, or a polling reader that keeps reading
+LSR), so a FIFO reset during the driver's start-up, or input that arrives before any program reads the
+console, drops nothing. :meth:`pump` moves them (the run loop calls it on the vCPU thread, and a read of
+RBR refills the FIFO at once). :meth:`send_break` puts a break condition on the line (LSR.BI with a
+zero byte): Linux takes break + key as a magic SysRq on its serial console. The interrupt output is a
+callable ``irq(level)`` (a PLIC source).
 
 Access width: registers are bytes and repeat every 8 bytes of the window. An access of any
 other size (2, 4, 8 bytes, or an odd size a bus hands over) acts on the byte register at its
@@ -38,11 +43,15 @@ IIR_FIFO_ENABLED = 0xC0
 FCR_FIFO_ENABLE, FCR_CLEAR_RCVR, FCR_CLEAR_XMIT = 0x01, 0x02, 0x04
 LCR_DLAB = 0x80
 MCR_DTR, MCR_RTS, MCR_OUT1, MCR_OUT2, MCR_LOOP = 0x01, 0x02, 0x04, 0x08, 0x10
-LSR_DR, LSR_OE, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x20, 0x40
+LSR_DR, LSR_OE, LSR_BI, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x10, 0x20, 0x40
 MSR_DCTS, MSR_DDSR, MSR_TERI, MSR_DDCD = 0x01, 0x02, 0x04, 0x08
 MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 LSR_IDLE = LSR_THRE | LSR_TEMT
 TX_BATCH = 4096  # a buffered UART hands its output to the sink at least every this many bytes
+FIFO_SIZE = 16
+BREAK = -1  # a break condition in the receive queues (reads as a zero byte with LSR.BI)
+#: LSR reads in a row, with receive interrupts off and no THR write, that mark a polling reader
+POLLED_READER = 64
 
 
 class Uart16550:
@@ -54,7 +63,12 @@ class Uart16550:
         self.irq = irq or (lambda level: None)
         self.buffered = buffered
         self._lock = threading.RLock()
-        self._rx: deque[int] = deque()
+        self._rx: deque[int] = deque()  # the device's receive FIFO (what the guest sees)
+        self._host: deque[int] = deque()  # input from the host not yet on the line
+        self._lsr_polls = 0
+        self._shadow_host = False
+        #: called (from any thread) when host input is waiting: the machine schedules :meth:`pump`
+        self.on_input: Callable[[], None] = lambda: None
         self._tx = bytearray()  # buffered output not yet handed to the sink
         self.tx_bytes = 0
         self.rx_bytes = 0
@@ -66,9 +80,12 @@ class Uart16550:
 
     def publish(self) -> None:
         """Tell :attr:`fast_hook` the current fast-path state (called after every state change)."""
+        self._shadow_host = bool(self._host)
         if self.fast_hook is not None:
             plain = self.thr_ipending and not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP)
-            lsr = None if self.lsr_errors else (LSR_IDLE | LSR_DR if self._rx else LSR_IDLE)
+            # no shadow while LSR reads have side effects: error bits, a break, or a polling reader to detect
+            lsr = (None if self.lsr_errors or self._rx and self._rx[0] == BREAK or self._host and not self._rx
+                   else (LSR_IDLE | LSR_DR if self._rx else LSR_IDLE))
             self.fast_hook(plain, lsr)
 
     def flush(self) -> None:
@@ -97,19 +114,45 @@ class Uart16550:
 
     # -- host side ------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        """Queue bytes typed on the host terminal for the guest to read."""
+        """Queue bytes typed on the host for the guest (any thread); they reach the FIFO through :meth:`pump`."""
         if not data:
             return
+        self._host.extend(data)
+        self.rx_bytes += len(data)
+        self.on_input()
+
+    def send_break(self, key: bytes = b"") -> None:
+        """Put a break on the line, then ``key`` (Linux: break + 'o' = SysRq power off on the serial console)."""
+        self._host.append(BREAK)
+        self._host.extend(key)
+        self.on_input()
+
+    def _ready(self) -> bool:
+        return bool(self.ier & IER_RDI) or self._lsr_polls >= POLLED_READER or bool(self.mcr & MCR_LOOP)
+
+    def pump(self) -> None:
+        """Move waiting host input into the FIFO while the driver takes it (vCPU thread)."""
+        if not self._host or not self._ready() or len(self._rx) >= FIFO_SIZE:
+            if bool(self._host) != self._shadow_host:
+                with self._lock:
+                    self.publish()  # the LSR shadow goes off while input waits (a polling reader must be seen)
+            return
         with self._lock:
-            self._rx.extend(data)
-            self.rx_bytes += len(data)
+            self._fill()
             self._update()
             self.publish()
+
+    def _fill(self) -> None:
+        room = (FIFO_SIZE if self.fcr & FCR_FIFO_ENABLE else 1) - len(self._rx)
+        host = self._host
+        while room > 0 and host:
+            self._rx.append(host.popleft())
+            room -= 1
 
     @property
     def rx_pending(self) -> int:
         """Bytes received from the host that the guest has not read yet."""
-        return len(self._rx)
+        return len(self._rx) + len(self._host)
 
     # -- register interface ---------------------------------------------------------------------
     def _modem_status(self) -> int:
@@ -120,7 +163,7 @@ class Uart16550:
 
     def _iir(self) -> int:
         fifo = IIR_FIFO_ENABLED if self.fcr & FCR_FIFO_ENABLE else 0
-        if self.ier & IER_RLSI and self.lsr_errors:
+        if self.ier & IER_RLSI and (self.lsr_errors or self._rx and self._rx[0] == BREAK):
             return fifo | IIR_RLSI
         if self.ier & IER_RDI and self._rx:
             return fifo | IIR_RDI
@@ -139,7 +182,7 @@ class Uart16550:
     def read(self, offset: int, size: int) -> int:
         """Guest register read (only the low byte of wider accesses is meaningful)."""
         r = offset & 7
-        if r == LSR and not self.lsr_errors:
+        if r == LSR and not self.lsr_errors and not self._host and not (self._rx and self._rx[0] == BREAK):
             # the console's hot path (poll LSR before each THR write): nothing to clear, no line to update
             return LSR_IDLE | LSR_DR if self._rx else LSR_IDLE
         with self._lock:
@@ -153,8 +196,10 @@ class Uart16550:
             if dlab:
                 return self.dll
             v = self._rx.popleft() if self._rx else 0
+            if self._host and self._ready():
+                self._fill()
             self._update()
-            return v
+            return v if v >= 0 else 0  # a break reads as a zero byte
         if r == IER:
             return self.dlm if dlab else self.ier
         if r == IIR:
@@ -168,7 +213,13 @@ class Uart16550:
         if r == MCR:
             return self.mcr
         if r == LSR:
+            if not self._rx and self._host and not self.ier & IER_RDI:
+                self._lsr_polls += 1  # a reader polling with interrupts off
+                if self._ready():
+                    self._fill()
             v = LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0) | self.lsr_errors
+            if self._rx and self._rx[0] == BREAK:
+                v |= LSR_BI
             self.lsr_errors = 0
             self._update()
             return v
@@ -181,6 +232,7 @@ class Uart16550:
 
     def _transmit(self, value: int) -> None:
         self.tx_bytes += 1
+        self._lsr_polls = 0
         if self.buffered:
             self._tx.append(value)
             if len(self._tx) >= TX_BATCH:
@@ -218,6 +270,8 @@ class Uart16550:
             self.ier = value & 0x0F
             if self.ier & IER_THRI and not was & IER_THRI:
                 self.thr_ipending = True  # enabling THRE with an empty THR interrupts at once
+            if self.ier & IER_RDI and self._host:
+                self._fill()
         elif r == FCR:
             if value & FCR_CLEAR_RCVR:
                 self._rx.clear()

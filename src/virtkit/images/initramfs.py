@@ -21,6 +21,10 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 RECIPE_VERSION = 1
 EXIT_MARK = "virtkit-exit-status:"
 INIT_REACHED = "virtkit-init-reached"
+#: printed by the ``--exec`` wrapper just before the command runs (the boot log ends there)
+EXEC_BEGIN = "virtkit-exec-begin"
+#: the first line of the interactive shell's banner
+BANNER = "virtkit guest: Linux"
 DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "mnt", "root",
         "etc", "var", "var/log")
 ETC = {
@@ -37,6 +41,15 @@ def exec_append(command: str) -> str:
     if not isinstance(command, str) or command.strip() == "":
         raise ConfigError("guest command must be a non-empty string")
     return "virtkit.exec=" + base64.b64encode(command.encode()).decode()
+
+
+def exec_command_line(cmd: str) -> str:
+    """The ``virtkit.exec=`` word for ``cmd``, wrapped so the guest prints :data:`EXEC_BEGIN` first (the boot
+    log stays out of the command's output)."""
+    if not isinstance(cmd, str) or not cmd.strip():
+        raise ConfigError("exec: the guest command must be a non-empty string")
+    quoted = "'" + cmd.replace("'", "'\\''") + "'"
+    return exec_append(f"echo {EXEC_BEGIN}; eval {quoted}")
 
 
 def parse_exit_status(output: str) -> int | None:

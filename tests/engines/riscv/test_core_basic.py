@@ -6,13 +6,13 @@ import json
 import struct
 
 import pytest
-from conftest import require_tool
 
+from tests.helpers import require_tool
 from virtkit.cli import main
 from virtkit.engines.riscv.asm import build
 from virtkit.engines.riscv.baremetal import run_elf
-from virtkit.engines.riscv.elf import load_elf, parse_elf
 from virtkit.errors import ImageError
+from virtkit.machine.elf import load_elf, parse_elf
 from virtkit.machine.memory import GuestMemory
 
 HEAD = """
@@ -262,7 +262,7 @@ def test_cli_timeout_and_bad_flags(tmp_path, capsys):
         assert err.startswith("virtkit: error:") and "Traceback" not in err
     assert main(["run", "--bios", "none"]) == 1
     assert main(["run", "--bios", "none", "--kernel", str(tmp_path / "missing.elf")]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def _elf(machine=243, cls=2, paddr=0x8000_0000, filesz=4, memsz=4, phoff=64, extra=b"\x13\0\0\0") -> bytes:

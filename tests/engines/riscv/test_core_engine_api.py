@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from virtkit.devices.htif import Htif
 from virtkit.engines.riscv import _source_hash, cache_dir
 from virtkit.engines.riscv.engine import ExitReason, RiscvEngine
-from virtkit.engines.riscv.htif import Htif
 from virtkit.errors import ConfigError
 from virtkit.machine.memory import GuestMemory
 

@@ -10,11 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
+from tests.helpers import require_tool
 from virtkit.engines.riscv.asm import build
-from virtkit.engines.riscv.elf import load_elf
 from virtkit.engines.riscv.engine import ExitReason, RiscvEngine
+from virtkit.machine.elf import load_elf
 from virtkit.machine.memory import GuestMemory
 
 FW = Path("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin")
@@ -114,7 +114,7 @@ def test_opensbi_banner_and_s_mode_payload(tmp_path):
             eng.complete_mmio_read(uart.read(ex.addr - UART))
         elif ex.reason is ExitReason.MMIO_WRITE:
             uart.write(ex.addr - UART, ex.value)
-        elif ex.reason is ExitReason.WFI:  # the payload parks in wfi after printing
+        elif ex.reason is ExitReason.HALT:  # the payload parks in wfi after printing
             break
     text = uart.out.decode(errors="replace")
     assert "OpenSBI" in text, text

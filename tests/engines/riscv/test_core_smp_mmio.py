@@ -169,7 +169,7 @@ def test_wfi_exit_and_timer_deadline():
     wfi = 0x10500073
     mem, eng = _engine(_asm(wfi, 0x0000006F))
     ex = eng.run(100)
-    assert ex.reason is ExitReason.WFI
+    assert ex.reason is ExitReason.HALT
     assert eng.next_timer_deadline() is None
     eng.write_csr(0, 0x304, 1 << 7)  # MTIE
     eng.mtimecmp[0] = eng.mtime + 10_000_000
@@ -219,7 +219,7 @@ def test_random_instruction_words_never_crash(words, regs, priv):
         ex = eng.run(50)
         if ex.reason is ExitReason.MMIO_READ:
             eng.complete_mmio_read(0x5A)
-        elif ex.reason is ExitReason.WFI:
+        elif ex.reason is ExitReason.HALT:
             break
     assert eng.priv(0) in (0, 1, 3)
     assert eng.get_reg(0, 0) == 0

@@ -8,15 +8,14 @@ operands. virtkit must exit 0 and print exactly what qemu-system-riscv64 prints.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import isa_harness as harness
+from tests.helpers import require_tool
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "isa"))
-import harness  # noqa: E402
-from conftest import require_tool  # noqa: E402
 
 SOURCE = HERE / "test_fpu_e2e.c"
 

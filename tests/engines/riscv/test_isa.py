@@ -7,14 +7,12 @@ virtkit run checks the engine.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "isa"))
-import harness  # noqa: E402
-from conftest import require_tool  # noqa: E402
+from tests.helpers import isa_harness as harness  # noqa: E402
+from tests.helpers import require_tool
 
 PROGRAMS = sorted(p.name for p in harness.ISA_DIR.glob("*.S") if p.name != "crt.S" and not p.name.startswith("diff_"))
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "isa"))
-import harness  # noqa: E402
-from conftest import require_tool  # noqa: E402
+from tests.helpers import isa_harness as harness  # noqa: E402
+from tests.helpers import require_tool
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "cpu.py"
 

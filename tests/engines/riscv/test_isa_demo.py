@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "isa"))
-import harness  # noqa: E402
-from conftest import require_tool  # noqa: E402
-
+from tests.helpers import isa_harness as harness  # noqa: E402
+from tests.helpers import require_tool
 from virtkit.errors import ImageError  # noqa: E402
 from virtkit.images import demo  # noqa: E402
 

@@ -12,14 +12,13 @@ import random
 import numpy as np
 import pytest
 
+from tests.helpers.jit import HOT, RAM_BASE, run
 from virtkit.engines.riscv import asm
-from virtkit.engines.riscv.elf import load_elf
-from virtkit.engines.riscv.engine import ExitReason, RiscvEngine
+from virtkit.engines.riscv.engine import RiscvEngine
 from virtkit.engines.riscv.jit import decode_region, region_ir, threshold_from_env
 from virtkit.errors import ConfigError
+from virtkit.machine.elf import load_elf
 from virtkit.machine.memory import GuestMemory
-
-RAM_BASE = 0x8000_0000
 
 pytestmark = pytest.mark.skipif(not asm.have_toolchain(), reason="needs riscv64-linux-gnu-gcc (gcc-riscv64-linux-gnu)")
 
@@ -105,23 +104,6 @@ def random_program(seed: int, n: int = 160, iters: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(elf, jit: int, nharts: int = 1) -> tuple[RiscvEngine, GuestMemory, int]:
-    """Run ``elf`` to its HTIF exit; returns the engine, its RAM and the tohost value.
-
-    (Regions queued in a deterministic run are translated at the end of the current 1000-instruction
-    slice, so test programs run for several slices.)
-    """
-    mem = GuestMemory(16 << 20, RAM_BASE)
-    img = load_elf(elf, mem)
-    eng = RiscvEngine(mem, nharts, reset_pc=img.entry, deterministic=True, jit=jit)
-    eng.tohost = img.symbols["tohost"]
-    for _ in range(200):
-        ex = eng.run(2_000_000)
-        if ex.reason is ExitReason.HTIF:
-            return eng, mem, ex.value
-    raise AssertionError("program did not finish")
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_random_programs_match_the_interpreter(seed, tmp_path):
     """Registers, memory and the instruction count are the same with and without native code."""
@@ -182,31 +164,6 @@ def test_self_modifying_code_takes_effect(tmp_path):
     assert st["jit"]["invalidations"] >= 1
 
 
-HOT = """
-    .globl _start
-_start:
-    li s0, 2000
-    li s1, 0
-1:  call f
-    add s1, s1, a0
-    addi s0, s0, -1
-    bnez s0, 1b
-    la t0, result
-    sd s1, 0(t0)
-    PASS
-    .align 8
-    .globl f
-f:  .option push
-    .option norvc
-    addi a0, x0, 3
-    ret
-    .option pop
-.data
-    .globl result
-result: .dword 0
-"""
-
-
 def test_dma_over_translated_code_takes_effect(tmp_path):
     """Device DMA (GuestMemory.write) over translated code drops the translation."""
     elf = asm.build(HOT, tmp_path, "hot")
@@ -215,14 +172,14 @@ def test_dma_over_translated_code_takes_effect(tmp_path):
     eng = RiscvEngine(mem, 1, reset_pc=img.entry, deterministic=True, jit=1)
     eng.tohost = img.symbols["tohost"]
     f = img.symbols["f"]
-    assert eng.run(10_000_000).reason is ExitReason.HTIF
+    assert eng.is_htif(eng.run(10_000_000))
     assert mem.read_u64(img.symbols["result"]) == 6000
     assert eng.stats()["jit_instructions"] > 0
     # "DMA" a new first instruction (addi a0, x0, 5) into f, rerun the program from the start
     mem.write_u32(f, (5 << 20) | (10 << 7) | 0x13)
     mem.write_u64(img.symbols["tohost"], 0)
     eng.set_pc(0, img.entry)
-    assert eng.run(10_000_000).reason is ExitReason.HTIF
+    assert eng.is_htif(eng.run(10_000_000))
     assert mem.read_u64(img.symbols["result"]) == 10000
     assert eng.stats()["jit"]["invalidations"] >= 1
 

@@ -11,7 +11,8 @@ import json
 import os
 
 import pytest
-from conftest import run_guest_exec
+
+from tests.helpers import run_guest_exec
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.engines.riscv.test_jit import HOT, RAM_BASE, run
+from tests.helpers.jit import HOT, RAM_BASE, run
 from virtkit.engines.riscv import asm
 from virtkit.engines.riscv import jit as jitmod
 from virtkit.engines.riscv.consts import JT_KEY, jslot
-from virtkit.engines.riscv.elf import load_elf
-from virtkit.engines.riscv.engine import ExitReason, RiscvEngine, _ctab
+from virtkit.engines.riscv.engine import RiscvEngine, _ctab
 from virtkit.errors import ConfigError
+from virtkit.machine.elf import load_elf
 from virtkit.machine.memory import GuestMemory
 
 pytestmark = pytest.mark.skipif(not asm.have_toolchain(), reason="needs riscv64-linux-gnu-gcc (gcc-riscv64-linux-gnu)")
@@ -38,7 +38,7 @@ def run_background(elf, threshold: int) -> RiscvEngine:
     eng.tohost = img.symbols["tohost"]
     for _ in range(2000):
         ex = eng.run(200_000)
-        if ex.reason is ExitReason.HTIF:
+        if eng.is_htif(ex):
             assert ex.value == 1
             return eng
     raise AssertionError("program did not finish")
@@ -144,9 +144,9 @@ def test_an_entry_whose_request_was_lost_is_asked_for_again(tmp_path, monkeypatc
     eng.jit.jhot[slot] = 65  # past the threshold: as if its request had been dropped
     for _ in range(200):
         ex = eng.run(2_000_000)
-        if ex.reason is ExitReason.HTIF:
+        if eng.is_htif(ex):
             break
-    assert ex.reason is ExitReason.HTIF and ex.value == 1
+    assert eng.is_htif(ex) and ex.value == 1
     assert eng.jit.jtab[JT_KEY, slot] == f
 
 
@@ -206,9 +206,9 @@ def test_programs_sharing_a_load_layout_never_run_each_others_code(tmp_path, mon
             pass
         for _ in range(2000):
             ex = eng.run(200_000)
-            if ex.reason is ExitReason.HTIF:
+            if eng.is_htif(ex):
                 break
-        assert ex.reason is ExitReason.HTIF
+        assert eng.is_htif(ex)
         got = int.from_bytes(mem.read(img.symbols["result"], 8), "little")
         assert got == k * 2000, f"program {k} computed {got}"
         assert eng.stats()["jit"]["preloaded"] > 0

@@ -55,7 +55,8 @@ class VirtioBlk(VirtioDevice):
     device_id = VIRTIO_ID_BLOCK
     name = "virtio-blk"
 
-    def __init__(self, mem: GuestMemory, backend: BlockBackend, serial: str = "virtkit", queue_size: int = 256) -> None:
+    def __init__(self, mem: GuestMemory, backend: BlockBackend, serial: str = "virtkit", queue_size: int = 256,
+                 werror: str = "report", rerror: str = "report") -> None:
         feats = (1 << VIRTIO_BLK_F_SIZE_MAX | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE
                  | 1 << VIRTIO_BLK_F_FLUSH)
         if backend.read_only:
@@ -64,6 +65,7 @@ class VirtioBlk(VirtioDevice):
             feats |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES
         super().__init__(mem, 1, queue_size, feats)
         self.backend = backend
+        self.werror, self.rerror = werror, rerror
         self.serial = serial.encode()[:ID_BYTES]
         self.capacity = backend.size // SECTOR
         self.seg_max = queue_size - 2

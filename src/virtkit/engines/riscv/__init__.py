@@ -122,3 +122,21 @@ def __getattr__(name: str) -> object:
     if name == "CACHE_DIR":  # kept for callers of the old module constant
         return cache_dir()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def create_engine(mem, cfg, *, reset_pc: int, clint_base: int = 0x0200_0000):  # noqa: ANN001, ANN201
+    """The engine contract's factory (:mod:`virtkit.machine.engine`): a :class:`RiscvEngine` for ``cfg``
+    (harts, deterministic time, JIT threshold) over ``mem``; the board gives the reset address and CLINT base."""
+    from virtkit.engines.riscv.engine import RiscvEngine
+
+    return RiscvEngine(mem, cfg.cpus, reset_pc=reset_pc, clint_base=clint_base, deterministic=cfg.deterministic,
+                       jit=cfg.jit)
+
+
+def describe() -> dict:
+    """What ``virtkit engine status`` prints for this engine: which compiled core a run would use."""
+    from virtkit.engines.riscv import aot
+
+    st = aot.status()
+    return {"engine": "riscv", "kind": "software (interpreter + JIT)", "available": True,
+            "core": "aot" if st.get("aot_ready") else "numba", "note": st.get("reason") or ""}

@@ -1,35 +1,33 @@
 """The software RISC-V engine: N RV64IMAFDC harts (M/S/U, Sv39/Sv48, PMP) + CLINT over guest RAM.
 
-Interface (shared with the KVM engine; the board drives it)::
+It implements the machine's engine contract (:mod:`virtkit.machine.engine`: ``run(budget) -> Exit``,
+``complete_read``, ``set_irq``, ``request_exit``, ``next_timer_deadline``, ``pause_clock``...). All harts
+run in one host thread (``threads = 1``): ``run`` interleaves them in slices and the exit names the
+hart in ``vcpu``. What is RISC-V-specific::
 
     eng = RiscvEngine(mem, nharts=1, reset_pc=0x8000_0000, clint_base=0x0200_0000, deterministic=False)
-    eng.add_mmio_region(base, size)    # accesses here exit to Python; any other non-RAM, non-CLINT
-                                       # access raises the architectural access fault inside the core
+    eng.add_mmio_region(base, size)    # accesses here exit; any other non-RAM, non-CLINT access raises
+                                       # the architectural access fault inside the core
     eng.set_reg(h, 11, dtb_addr)       # a0 = mhartid is preset; a1 is yours
-    while True:
-        ex = eng.run(budget)           # Exit(reason, hart, addr, size, value); releases the GIL
-        if ex.reason is ExitReason.MMIO_READ:   eng.complete_mmio_read(bus.read(ex.addr, ex.size))
-        elif ex.reason is ExitReason.MMIO_WRITE: bus.write(ex.addr, ex.size, ex.value)   # already retired
-        elif ex.reason is ExitReason.WFI:        sleep(eng.next_timer_deadline() or forever, or until I/O)
-        elif ex.reason is ExitReason.HTIF:       htif.handle(ex.value)   # store to the ELF's ``tohost``
+    eng.tohost = addr                  # HTIF: a store to this RAM word exits as MMIO_WRITE(addr, 8, value)
 
-Exit reasons: BUDGET (budget spent or :meth:`request_exit`), MMIO_READ (the load completes, with the
-right sign/zero extension, when you call :meth:`complete_mmio_read` before the next ``run()``),
-MMIO_WRITE, WFI (every hart waits with nothing pending), HTIF, SHUTDOWN (reserved).
-MMIO accesses are 1, 2, 4 or 8 bytes; AMO/LR/SC on MMIO raise an access fault.
+Exit reasons (the shared :class:`~virtkit.machine.engine.ExitReason`): BUDGET (budget spent or
+:meth:`request_exit`), MMIO_READ (the load completes, with the right sign/zero extension, when
+:meth:`complete_read` is called before the next ``run()``), MMIO_WRITE (also HTIF's ``tohost``), HALT (every
+hart waits in WFI with nothing pending), SHUTDOWN (reserved). MMIO accesses are 1, 2, 4 or 8 bytes; AMO/LR/SC
+on MMIO raise an access fault. ``set_irq(hart, line, level)`` drives MEIP (11) or SEIP (9); the SEIP the
+guest reads is its software-written bit OR the line.
 
-Other calls: ``set_irq(hart, bit, level)`` drives an external line (MEIP=11, SEIP=9; the SEIP the
-guest reads is its software-written bit OR the line); ``get_reg/set_reg``, ``get_freg/set_freg``,
-``pc/set_pc``, ``read_csr/write_csr`` (debug and boot setup); ``stats()``; ``next_timer_deadline()``
-(seconds until the earliest armed mtimecmp, or None); ``tohost``/``fromhost`` (HTIF addresses).
+Other calls: ``get_reg/set_reg``, ``get_freg/set_freg``, ``pc/set_pc``, ``read_csr/write_csr`` (debug and boot
+setup); ``stats()``; ``idle(seconds)``; ``add_fast_mmio``/``set_fast_mmio`` (coalesced MMIO).
 
 Architectural choices: misaligned loads and stores are performed in hardware (also across pages);
 misaligned AMO/LR/SC raise address-misaligned (LR: load, others: store/AMO). The page walker sets
 A and D in hardware (the spec's "update in hardware" option). 16 PMP entries (G=0; entries 16..63
 read as zero). ``misa`` = RV64IMAFDC + S + U. ``time`` = CLINT mtime at 10 MHz: it follows the
 host monotonic clock (sampled at each ``run()``, advanced inside the core by an instruction-count
-estimate, never backwards), or with ``deterministic=True`` it advances by one tick per 10
-instructions and jumps to the next timer deadline when every hart is in WFI.
+estimate, never backwards; it stands still while the VM is paused), or with ``deterministic=True`` it
+advances by one tick per 10 instructions and jumps to the next timer deadline when every hart is in WFI.
 The CLINT (msip at +0x0, mtimecmp at +0x4000, mtime at +0xBFF8) lives inside the core.
 """
 
@@ -40,8 +38,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
 from types import ModuleType
 
 import numpy as np
@@ -49,6 +45,7 @@ import numpy as np
 from virtkit.engines.riscv import aot, cache_dir, consts, load_core
 from virtkit.engines.riscv.jit import Jit, threshold_from_env
 from virtkit.errors import ConfigError
+from virtkit.machine.engine import Exit, ExitReason, RawExit
 from virtkit.machine.memory import GuestMemory
 
 
@@ -78,26 +75,10 @@ TIMEBASE_HZ = 10_000_000
 MAX_MMIO = consts.MAX_MMIO
 
 
-class ExitReason(IntEnum):
-    """Why :meth:`RiscvEngine.run` returned."""
-
-    BUDGET = core.EXIT_BUDGET
-    MMIO_READ = core.EXIT_MMIO_READ
-    MMIO_WRITE = core.EXIT_MMIO_WRITE
-    WFI = core.EXIT_WFI
-    HTIF = core.EXIT_HTIF
-    SHUTDOWN = core.EXIT_SHUTDOWN
-
-
-@dataclass(frozen=True)
-class Exit:
-    """One engine exit: what happened, on which hart, at which address, of which size and value."""
-
-    reason: ExitReason
-    hart: int = 0
-    addr: int = 0
-    size: int = 0
-    value: int = 0
+#: core exit code -> shared exit reason (the core's HTIF code becomes an MMIO_WRITE at ``tohost``)
+_REASONS = {core.EXIT_BUDGET: ExitReason.BUDGET, core.EXIT_MMIO_READ: ExitReason.MMIO_READ,
+            core.EXIT_MMIO_WRITE: ExitReason.MMIO_WRITE, core.EXIT_WFI: ExitReason.HALT,
+            core.EXIT_HTIF: ExitReason.MMIO_WRITE, core.EXIT_SHUTDOWN: ExitReason.SHUTDOWN}
 
 
 _compiled = False
@@ -175,8 +156,13 @@ class RiscvEngine:
         self.hs[:, core.HS_RESV] = -1
         self.clint_base = clint_base
         self.fromhost: int | None = None
-        self._pending_read: Exit | None = None
+        self._pending_read: RawExit | None = None
         self._exits = {r.name: 0 for r in ExitReason}
+        self._paused_at: float | None = None
+        #: the shared engine contract (virtkit.machine.engine.Engine)
+        self.name = "riscv"
+        self.nvcpus = nharts
+        self.threads = 1
         self._t0 = time.monotonic()
         self._time_base = 0
         # the JIT tier (jit.py): threshold from ``jit`` (0 = off) or $VIRTKIT_JIT
@@ -278,18 +264,11 @@ class RiscvEngine:
         if host > self.ctime[core.CT_MTIME]:
             self.ctime[core.CT_MTIME] = host
 
-    def run(self, budget: int) -> Exit:
-        """Execute up to ``budget`` instructions across all harts; return why it stopped."""
-        if self._pending_read is not None:
-            raise RuntimeError("complete_mmio_read() must be called after an MMIO_READ exit")
-        self._sync_time()
-        self._execute(core.run_harts, budget, time.monotonic())
-        o = self.out
-        ex = Exit(ExitReason(int(o[0])), int(o[1]), _u64(o[2]), int(o[3]), _u64(o[4]))
-        self._exits[ex.reason.name] += 1
-        if ex.reason is ExitReason.MMIO_READ:
-            self._pending_read = ex
-        return ex
+    def run(self, budget: int, vcpu: int = 0) -> Exit:
+        """Execute up to ``budget`` instructions across all harts; return why it stopped (``vcpu`` is ignored:
+        this engine runs every hart in one call, and the exit names the hart)."""
+        ex = self.run_raw(budget)
+        return Exit(ex.reason, ex.vcpu, ex.addr, ex.size, ex.value)
 
     def _execute(self, run_harts: Callable, budget: int, t: float) -> None:
         """The core calls of :meth:`run` and :meth:`run_raw`: start the JIT's translator, run, translate
@@ -298,7 +277,7 @@ class RiscvEngine:
         n = run_harts(*self.core_args(budget))
         while not self.jit.background and self.jit.pending():
             self.jit.service()
-            if self.out[0] != ExitReason.BUDGET or n >= budget:
+            if self.out[0] != core.EXIT_BUDGET or n >= budget:
                 break
             n += run_harts(*self.core_args(budget - n))
         if not self.deterministic and n > 10000:
@@ -314,13 +293,13 @@ class RiscvEngine:
             self.mtimecmp, self.ctime, self.tlbt, self.tlbo, self._ctab, self.out, self._jt,
         )
 
-    def complete_mmio_read(self, value: int) -> None:
-        """Deliver the value of the pending MMIO load (sign/zero extended as the instruction says)."""
+    def complete_read(self, vcpu: int, value: int) -> None:
+        """Deliver the value of the pending MMIO load of ``vcpu`` (sign/zero extended as the instruction says)."""
         ex = self._pending_read
         if ex is None:
             raise RuntimeError("no MMIO read is pending")
         self._pending_read = None
-        h = ex.hart
+        h = ex.vcpu
         rd = int(self.hs[h, core.HS_MMIO_RD])
         kind = int(self.hs[h, core.HS_MMIO_KIND])
         bits = ex.size * 8
@@ -334,6 +313,40 @@ class RiscvEngine:
             v -= 1 << bits
         if rd:
             self.x[h, rd] = _s64(v)
+
+    def complete_mmio_read(self, value: int) -> None:
+        """:meth:`complete_read` for the hart whose read is pending (engine-level tests and tools)."""
+        self.complete_read(self._pending_read.vcpu if self._pending_read is not None else 0, value)
+
+    def progress(self) -> int:
+        """Instructions retired plus traps taken, over all harts (what an instruction limit counts: a trap
+        storm retires nothing yet must end)."""
+        hs = self.hs
+        return int(hs[:, core.HS_INSTRET].sum() + hs[:, core.HS_TRAPS].sum())
+
+    def is_htif(self, ex: Exit | RawExit) -> bool:
+        """Whether ``ex`` is a store to the HTIF ``tohost`` word."""
+        return ex.reason is ExitReason.MMIO_WRITE and ex.addr == self.cfg[core.CF_TOHOST] and ex.size == 8
+
+    def pause_clock(self) -> None:
+        """The VM is paused: guest time stops (the host clock keeps going without it)."""
+        if self._paused_at is None:
+            self._sync_time()
+            self._paused_at = time.monotonic()
+
+    def resume_clock(self, catch_up: bool = False) -> None:
+        """Guest time goes on from where it stopped; with ``catch_up`` it jumps by the time spent paused."""
+        if self._paused_at is None:
+            return
+        if not catch_up:
+            self._t0 += time.monotonic() - self._paused_at
+        self._paused_at = None
+
+    def close(self) -> None:
+        """Stop the JIT translator (nothing else is held outside the process)."""
+        close = getattr(self.jit, "close", None)
+        if close is not None:
+            close()
 
     def request_exit(self) -> None:
         """Ask a running ``run()`` (in another thread) to return at the next slice boundary."""
@@ -446,11 +459,11 @@ class RiscvEngine:
     _raw_synced = float("-inf")  # time.monotonic() of run_raw's last host-clock sync
     _raw_call: Callable | None = None  # run_harts as run_raw calls it (see _direct_entry)
 
-    def run_raw(self, budget: int) -> RawExit:
+    def run_raw(self, budget: int, vcpu: int = 0) -> RawExit:
         """:meth:`run` for the vCPU loop's hot path: the same exit, cheaper (a slotted :class:`RawExit`, no enum
-        call, the host clock sampled at most every ``SYNC_INTERVAL`` s); the core calls are run()'s :meth:`_execute`."""
+        call, the host clock sampled at most every ``SYNC_INTERVAL`` s); the core calls are :meth:`_execute`."""
         if self._pending_read is not None:
-            raise RuntimeError("complete_mmio_read() must be called after an MMIO_READ exit")
+            raise RuntimeError("complete_read() must be called after an MMIO_READ exit")
         t = time.monotonic()
         if t - self._raw_synced >= SYNC_INTERVAL:
             self._sync_time()
@@ -460,10 +473,12 @@ class RiscvEngine:
             run_harts = self._raw_call = _direct_entry(core.run_harts, self.core_args(budget))
         self._execute(run_harts, budget, t)
         code, hart, addr, size, value = self.out.tolist()[:5]
+        if code == _HTIF:  # a store to tohost: the HTIF device's register
+            addr, size = int(self.cfg[core.CF_TOHOST]), 8
         ex = RawExit(_REASONS[code], hart, addr & _M64, size, value & _M64)
         self._exits[ex.reason._name_] += 1
         if code == _MMIO_READ:
-            self._pending_read = ex  # complete_mmio_read() reads its hart and size
+            self._pending_read = ex  # complete_read() reads its hart and size
         return ex
 
 
@@ -482,21 +497,8 @@ def _direct_entry(fn: Callable, args: tuple) -> Callable:
 #: run_raw() samples the host clock at most this often (s): mtime lags it by at most that much in between.
 SYNC_INTERVAL = 0.0005
 _M64 = (1 << 64) - 1
-_REASONS = {int(r): r for r in ExitReason}
 _MMIO_READ = int(ExitReason.MMIO_READ)
-
-
-class RawExit:
-    """An :class:`Exit` as a plain slotted object (what :meth:`RiscvEngine.run_raw` returns)."""
-
-    __slots__ = ("reason", "hart", "addr", "size", "value")
-
-    def __init__(self, reason: ExitReason, hart: int, addr: int, size: int, value: int) -> None:
-        self.reason, self.hart, self.addr, self.size, self.value = reason, hart, addr, size, value
-
-    def __repr__(self) -> str:
-        return (f"RawExit({self.reason.name}, hart={self.hart}, addr={self.addr:#x}, size={self.size}, "
-                f"value={self.value:#x})")
+_HTIF = core.EXIT_HTIF
 
 
 def _ctab() -> np.ndarray:

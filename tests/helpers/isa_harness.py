@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ISA_DIR = Path(__file__).resolve().parent
+ISA_DIR = Path(__file__).resolve().parent.parent / "engines" / "riscv" / "isa"
 CROSS_CC = "riscv64-linux-gnu-gcc"
 QEMU = "qemu-system-riscv64"
 CFLAGS = [

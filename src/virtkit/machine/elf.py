@@ -1,7 +1,8 @@
-"""ELF64 RISC-V loader for bare-metal programs: PT_LOAD segments into RAM, entry point, symbols.
+"""The one ELF64 parser: PT_LOAD segments, entry point and symbols of firmware, kernels and programs.
 
-Every field read from the file is bounds-checked (the image may be hostile or truncated):
-a malformed ELF raises :class:`virtkit.errors.ImageError` with a one-line reason.
+Boards load firmware and kernels with it, bare-metal programs report through symbols found with it.
+Every field read from the file is bounds-checked (the image may be hostile or truncated): a malformed
+ELF raises :class:`virtkit.errors.ImageError` with a one-line reason naming the file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from virtkit.errors import ImageError
 from virtkit.machine.memory import GuestMemory
 
 EM_RISCV = 243
+EM_X86_64 = 62
+MACHINES = {EM_RISCV: "RISC-V", EM_X86_64: "x86-64", 3: "i386", 40: "ARM", 183: "AArch64", 8: "MIPS", 21: "PowerPC64"}
+ELF_MAGIC = b"\x7fELF"
 PT_LOAD = 1
 SHT_SYMTAB = 2
 
@@ -34,8 +38,13 @@ def _unpack(fmt: str, data: bytes, off: int, what: str) -> tuple:
     return struct.unpack_from(fmt, data, off)
 
 
-def parse_elf(data: bytes, name: str = "ELF") -> ElfImage:
-    """Parse and validate a little-endian ELF64 RISC-V executable."""
+def is_elf(data: bytes) -> bool:
+    """Whether ``data`` starts like an ELF file."""
+    return data[:4] == ELF_MAGIC
+
+
+def parse_elf(data: bytes, name: str = "ELF", machine: int = EM_RISCV) -> ElfImage:
+    """Parse and validate a little-endian ELF64 executable for ``machine`` (RISC-V by default)."""
     if len(data) < 64:
         raise ImageError(f"{name}: not an ELF file (only {len(data)} bytes)")
     if data[:4] != b"\x7fELF":
@@ -46,10 +55,11 @@ def parse_elf(data: bytes, name: str = "ELF") -> ElfImage:
         raise ImageError(f"{name}: not a little-endian ELF")
     (e_type, e_machine, _ver, entry, phoff, shoff, _flags, _ehsize, phentsize, phnum, shentsize, shnum,
      _shstrndx) = _unpack("<HHIQQQIHHHHHH", data, 16, "ELF header")
-    if e_machine != EM_RISCV:
-        raise ImageError(f"{name}: ELF machine {e_machine} is not RISC-V ({EM_RISCV})")
+    if e_machine != machine:
+        raise ImageError(f"{name}: an ELF for {MACHINES.get(e_machine, f'machine {e_machine}')}, "
+                         f"not {MACHINES.get(machine, machine)}")
     if e_type not in (2, 3):
-        raise ImageError(f"{name}: ELF type {e_type} is not an executable")
+        raise ImageError(f"{name}: ELF type {e_type} is not an executable (a relocatable object?)")
     if phnum == 0:
         raise ImageError(f"{name}: ELF has no program headers")
     if phentsize < 56:

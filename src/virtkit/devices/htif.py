@@ -1,7 +1,7 @@
-"""Host side of HTIF (the Berkeley host-target interface used by riscv-tests and Spike).
+"""HTIF, the Berkeley host-target interface of Spike and riscv-tests, as a device on the machine's bus.
 
-The program stores a 64-bit command to its ``tohost`` symbol; the engine exits with
-``ExitReason.HTIF`` and :meth:`Htif.handle` interprets it:
+The program stores a 64-bit command to its ``tohost`` symbol (a word in RAM); the engine exits with an
+MMIO_WRITE of that word, the bus hands it to :meth:`Htif.write` and :meth:`Htif.handle` interprets it:
 
 * ``device 0, cmd 0``, value & 1: the program ends with exit code ``value >> 1``
   (0 = pass; otherwise the number of the failing test);
@@ -27,13 +27,26 @@ class Htif:
     """Interprets tohost commands; ``exit_code`` is set once the program has finished."""
 
     def __init__(self, mem: GuestMemory, tohost: int, fromhost: int | None = None,
-                 console: Callable[[bytes], None] | None = None) -> None:
+                 console: Callable[[bytes], None] | None = None,
+                 on_exit: Callable[[int], None] | None = None) -> None:
         self.mem = mem
         self.tohost = tohost
         self.fromhost = fromhost
         self.console = console or _stdout
+        self.on_exit = on_exit
         self.exit_code: int | None = None
         self.output = bytearray()
+
+    # -- the bus interface (the tohost word) ------------------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        """Reads of tohost come from RAM; the engine never exits for them."""
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """A store to tohost (the whole 64-bit word, as the engine reports it)."""
+        code = self.handle(value)
+        if code is not None and self.on_exit is not None:
+            self.on_exit(code)
 
     def _emit(self, data: bytes) -> None:
         self.output += data

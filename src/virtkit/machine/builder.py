@@ -1,0 +1,271 @@
+"""One builder turns a :class:`~virtkit.machine.config.MachineConfig` into a running machine.
+
+``build(cfg)`` is the only place that assembles a VM (Firecracker's ``builder.rs``, kvmtool's
+``builtin-run.c``): it asks the board to check the config and read its images (before anything is
+allocated), allocates guest memory, opens the host resources that can fail (disks, TAP devices, switch
+ports), creates the engine, lets the board attach its platform devices, attaches the virtio devices
+(one ``attach_*`` per kind) in the board's slots, and lets the board load the images and set the boot
+registers. It owns the device list, the closers and the I/O wiring; when any step fails, everything
+opened so far is released.
+
+The board (``virtkit/boards/<module>.py``) supplies only what is board-specific: :class:`Board`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from virtkit.errors import ConfigError
+from virtkit.machine.bus import Bus
+from virtkit.machine.config import DiskConfig, MachineConfig, NicConfig
+from virtkit.machine.console import ConsoleHub
+from virtkit.machine.engine import create_engine, engine_module
+from virtkit.machine.memory import GuestMemory
+from virtkit.machine.vm import RunResult, Vm
+
+
+class Board(Protocol):
+    """What a board module's ``BOARD`` class provides (see ``boards/riscv_virt.py``)."""
+
+    name: str
+    #: engines that can run this board
+    engines: tuple[str, ...]
+    max_cpus: int
+    min_memory: int
+    max_memory: int
+    #: the kernel command line when the config gives none
+    default_cmdline: str
+    ram_base: int
+    #: run-loop budget (instructions between host-side checks)
+    budget: int
+    #: number of virtio slots (0: the board takes no disks or NICs)
+    virtio_slots: int
+
+    def __init__(self, cfg: MachineConfig) -> None: ...
+
+    def prepare(self) -> None:
+        """Check the config against the board and read every image (errors before anything is allocated)."""
+
+    def engine_args(self) -> dict[str, Any]:
+        """Board facts the engine needs (reset address, where in-core devices live)."""
+
+    def attach_platform(self, b: Builder) -> None:
+        """Create and map the platform devices (interrupt controller, console, RTC, power)."""
+
+    def virtio_slot(self, b: Builder, index: int) -> tuple[int, int, Callable[[bool], None]]:
+        """Where virtio slot ``index`` lives: (MMIO base, window size, interrupt line)."""
+
+    def finish(self, b: Builder) -> None:
+        """Write the device tree / tables, load the images, set the boot registers."""
+
+
+@dataclass
+class Machine:
+    """A built VM, ready to :meth:`run`: what the builder made, by name."""
+
+    cfg: MachineConfig
+    board: Any
+    mem: GuestMemory
+    engine: Any
+    vm: Vm
+    console: ConsoleHub
+    #: ``(name, device)`` for every device, in the order they were attached
+    devices: list[tuple[str, Any]] = field(default_factory=list)
+    #: the serial console device (``feed`` for input), when the board has one
+    serial: Any = None
+    #: the virtio devices in slot order
+    virtio: list[Any] = field(default_factory=list)
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run until the guest powers off (or ``timeout``); then release everything."""
+        return self.vm.run(timeout)
+
+    def device(self, name: str) -> Any:
+        """The device attached as ``name``."""
+        for n, d in self.devices:
+            if n == name:
+                return d
+        raise KeyError(name)
+
+    def stats(self) -> dict[str, Any]:
+        """Engine, bus and device counters."""
+        s = self.vm.stats()
+        s["devices"] = {f"{d.name}{i}": d.stats() for i, d in enumerate(self.virtio)}
+        if self.serial is not None:
+            s["uart"] = {"tx_bytes": self.serial.tx_bytes, "rx_bytes": self.serial.rx_bytes}
+        return s
+
+
+class Builder:
+    """The state of one build: the board calls back into it (``attach_mmio``, ``add_device``...)."""
+
+    def __init__(self, cfg: MachineConfig, console: ConsoleHub | None = None) -> None:
+        from virtkit.boards import find_board
+
+        self.cfg = cfg
+        engine_module(cfg.engine)  # an unknown engine is named before the board's own checks
+        board_cls = find_board(cfg.board)
+        if cfg.engine not in board_cls.engines:
+            raise ConfigError(f"engine: board {cfg.board} runs on {', '.join(board_cls.engines)}, not {cfg.engine!r}")
+        self.board = board_cls(cfg)
+        self.console = console or ConsoleHub()
+        self.closers: list[tuple[str, Callable[[], None]]] = []
+        self.devices: list[tuple[str, Any]] = []
+        self.virtio: list[Any] = []
+        self.io_readers: list[tuple[int, Callable[[], None]]] = []
+        self.serial: Any = None
+        self.mem: GuestMemory
+        self.engine: Any
+        self.vm: Vm
+
+    # -- called by the board -----------------------------------------------------------------------
+    def attach_mmio(self, base: int, size: int, device: Any, name: str) -> None:
+        """Map ``device`` at ``[base, base+size)`` on the MMIO bus; the engine exits there."""
+        self.vm.bus.register(base, size, device, name)
+        self.engine.add_mmio_region(base, size)
+        self.devices.append((name, device))
+
+    def attach_pio(self, port: int, size: int, device: Any, name: str) -> None:
+        """Map ``device`` at I/O ports ``[port, port+size)`` (engines with port I/O)."""
+        self.vm.pio.register(port, size, device, name)
+        self.devices.append((name, device))
+
+    def add_device(self, name: str, device: Any) -> None:
+        """A device without a bus window of its own (e.g. reached through an engine hook)."""
+        self.devices.append((name, device))
+
+    def add_closer(self, name: str, fn: Callable[[], None]) -> None:
+        """Release ``fn`` when the VM is closed (or when the build fails)."""
+        self.closers.append((name, fn))
+
+    def attach_serial(self, device: Any) -> None:
+        """Make ``device`` (``feed``, optional ``send_break``/``pump``/``on_input``) the machine's console."""
+        self.serial = device
+        self.console.input = device.feed
+        self.console.send_break = getattr(device, "send_break", None)
+        if hasattr(device, "on_input"):
+            device.on_input = self.vm.kick
+        if hasattr(device, "pump"):
+            self.vm.periodic.append(device.pump)
+
+    # -- virtio devices -------------------------------------------------------------------------------
+    def _open_disk(self, i: int, d: DiskConfig) -> Any:
+        from virtkit.devices.virtio.blk import VirtioBlk
+        from virtkit.storage import open_disk
+
+        backend = open_disk(d.path, read_only=d.read_only, fmt=d.format, owner=self.cfg.name)
+        self.add_closer(f"disk {d.path}", backend.close)
+        self.closers.insert(0, (f"flush disk {d.path}", _flusher(backend)))
+        return VirtioBlk(self.mem, backend, serial=d.serial or f"virtkit{i}", werror=d.werror, rerror=d.rerror)
+
+    def _open_nic(self, n: NicConfig) -> Any:
+        from virtkit.devices.virtio.net import VirtioNet
+
+        if n.backend == "switch":
+            from virtkit.network.switchport import SwitchPort
+
+            port = SwitchPort(n.name, vlan=n.vlan, port=n.port, group=n.group)
+        else:
+            from virtkit.network.tap import Tap
+
+            port = Tap(n.name)
+        self.add_closer(f"NIC {n.backend}:{n.name}", port.close)
+        nic = VirtioNet(self.mem, port, n.mac_bytes())
+        self.io_readers.append((port.fileno(), nic.poll_backend))
+        return nic
+
+    def _virtio_devices(self) -> list[Any]:
+        """Disks (vda, vdb, ...), NICs, rng, console: host resources that can fail, opened before the engine."""
+        cfg = self.cfg
+        count = (len(cfg.disks) + len(cfg.nics) + int(cfg.console.virtio)
+                 + int(bool(cfg.rng and self.board.virtio_slots)))
+        if count > self.board.virtio_slots:
+            raise ConfigError(f"too many virtio devices ({count}: disks, NICs, rng, console): board "
+                              f"{self.board.name} has {self.board.virtio_slots} slots")
+        seen: dict[str, int] = {}
+        for i, d in enumerate(cfg.disks):
+            key = _disk_identity(d.path)
+            if key in seen:
+                raise ConfigError(f"disks[{i}]: {d.path!r} is the same image as disks[{seen[key]}] "
+                                  f"({cfg.disks[seen[key]].path!r}): a VM can use an image once")
+            seen[key] = i
+        out: list[Any] = []
+        for i, d in enumerate(cfg.disks):
+            out.append(self._open_disk(i, d))
+        for n in cfg.nics:
+            out.append(self._open_nic(n))
+        if cfg.rng and self.board.virtio_slots:  # the entropy device is a default: boards without slots skip it
+            from virtkit.devices.virtio.rng import VirtioRng
+
+            out.append(VirtioRng(self.mem))
+        if cfg.console.virtio:
+            from virtkit.devices.virtio.console import VirtioConsole
+
+            out.append(VirtioConsole(self.mem, self.console.write))
+        return out
+
+    # -- the build ------------------------------------------------------------------------------------
+    def build(self) -> Machine:
+        """Assemble the machine; on failure release whatever was opened and re-raise."""
+        cfg, board = self.cfg, self.board
+        board.prepare()
+        self.mem = GuestMemory(cfg.memory, board.ram_base)
+        try:
+            self.virtio = self._virtio_devices()
+            self.engine = create_engine(cfg, self.mem, **board.engine_args())
+            self.vm = Vm(self.engine, Bus(), budget=board.budget, name=cfg.name or "")
+            board.attach_platform(self)
+            from virtkit.devices.virtio.mmio import MmioTransport
+
+            for i in range(board.virtio_slots):
+                dev = self.virtio[i] if i < len(self.virtio) else None
+                base, size, irq = board.virtio_slot(self, i)
+                t = MmioTransport(dev, irq)
+                self.attach_mmio(base, size, t, f"virtio{i}" + (f"-{dev.name}" if dev else ""))
+                if dev is not None and hasattr(dev, "attach_vm"):
+                    dev.attach_vm(self.vm)
+            board.finish(self)
+        except BaseException:
+            for _name, fn in self.closers:
+                try:
+                    fn()
+                except Exception:
+                    pass
+            close = getattr(getattr(self, "engine", None), "close", None)
+            if close is not None:
+                close()
+            raise
+        vm = self.vm
+        vm.closers.extend(self.closers)
+        vm.closers.append(("console viewers", self.console.close))
+        for fd, cb in self.io_readers:
+            vm.io.add_reader(fd, cb)
+        return Machine(cfg, board, self.mem, self.engine, vm, self.console, self.devices, self.serial, self.virtio)
+
+
+def build(cfg: MachineConfig, console: ConsoleHub | Callable[[bytes], None] | None = None) -> Machine:
+    """Build the machine ``cfg`` describes. ``console`` is a hub, or a callable that receives console output."""
+    hub = console if isinstance(console, ConsoleHub) else ConsoleHub()
+    if callable(console) and not isinstance(console, ConsoleHub):
+        hub.sinks.append(console)
+    return Builder(cfg, hub).build()
+
+
+def _disk_identity(path: str) -> str:
+    """What makes two disk specs the same image: the file's device and inode, else the text."""
+    import os
+
+    try:
+        st = os.stat(path)
+        return f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        return path
+
+
+def _flusher(backend: Any) -> Callable[[], None]:
+    def flush() -> None:
+        if not backend.read_only:
+            backend.flush()
+    return flush
