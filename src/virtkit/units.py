@@ -53,9 +53,10 @@ def parse_size(text: str | int, *, default_unit: str = "B", what: str = "size",
     if sign:
         raise ConfigError(f"bad {what} {text!r}: a size cannot be relative or negative here")
     if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        if maximum is None:
+            raise ConfigError(f"bad {what} {text!r}: must be at least {format_size(minimum or 0)}")
         lo = format_size(minimum) if minimum is not None else "0"
-        hi = format_size(maximum) if maximum is not None else "any"
-        raise ConfigError(f"bad {what} {text!r}: must be between {lo} and {hi}")
+        raise ConfigError(f"bad {what} {text!r}: must be between {lo} and {format_size(maximum)}")
     if multiple > 1 and value % multiple:
         raise ConfigError(f"bad {what} {text!r}: must be a multiple of {format_size(multiple)}")
     return value

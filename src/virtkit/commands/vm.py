@@ -151,7 +151,6 @@ def cmd_console(args: argparse.Namespace) -> int:
         print(f"virtkit: attached to {args.name} (end of input detaches)", file=sys.stderr)
     else:
         print(f"virtkit: attached to {args.name} (Ctrl-A d detaches, Ctrl-A h helps)", file=sys.stderr)
-    stdin_open = not args.read_only
     ended = "detached"
     with term.StopSignals(lambda name: detach.__setitem__(0, True)), raw:
         if rest:
@@ -160,8 +159,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
         sel = selectors.DefaultSelector()
         sel.register(s, selectors.EVENT_READ)
-        if stdin_open:
-            sel.register(0, selectors.EVENT_READ)
+        sel.register(0, selectors.EVENT_READ)  # read-only viewers too: Ctrl-A d, end of input
         eof_at = None
         while not detach[0]:
             if eof_at is not None and time.monotonic() - eof_at > 1.0:
@@ -184,7 +182,7 @@ def cmd_console(args: argparse.Namespace) -> int:
                         eof_at = time.monotonic()
                         continue
                     data = esc.feed(data)
-                    if data:
+                    if data and not args.read_only:
                         s.sendall(data)
         try:
             s.shutdown(socket.SHUT_RDWR)

@@ -183,9 +183,7 @@ class BootWatch:
 
     def __call__(self, data: bytes) -> None:
         buf = self._buf
-        buf += data
-        if len(buf) > 8192:
-            del buf[:-4096]
+        buf += data  # search the whole chunk and what came just before it, then keep only a tail
         if self.reached is not None and not self.reached.is_set() and any(m in buf for m in self.markers):
             self.reached.set()
         if not self.panicked and self.PANIC in buf:
@@ -193,3 +191,5 @@ class BootWatch:
 
             self.panicked = True
             self.panic_seen_at = time.monotonic()
+        if len(buf) > 256:
+            del buf[:-256]

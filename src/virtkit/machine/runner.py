@@ -69,8 +69,9 @@ class RunningVm:
     def _smp_watch(self, data: bytes) -> None:
         if self._smp_buf is None:
             return
-        self._smp_buf = (self._smp_buf + data)[-256:]
-        m = _SMP.search(self._smp_buf)
+        buf = self._smp_buf + data
+        self._smp_buf = buf[-256:]
+        m = _SMP.search(buf)
         if m:
             self._smp_buf = None  # type: ignore[assignment]
             n, want = int(m.group(1)), self.machine.cfg.cpus

@@ -453,6 +453,7 @@ class RiscvEngine:
             "exits": dict(self._exits),
             "fast_mmio_reads": int(self.cfg[core.CF_FREADS]),
             "fast_mmio_writes": self.fast_writes,
+            "guest_time": _u64(self.ctime[core.CT_MTIME]) / TIMEBASE_HZ,
         }
 
     # ---- the run loop's fast path (machine/vm.py) -----------------------------------------------
