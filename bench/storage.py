@@ -121,7 +121,7 @@ def bench_nbd(work: str, size: int, rounds: int, runtime: int, servers: list[str
 
 
 def bench_convert(work: str, size: int, rounds: int) -> dict:
-    from virtkit.storage.qcow2 import convert
+    from virtkit.storage.imgtool import convert
 
     raw = os.path.join(work, "conv-src.raw")
     rng = random.Random(2)
@@ -208,7 +208,7 @@ def main() -> int:
         v, c, q = conv["virtkit-lib"][m], conv["virtkit-cli"][m], conv["qemu-img"][m]
         t.add_row(label, f"{v:,.0f}", f"{c:,.0f}", f"{q:,.0f}", f"{v / q:.2f}", f"{c / q:.2f}")
     con.print(t)
-    con.print("virtkit lib: virtkit.storage.qcow2.convert() in-process; CLI: `virtkit disk convert` (start-up "
+    con.print("virtkit lib: virtkit.storage.imgtool.convert() in-process; CLI: `virtkit disk convert` (start-up "
               "included); qemu-img convert -t writeback (both flush the output at the end)")
     return 0
 

@@ -32,7 +32,8 @@ def test_flags_to_config_to_toml_and_back(files, tmp_path):
     assert p.returncode == 0, p.stderr
     toml = p.stdout
     cfg = MachineConfig.from_dict(parse_text(toml))
-    assert (cfg.name, cfg.cpus, cfg.memory, cfg.cmdline, cfg.rng) == ("web1", 2, 1536 * MiB, "console=ttyS0 quiet", False)
+    assert (cfg.name, cfg.cpus, cfg.memory, cfg.cmdline, cfg.rng) == \
+        ("web1", 2, 1536 * MiB, "console=ttyS0 quiet", False)
     assert cfg.kernel == str(files / "Image") and cfg.firmware == str(files / "fw.bin")
     assert [(d.read_only, d.format, d.werror, d.serial) for d in cfg.disks] == [(True, "raw", "report", None),
                                                                                  (False, None, "stop", "data")]
@@ -49,7 +50,8 @@ def test_flags_to_config_to_toml_and_back(files, tmp_path):
     assert MachineConfig.load(j).equivalent(cfg)
     assert virtkit("run", "--config", str(f), "--dump-config").stdout == toml
     # a flag overrides the file
-    again = MachineConfig.from_dict(parse_text(virtkit("run", "--config", str(f), "--cpus", "4", "--dump-config").stdout))
+    out = virtkit("run", "--config", str(f), "--cpus", "4", "--dump-config").stdout
+    again = MachineConfig.from_dict(parse_text(out))
     assert again.cpus == 4 and again.name == "web1"
     assert json.loads(virtkit("run", "--config", str(f), "--dump-config", "json").stdout)["memory"] == "1536M"
 
@@ -112,7 +114,8 @@ def test_toml_writer_escapes_strings():
 
 def test_one_size_parser():
     assert parse_size("512M") == 512 * MiB and parse_size("1.5G") == 1536 * MiB and parse_size("2T") == 2 << 40
-    assert parse_size("4096") == 4096 and parse_size("64KiB") == 65536 and parse_size("256", default_unit="M") == 256 * MiB
+    assert parse_size("4096") == 4096 and parse_size("64KiB") == 65536
+    assert parse_size("256", default_unit="M") == 256 * MiB
     assert parse_size_change("+4M") == (4 * MiB, True) and parse_size_change("-1G") == (-(1 << 30), True)
     assert parse_size_change("10G") == (10 << 30, False)
     for bad in ("", "lots", "1.3", "-5", "5X", "+3M"):

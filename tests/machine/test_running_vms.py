@@ -15,8 +15,6 @@ import time
 
 import pytest
 
-from tests.helpers import virtkit
-
 pytestmark = pytest.mark.slow
 
 

@@ -14,6 +14,7 @@ import socket
 import pytest
 
 from virtkit.network import ethernet as eth
+from virtkit.network.datapath import Datapath
 from virtkit.network.offload import ZERO_HDR
 from virtkit.network.ports import FdPort, VmPort
 from virtkit.network.switch import Switch
@@ -48,7 +49,7 @@ class Rig:
         self.host: dict[str, socket.socket] = {}
         self.socks: list[socket.socket] = []
         if fast:
-            self.sw.enable_datapath()
+            self.sw.attach_datapath(Datapath(self.sw))
         for name, cfg in PORTS.items():
             vm = name == "v"
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET if vm else socket.SOCK_DGRAM)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from virtkit.errors import VirtkitError
 from virtkit.storage import open_disk
 from virtkit.storage.backend import BlockBackend, BlockError, RawFile
-from virtkit.storage.qcow2 import Qcow2, Qcow2Error, convert, image_info
+from virtkit.storage.imgtool import convert, image_info
+from virtkit.storage.qcow2 import Qcow2, Qcow2Error
 
 
 def read_all(d: BlockBackend) -> bytes:

@@ -93,7 +93,8 @@ def _open_qcow2(path: str, read_only: bool):
 
 def cmd_create(args: argparse.Namespace) -> int:
     """Create an image."""
-    from virtkit.storage.qcow2 import Qcow2, image_info
+    from virtkit.storage.imgtool import image_info
+    from virtkit.storage.qcow2 import Qcow2
 
     size = parse_size(args.size) if args.size is not None else None
     if args.format == "raw":
@@ -122,7 +123,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print image information."""
-    from virtkit.storage.qcow2 import image_info
+    from virtkit.storage.imgtool import image_info
 
     info = image_info(args.path)
     if args.json:
@@ -165,7 +166,7 @@ def _snapshot_table(snaps: list[dict]):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an image, with a progress bar."""
-    from virtkit.storage.qcow2 import convert
+    from virtkit.storage.imgtool import convert
 
     if not os.path.exists(args.src):
         raise ConfigError(f"source image {args.src!r} does not exist")

@@ -75,7 +75,9 @@ class SwitchDaemon:
         self.running = True
         if os.environ.get("VIRTKIT_NET_DATAPATH", "1") != "0":
             # VIRTKIT_NET_DATAPATH=0 keeps every frame on the Python path
-            self.switch.enable_datapath().warm_up()  # compiled before the control socket answers
+            from virtkit.network.datapath import Datapath
+
+            self.switch.attach_datapath(Datapath(self.switch)).warm_up()  # compiled before the control socket answers
         for p in cfg["ports"]:
             try:
                 self._open(p)

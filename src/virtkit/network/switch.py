@@ -256,12 +256,11 @@ class Switch:
         except KeyError:
             raise ConfigError(f"no port {name!r} on switch {self.name!r}") from None
 
-    def enable_datapath(self) -> Any:
-        """Forward known unicast between fd ports (TAP) in the compiled datapath; returns it."""
-        from virtkit.network.datapath import Datapath
-
+    def attach_datapath(self, dp: Any) -> Any:
+        """Forward known unicast between fd ports (TAP) in a compiled datapath built over this switch
+        (``Datapath(switch)``, handed over by the daemon); returns it."""
         if self.dp is None:
-            self.dp = Datapath(self)
+            self.dp = dp
             self.dp.reload()
         return self.dp
 

@@ -104,7 +104,7 @@ def test_build_into_unusable_root_is_one_line_error(tmp_path, monkeypatch):
 
 
 def test_compiled_sources_follow_the_imports_of_njit_modules(tmp_path, monkeypatch):
-    import virtkit.engines.riscv as pkg
+    import virtkit.engines.riscv.corecache as pkg
 
     (tmp_path / "a.py").write_text("from virtkit.engines.riscv.b import (  # noqa\n    X,\n)\n"
                                    "from virtkit.engines.riscv import c, d\n\n@njit\ndef f():\n    pass\n")
@@ -116,7 +116,7 @@ def test_compiled_sources_follow_the_imports_of_njit_modules(tmp_path, monkeypat
 
 
 def test_real_compiled_sources_include_the_constants():
-    import virtkit.engines.riscv as pkg
+    import virtkit.engines.riscv.corecache as pkg
 
     names = [p.name for p in pkg.compiled_sources()]
     assert {"core.py", "fpu.py", "consts.py"} <= set(names) and "aot.py" not in names

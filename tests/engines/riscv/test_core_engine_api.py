@@ -9,7 +9,7 @@ import time
 import pytest
 
 from virtkit.devices.htif import Htif
-from virtkit.engines.riscv import _source_hash, cache_dir
+from virtkit.engines.riscv.corecache import _source_hash, cache_dir
 from virtkit.engines.riscv.engine import ExitReason, RiscvEngine
 from virtkit.errors import ConfigError
 from virtkit.machine.memory import GuestMemory

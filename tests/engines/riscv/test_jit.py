@@ -229,7 +229,7 @@ def test_untranslatable_and_garbage_code_is_left_to_the_interpreter():
     """Random bytes decode into regions whose unsupported or illegal words are bail points, never errors."""
     rnd = np.random.default_rng(5)
     ram = rnd.integers(0, 256, 1 << 16, dtype=np.uint8)
-    from virtkit.engines.riscv.engine import _ctab
+    from virtkit.engines.riscv.coresel import ctab as _ctab
 
     ctab = _ctab()
     r16 = ram.view(np.uint16)

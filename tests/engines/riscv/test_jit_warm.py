@@ -15,7 +15,8 @@ from tests.helpers.jit import HOT, RAM_BASE, run
 from virtkit.engines.riscv import asm
 from virtkit.engines.riscv import jit as jitmod
 from virtkit.engines.riscv.consts import JT_KEY, jslot
-from virtkit.engines.riscv.engine import RiscvEngine, _ctab
+from virtkit.engines.riscv.coresel import ctab as _ctab
+from virtkit.engines.riscv.engine import RiscvEngine
 from virtkit.errors import ConfigError
 from virtkit.machine.elf import load_elf
 from virtkit.machine.memory import GuestMemory

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from virtkit.devices.virtio.queue import VirtioError, Virtqueue
 from virtkit.errors import GuestMemoryError
 from virtkit.machine.memory import GuestMemory
 
-if TYPE_CHECKING:
-    from virtkit.devices.virtio.mmio import MmioTransport
+
+class Transport(Protocol):
+    """What a device calls on its transport (virtio-mmio today, PCI later): the device never sees which one."""
+
+    def raise_used(self) -> None:
+        """Signal a used-buffer notification to the driver."""
+
+    def raise_config(self) -> None:
+        """Signal a configuration change."""
+
+    def fail(self, err: Exception) -> None:
+        """The driver broke the protocol: mark the device NEEDS_RESET and tell the driver."""
 
 VIRTIO_F_RING_INDIRECT_DESC = 28
 VIRTIO_F_RING_EVENT_IDX = 29
@@ -42,7 +52,7 @@ class VirtioDevice:
         self.driver_features = 0
         self.queues = [Virtqueue(mem, queue_size) for _ in range(num_queues)]
         self.config = bytearray()
-        self.transport: MmioTransport | None = None
+        self.transport: Transport | None = None
         #: Held while the device runs (transport register access, host-side input from the I/O thread).
         self.lock = threading.RLock()
         self.active = False

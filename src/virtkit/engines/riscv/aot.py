@@ -8,8 +8,8 @@ the exported signatures follow whatever the engine passes) into
 where ``<key>`` hashes the engine sources, the Numba and Python versions and the host CPU.
 :func:`load` imports it when the key and the argument types still match, else says why not.
 
-This module imports neither Numba nor the core, except inside the build subprocess
-(``python -m virtkit.engines.riscv.aot BUILD_DIR``).
+This module imports neither Numba nor the core; the build runs in a subprocess
+(``python -m virtkit.engines.riscv.aotbuild BUILD_DIR``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from types import ModuleType
 
 import numpy as np
 
-from virtkit.engines.riscv import compiled_sources, numba_version
+from virtkit.engines.riscv.corecache import compiled_sources, numba_version
 from virtkit.errors import VirtkitError
 
 MODULE_NAME = "_virtkit_core"
@@ -225,7 +225,7 @@ def _build_locked(d: Path, force: bool, progress: Callable[[float], None] | None
     env = dict(os.environ, VIRTKIT_NUMBA_CACHE=str(tmp / "numba-scratch"))
     t0 = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "virtkit.engines.riscv.aot", str(tmp)], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "virtkit.engines.riscv.aotbuild", str(tmp)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env)
         try:
             while proc.poll() is None:
@@ -268,42 +268,3 @@ def _prune(root: Path, keep: str, n: int = KEEP_BUILDS) -> None:
         shutil.rmtree(old, ignore_errors=True)
         for f in (root / f"build-{old.name}.log", root / f".lock-{old.name}"):
             f.unlink(missing_ok=True)
-
-
-def _build_into(out: Path) -> None:
-    """(build subprocess) Compile the exported core functions into ``out``; write the signatures to meta.json."""
-    os.environ["VIRTKIT_CORE"] = "jit"  # the engine's sample arguments come from a JIT-core engine
-    from virtkit.engines.riscv import engine
-
-    calls = engine.aot_exports()
-    import numba
-    from numba.pycc import CC, compiler
-
-    class _NoGilFlags(compiler.Flags):
-        """pycc's wrappers hold the GIL by default; the core runs in a vCPU thread and must release it."""
-
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
-            self.release_gil = True
-
-    compiler.Flags = _NoGilFlags
-    cc = CC(MODULE_NAME, source_module=__name__)
-    cc.output_dir = str(out)
-    cc.output_file = module_file(out).name
-    cc.target_cpu = "host"
-    cc.verbose = False
-    exports = {}
-    for name, (func, args) in calls.items():
-        sig = tuple(numba.typeof(a) for a in args)
-        cc.export(name, sig)(func.py_func)
-        exports[name] = describe(tuple(args))
-        print(f"export {name}{sig}", flush=True)
-    t = time.monotonic()
-    cc.compile()
-    print(f"compiled in {time.monotonic() - t:.1f} s", flush=True)
-    (out / META).write_text(json.dumps({"exports": exports, "numba": numba.__version__,
-                                        "python": platform.python_version()}, indent=1))
-
-
-if __name__ == "__main__":
-    _build_into(Path(sys.argv[1]))

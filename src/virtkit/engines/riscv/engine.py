@@ -33,43 +33,17 @@ The CLINT (msip at +0x0, mtimecmp at +0x4000, mtime at +0xBFF8) lives inside the
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 import time
 from collections.abc import Callable
-from types import ModuleType
 
 import numpy as np
 
-from virtkit.engines.riscv import aot, cache_dir, consts, load_core
+from virtkit.engines.riscv import consts, coresel
+from virtkit.engines.riscv.coresel import core, ctab, selected_core  # noqa: F401  (selected_core: re-exported)
 from virtkit.engines.riscv.jit import Jit, threshold_from_env
 from virtkit.errors import ConfigError
 from virtkit.machine.engine import Exit, ExitReason, RawExit
 from virtkit.machine.memory import GuestMemory
-
-
-class _Core(ModuleType):
-    """What ``core.X`` means in this module: consts.py's names plus the functions of the core in use.
-
-    :func:`_select_core` installs the functions of the AOT extension module (no Numba import) or of
-    the Numba JIT module. A name the AOT module lacks is taken from the JIT module (with a note).
-    """
-
-    def __getattr__(self, name: str) -> object:
-        if name.startswith("__") or not _core_kind:
-            raise AttributeError(name)
-        if _core_kind == "aot":
-            print(f"virtkit: note: core.{name} is not in the AOT core; using the Numba core for it "
-                  "(add it to engine.CORE_FUNCTIONS and RiscvEngine._core_calls)", file=sys.stderr)
-        value = getattr(load_core(), name)
-        setattr(self, name, value)
-        return value
-
-
-#: The engine's view of the core (see :class:`_Core`); constants are usable before any core is loaded.
-core = _Core("virtkit.engines.riscv.core_in_use")
-core.__dict__.update({k: v for k, v in vars(consts).items() if k.isupper()})
 
 TIMEBASE_HZ = 10_000_000
 MAX_MMIO = consts.MAX_MMIO
@@ -81,8 +55,6 @@ _REASONS = {core.EXIT_BUDGET: ExitReason.BUDGET, core.EXIT_MMIO_READ: ExitReason
             core.EXIT_HTIF: ExitReason.MMIO_WRITE, core.EXIT_SHUTDOWN: ExitReason.SHUTDOWN}
 
 
-_compiled = False
-_compile_lock = threading.Lock()
 
 
 def _u64(v: int) -> int:
@@ -140,7 +112,7 @@ class RiscvEngine:
         self.tlbt = np.zeros((nharts, 3, core.TLB_SIZE), dtype=np.int64)
         self.tlbo = np.zeros((nharts, 3, core.TLB_SIZE), dtype=np.int64)
         self.out = np.zeros(8, dtype=np.int64)
-        self._ctab = _ctab()
+        self._ctab = ctab()
         self.cfg[core.CF_RAM_BASE] = mem.base
         self.cfg[core.CF_RAM_SIZE] = mem.size
         self.cfg[core.CF_CLINT_BASE] = clint_base
@@ -176,7 +148,7 @@ class RiscvEngine:
         self._jt = (self.jit.jtab, self.jit.jhot, self.jit.jreq, self.jit.cmap, self.jit.jctx)
         self.cfg[core.CF_JIT] = thr
         mem.on_write = self.jit.invalidate
-        self.compile_seconds = _ensure_compiled(self)
+        self.compile_seconds = coresel.ensure_compiled(self)
 
     # ---- configuration -----------------------------------------------------------------
     def add_mmio_region(self, base: int, size: int) -> None:
@@ -502,103 +474,14 @@ _MMIO_READ = int(ExitReason.MMIO_READ)
 _HTIF = core.EXIT_HTIF
 
 
-def _ctab() -> np.ndarray:
-    global _CTAB
-    if _CTAB is None:
-        _select_core()
-        _CTAB = core.build_ctab()
-    return _CTAB
-
-
-_CTAB: np.ndarray | None = None
-
-
-#: The core functions the engine calls through ``core.``: what the AOT module exports.
-CORE_FUNCTIONS = ("run_harts", "csr_read", "csr_write", "build_ctab")
-_core_kind = ""  # "aot" or "jit" once selected
-_aot_sigs: dict[str, str] = {}
-_warm_up = True  # False while aot.build collects sample arguments (no JIT compile needed there)
-
-
-def _install(mod: ModuleType, kind: str) -> None:
-    global _core_kind
-    for name in CORE_FUNCTIONS:
-        setattr(core, name, getattr(mod, name))
-    _core_kind = kind
-
-
-def _use_jit(reason: str) -> None:
-    if reason:
-        print(f"virtkit: note: {reason}; using the Numba JIT core (slower start-up; "
-              "`virtkit engine build` builds the AOT core)", file=sys.stderr)
-    _install(load_core(), "jit")
-
-
-def _select_core() -> str:
-    """Pick the core once per process: the AOT module when it is built and current, else Numba
-    (``$VIRTKIT_CORE`` = ``aot`` / ``jit`` forces one; ``aot`` fails when it cannot be loaded)."""
-    global _aot_sigs
-    with _compile_lock:
-        if _core_kind:
-            return _core_kind
-        mode = os.environ.get("VIRTKIT_CORE", "auto").strip().lower() or "auto"
-        if mode not in ("auto", "aot", "jit"):
-            raise ConfigError(f"VIRTKIT_CORE must be auto, aot or jit: {mode!r}")
-        if mode == "jit":
-            _use_jit("")
-            return _core_kind
-        mod, reason = aot.load()
-        lacks = [n for n in CORE_FUNCTIONS if mod is not None and not callable(getattr(mod, n, None))]
-        if lacks:  # CORE_FUNCTIONS grew since the build (engine.py is not part of the AOT key)
-            mod, reason = None, f"the AOT core lacks {', '.join(lacks)} (rebuild it)"
-        if mod is None:
-            if mode == "aot":
-                raise ConfigError(f"VIRTKIT_CORE=aot: {reason}")
-            _use_jit(reason)
-        else:
-            _aot_sigs = dict((aot.read_meta() or {}).get("exports") or {})
-            _install(mod, "aot")
-        return _core_kind
-
-
-def selected_core() -> str:
-    """Which core this process runs: "aot", "jit", or "" before the first engine was created."""
-    return _core_kind
-
-
-def _ensure_compiled(eng: RiscvEngine) -> float:
-    """Make sure a core can run ``eng``: check the AOT core's signatures, or compile (or load from the
-    Numba cache) the JIT core once per process; say so when it takes long."""
-    global _compiled
-    _select_core()
-    if _core_kind == "aot":
-        have = aot.describe_calls(eng._core_calls())
-        bad = [n for n in have if _aot_sigs.get(n) != have[n]]
-        if not bad:
-            eng.core_kind = "aot"
-            return 0.0
-        with _compile_lock:
-            _use_jit(f"the AOT core was built for other arguments of {', '.join(bad)}")
-    eng.core_kind = "jit"
-    with _compile_lock:
-        if _compiled or not _warm_up:
-            return 0.0
-        t = time.monotonic()
-        core.run_harts(*eng.core_args(0))
-        dt = time.monotonic() - t
-        _compiled = True
-        if dt > 2.0:
-            print(f"virtkit: compiled the RISC-V core in {dt:.1f} s (cached in {cache_dir()})", file=sys.stderr)
-        return dt
-
-
 def aot_exports() -> dict[str, tuple[Callable, tuple]]:
     """(AOT build) Each core function the engine calls, with live sample arguments from a small engine."""
-    global _warm_up
+    from virtkit.engines.riscv.corecache import load_core
+
     jit = load_core()
-    _warm_up = False
+    coresel.set_warm_up(False)
     try:
         eng = RiscvEngine(GuestMemory(1 << 16, 0x8000_0000))
     finally:
-        _warm_up = True
+        coresel.set_warm_up(True)
     return {name: (getattr(jit, name), args) for name, args in eng._core_calls().items()}

@@ -1097,7 +1097,7 @@ def _worker(ctab: np.ndarray) -> _WorkerProcess:
 
 def warm_up() -> None:
     """Start the translator process and wait until it is ready (benchmarks call this with the engine load)."""
-    from virtkit.engines.riscv.engine import _ctab
+    from virtkit.engines.riscv.coresel import ctab as _ctab
 
     _worker(_ctab()).ping()
 
