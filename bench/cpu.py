@@ -116,7 +116,7 @@ def engine_load_seconds() -> float:
     from virtkit.engines.riscv.baremetal import run_elf
 
     run_elf(build_demo(), console=lambda b: None, max_instructions=50_000_000)
-    from virtkit.engines.riscv.jit import warm_up
+    from virtkit.engines.riscv.jitworker import warm_up
 
     warm_up()  # the JIT's translator process has imported LLVM (part of the engine's start, like the core)
     return time.perf_counter() - t0

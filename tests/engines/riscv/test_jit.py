@@ -15,7 +15,8 @@ import pytest
 from tests.helpers.jit import HOT, RAM_BASE, run
 from virtkit.engines.riscv import asm
 from virtkit.engines.riscv.engine import RiscvEngine
-from virtkit.engines.riscv.jit import decode_region, region_ir, threshold_from_env
+from virtkit.engines.riscv.jit import threshold_from_env
+from virtkit.engines.riscv.jitcodegen import decode_region, region_ir
 from virtkit.errors import ConfigError
 from virtkit.machine.elf import load_elf
 from virtkit.machine.memory import GuestMemory
@@ -244,7 +245,7 @@ def test_untranslatable_and_garbage_code_is_left_to_the_interpreter():
 
 def test_translations_are_kept_between_runs_and_damaged_ones_replaced(tmp_path, monkeypatch):
     """The persistent translation cache: a second run loads the regions; a corrupt file is translated again."""
-    from virtkit.engines.riscv import jit as jitmod
+    from virtkit.engines.riscv import jitcache as jitmod
 
     monkeypatch.setenv("VIRTKIT_JIT_CACHE", str(tmp_path / "cache"))
     elf = asm.build(HOT, tmp_path, "hot")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.jit import HOT, RAM_BASE, run
-from virtkit.engines.riscv import asm
+from virtkit.engines.riscv import asm, jitcache, jitcodegen
 from virtkit.engines.riscv import jit as jitmod
 from virtkit.engines.riscv.consts import JT_KEY, jslot
 from virtkit.engines.riscv.coresel import ctab as _ctab
@@ -52,7 +52,7 @@ def test_any_entry_of_a_cached_region_is_found_through_its_page(tmp_path, monkey
     ram = mem.array
     found = 0
     for pkey_file in (tmp_path / "cache").rglob("pages/*/*"):
-        idx = jitmod.read_page_index(pkey_file.name)
+        idx = jitcache.read_page_index(pkey_file.name)
         by_region: dict[str, list[int]] = {}
         for entry, (key, _) in idx.items():
             if key is not None:
@@ -60,14 +60,14 @@ def test_any_entry_of_a_cached_region_is_found_through_its_page(tmp_path, monkey
         for entries in by_region.values():
             for entry in entries:  # every entry, not only the one first asked for, finds the region
                 page = entry & ~0xFFF
-                job = jitmod.Job(page, entry, bytes(ram[page : page + 4096]))
+                job = jitcodegen.Job(page, entry, bytes(ram[page : page + 4096]))
                 res = e1.jit._cached(job)
-                assert isinstance(res, jitmod.Result) and entry in res.entries
+                assert isinstance(res, jitcodegen.Result) and entry in res.entries
                 found += 1
     assert found > 1
     # another page content (another program at that place) does not match
     page = next(iter(idx)) & ~0xFFF
-    assert e1.jit._cached(jitmod.Job(page, next(iter(idx)), bytes(4096))) is jitmod.MISS
+    assert e1.jit._cached(jitcodegen.Job(page, next(iter(idx)), bytes(4096))) is jitcache.MISS
 
 
 def test_a_damaged_page_index_is_translated_again(tmp_path, monkeypatch):
@@ -80,7 +80,7 @@ def test_a_damaged_page_index_is_translated_again(tmp_path, monkeypatch):
         f.write_bytes(b"\x80 not a pickle")
     e2, _, v2 = run(elf, jit=1)
     assert v2 == 1 and e2.stats()["jit_instructions"] > 0 and e2.jit.translated > 0
-    assert all(jitmod.read_page_index(f.name) for f in indexes)  # rewritten
+    assert all(jitcache.read_page_index(f.name) for f in indexes)  # rewritten
 
 
 def test_cached_regions_are_preloaded_before_the_guest_asks(tmp_path, monkeypatch):
@@ -121,13 +121,13 @@ def test_capped_region_and_page_end_name_their_successors(tmp_path):
     r16 = mem.array.view(np.uint16)
     page = entry & ~0xFFF
     succ: list[int] = []
-    insns = jitmod.decode_region(r16[page >> 1 : (page >> 1) + 2048], _ctab(), entry - page, succ=succ)
-    assert len(insns) == jitmod.MAX_REGION
-    assert succ == [entry - page + 4 * jitmod.MAX_REGION]  # 4-byte instructions (norvc)
+    insns = jitcodegen.decode_region(r16[page >> 1 : (page >> 1) + 2048], _ctab(), entry - page, succ=succ)
+    assert len(insns) == jitcodegen.MAX_REGION
+    assert succ == [entry - page + 4 * jitcodegen.MAX_REGION]  # 4-byte instructions (norvc)
     # from the last region of the page, straight on into the next page
     last = page + 4096 - 4 * 10
     succ = []
-    jitmod.decode_region(r16[page >> 1 : (page >> 1) + 2048], _ctab(), last - page, succ=succ)
+    jitcodegen.decode_region(r16[page >> 1 : (page >> 1) + 2048], _ctab(), last - page, succ=succ)
     assert succ == [4096]
 
 

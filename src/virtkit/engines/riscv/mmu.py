@@ -1,0 +1,402 @@
+"""Memory: PMP checks, Sv39/Sv48 translation with hardware A/D updates, the software TLB's fetch page, physical
+access to RAM, the CLINT and MMIO (exits), LR/SC reservations. Part of the core (``@njit``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from virtkit.engines.riscv.alu import sext32, srl
+from virtkit.engines.riscv.consts import (
+    CF_CLINT_BASE,
+    CF_FCOUNT,
+    CF_FREADS,
+    CF_NFAST,
+    CF_NHARTS,
+    CF_NMMIO,
+    CF_NRESV,
+    CF_RAM_BASE,
+    CF_RAM_SIZE,
+    CF_TOHOST,
+    CLINT_SIZE,
+    CSHIFT,
+    CT_MTIME,
+    EXIT_HTIF,
+    EXIT_MMIO_READ,
+    EXIT_MMIO_WRITE,
+    FAST0,
+    FAST_BUFFER,
+    FAST_SHADOW,
+    FRING0,
+    FRING_N,
+    HS_EXC_CAUSE,
+    HS_EXC_TVAL,
+    HS_RESV,
+    MSTATUS,
+    NPMP,
+    PMPADDR0,
+    PMPCFG0,
+    SATP,
+    TLB_MASK,
+)
+from virtkit.engines.riscv.native import jit_inval
+
+
+@njit(cache=True, nogil=True)
+def pmp_check(c, addr, size, eff, perm):
+    """1 = allowed, 0 = denied, -1 = the first matching entry covers only part of the range."""
+    for i in range(NPMP):
+        cfg = (c[PMPCFG0 + (i >> 3) * 2] >> ((i & 7) * 8)) & 0xFF
+        a = (cfg >> 3) & 3
+        if a == 0:
+            continue
+        pa = c[PMPADDR0 + i]
+        if a == 1:
+            lo = (c[PMPADDR0 + i - 1] << 2) if i > 0 else 0
+            hi = pa << 2
+        elif a == 2:
+            lo = pa << 2
+            hi = lo + 4
+        else:
+            m = pa ^ (pa + 1)
+            lo = (pa & ~m) << 2
+            hi = lo + ((m + 1) << 2)
+        if addr + size <= lo or addr >= hi:
+            continue
+        if addr < lo or addr + size > hi:
+            return -1
+        if eff == 3 and (cfg & 0x80) == 0:
+            return 1
+        return 1 if (cfg & perm) else 0
+    return 1 if eff == 3 else 0
+
+
+@njit(cache=True, nogil=True)
+def _fault(hs, h, cause, tval):
+    hs[h, HS_EXC_CAUSE] = cause
+    hs[h, HS_EXC_TVAL] = tval
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _pf_cause(acc):
+    if acc == 0:
+        return 12
+    if acc == 1 or acc == 4:
+        return 13
+    return 15
+
+
+@njit(cache=True, nogil=True)
+def _af_cause(acc):
+    if acc == 0:
+        return 1
+    if acc == 1 or acc == 4:
+        return 5
+    return 7
+
+
+@njit(cache=True, nogil=True)
+def translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs):
+    """Virtual -> physical address for access type acc (0 fetch, 1 load, 2 store, 3 AMO/SC, 4 LR).
+
+    Returns the physical address, or -1 with the exception stored in hs.
+    """
+    satp = c[SATP]
+    mode = srl(satp, 60)
+    if eff == 3 or mode == 0:
+        if vaddr < 0 or vaddr >= (1 << 56):
+            return _fault(hs, h, _af_cause(acc), vaddr)
+        return vaddr
+    levels = 3 if mode == 8 else 4
+    vbits = 12 + 9 * levels
+    top = vaddr >> (vbits - 1)
+    if top != 0 and top != -1:
+        return _fault(hs, h, _pf_cause(acc), vaddr)
+    a = (satp & 0xFFFFFFFFFFF) << 12
+    ms = c[MSTATUS]
+    i = levels - 1
+    while True:
+        pte_addr = a + ((vaddr >> (12 + 9 * i)) & 0x1FF) * 8
+        if pte_addr < rb or pte_addr + 8 > rb + rsz or pmp_check(c, pte_addr, 8, 1, 1) != 1:
+            return _fault(hs, h, _af_cause(acc), vaddr)
+        pte = r64[(pte_addr - rb) >> 3]
+        v = pte & 1
+        r = (pte >> 1) & 1
+        w = (pte >> 2) & 1
+        x = (pte >> 3) & 1
+        if v == 0 or (r == 0 and w == 1) or (pte >> 54) != 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        if r == 1 or x == 1:
+            break
+        i -= 1
+        if i < 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        a = ((pte >> 10) & 0xFFFFFFFFFFF) << 12
+    u = (pte >> 4) & 1
+    if acc == 0:
+        if x == 0 or (eff == 0 and u == 0) or (eff == 1 and u == 1):
+            return _fault(hs, h, 12, vaddr)
+    else:
+        if eff == 0 and u == 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        if eff == 1 and u == 1 and ((ms >> 18) & 1) == 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        if acc == 1 or acc == 4:
+            if r == 0 and not (x == 1 and ((ms >> 19) & 1) == 1):
+                return _fault(hs, h, 13, vaddr)
+        elif w == 0:
+            return _fault(hs, h, 15, vaddr)
+    ppn = (pte >> 10) & 0xFFFFFFFFFFF
+    if i > 0 and (ppn & ((1 << (9 * i)) - 1)) != 0:
+        return _fault(hs, h, _pf_cause(acc), vaddr)
+    store = acc == 2 or acc == 3
+    if (pte & 0x40) == 0 or (store and (pte & 0x80) == 0):
+        pte |= 0x40
+        if store:
+            pte |= 0x80
+        r64[(pte_addr - rb) >> 3] = pte
+    lowmask = (1 << (12 + 9 * i)) - 1
+    return ((ppn << 12) & ~lowmask) | (vaddr & lowmask)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def ctx_tag(acc, eff, ms):
+    """The privilege-context bits XORed into TLB tags (bits 58..62)."""
+    if acc == 0:
+        k = eff
+    elif acc == 1:
+        k = eff | (((ms >> 18) & 1) << 2) | (((ms >> 19) & 1) << 3)
+    else:
+        k = eff | (((ms >> 18) & 1) << 2)
+    return (k | 16) << 58
+
+
+@njit(cache=True, nogil=True, inline="always")
+def eff_priv(priv, ms):
+    if priv == 3 and (ms >> 17) & 1:
+        return (ms >> 11) & 3
+    return priv
+
+
+@njit(cache=True, nogil=True, inline="always")
+def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
+    """RAM offset of the page holding ``vaddr`` for instruction fetch, or -1 (exception in hs)."""
+    vpn = vaddr >> 12
+    idx = vpn & TLB_MASK
+    tag = vpn ^ ctx_tag(0, priv, 0)
+    if tlbt[0, idx] == tag:
+        return tlbo[0, idx]
+    pa = translate(h, vaddr, 0, priv, c, r64, rb, rsz, hs)
+    if pa < 0:
+        return -1
+    page = pa & ~0xFFF
+    if pa < rb or pa >= rb + rsz:
+        return _fault(hs, h, 1, vaddr)
+    p = pmp_check(c, page, 4096, priv, 4)
+    if p == 1:
+        tlbt[0, idx] = tag
+        tlbo[0, idx] = page - rb
+        return page - rb
+    if p == 0 or pmp_check(c, pa, 2, priv, 4) != 1:
+        return _fault(hs, h, 1, vaddr)
+    # partially covered page: no caching; the caller re-translates on the next fetch
+    return page - rb
+
+
+@njit(cache=True, nogil=True)
+def _clint_read(off, size, cfg, msip, mtcmp, ctime):
+    nh = cfg[CF_NHARTS]
+    base = off & ~7
+    if off < 0x4000:
+        i = off >> 2
+        word = (msip[i] & 1) if i < nh else 0
+        return srl(word, (off & 3) * 8) & _szmask(size)
+    if 0x4000 <= base < 0x4000 + 8 * nh:
+        v = mtcmp[(base - 0x4000) >> 3]
+    elif base == 0xBFF8:
+        v = ctime[CT_MTIME]
+    else:
+        v = 0
+    return srl(v, (off & 7) * 8) & _szmask(size)
+
+
+@njit(cache=True, nogil=True)
+def _szmask(size):
+    return -1 if size == 8 else (1 << (size * 8)) - 1
+
+
+@njit(cache=True, nogil=True)
+def _clint_write(off, size, val, cfg, msip, mtcmp, ctime):
+    nh = cfg[CF_NHARTS]
+    if off < 0x4000:
+        hh = off >> 2
+        if hh < nh and (off & 3) == 0:
+            msip[hh] = val & 1
+        return
+    base = off & ~7
+    sh = (off & 7) * 8
+    m = _szmask(size) << sh
+    if 0x4000 <= base < 0x4000 + 8 * nh:
+        i = (base - 0x4000) >> 3
+        mtcmp[i] = (mtcmp[i] & ~m) | ((val << sh) & m)
+    elif base == 0xBFF8:
+        ctime[CT_MTIME] = (ctime[CT_MTIME] & ~m) | ((val << sh) & m)
+
+
+@njit(cache=True, nogil=True)
+def _ram_read(R, o, size):
+    r8u = R[0]
+    if size == 8 and (o & 7) == 0:
+        return R[3][o >> 3]
+    if size == 4 and (o & 3) == 0:
+        return np.int64(R[2][o >> 2])
+    if size == 2 and (o & 1) == 0:
+        return np.int64(R[1][o >> 1])
+    v = 0
+    for i in range(size):
+        v |= np.int64(r8u[o + i]) << (8 * i)
+    return v
+
+
+@njit(cache=True, nogil=True)
+def _ram_write(R, o, size, val):
+    r8u = R[0]
+    if size == 8 and (o & 7) == 0:
+        R[3][o >> 3] = val
+    elif size == 4 and (o & 3) == 0:
+        R[6][o >> 2] = np.int32(sext32(val))
+    else:
+        for i in range(size):
+            r8u[o + i] = np.uint8(srl(val, 8 * i) & 0xFF)
+
+
+@njit(cache=True, nogil=True)
+def break_resv(h, o, cfg, hs):
+    """A store to RAM offset o by hart h invalidates other harts' reservations on that granule."""
+    g = o & ~63
+    for k in range(cfg[CF_NHARTS]):
+        if k != h and hs[k, HS_RESV] == g:
+            hs[k, HS_RESV] = -1
+            cfg[CF_NRESV] -= 1
+
+
+@njit(cache=True, nogil=True)
+def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo, hs, out, jt):
+    """Slow path of a data access (TLB miss, misaligned, page-crossing, CLINT, MMIO, tohost).
+
+    acc: 1 load, 2 store, 3 AMO/SC (returns RAM offset), 4 LR (returns RAM offset).
+    Returns (status, value): 0 ok, 1 exception (in hs), 2 MMIO exit (out filled), 3 HTIF exit.
+    """
+    rb = cfg[CF_RAM_BASE]
+    rsz = cfg[CF_RAM_SIZE]
+    r64 = R[3]
+    ms = c[MSTATUS]
+    eff = eff_priv(priv, ms)
+    perm = 1 if (acc == 1 or acc == 4) else 2
+    tl = 1 if perm == 1 else 2
+    if (vaddr & 0xFFF) + size > 4096:
+        # page-crossing (misaligned) access: translate both pages first, then go byte by byte in RAM
+        pa1 = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
+        if pa1 < 0:
+            return 1, 0
+        v2 = (vaddr + size - 1) & ~0xFFF
+        pa2 = translate(h, v2, acc, eff, c, r64, rb, rsz, hs)
+        if pa2 < 0:
+            return 1, 0
+        n1 = 4096 - (vaddr & 0xFFF)
+        if (pa1 < rb or pa1 + n1 > rb + rsz or pmp_check(c, pa1, n1, eff, perm) != 1):
+            return 1, _fault(hs, h, _af_cause(acc), vaddr)
+        if (pa2 < rb or pa2 + size - n1 > rb + rsz or pmp_check(c, pa2, size - n1, eff, perm) != 1):
+            return 1, _fault(hs, h, _af_cause(acc), v2)
+        v = 0
+        for i in range(size):
+            o = (pa1 - rb + i) if i < n1 else (pa2 - rb + i - n1)
+            if perm == 1:
+                v |= np.int64(R[0][o]) << (8 * i)
+            else:
+                R[0][o] = np.uint8(srl(wval, 8 * i) & 0xFF)
+                if cfg[CF_NRESV] > 0:
+                    break_resv(h, o, cfg, hs)
+                if jt[3][o >> CSHIFT] & 1:
+                    jit_inval(o, jt)
+        return 0, v
+    pa = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
+    if pa < 0:
+        return 1, 0
+    if rb <= pa and pa + size <= rb + rsz:
+        page = pa & ~0xFFF
+        p = pmp_check(c, page, 4096, eff, perm)
+        if p == -1:
+            p = pmp_check(c, pa, size, eff, perm)
+            if p == -1:
+                p = 0
+        elif p == 1:
+            th = cfg[CF_TOHOST]
+            if not (perm == 2 and th >= 0 and (th & ~0xFFF) == page):
+                vpn = vaddr >> 12
+                idx = vpn & TLB_MASK
+                tlbt[tl, idx] = vpn ^ ctx_tag(tl, eff, ms)
+                tlbo[tl, idx] = page - rb
+        if p != 1:
+            return 1, _fault(hs, h, _af_cause(acc), vaddr)
+        o = pa - rb
+        if acc >= 3:
+            return 0, o
+        if perm == 1:
+            return 0, _ram_read(R, o, size)
+        _ram_write(R, o, size, wval)
+        if cfg[CF_NRESV] > 0:
+            break_resv(h, o, cfg, hs)
+        if jt[3][o >> CSHIFT] & 1:
+            jit_inval(o, jt)
+        if jt[3][(o + size - 1) >> CSHIFT] & 1:
+            jit_inval(o + size - 1, jt)
+        th = cfg[CF_TOHOST]
+        if th >= 0 and pa <= th < pa + size:
+            out[0] = EXIT_HTIF
+            out[1] = h
+            out[2] = th
+            out[3] = 8
+            out[4] = r64[(th - rb) >> 3]
+            return 3, 0
+        return 0, 0
+    # not RAM: CLINT, MMIO or nothing
+    if acc >= 3:
+        return 1, _fault(hs, h, _af_cause(acc), vaddr)
+    if pmp_check(c, pa, size, eff, perm) != 1:
+        return 1, _fault(hs, h, _af_cause(acc), vaddr)
+    cb = cfg[CF_CLINT_BASE]
+    if cb <= pa and pa + size <= cb + CLINT_SIZE:
+        if perm == 1:
+            return 0, _clint_read(pa - cb, size, cfg, msip, mtcmp, ctime)
+        _clint_write(pa - cb, size, wval, cfg, msip, mtcmp, ctime)
+        return 0, 0
+    for i in range(cfg[CF_NFAST]):  # registers the device model lets the core serve (coalesced MMIO)
+        r = FAST0 + i
+        if mmio[r, 0] == pa and mmio[r, 1] == size:
+            k = mmio[r, 2]
+            if k == FAST_SHADOW and perm == 1:
+                cfg[CF_FREADS] += 1
+                return 0, mmio[r, 3] & _szmask(size)
+            if k == FAST_BUFFER and perm == 2:
+                q = cfg[CF_FCOUNT]
+                if q < FRING_N:
+                    mmio[FRING0 + q, 0] = i
+                    mmio[FRING0 + q, 1] = wval & _szmask(size)
+                    cfg[CF_FCOUNT] = q + 1
+                    return 0, 0
+            break
+    for i in range(cfg[CF_NMMIO]):
+        if mmio[i, 0] <= pa and pa + size <= mmio[i, 0] + mmio[i, 1]:
+            out[1] = h
+            out[2] = pa
+            out[3] = size
+            if perm == 1:
+                out[0] = EXIT_MMIO_READ
+                out[4] = 0
+            else:
+                out[0] = EXIT_MMIO_WRITE
+                out[4] = wval & _szmask(size)
+            return 2, 0
+    return 1, _fault(hs, h, _af_cause(acc), vaddr)
