@@ -5,19 +5,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test setup host venv engine lint bench clean
+.PHONY: run test host-run host-test venv engine engine-run engine-test lint bench clean
 
-run: setup engine
+# `make run` installs what running needs; `make test` also the peers tests and benchmarks compare against.
+run: host-run venv engine-run
 	$(VENV)/bin/virtkit run
 
-test: setup engine
+test: host-test venv engine-test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-setup: host venv
+host-run:
+	@bash scripts/setup-host.sh run
 
-host:
-	@bash scripts/setup-host.sh
+host-test:
+	@bash scripts/setup-host.sh test
 
 venv: $(VENV)/.stamp
 
@@ -29,14 +31,18 @@ $(VENV)/.stamp: pyproject.toml
 
 # The RISC-V core compiled ahead of time (minutes the first time, cached in ~/.cache/virtkit/aot after):
 # `virtkit run` then starts without importing Numba. A failed build is not fatal: runs fall back to Numba.
-engine: setup
+engine: venv
 	-$(VENV)/bin/virtkit engine build
 	@$(PY) -m compileall -q src/virtkit  # bytecode even where PYTHONDONTWRITEBYTECODE is set (~0.1 s per start)
+
+engine-run: host-run engine
+
+engine-test: host-test engine
 
 lint: venv
 	$(VENV)/bin/ruff check .
 
-bench: setup
+bench: host-test venv engine
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -1,22 +1,60 @@
 #!/usr/bin/env bash
-# Install the Debian packages virtkit builds guests with and measures against.
+# Install the Debian packages virtkit needs, and say which and why before installing.
+#   scripts/setup-host.sh run    what `make run` needs: build the guest images and the compiled core, boot
+#   scripts/setup-host.sh test   that, plus the peers the tests and benchmarks compare against
 # Idempotent: only missing packages are installed. Needs root (or sudo) for apt.
 set -euo pipefail
-PKGS=(
-  # python3-dev: Python.h, for the AOT-compiled RISC-V core (virtkit engine build) with Debian's python3
-  python3-dev python3-venv
-  # cross toolchain and guest image ingredients
-  build-essential gcc-riscv64-linux-gnu libc6-dev-riscv64-cross linux-source-6.1 bc flex bison
-  libssl-dev libelf-dev cpio dpkg-dev device-tree-compiler e2fsprogs xz-utils
-  # peers measured against and interop tools
-  qemu-system-misc opensbi qemu-utils nbdkit libnbd-bin fio
-  crun runc vde2 iproute2 iperf3 tshark
-  # network interop tests: ping between namespaces, veth offloads off
-  iputils-ping ethtool
+what="${1:-test}"
+
+# name:reason pairs
+RUN_PKGS=(
+  "python3-dev:Python.h for the ahead-of-time compiled RISC-V core (virtkit engine build)"
+  "python3-venv:the project's virtual environment"
+  "build-essential:a C compiler for the compiled core"
+  "gcc-riscv64-linux-gnu:cross compiler for the guest kernel and busybox"
+  "libc6-dev-riscv64-cross:the guest's static C library (busybox)"
+  "linux-source-6.1:the guest kernel's source"
+  "bc:kernel build"
+  "flex:kernel build"
+  "bison:kernel build"
+  "libssl-dev:kernel build"
+  "libelf-dev:kernel build"
+  "cpio:kernel build"
+  "xz-utils:unpacking the kernel source"
+  "dpkg-dev:apt-get source (busybox is built from Debian's source package)"
+  "opensbi:the guest firmware (fw_jump.bin)"
 )
+TEST_PKGS=(
+  "qemu-system-misc:the peer the RISC-V engine and boots are checked and measured against"
+  "qemu-utils:qemu-img, the peer of virtkit disk"
+  "nbdkit:NBD peer"
+  "libnbd-bin:nbdinfo/nbdcopy, NBD clients"
+  "fio:storage benchmarks"
+  "device-tree-compiler:dtc checks the board's device tree"
+  "e2fsprogs:ext4 disks for guest tests"
+  "crun:container runtime peer"
+  "runc:container runtime peer"
+  "vde2:vde_switch, the switch's peer"
+  "iproute2:network namespaces, veth, TAP"
+  "iperf3:network throughput"
+  "tshark:reads the switch's pcapng captures"
+  "iputils-ping:ping between namespaces"
+  "ethtool:veth offloads"
+)
+
+case "$what" in
+  run) LIST=("${RUN_PKGS[@]}") ;;
+  test) LIST=("${RUN_PKGS[@]}" "${TEST_PKGS[@]}") ;;
+  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+
 missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+reasons=()
+for entry in "${LIST[@]}"; do
+  p="${entry%%:*}"
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+  missing+=("$p")
+  reasons+=("  $p: ${entry#*:}")
 done
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -29,13 +67,17 @@ if [ ${#missing[@]} -eq 0 ] && [ $need_src -eq 0 ]; then
   exit 0
 fi
 if [ $need_src -eq 1 ]; then
+  echo "virtkit: enabling Debian source lists (deb-src): busybox is built from Debian's source package" >&2
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then
     $SUDO sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources
   elif [ -f /etc/apt/sources.list ]; then
     grep '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' | $SUDO tee -a /etc/apt/sources.list >/dev/null
   fi
 fi
-echo "virtkit: installing Debian packages: ${missing[*]:-(source lists only)}" >&2
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "virtkit: installing Debian packages for 'make $what':" >&2
+  printf '%s\n' "${reasons[@]}" >&2
+fi
 $SUDO apt-get update -q
 if [ ${#missing[@]} -gt 0 ]; then
   echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
