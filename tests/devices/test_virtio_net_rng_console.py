@@ -12,9 +12,10 @@ from tests.helpers.virtio_driver import RAM_BASE, Driver
 from virtkit.devices.virtio import mmio as M
 from virtkit.devices.virtio.console import VirtioConsole
 from virtkit.devices.virtio.mmio import MmioTransport
-from virtkit.devices.virtio.net import HDR_LEN, VirtioNet, parse_mac
+from virtkit.devices.virtio.net import HDR_LEN, VirtioNet
 from virtkit.devices.virtio.rng import VirtioRng
 from virtkit.errors import ConfigError
+from virtkit.machine.config import parse_mac
 from virtkit.machine.memory import GuestMemory
 from virtkit.network.tap import Tap
 

@@ -18,7 +18,7 @@ from virtkit.errors import ConfigError, VirtkitError
 from virtkit.network import control
 from virtkit.network import ethernet as eth
 from virtkit.network.pcapng import read
-from virtkit.network.switchport import SwitchPort, from_netspec
+from virtkit.network.switchport import SwitchPort
 
 
 def mac(n: int) -> bytes:
@@ -278,13 +278,17 @@ def test_broken_config_file_is_a_clear_error(netdir):
 
 
 def test_netspec_parsing(netdir):
-    for bad in ("lab,vlan", "lab,vlan=0", "lab,speed=10"):
+    from virtkit.machine.config import NicConfig  # --net is parsed once, into structured fields
+
+    for bad in ("switch:lab,vlan", "switch:lab,vlan=0", "switch:lab,speed=10"):
         with pytest.raises(ConfigError):
-            from_netspec(bad)
+            NicConfig.parse(bad)
+    ghost = NicConfig.parse("switch:ghost,vlan=3")
     with pytest.raises(VirtkitError, match="no switch"):
-        from_netspec("ghost,vlan=3")
+        SwitchPort(ghost.name, vlan=ghost.vlan)
     control.create("lab")
-    p = from_netspec("lab,vlan=3")
+    nic = NicConfig.parse("switch:lab,vlan=3")
+    p = SwitchPort(nic.name, vlan=nic.vlan, port=nic.port, group=nic.group)
     assert p.port_name.startswith("vm-auto")
     p.close()
 

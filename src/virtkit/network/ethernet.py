@@ -95,17 +95,6 @@ def mac_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def parse_mac(text: str) -> bytes:
-    """Parse ``aa:bb:cc:dd:ee:ff`` (or ``-`` separated) into 6 bytes; :class:`FrameError` otherwise."""
-    parts = text.replace("-", ":").split(":")
-    try:
-        if len(parts) != 6 or any(len(p) != 2 for p in parts):
-            raise ValueError
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise FrameError("bad_mac", f"bad MAC address {text!r} (want aa:bb:cc:dd:ee:ff)") from None
-
-
 def build(dst: bytes, src: bytes, ethertype: int, payload: bytes = b"", vid: int | None = None,
           pcp: int = 0, dei: int = 0, tpid: int = TPID_8021Q) -> bytes:
     """Build a frame (tagged when ``vid`` is given); used by tests and the benchmark generator."""

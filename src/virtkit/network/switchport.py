@@ -119,18 +119,3 @@ class SwitchPort:
             self.sock.close()
         if getattr(self, "_peer", None) is not None:
             self._peer.close()
-
-
-def from_netspec(spec: str) -> SwitchPort:
-    """Build a SwitchPort from the text after ``--net switch:``: ``NAME[,vlan=N][,port=ID][,group=G]``."""
-    name, *opts = spec.split(",")
-    kw: dict[str, str] = {}
-    for o in opts:
-        k, sep, v = o.partition("=")
-        if not sep or k not in ("vlan", "port", "group") or not v:
-            raise ConfigError(f"bad --net switch option {o!r} (want vlan=N, port=ID or group=G)")
-        kw[k] = v
-    vlan = parse_vlan(kw["vlan"]) if "vlan" in kw else None
-    return SwitchPort(name, vlan=vlan, port=kw.get("port"), group=kw.get("group"))
-
-

@@ -26,20 +26,6 @@ MTU = 1500
 MAX_FRAME = 65550
 
 
-def parse_mac(text: str) -> bytes:
-    """``52:54:00:12:34:56`` -> 6 bytes; a clear error for anything else."""
-    parts = text.split(":")
-    try:
-        if len(parts) != 6 or any(len(p) != 2 for p in parts):
-            raise ValueError
-        mac = bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ConfigError(f"bad MAC address {text!r} (expected six hex pairs like 52:54:00:12:34:56)") from None
-    if mac[0] & 1:
-        raise ConfigError(f"MAC address {text!r} is a multicast address")
-    return mac
-
-
 def random_mac() -> bytes:
     """A locally administered unicast MAC under QEMU's 52:54:00 prefix."""
     return b"\x52\x54\x00" + os.urandom(3)
