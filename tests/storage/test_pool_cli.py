@@ -172,21 +172,35 @@ def test_cli_subprocess_error_has_no_traceback(env):
     assert p.returncode == 1 and "no pool 'x'" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_pool_in_use_by_another_process(env, capsys):
+def test_pool_shared_by_another_process(env, capsys):
+    """Another process has volume v open for writing: the pool stays usable, v itself is refused."""
     tmp, devs = env
     ok(capsys, "pool", "create", "tank", devs[0], "--extent-size", "1M")
     ok(capsys, "volume", "create", "tank/v", "--size", "1M")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; from virtkit.storage.pool import Pool; p=Pool.open('tank'); "
-         "print('open', flush=True); sys.stdin.read()"],
+        [sys.executable, "-c", "import sys; from virtkit.storage.pool import Pool; p=Pool.open('tank'); "
+         "b=p.open_volume('v'); b.write(0, b'x' * 512); b.flush(); print('open', flush=True); sys.stdin.readline(); "
+         "print(sorted(p.volumes) if p.refresh() is None else '', p.volume('w').size, flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ),
     )
     try:
         assert holder.stdout.readline().strip() == "open"
-        rc, _, err = run(capsys, "volume", "create", "tank/w", "--size", "1M")
-        assert rc == 1 and "in use by another process" in err
-        assert "tank" in ok(capsys, "pool", "status", "tank")  # status still works (read-only)
+        ok(capsys, "volume", "create", "tank/w", "--size", "2M")  # metadata changes go on
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().split() == ["['v',", "'w']", str(2 << 20)]  # the holder sees them
+        rc, _, err = run(capsys, "volume", "delete", "tank/v")
+        assert rc == 1 and "is open" in err
+        from virtkit.storage.pool import Pool
+
+        with Pool.open("tank") as p:
+            with pytest.raises(Exception, match="in use by another VM or process"):
+                p.open_volume("v")
+            ro = p.open_volume("v", force_share=True)  # like qemu-img -U
+            assert ro.read(0, 512) == b"x" * 512
+            ro.close()
+        assert "tank" in ok(capsys, "pool", "status", "tank")
     finally:
         holder.stdin.close()
         holder.wait()
-    assert Path(tmp / "pools" / "tank").is_dir()
+    ok(capsys, "volume", "delete", "tank/v")  # closed now

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virtkit.storage.pool import Pool, PoolError
+from virtkit.storage.pool import POOL_FILES, Pool, PoolError
 from virtkit.storage.pool_meta import SLOTS, Label, MetadataError, decode_metadata, unpack_label
 
 EXTENT = 64 << 10
@@ -126,7 +126,7 @@ def test_all_copies_damaged_is_a_clear_error_and_nothing_is_written(tmp_path, da
         Pool.open(path)
     assert "\n" not in str(err.value)
     assert slots(path) == before
-    assert sorted(p.name for p in path.iterdir()) == sorted([*SLOTS, "lock"])
+    assert sorted(p.name for p in path.iterdir()) == sorted([*SLOTS, *POOL_FILES])
 
 
 def test_missing_pool_and_missing_metadata(tmp_path):
@@ -137,15 +137,17 @@ def test_missing_pool_and_missing_metadata(tmp_path):
         Pool.open(tmp_path / "empty")
 
 
-def test_second_writer_is_refused_but_readers_are_not(tmp_path):
+def test_two_writers_share_the_pool_and_readers_see_their_changes(tmp_path):
     path = make_pool(tmp_path)
-    with Pool.open(path):
-        with pytest.raises(PoolError, match="in use by another process"):
-            Pool.open(path)
+    with Pool.open(path) as one, Pool.open(path) as two:
+        one.create_volume("x", EXTENT)
+        two.create_volume("y", EXTENT)  # re-reads first: x is kept
+        one.refresh()
+        assert {"a", "x", "y"} <= set(one.volumes) and {"a", "x", "y"} <= set(two.volumes)
         with Pool.open(path, read_only=True) as ro:
-            assert "a" in ro.volumes
+            assert {"a", "x", "y"} <= set(ro.volumes)
             with pytest.raises(PoolError, match="read-only"):
-                ro.create_volume("x", EXTENT)
+                ro.create_volume("z", EXTENT)
 
 
 def test_device_labels(tmp_path):

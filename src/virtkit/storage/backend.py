@@ -7,17 +7,102 @@ raises :class:`BlockError`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
-import fcntl
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from virtkit.errors import VirtkitError
+from virtkit.storage import lock
 
 
 class BlockError(VirtkitError):
-    """A block request that cannot be served (out of range, read-only, I/O error)."""
+    """A block request that cannot be served (out of range, read-only, I/O error).
+
+    ``errno`` says what kind (``ENOSPC`` when the storage is full, ``EIO`` otherwise), so a VM's error policy
+    (``werror``/``rerror``) can tell a full disk from a broken one.
+    """
+
+    def __init__(self, message: str, errno_: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def lock_image(fd: int, path: str, read_only: bool, force_share: bool = False,
+               mode: tuple[int, int] | None = None) -> None:
+    """Take QEMU-compatible image locks on ``fd`` (see :mod:`virtkit.storage.lock`): a writer excludes other
+    writers and consistent readers, a reader excludes writers; ``force_share`` (read-only) locks nothing."""
+    if force_share:
+        if not read_only:
+            raise BlockError(f"disk image {path!r}: force-share is only for read-only use")
+        return
+    perm, shared = mode or (lock.READER if read_only else lock.WRITER)
+    try:
+        lock.acquire(fd, perm, shared)
+    except lock.LockConflict as err:
+        raise BlockError(lock.conflict_message(path, err, read_only), errno.EBUSY) from None
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Write a new file that replaces ``path`` only when complete: yields a temporary path beside it.
+
+    An existing ``path`` is locked exclusively first (an image another VM or process holds is refused before
+    anything is written) and stays locked until the new file is renamed over it; on any error the temporary
+    file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    held = -1
+    if os.path.exists(path):
+        try:
+            held = os.open(path, os.O_RDONLY)
+        except OSError as err:
+            raise BlockError(f"cannot open {path!r}: {err.strerror}") from None
+        try:
+            lock_image(held, path, read_only=False, mode=lock.EXCLUSIVE)
+        except BaseException:
+            os.close(held)
+            raise
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.virtkit-{os.getpid()}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        if held >= 0:
+            os.close(held)
+
+
+def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files a killed create/convert of ``path`` left behind (their process is gone)."""
+    p = Path(path)
+    out = []
+    for t in p.parent.glob(f".{p.name}.virtkit-*.tmp"):
+        try:
+            pid = int(t.name.rsplit("-", 1)[1].split(".")[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            out.append(t)
+        except PermissionError:
+            pass
+    return out
 
 
 @runtime_checkable
@@ -55,7 +140,7 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
 class RawFile:
     """A raw disk image file (or block device), locked against a second writer like QEMU does."""
 
-    def __init__(self, path: str, read_only: bool = False) -> None:
+    def __init__(self, path: str, read_only: bool = False, force_share: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         if not os.path.exists(path):
@@ -67,17 +152,19 @@ class RawFile:
         except OSError as err:
             raise BlockError(f"cannot open disk image {path!r}: {err.strerror}") from None
         try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError as err:
+            lock_image(self.fd, path, read_only, force_share)
+        except BaseException:
             os.close(self.fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise BlockError(f"disk image {path!r} is locked by another VM or process") from None
+            self.fd = -1
             raise
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
 
     def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
         check_range(self, offset, len(buf))
-        n = os.preadv(self.fd, [buf], offset)
+        try:
+            n = os.preadv(self.fd, [buf], offset)
+        except OSError as err:
+            raise BlockError(f"disk {self.path!r}: read failed: {err.strerror}", err.errno or errno.EIO) from None
         if n < len(buf):  # short read past a sparse end: zeros
             memoryview(buf)[n:] = bytes(len(buf) - n)
         return len(buf)
@@ -86,11 +173,17 @@ class RawFile:
         if self.read_only:
             raise BlockError(f"disk {self.path!r} is read-only")
         check_range(self, offset, len(data))
-        return os.pwritev(self.fd, [data], offset)
+        try:
+            return os.pwritev(self.fd, [data], offset)
+        except OSError as err:
+            raise BlockError(f"disk {self.path!r}: write failed: {err.strerror}", err.errno or errno.EIO) from None
 
     def flush(self) -> None:
         if not self.read_only:
-            os.fdatasync(self.fd)
+            try:
+                os.fdatasync(self.fd)
+            except OSError as err:
+                raise BlockError(f"disk {self.path!r}: flush failed: {err.strerror}", err.errno or errno.EIO) from None
 
     def discard(self, offset: int, length: int) -> None:
         self.write_zeroes(offset, length)

@@ -16,15 +16,19 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import re
+import struct
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtkit.storage import lock as imglock
 from virtkit.storage.backend import BlockError, check_range
 from virtkit.storage.pool_meta import (
     DATA_START,
@@ -49,6 +53,8 @@ DEFAULT_STRIPE = 64 << 10
 DEFAULT_WARN_PERCENT = 80
 MAX_CHUNKS = 1 << 24  # chunks per volume: 64 TiB with 4 MiB extents (the chunk map is held in memory)
 POOLS_ENV = "VIRTKIT_POOLS_DIR"
+#: the files beside the metadata slots: transaction lock, sessions, volume and chunk locks, published sequence
+POOL_FILES = ("lock", "sessions", "volumes.lock", "chunks.lock", "seq")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
 
@@ -179,6 +185,7 @@ class Device:
             "data_start": self.data_start,
             "state": state,
             "reason": self.reason,
+            "draining": self.draining,
         }
 
 
@@ -194,10 +201,17 @@ class Volume:
     snapshot_of: str | None = None
     read_only: bool = False
     created: float = 0.0
-    opened: int = 0
+    opened: int = 0  # opens in this process (other processes: the volume's lock byte)
+    writers: int = 0  # of them, read-write
+    locks: int = 0  # of them, holding the volume's lock byte
+    id: int = 0
+    #: an online layout conversion in progress (volume convert)
+    convert: Conversion | None = None
+    deleted: bool = False  # another process deleted it while this one had it open
 
     def to_meta(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "name": self.name,
             "size": self.size,
             "layout": self.geo.layout,
@@ -208,7 +222,20 @@ class Volume:
             "snapshot_of": self.snapshot_of,
             "read_only": self.read_only,
             "created": self.created,
+            "convert": None if self.convert is None else {
+                "layout": self.convert.geo.layout, "width": self.convert.geo.width, "stripe": self.convert.geo.stripe,
+                "done": self.convert.done,
+                "map": [[ci, cid] for ci, cid in enumerate(self.convert.map) if cid is not None]},
         }
+
+
+@dataclass
+class Conversion:
+    """A layout change in progress: the new geometry and chunk map; bytes below ``done`` live there already."""
+
+    geo: Geometry
+    map: list[int | None]
+    done: int
 
 
 # --------------------------------------------------------------------------- the pool
@@ -217,8 +244,20 @@ class Volume:
 class Pool:
     """An open storage pool. Open it with :meth:`create` or :meth:`open`; close it when done.
 
-    One process opens a pool for writing at a time (``flock`` on ``<pool>/lock``); inside that
-    process every volume operation takes the pool's lock, so volumes are thread-safe.
+    Many processes use one pool at once (VMs, NBD exports, the CLI), each with its own ``Pool``:
+
+    * **metadata changes** (creating, growing, snapshotting volumes; allocating a thin chunk; moving an
+      extent) are transactions (:meth:`_txn`): ``flock`` on ``<pool>/lock``, re-read the metadata if another
+      process committed since (its sequence number is published in ``<pool>/seq``, which every user maps and
+      compares before each request), change, commit, release;
+    * **opening a volume** takes a lock byte of ``<pool>/volumes.lock`` (its id): exclusive for a writer, shared
+      for readers, so one VM writes a volume while others use the other volumes;
+    * **data requests** hold a shared lock byte of ``<pool>/chunks.lock`` (the chunk id) while they touch a
+      chunk; moving or converting a chunk holds it exclusively, so no write lands on a column being copied;
+    * ``<pool>/sessions`` is held shared by every process with the pool open for writing: a pool whose
+      metadata says "in use" while nobody holds it was not closed cleanly (then redundancy needs a scrub).
+
+    Inside one process every operation takes :attr:`lock`, so volumes are thread-safe.
     """
 
     def __init__(self, path: Path, read_only: bool) -> None:
@@ -236,7 +275,13 @@ class Pool:
         self.needs_scrub = False  # a session ended without close (crash): redundancy unverified until a scrub
         self.seq = 0
         self.dirty = False
-        self._lock_fd = -1
+        self._meta_fd = -1  # <pool>/lock: the metadata transaction lock (flock)
+        self._sess_fd = -1  # <pool>/sessions: held shared while this process has the pool open for writing
+        self._vol_fd = -1  # <pool>/volumes.lock: a byte per volume id (open for write / read)
+        self._chunk_fd = -1  # <pool>/chunks.lock: a byte per chunk id (I/O vs moves)
+        self._seq_map: mmap.mmap | None = None
+        self._txn_depth = 0
+        self._disk_clean: bool | None = None
         self._bad_slots: list[str] = []
         self.name = ""
         self.uuid = ""
@@ -244,29 +289,106 @@ class Pool:
         self.warn_percent = DEFAULT_WARN_PERCENT
         self.next_dev = 0
         self.next_chunk = 0
+        self.next_volume = 1
         self.created = 0.0
 
     # ----------------------------------------------------------------- open / create / close
 
-    def _take_lock(self, create: bool) -> None:
-        lock_path = self.path / "lock"
-        if self.read_only:
-            return  # readers see the atomically replaced metadata; they never block the writer
+    def _open_files(self) -> None:
+        """Open the pool's lock and sequence files (created when missing and the pool is writable)."""
+        def opener(name: str, size: int = 0) -> int:
+            p = self.path / name
+            try:
+                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except OSError as err:
+                    if self.read_only:
+                        return -1
+                    raise PoolError(f"cannot open {p}: {err.strerror}") from None
+            if size and os.fstat(fd).st_size < size:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            return fd
+
+        self._meta_fd = opener("lock")
+        self._sess_fd = opener("sessions")
+        self._vol_fd = opener("volumes.lock")
+        self._chunk_fd = opener("chunks.lock")
+        fd = opener("seq", 8)
+        if fd >= 0:
+            try:
+                if os.fstat(fd).st_size >= 8:
+                    self._seq_map = mmap.mmap(fd, 8, mmap.MAP_SHARED,
+                                              mmap.PROT_READ | (0 if self.read_only else mmap.PROT_WRITE))
+            except (OSError, ValueError):
+                self._seq_map = None
+            finally:
+                os.close(fd)
+
+    def _start_session(self) -> bool:
+        """Hold the sessions lock (shared); True when no other process had the pool open for writing."""
+        if self.read_only or self._sess_fd < 0:
+            return False
+        alone = True
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise PoolError(f"cannot open the lock file of pool {self.path.name!r}: {err.strerror}") from None
+            fcntl.flock(self._sess_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            alone = False
+        fcntl.flock(self._sess_fd, fcntl.LOCK_SH)
+        return alone
+
+    def _shared_seq(self) -> int:
+        """The sequence number of the newest committed metadata (another process may have committed)."""
+        m = self._seq_map
+        if m is None:
+            return self.seq
+        return struct.unpack_from("<q", m, 0)[0]
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[None]:
+        """A metadata transaction: this process's lock, the pool's lock, the newest metadata; re-entrant."""
+        with self.lock:
+            if self._txn_depth:
+                self._txn_depth += 1
+                try:
+                    yield
+                finally:
+                    self._txn_depth -= 1
+                return
+            self._writable()
+            if self.closed:
+                raise PoolError(f"pool {self.name!r} is closed")
+            if self._meta_fd >= 0:
+                fcntl.flock(self._meta_fd, fcntl.LOCK_EX)
+            self._txn_depth = 1
+            try:
+                self._refresh(force=True)
+                yield
+            finally:
+                self._txn_depth = 0
+                if self._meta_fd >= 0:
+                    fcntl.flock(self._meta_fd, fcntl.LOCK_UN)
+
+    def _refresh(self, force: bool = False) -> bool:
+        """Re-read the metadata when another process committed since we last did; True when it changed."""
+        if self._shared_seq() == self.seq and not force:
+            return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise PoolError(f"pool {self.path.name!r} is in use by another process (pid {holder or '?'})") from None
-            raise PoolError(f"cannot lock pool {self.path.name!r}: {err.strerror}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+            loaded = load_slots(self.path)
+        except MetadataError as err:
+            raise PoolError(f"pool {self.name!r}: cannot re-read the metadata: {err}") from None
+        if loaded.body.get("seq") == self.seq and self.devices:
+            return False
+        self._bad_slots = loaded.bad_slots
+        self._load(loaded.body)
+        return True
+
+    def refresh(self) -> None:
+        """See what other processes committed (readers call it before they report)."""
+        with self.lock:
+            self._refresh()
 
     @classmethod
     def create(
@@ -298,7 +420,9 @@ class Pool:
         except OSError as err:
             raise PoolError(f"cannot create pool directory {path}: {err.strerror}") from None
         pool = cls(path, read_only=False)
-        pool._take_lock(create=True)
+        pool._open_files()
+        fcntl.flock(pool._meta_fd, fcntl.LOCK_EX)
+        pool._start_session()
         try:
             pool.name = path.name
             pool.uuid = str(uuid.uuid4())
@@ -313,6 +437,7 @@ class Pool:
                 seen.add(real)
                 pool._label_device(dev, force)
             pool.seq = 0
+            pool._txn_depth = 1
             pool._commit(sync=False)
         except BaseException:
             for dev in pool.devices.values():  # undo: no device keeps the label of a pool that does not exist
@@ -320,10 +445,15 @@ class Pool:
                     os.pwrite(dev.fd, bytes(LABEL_SIZE), 0)
             pool._close_fds()
             with contextlib.suppress(OSError):
-                (path / "lock").unlink()
+                for name in POOL_FILES:
+                    (path / name).unlink(missing_ok=True)
                 if created_dir:
                     path.rmdir()
             raise
+        finally:
+            pool._txn_depth = 0
+            if pool._meta_fd >= 0:
+                fcntl.flock(pool._meta_fd, fcntl.LOCK_UN)
         return pool
 
     @classmethod
@@ -335,14 +465,16 @@ class Pool:
                 f"no pool {os.fspath(name_or_path)!r} (looked in {path}); create it with `virtkit pool create`"
             )
         pool = cls(path, read_only=read_only)
-        pool._take_lock(create=False)
         try:
+            pool._open_files()
+            alone = pool._start_session()
             loaded = load_slots(path)
             pool.warnings += [f"skipped damaged metadata copy: {p}" for p in loaded.problems]
             pool._bad_slots = loaded.bad_slots
             pool._load(loaded.body)
             if not read_only:
-                pool.needs_scrub = loaded.body.get("clean") is False or bool(loaded.body.get("needs_scrub"))
+                crashed = loaded.body.get("clean") is False and alone  # "in use", yet nobody has it open
+                pool.needs_scrub = crashed or bool(loaded.body.get("needs_scrub"))
                 if pool.needs_scrub:
                     pool.warnings.append(
                         "pool was not closed cleanly: mirror copies or parity may disagree where writes were in "
@@ -355,50 +487,53 @@ class Pool:
         return pool
 
     def _load(self, body: dict[str, Any]) -> None:
-        """Build the in-memory pool from a verified metadata body; MetadataError if it is inconsistent."""
+        """Build the in-memory pool from a verified metadata body; MetadataError if it is inconsistent.
+
+        On a re-read (another process committed) the objects this process holds are kept and updated in place:
+        devices keep their open descriptors, volumes (by id) the backends that use them.
+        """
+        old_devices = dict(self.devices)
+        old_volumes = {v.id: v for v in self.volumes.values()}
+        devices: dict[int, Device] = {}
+        chunks: dict[int, list[tuple[int, int]]] = {}
+        refs: dict[int, int] = {}
+        volumes: dict[str, Volume] = {}
         try:
             if body.get("format") != "virtkit-pool":
                 raise MetadataError("metadata format is not virtkit-pool")
-            self.seq = int(body["seq"])
-            self.name = str(body["name"])
-            self.uuid = str(uuid.UUID(body["uuid"]))
-            self.extent = int(body["extent_size"])
-            if self.extent < 4096 or self.extent & (self.extent - 1):
-                raise MetadataError(f"metadata has invalid extent size {self.extent}")
-            self.warn_percent = int(body.get("warn_percent", DEFAULT_WARN_PERCENT))
-            self.next_dev = int(body["next_device_id"])
-            self.next_chunk = int(body["next_chunk_id"])
-            self.created = float(body.get("created", 0))
+            seq = int(body["seq"])
+            name = str(body["name"])
+            pool_uuid = str(uuid.UUID(body["uuid"]))
+            extent = int(body["extent_size"])
+            if extent < 4096 or extent & (extent - 1):
+                raise MetadataError(f"metadata has invalid extent size {extent}")
+            next_dev = int(body["next_device_id"])
+            next_chunk = int(body["next_chunk_id"])
             for d in body["devices"]:
-                dev = Device(
-                    id=int(d["id"]),
-                    uuid=str(uuid.UUID(d["uuid"])),
-                    path=str(d["path"]),
-                    pe_count=int(d["pe_count"]),
-                    data_start=int(d["data_start"]),
-                    extent=self.extent,
-                    state=str(d["state"]),
-                    reason=str(d.get("reason", "")),
-                )
-                if (
-                    dev.id in self.devices
-                    or dev.pe_count < 0
-                    or dev.pe_count > (1 << 26)
-                    or dev.data_start < LABEL_SIZE
-                ):
-                    raise MetadataError(f"metadata device entry {dev.id} is invalid")
-                if dev.state not in ("ok", "failed"):
-                    raise MetadataError(f"metadata device {dev.id} has unknown state {dev.state!r}")
+                did, duuid = int(d["id"]), str(uuid.UUID(d["uuid"]))
+                dev = old_devices.get(did)
+                if dev is None or dev.uuid != duuid:
+                    dev = Device(id=did, uuid=duuid, path=str(d["path"]), pe_count=int(d["pe_count"]),
+                                 data_start=int(d["data_start"]), extent=extent)
+                dev.path, dev.pe_count, dev.data_start = str(d["path"]), int(d["pe_count"]), int(d["data_start"])
+                state, dev.reason = str(d["state"]), str(d.get("reason", ""))
+                dev.draining = bool(d.get("draining", False))
+                if state not in ("ok", "failed"):
+                    raise MetadataError(f"metadata device {did} has unknown state {state!r}")
+                if state == "failed" or dev.state != "missing":
+                    dev.state = state
+                if did in devices or dev.pe_count < 0 or dev.pe_count > (1 << 26) or dev.data_start < LABEL_SIZE:
+                    raise MetadataError(f"metadata device entry {did} is invalid")
                 dev.used = bytearray(dev.pe_count)
                 dev.free = dev.pe_count
-                self.devices[dev.id] = dev
+                devices[did] = dev
             for cid, pes in body["chunks"]:
                 cid = int(cid)
-                if cid in self.chunks or cid >= self.next_chunk or not pes:
+                if cid in chunks or cid >= next_chunk or not pes:
                     raise MetadataError(f"metadata chunk {cid} is invalid")
                 cols = []
                 for dev_id, pe in pes:
-                    dev = self.devices.get(int(dev_id))
+                    dev = devices.get(int(dev_id))
                     pe = int(pe)
                     if dev is None or not 0 <= pe < dev.pe_count or dev.used[pe]:
                         raise MetadataError(f"metadata chunk {cid} maps an invalid or doubly used extent")
@@ -407,10 +542,11 @@ class Pool:
                     cols.append((dev.id, pe))
                 if len({c[0] for c in cols}) != len(cols):
                     raise MetadataError(f"metadata chunk {cid} puts two columns on one device")
-                self.chunks[cid] = cols
-                self.refs[cid] = 0
+                chunks[cid] = cols
+                refs[cid] = 0
+            next_volume = int(body.get("next_volume_id", 1))
             for v in body["volumes"]:
-                geo = Geometry(str(v["layout"]), int(v["width"]), int(v["stripe"]), self.extent)
+                geo = Geometry(str(v["layout"]), int(v["width"]), int(v["stripe"]), extent)
                 problem = geo.check()
                 if problem:
                     raise MetadataError(f"metadata volume {v.get('name')!r}: {problem}")
@@ -418,41 +554,79 @@ class Pool:
                 nchunks = -(-size // geo.capacity)
                 if size < 0 or nchunks > MAX_CHUNKS:
                     raise MetadataError(f"metadata volume {v.get('name')!r} has an invalid size")
-                vmap: list[int | None] = [None] * nchunks
-                for ci, cid in v["map"]:  # sparse: [chunk index, chunk id] for allocated chunks only
-                    if not 0 <= int(ci) < nchunks or vmap[int(ci)] is not None:
-                        raise MetadataError(f"metadata volume {v.get('name')!r} has an invalid map entry")
-                    vmap[int(ci)] = int(cid)
-                vol = Volume(
-                    name=check_name("volume", v["name"]),
-                    size=size,
-                    geo=geo,
-                    thin=bool(v["thin"]),
-                    map=vmap,
-                    snapshot_of=v.get("snapshot_of"),
-                    read_only=bool(v.get("read_only", False)),
-                    created=float(v.get("created", 0)),
-                )
-                if vol.name in self.volumes:
+                vmap = self._parse_map(v["map"], nchunks, v.get("name"))
+                vid = v.get("id")
+                if vid is None:  # written before volumes had ids: numbered in order, the same in every process
+                    vid = next_volume
+                    next_volume += 1
+                vid = int(vid)
+                vol = old_volumes.get(vid) or Volume(name="", size=0, geo=geo, thin=False, map=[])
+                vol.id = vid
+                vol.name = check_name("volume", v["name"])
+                vol.size, vol.geo, vol.thin, vol.map = size, geo, bool(v["thin"]), vmap
+                vol.snapshot_of = v.get("snapshot_of")
+                vol.read_only = bool(v.get("read_only", False))
+                vol.created = float(v.get("created", 0))
+                conv = v.get("convert")
+                vol.convert = None
+                if conv is not None:
+                    tgeo = Geometry(str(conv["layout"]), int(conv["width"]), int(conv["stripe"]), extent)
+                    problem = tgeo.check()
+                    if problem:
+                        raise MetadataError(f"metadata volume {vol.name!r} conversion: {problem}")
+                    tn = -(-size // tgeo.capacity)
+                    vol.convert = Conversion(tgeo, self._parse_map(conv["map"], tn, vol.name), int(conv["done"]))
+                if vol.name in volumes or any(x.id == vid for x in volumes.values()):
                     raise MetadataError(f"metadata volume {vol.name!r} appears twice")
-                for cid in vmap:
-                    if cid is None:
-                        continue
-                    if cid not in self.chunks or len(self.chunks[cid]) != geo.width:
-                        raise MetadataError(f"metadata volume {vol.name!r} maps a missing or mis-sized chunk")
-                    self.refs[cid] += 1
-                self.volumes[vol.name] = vol
+                for m, g in ((vol.map, geo), (vol.convert.map if vol.convert else [], vol.convert.geo
+                                               if vol.convert else geo)):
+                    for cid in m:
+                        if cid is None:
+                            continue
+                        if cid not in chunks or len(chunks[cid]) != g.width:
+                            raise MetadataError(f"metadata volume {vol.name!r} maps a missing or mis-sized chunk")
+                        refs[cid] += 1
+                volumes[vol.name] = vol
+            next_volume = max([next_volume, *(x.id + 1 for x in volumes.values())])
+            warn_percent = int(body.get("warn_percent", DEFAULT_WARN_PERCENT))
+            created = float(body.get("created", 0))
+            body_needs_scrub = bool(body.get("needs_scrub"))
         except MetadataError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, PoolError) as err:
             raise MetadataError(f"pool metadata is malformed ({type(err).__name__}: {err})") from None
+        if next_dev <= max(devices, default=-1):
+            raise MetadataError("metadata next_device_id is behind its devices")
+        self.seq, self.name, self.uuid, self.extent = seq, name, pool_uuid, extent
+        self.warn_percent = warn_percent
+        self.next_dev, self.next_chunk, self.next_volume = next_dev, next_chunk, next_volume
+        self.created = created
+        self.needs_scrub = self.needs_scrub or body_needs_scrub
+        self._disk_clean = body.get("clean")
+        self.devices, self.chunks, self.refs, self.volumes = devices, chunks, refs, volumes
+        for did, dev in old_devices.items():  # removed by another process: let go of it
+            if devices.get(did) is not dev and dev.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(dev.fd)
+                dev.fd = -1
+        for vol in old_volumes.values():
+            if vol not in volumes.values():
+                vol.deleted = True
         # unreferenced chunks are garbage from an interrupted operation: free them
         for cid in [c for c, r in self.refs.items() if r == 0]:
             self._free_chunk(cid)
-        if self.next_dev <= max(self.devices, default=-1):
-            raise MetadataError("metadata next_device_id is behind its devices")
         for dev in self.devices.values():
-            self._attach(dev)
+            if dev.fd < 0:
+                self._attach(dev)
+
+    @staticmethod
+    def _parse_map(entries: Any, nchunks: int, name: object) -> list[int | None]:
+        vmap: list[int | None] = [None] * nchunks
+        for ci, cid in entries:  # sparse: [chunk index, chunk id] for allocated chunks only
+            if not 0 <= int(ci) < nchunks or vmap[int(ci)] is not None:
+                raise MetadataError(f"metadata volume {name!r} has an invalid map entry")
+            vmap[int(ci)] = int(cid)
+        return vmap
 
     def _attach(self, dev: Device) -> None:
         """Open a device recorded in metadata and check its label; mark it missing when that fails."""
@@ -548,15 +722,19 @@ class Pool:
             "needs_scrub": self.needs_scrub,
             "next_device_id": self.next_dev,
             "next_chunk_id": self.next_chunk,
+            "next_volume_id": self.next_volume,
             "devices": [d.to_meta() for d in self.devices.values()],
             "chunks": [[cid, [list(c) for c in cols]] for cid, cols in self.chunks.items()],
             "volumes": [v.to_meta() for v in self.volumes.values()],
         }
 
     def _commit(self, sync: bool = True) -> None:
-        """Persist metadata: data written so far becomes durable first, then the new metadata copy."""
+        """Persist metadata (inside a transaction): data written so far becomes durable first, then the new
+        metadata copy, then the published sequence number other processes watch."""
         if self.read_only:
             raise PoolError(f"pool {self.name!r} is open read-only")
+        if not self._txn_depth:
+            raise RuntimeError("pool metadata committed outside a transaction")
         if sync:
             self._sync_devices()
         for bad in self._bad_slots:  # keep damaged copies for inspection instead of overwriting them
@@ -570,6 +748,8 @@ class Pool:
         except OSError as err:
             self.seq -= 1
             raise PoolError(f"cannot write metadata of pool {self.name!r}: {err.strerror}") from None
+        if self._seq_map is not None:
+            struct.pack_into("<q", self._seq_map, 0, self.seq)
         self._marked = not self.clean
         self.dirty = False
 
@@ -586,19 +766,36 @@ class Pool:
             if dev.fd >= 0:
                 os.close(dev.fd)
                 dev.fd = -1
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        for attr in ("_meta_fd", "_sess_fd", "_vol_fd", "_chunk_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+        if self._seq_map is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._seq_map.close()
+            self._seq_map = None
 
     def close(self) -> None:
-        """Flush data and metadata, close every device and release the pool lock."""
+        """Flush data and metadata, close every device and release the pool's locks; the last writer to leave
+        records a clean shutdown."""
         with self.lock:
-            if self._lock_fd < 0 and all(d.fd < 0 for d in self.devices.values()):
+            if self.closed:
                 return
             try:
-                if not self.read_only and (self._marked or self.dirty):
-                    self.clean = True
-                    self._commit()
+                if not self.read_only and self._sess_fd >= 0:
+                    self._sync_devices()
+                    fcntl.flock(self._sess_fd, fcntl.LOCK_UN)
+                    last = True
+                    try:
+                        fcntl.flock(self._sess_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        last = False  # another process still has the pool open: it is not "clean" yet
+                    if last:
+                        with self._txn():  # re-reads: another process may have left "in use" on disk
+                            if self._marked or self.dirty or self._disk_clean is False:
+                                self.clean = True
+                                self._commit()
             finally:
                 self._close_fds()
                 self.closed = True
@@ -695,21 +892,25 @@ class Pool:
                 free[i] -= 1
             free.sort(reverse=True)
 
-    def _exclusive(self, vol: Volume, ci: int) -> int:
-        """Make chunk ``ci`` of ``vol`` allocated and owned by ``vol`` alone (allocate or copy on write)."""
-        cid = vol.map[ci]
+    def _exclusive(self, vol: Volume, ci: int, vmap: list[int | None] | None = None,
+                   geo: Geometry | None = None) -> int:
+        """Make chunk ``ci`` of ``vol`` (of ``vmap``, by default its map) allocated and owned by ``vol`` alone
+        (allocate or copy on write)."""
+        vmap = vol.map if vmap is None else vmap
+        geo = vol.geo if geo is None else geo
+        cid = vmap[ci]
         if cid is not None and self.refs[cid] == 1:
             return cid
-        prev = vol.map[ci - 1] if ci > 0 else None
-        prefer = self.chunks[prev][0][0] if prev is not None else None
-        new = self._alloc_chunk(vol.geo, prefer=prefer)
+        prev = vmap[ci - 1] if ci > 0 else None
+        prefer = self.chunks[prev][0][0] if prev is not None and prev in self.chunks else None
+        new = self._alloc_chunk(geo, prefer=prefer)
         if cid is not None:  # shared with a snapshot: copy the whole chunk first
-            buf = bytearray(vol.geo.capacity)
-            self._read_chunk(vol.geo, cid, 0, memoryview(buf))
-            self._write_chunk(vol.geo, new, 0, memoryview(buf))
+            buf = bytearray(geo.capacity)
+            self._read_chunk(geo, cid, 0, memoryview(buf))
+            self._write_chunk(geo, new, 0, memoryview(buf))
             self.refs[cid] -= 1
         self.refs[new] = 1
-        vol.map[ci] = new
+        vmap[ci] = new
         self.dirty = True
         return new
 
@@ -717,14 +918,22 @@ class Pool:
 
     def _mark_failed(self, dev: Device, err: BaseException | str, commit: bool = True) -> None:
         reason = err if isinstance(err, str) else f"I/O error: {getattr(err, 'strerror', None) or err}"
-        dev.state, dev.reason = "failed", reason
-        if dev.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(dev.fd)
-            dev.fd = -1
+
+        def apply(d: Device) -> None:
+            d.state, d.reason = "failed", reason
+            if d.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(d.fd)
+                d.fd = -1
+
+        apply(dev)
         self.warnings.append(f"device {dev.path} failed ({reason})")
         if commit and not self.read_only:
-            self._commit(sync=False)
+            with self._txn():  # every process sees the failure (re-read first: apply it to the newest state)
+                d = self.devices.get(dev.id)
+                if d is not None:
+                    apply(d)
+                self._commit(sync=False)
 
     def _col_read(self, col: tuple[int, int], off: int, buf: memoryview) -> None:
         dev = self.devices[col[0]]
@@ -924,84 +1133,152 @@ class Pool:
 
     # ----------------------------------------------------------------- volume I/O (called by VolumeBackend)
 
-    def _io_read(self, vol: Volume, offset: int, buf: memoryview) -> None:
-        cap = vol.geo.capacity
-        pos, end = offset, offset + len(buf)
+    def _segments(self, vol: Volume, offset: int, length: int) -> Iterator[tuple[Geometry, list[int | None], int, int,
+                                                                               int, int]]:
+        """Split ``[offset, offset+length)`` by chunk: (geometry, map, chunk index, offset in chunk, length, pos).
+
+        During a layout conversion bytes below the watermark live in the new layout, the rest in the old one.
+        The map is looked up again for every segment (a re-read may have replaced it)."""
+        pos, end = offset, offset + length
         while pos < end:
+            conv = vol.convert
+            if conv is not None and pos < conv.done:
+                geo, vmap, limit = conv.geo, conv.map, conv.done
+            else:
+                geo, vmap, limit = vol.geo, vol.map, end
+            cap = geo.capacity
             ci, inner = divmod(pos, cap)
-            n = min(end - pos, cap - inner)
-            self._read_chunk(vol.geo, vol.map[ci], inner, buf[pos - offset : pos - offset + n])
+            n = min(end - pos, cap - inner, max(limit - pos, 0) or end - pos)
+            yield geo, vmap, ci, inner, n, pos - offset
             pos += n
+
+    @contextlib.contextmanager
+    def _chunk_shared(self, cid: int) -> Iterator[bool]:
+        """Hold chunk ``cid`` shared for one request (waits while a move or conversion copies it). Yields False
+        when the metadata changed while waiting: the caller looks the chunk up again."""
+        fd = self._chunk_fd
+        if fd < 0:
+            yield True
+            return
+        imglock.byte_lock(fd, cid, exclusive=False, wait=True)
+        try:
+            yield self._shared_seq() == self.seq
+        finally:
+            imglock.byte_unlock(fd, cid)
+
+    def _io_read(self, vol: Volume, offset: int, buf: memoryview) -> None:
+        self._refresh()
+        for _attempt in range(1000):
+            for geo, vmap, ci, inner, n, b in self._segments(vol, offset, len(buf)):
+                cid = vmap[ci] if ci < len(vmap) else None
+                if cid is None:
+                    buf[b : b + n] = bytes(n)
+                    continue
+                with self._chunk_shared(cid) as current:
+                    if not current:
+                        break
+                    self._read_chunk(geo, cid, inner, buf[b : b + n])
+            else:
+                return
+            self._refresh()
+        raise BlockError(f"volume {vol.name!r}: the pool's metadata kept changing under a read")
 
     def _mark_in_use(self) -> None:
         """Before the first write of a session: record on disk that the pool is open (clean=False)."""
         if not self._marked:
-            self._commit(sync=False)
+            with self._txn():
+                self._commit(sync=False)
+
+    def _own_chunk(self, vol: Volume, geo: Geometry, vmap: list[int | None], ci: int) -> int:
+        """The chunk at index ``ci`` of ``vmap``, allocated and owned by ``vol`` alone (a transaction when it has
+        to be allocated or copied on write: other processes allocate from the same devices)."""
+        cid = vmap[ci]
+        if cid is not None and self.refs.get(cid) == 1:
+            return cid
+        with self._txn():
+            conv = vol.convert
+            vmap = conv.map if conv is not None and vmap is not vol.map else vol.map
+            cid = self._exclusive(vol, ci, vmap=vmap, geo=conv.geo if vmap is not vol.map and conv else vol.geo)
+            if self.dirty:
+                self._commit(sync=False)
+            return cid
 
     def _io_write(self, vol: Volume, offset: int, data: memoryview) -> None:
         self._mark_in_use()
-        cap = vol.geo.capacity
-        pos, end = offset, offset + len(data)
-        while pos < end:
-            ci, inner = divmod(pos, cap)
-            n = min(end - pos, cap - inner)
-            cid = self._exclusive(vol, ci)
-            self._write_chunk(vol.geo, cid, inner, data[pos - offset : pos - offset + n])
-            pos += n
+        self._refresh()
+        for _attempt in range(1000):
+            for geo, vmap, ci, inner, n, b in self._segments(vol, offset, len(data)):
+                cid = self._own_chunk(vol, geo, vmap, ci)
+                with self._chunk_shared(cid) as current:
+                    if not current:
+                        break
+                    if self.refs.get(cid) != 1 or vmap[ci] != cid:
+                        break  # moved on meanwhile (a snapshot, a conversion step): look again
+                    self._write_chunk(geo, cid, inner, data[b : b + n])
+            else:
+                return
+            self._refresh()
+            # segments already written are written again: the same bytes, idempotent
+        raise BlockError(f"volume {vol.name!r}: the pool's metadata kept changing under a write")
 
     def _io_zero(self, vol: Volume, offset: int, length: int) -> None:
         self._mark_in_use()
-        cap = vol.geo.capacity
-        pos, end = offset, offset + length
-        freed = False
-        while pos < end:
-            ci, inner = divmod(pos, cap)
-            n = min(end - pos, cap - inner)
-            cid = vol.map[ci]
-            whole = inner == 0 and n == cap
-            if cid is None:
-                pass
-            elif whole and vol.thin:  # thin: give the chunk back to the pool
-                vol.map[ci] = None
-                freed |= self._unref(cid)
-                self.dirty = True
-            elif whole and self.refs[cid] > 1:  # shared thick chunk: take a fresh zeroed one, no copy
-                new = self._alloc_chunk(vol.geo)
-                self.refs[new] = 1
-                vol.map[ci] = new
-                self._unref(cid)
-                self.dirty = True
-            elif whole:
-                for dev_id, pe in self.chunks[cid]:
-                    dev = self.devices[dev_id]
-                    if dev.alive:
-                        try:
-                            dev.zero(pe)
-                        except OSError as err:
-                            self._mark_failed(dev, err)
-                if not self._chunk_readable(vol.geo, cid):
-                    raise self._lost(vol.geo, self.chunks[cid][0])
-            else:
-                cid = self._exclusive(vol, ci)
-                self._write_chunk(vol.geo, cid, inner, memoryview(bytes(n)))
-            pos += n
-        if freed:
+        self._refresh()
+        for geo, vmap, ci, inner, n, b in list(self._segments(vol, offset, length)):
+            whole = inner == 0 and n == geo.capacity
+            if whole and vmap is vol.map:
+                with self._txn():
+                    if self._zero_whole(vol, ci):
+                        continue
+            if vmap[ci] is None and vol.thin:
+                continue  # reads as zeros already
+            self._io_write(vol, offset + b, memoryview(bytes(n)))
+
+    def _zero_whole(self, vol: Volume, ci: int) -> bool:
+        """(In a transaction) zero a whole chunk by metadata where possible; False when it must be written."""
+        if vol.convert is not None or ci >= len(vol.map):
+            return False
+        cid = vol.map[ci]
+        if cid is None:
+            return True  # reads as zeros already
+        if vol.thin:  # thin: give the chunk back to the pool
+            vol.map[ci] = None
+            self._unref(cid)
             self._commit()  # freed extents may be reused: the metadata must not point at them any more
+            return True
+        if self.refs[cid] > 1:  # shared thick chunk: take a fresh zeroed one, no copy
+            new = self._alloc_chunk(vol.geo)
+            self.refs[new] = 1
+            vol.map[ci] = new
+            self._unref(cid)
+            self._commit()
+            return True
+        with self._chunk_exclusive(cid) as got:
+            if not got:
+                return False
+            for dev_id, pe in self.chunks[cid]:
+                dev = self.devices[dev_id]
+                if dev.alive:
+                    try:
+                        dev.zero(pe)
+                    except OSError as err:
+                        self._mark_failed(dev, err)
+            if not self._chunk_readable(vol.geo, cid):
+                raise self._lost(vol.geo, self.chunks[cid][0])
+        return True
 
     # ----------------------------------------------------------------- pool management
 
     def add_device(self, path: str, force: bool = False) -> Device:
         """Label ``path`` and add its extents to the pool."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             dev = self._label_device(path, force)
             self._commit()
             return dev
 
     def remove_device(self, spec: str, evacuate: bool = False) -> None:
         """Remove an empty device (with ``evacuate``, first move its extents to the other devices)."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             dev = self.find_device(spec)
             if len(self.devices) == 1:
                 raise PoolError("cannot remove the last device of a pool")
@@ -1030,8 +1307,7 @@ class Pool:
 
     def fail_device(self, spec: str, reason: str = "marked failed by the administrator") -> Device:
         """Take a device out of service: redundant volumes continue degraded."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             dev = self.find_device(spec)
             self._mark_failed(dev, reason)
             return dev
@@ -1056,58 +1332,94 @@ class Pool:
         self.devices[old_dev].release(old_pe)
 
     def _chunk_geos(self) -> dict[int, Geometry]:
-        return {cid: v.geo for v in self.volumes.values() for cid in v.map if cid is not None}
+        out = {cid: v.geo for v in self.volumes.values() for cid in v.map if cid is not None}
+        for v in self.volumes.values():
+            if v.convert is not None:
+                out.update({cid: v.convert.geo for cid in v.convert.map if cid is not None})
+        return out
 
-    def _evacuate(self, dev: Device, target: Device | None, only: Volume | None = None) -> int:
-        """Move every chunk column on ``dev`` (of one volume, or all) elsewhere, one chunk at a time.
+    @contextlib.contextmanager
+    def _chunk_exclusive(self, cid: int) -> Iterator[bool]:
+        """Inside a transaction: hold chunk ``cid`` exclusively (no request of any process touches it) if it can be
+        had at once; yields False when a request holds it (the caller lets the transaction go and tries again:
+        requests never wait for a transaction while holding a chunk, so this cannot deadlock)."""
+        fd = self._chunk_fd
+        if fd < 0:
+            yield True
+            return
+        if not imglock.byte_lock(fd, cid, exclusive=True, wait=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            imglock.byte_unlock(fd, cid)
 
-        While it runs no new chunk is allocated on ``dev``; writers keep going between chunks.
+    def _set_draining(self, dev: Device, on: bool) -> None:
+        with self._txn():
+            dev = self.devices.get(dev.id, dev)
+            if dev.draining != on:
+                dev.draining = on
+                self._commit(sync=False)
+
+    def _evacuate(self, dev: Device, target: Device | None, only: str | None = None) -> int:
+        """Move every chunk column on ``dev`` (of volume ``only``, or all) elsewhere, one chunk at a time.
+
+        While it runs no process allocates on ``dev`` (it is "draining" in the metadata); writers in any process
+        keep going on every chunk but the one being copied.
         """
-        with self.lock:
-            was, dev.draining = dev.draining, True
+        self._set_draining(dev, True)
         try:
             moved = 0
             for _pass in range(100):  # chunks copied on write during a pass are picked up by the next
-                with self.lock:
-                    geos = {c: only.geo for c in only.map if c is not None} if only else self._chunk_geos()
-                    todo = {c: g for c, g in geos.items() if any(d == dev.id for d, _ in self.chunks[c])}
+                with self._txn():
+                    vol = self.volume(only) if only else None
+                    geos = {c: vol.geo for c in vol.map if c is not None} if vol else self._chunk_geos()
+                    todo = sorted(c for c in geos if any(d == dev.id for d, _ in self.chunks.get(c, [])))
                 if not todo:
                     return moved
-                moved += self._evacuate_pass(dev, target, todo)
+                for cid in todo:
+                    moved += self._move_chunk_off(cid, dev.id, target.id if target else None)
             raise PoolError(f"extents on {dev.path} keep changing; move did not converge")
         finally:
-            dev.draining = was
+            with contextlib.suppress(PoolError):
+                self._set_draining(dev, False)
 
-    def _evacuate_pass(self, dev: Device, target: Device | None, geos: dict[int, Geometry]) -> int:
-        moved = 0
-        for cid, geo in geos.items():
-            with self.lock:  # per-chunk lock: writers continue between chunks
+    def _move_chunk_off(self, cid: int, dev_id: int, target_id: int | None) -> int:
+        """Move the column of chunk ``cid`` that lies on device ``dev_id``; returns 1 when one moved."""
+        for _attempt in range(10000):
+            with self._txn():
                 cols = self.chunks.get(cid)
-                if cols is None:
-                    continue
-                for c, (d, _) in enumerate(cols):
-                    if d != dev.id:
-                        continue
-                    dest = target
-                    if dest is None:
-                        cands = [
-                            x
-                            for x in self.devices.values()
-                            if x.alive and x.free > 0 and x.id != dev.id and all(x.id != dd for dd, _ in cols)
-                        ]
-                        if not cands:
-                            raise PoolError(f"no other device has room for the extents of {dev.path}")
-                        dest = max(cands, key=lambda x: x.free)
-                    elif dest.free == 0:
-                        raise PoolError(f"device {dest.path} is full")
-                    self._move_column(cid, c, dest, geo)
-                    moved += 1
-        return moved
+                if cols is None or not any(d == dev_id for d, _ in cols):
+                    return 0  # freed or moved meanwhile
+                geo = self._chunk_geos().get(cid)
+                if geo is None:
+                    return 0
+                with self._chunk_exclusive(cid) as got:
+                    if got:
+                        c = next(i for i, (d, _) in enumerate(cols) if d == dev_id)
+                        self._move_column(cid, c, self._destination(cols, dev_id, target_id), geo)
+                        return 1
+            time.sleep(0.001)  # a request holds the chunk: let it finish
+        raise PoolError(f"chunk {cid} stayed busy; move did not make progress")
+
+    def _destination(self, cols: list[tuple[int, int]], dev_id: int, target_id: int | None) -> Device:
+        if target_id is not None:
+            dest = self.devices.get(target_id)
+            if dest is None or not dest.alive:
+                raise PoolError("the destination device is gone or failed")
+            if dest.free == 0:
+                raise PoolError(f"device {dest.path} is full")
+            return dest
+        cands = [x for x in self.devices.values()
+                 if x.alive and x.free > 0 and x.id != dev_id and not x.draining and all(x.id != d for d, _ in cols)]
+        if not cands:
+            raise PoolError(f"no other device has room for the extents of {self.devices[dev_id].path}")
+        return max(cands, key=lambda x: x.free)
 
     def move_volume(self, name: str, from_spec: str, to_spec: str | None = None) -> int:
         """Move a volume's extents off one device (onto ``to_spec`` or any), online; returns extents moved."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             vol = self.volume(name)
             src = self.find_device(from_spec)
             dst = self.find_device(to_spec) if to_spec else None
@@ -1116,12 +1428,11 @@ class Pool:
                     raise PoolError("source and destination devices are the same")
                 if not dst.alive:
                     raise PoolError(f"destination device {dst.path} is {dst.state}")
-        return self._evacuate(src, dst, only=vol)
+        return self._evacuate(src, dst, only=vol.name)
 
     def rebuild(self, old_spec: str, new_path: str, force: bool = False) -> int:
         """Replace device ``old_spec`` by ``new_path``: copy or reconstruct each extent, then drop the old one."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             old = self.find_device(old_spec)
             if not old.alive:
                 lost = sorted(
@@ -1141,10 +1452,11 @@ class Pool:
             new = self._label_device(new_path, force)
             self._commit()
         moved = self._evacuate(old, new)
-        with self.lock:
+        with self._txn():
+            old = self.devices.get(old.id, old)
             if old.free < old.pe_count:
                 raise PoolError(f"rebuild incomplete: {old.pe_count - old.free} extents remain on {old.path}")
-            del self.devices[old.id]
+            self.devices.pop(old.id, None)
             self._commit()
             if old.fd >= 0:
                 os.close(old.fd)
@@ -1155,11 +1467,13 @@ class Pool:
         """Check that mirror copies are equal and parity is the XOR of the data, chunk by chunk (online).
 
         With ``repair``, inconsistent chunks are fixed: mirrors take their first copy, parity is
-        recomputed from the data (what md's ``repair`` does after an unclean shutdown).
+        recomputed from the data (what md's ``repair`` does after an unclean shutdown). Each chunk is
+        checked while no request of any process touches it.
         """
         with self.lock:
             if repair:
                 self._writable()
+            self._refresh()
             owners: dict[int, list[str]] = {}
             for v in self.volumes.values():
                 for cid in v.map:
@@ -1171,50 +1485,30 @@ class Pool:
         for cid, geo in geos.items():
             if not geo.redundant:
                 continue
-            with self.lock:
-                cols = self.chunks.get(cid)
-                if cols is None:
-                    continue
-                raws = [bytearray(self.extent) for _ in cols]
-                try:
-                    for col, raw in zip(cols, raws, strict=True):
-                        self._col_read(col, 0, memoryview(raw))
-                except _Degraded:
-                    skipped += 1  # a column is gone: that is for rebuild, not scrub
-                    continue
+            for _attempt in range(10000):
+                with self._hold_chunk(cid, write=repair) as got:
+                    if not got:
+                        continue
+                    result = self._scrub_chunk(cid, geo, repair)
+                    break
+                time.sleep(0.001)
+            else:
+                raise PoolError(f"chunk {cid} stayed busy; scrub did not make progress")
+            if result is None:
+                continue
+            if result == "degraded":
+                skipped += 1
+            else:
                 checked += 1
-                if geo.layout == "mirror":
-                    if all(r == raws[0] for r in raws[1:]):
-                        continue
-                else:
-                    acc = bytearray(self.extent)
-                    for r in raws:
-                        xor_into(acc, r)
-                    if not any(acc):
-                        continue
-                bad.append(cid)
-                if not repair:
-                    continue
-                if geo.layout == "mirror":
-                    for col, raw in zip(cols[1:], raws[1:], strict=True):
-                        if raw != raws[0]:
-                            self._col_write(col, 0, raws[0])
-                else:
-                    s = geo.stripe
-                    for row in range(self.extent // s):
-                        pc = geo.parity_col(row)
-                        unit = bytearray(s)
-                        for c, raw in enumerate(raws):
-                            if c != pc:
-                                xor_into(unit, memoryview(raw)[row * s : (row + 1) * s])
-                        if unit != raws[pc][row * s : (row + 1) * s]:
-                            self._col_write(cols[pc], row * s, unit)
+                if result == "bad":
+                    bad.append(cid)
         with self.lock:
             if repair and bad:
                 self._sync_devices()
             if (repair or not bad) and not skipped and self.needs_scrub and not self.read_only:
-                self.needs_scrub = False  # redundancy verified: the crash warning is settled
-                self._commit()
+                with self._txn():
+                    self.needs_scrub = False  # redundancy verified: the crash warning is settled
+                    self._commit()
         return {
             "checked": checked,
             "inconsistent": len(bad),
@@ -1222,6 +1516,55 @@ class Pool:
             "skipped_degraded": skipped,
             "volumes": sorted({n for cid in bad for n in owners.get(cid, [])}),
         }
+
+    @contextlib.contextmanager
+    def _hold_chunk(self, cid: int, write: bool) -> Iterator[bool]:
+        """Hold chunk ``cid`` exclusively for a whole-chunk check (in a transaction when ``write``)."""
+        if write:
+            with self._txn(), self._chunk_exclusive(cid) as got:
+                yield got
+            return
+        with self.lock, self._chunk_exclusive(cid) as got:
+            yield got
+
+    def _scrub_chunk(self, cid: int, geo: Geometry, repair: bool) -> str | None:
+        """None (freed), "degraded", "ok" or "bad" (repaired when ``repair``)."""
+        self._refresh()
+        cols = self.chunks.get(cid)
+        if cols is None:
+            return None
+        raws = [bytearray(self.extent) for _ in cols]
+        try:
+            for col, raw in zip(cols, raws, strict=True):
+                self._col_read(col, 0, memoryview(raw))
+        except _Degraded:
+            return "degraded"  # a column is gone: that is for rebuild, not scrub
+        if geo.layout == "mirror":
+            if all(r == raws[0] for r in raws[1:]):
+                return "ok"
+        else:
+            acc = bytearray(self.extent)
+            for r in raws:
+                xor_into(acc, r)
+            if not any(acc):
+                return "ok"
+        if not repair:
+            return "bad"
+        if geo.layout == "mirror":
+            for col, raw in zip(cols[1:], raws[1:], strict=True):
+                if raw != raws[0]:
+                    self._col_write(col, 0, raws[0])
+        else:
+            s = geo.stripe
+            for row in range(self.extent // s):
+                pc = geo.parity_col(row)
+                unit = bytearray(s)
+                for c, raw in enumerate(raws):
+                    if c != pc:
+                        xor_into(unit, memoryview(raw)[row * s : (row + 1) * s])
+                if unit != raws[pc][row * s : (row + 1) * s]:
+                    self._col_write(cols[pc], row * s, unit)
+        return "bad"
 
     # ----------------------------------------------------------------- volumes
 
@@ -1236,8 +1579,7 @@ class Pool:
         thin: bool = False,
     ) -> Volume:
         """Create a volume; thick volumes get their extents now, thin ones on first write."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             check_name("volume", name)
             if name in self.volumes:
                 raise PoolError(f"volume {name!r} already exists in pool {self.name!r}")
@@ -1256,7 +1598,7 @@ class Pool:
             self._check_chunks(nchunks, geo)
             if not thin:
                 self._space_check(geo, nchunks)
-            vol = Volume(name, size, geo, thin, [None] * nchunks, created=time.time())
+            vol = Volume(name, size, geo, thin, [None] * nchunks, created=time.time(), id=self._new_volume_id())
             if not thin:
                 try:
                     for ci in range(nchunks):
@@ -1271,8 +1613,7 @@ class Pool:
 
     def resize_volume(self, name: str, size: int | str, shrink: bool = False) -> Volume:
         """Grow (online: open backends see the new size at once) or, with ``shrink``, shrink a volume."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             vol = self.volume(name)
             if vol.read_only:
                 raise PoolError(f"volume {name!r} is a read-only snapshot")
@@ -1284,8 +1625,7 @@ class Pool:
             if size < vol.size:
                 if not shrink:
                     raise PoolError(f"new size {size} is smaller than {vol.size}: shrinking loses data (use --shrink)")
-                if vol.opened:
-                    raise PoolError(f"volume {name!r} is open; close it before shrinking")
+                self._refuse_open(vol, "shrinking it")
                 for cid in vol.map[nchunks:]:
                     self._unref(cid)
                 del vol.map[nchunks:]
@@ -1320,15 +1660,14 @@ class Pool:
 
         Read-only by default (ZFS-like); ``writable`` makes a clone (LVM thin snapshots are writable).
         """
-        with self.lock:
-            self._writable()
+        with self._txn():
             vol = self.volume(name)
             check_name("snapshot", snap)
             if snap in self.volumes:
                 raise PoolError(f"volume {snap!r} already exists in pool {self.name!r}")
             copy = Volume(
                 snap, vol.size, vol.geo, True, list(vol.map), snapshot_of=name, read_only=not writable,
-                created=time.time(),
+                created=time.time(), id=self._new_volume_id(),
             )
             for cid in copy.map:
                 if cid is not None:
@@ -1339,13 +1678,11 @@ class Pool:
 
     def rollback(self, name: str, snap: str) -> None:
         """Return volume ``name`` to the content of its snapshot ``snap`` (the snapshot is kept)."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             vol, src = self.volume(name), self.volume(snap)
             if src.snapshot_of != name:
                 raise PoolError(f"{snap!r} is not a snapshot of {name!r}")
-            if vol.opened:
-                raise PoolError(f"volume {name!r} is open; close it before rolling back")
+            self._refuse_open(vol, "rolling it back")
             for cid in src.map:
                 if cid is not None:
                     self.refs[cid] += 1
@@ -1357,26 +1694,78 @@ class Pool:
 
     def delete_volume(self, name: str) -> None:
         """Delete a volume (or snapshot) and return its unshared extents to the pool."""
-        with self.lock:
-            self._writable()
+        with self._txn():
             vol = self.volume(name)
-            if vol.opened:
-                raise PoolError(f"volume {name!r} is open; close it first")
+            self._refuse_open(vol, "deleting it")
             for cid in vol.map:
                 self._unref(cid)
+            if vol.convert is not None:
+                for cid in vol.convert.map:
+                    self._unref(cid)
             del self.volumes[name]
             self._commit()
 
-    def open_volume(self, name: str, read_only: bool | None = None) -> VolumeBackend:
-        """A :class:`VolumeBackend` for volume ``name`` (snapshots and read-only pools open read-only)."""
+    def _new_volume_id(self) -> int:
+        vid = self.next_volume
+        self.next_volume += 1
+        return vid
+
+    def open_volume(self, name: str, read_only: bool | None = None, force_share: bool = False) -> VolumeBackend:
+        """A :class:`VolumeBackend` for volume ``name`` (snapshots and read-only pools open read-only).
+
+        A writer has the volume to itself (no other process or open may use it, except ``force_share`` readers,
+        who see it without locking, like ``qemu-img -U``); readers share it with each other.
+        """
         with self.lock:
+            self._refresh()
             vol = self.volume(name)
             if read_only is None:
-                read_only = vol.read_only or self.read_only
+                read_only = vol.read_only or self.read_only or force_share
             if not read_only and (vol.read_only or self.read_only):
                 raise PoolError(f"volume {name!r} is read-only" + (" (a snapshot)" if vol.read_only else ""))
+            if force_share and not read_only:
+                raise PoolError("force-share is only for read-only use")
+            if not force_share:
+                self._lock_volume(vol, read_only)
             vol.opened += 1
-            return VolumeBackend(self, vol, read_only)
+            if not read_only:
+                vol.writers += 1
+            return VolumeBackend(self, vol, read_only, locked=not force_share)
+
+    def _lock_volume(self, vol: Volume, read_only: bool) -> None:
+        """The volume's lock byte: exclusive while this process writes it, shared while it only reads it. Opens in
+        one process share the byte (an NBD export's connections): the process is one user of the volume."""
+        fd = self._vol_fd
+        busy = f"volume {self.name}/{vol.name} is in use by another VM or process"
+        if fd >= 0:
+            if not read_only and not vol.writers:
+                if not imglock.byte_lock(fd, vol.id, exclusive=True, wait=False):
+                    raise PoolError(busy + " (a writer needs it to itself; readers can look with -U)")
+            elif read_only and not vol.locks:
+                if not imglock.byte_lock(fd, vol.id, exclusive=False, wait=False):
+                    raise PoolError(busy + " (it is being written; a reader can look anyway with -U)")
+        vol.locks += 1
+
+    def _unlock_volume(self, vol: Volume, was_writer: bool) -> None:
+        vol.locks -= 1
+        fd = self._vol_fd
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if vol.locks <= 0:
+                imglock.byte_unlock(fd, vol.id)
+            elif was_writer and not vol.writers:
+                imglock.byte_lock(fd, vol.id, exclusive=False, wait=False)  # readers remain: shared again
+
+    def volume_open(self, vol: Volume) -> bool:
+        """Whether any process (this one included) has ``vol`` open."""
+        if vol.opened:
+            return True
+        return self._vol_fd >= 0 and imglock.byte_held(self._vol_fd, vol.id)
+
+    def _refuse_open(self, vol: Volume, what: str) -> None:
+        if self.volume_open(vol):
+            raise PoolError(f"volume {vol.name!r} is open (a VM, an NBD export...); close it before {what}")
 
     # ----------------------------------------------------------------- reporting
 
@@ -1402,7 +1791,7 @@ class Pool:
             "allocated_percent": round(100.0 * alloc / len(vol.map), 1) if vol.map else 0.0,
             "shared_chunks": shared,
             "chunks": len(vol.map),
-            "open": vol.opened,
+            "open": self.volume_open(vol),
             "devices": sorted({self.devices[d].path for c in vol.map if c is not None for d, _ in self.chunks[c]}),
         }
 
@@ -1455,16 +1844,22 @@ class Pool:
 class VolumeBackend:
     """A pool volume seen as a block device (the :class:`~virtkit.storage.backend.BlockBackend` seam)."""
 
-    def __init__(self, pool: Pool, vol: Volume, read_only: bool) -> None:
+    def __init__(self, pool: Pool, vol: Volume, read_only: bool, locked: bool = True) -> None:
         self.pool = pool
         self.vol = vol
         self.read_only = read_only
+        self.locked = locked
         self.closed = False
+        self.path = f"{pool.name}/{vol.name}"
         self._on_close: list[Any] = []
 
     @property
     def size(self) -> int:
-        """Current size: grows as soon as the volume is resized, even while open."""
+        """Current size: a resize by any process shows here at once (the pool's sequence number is watched)."""
+        pool = self.pool
+        if not pool.closed and pool._shared_seq() != pool.seq:
+            with pool.lock, contextlib.suppress(PoolError):
+                pool._refresh()
         return self.vol.size
 
     @property
@@ -1474,6 +1869,8 @@ class VolumeBackend:
     def _check(self, offset: int, length: int, write: bool) -> None:
         if self.closed or self.pool.closed:
             raise BlockError(f"volume {self.vol.name!r} is closed")
+        if self.vol.deleted:
+            raise BlockError(f"volume {self.vol.name!r} was deleted")
         if write and self.read_only:
             raise BlockError(f"volume {self.vol.name!r} is read-only")
         check_range(self, offset, length)
@@ -1481,7 +1878,10 @@ class VolumeBackend:
     def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
         with self.pool.lock:
             self._check(offset, len(buf), False)
-            self.pool._io_read(self.vol, offset, memoryview(buf).cast("B"))
+            try:
+                self.pool._io_read(self.vol, offset, memoryview(buf).cast("B"))
+            except PoolError as err:
+                raise BlockError(str(err)) from None
         return len(buf)
 
     def read(self, offset: int, length: int) -> bytes:
@@ -1497,7 +1897,7 @@ class VolumeBackend:
             try:
                 self.pool._io_write(self.vol, offset, mv)
             except PoolError as err:
-                raise BlockError(str(err)) from None
+                raise BlockError(str(err), errno.ENOSPC if "out of space" in str(err) else errno.EIO) from None
         return len(mv)
 
     def flush(self) -> None:
@@ -1508,7 +1908,8 @@ class VolumeBackend:
             self.pool._sync_devices()
             if self.pool.dirty:
                 try:
-                    self.pool._commit(sync=False)
+                    with self.pool._txn():
+                        self.pool._commit(sync=False)
                 except PoolError as err:
                     raise BlockError(str(err)) from None
 
@@ -1518,7 +1919,7 @@ class VolumeBackend:
             try:
                 self.pool._io_zero(self.vol, offset, length)
             except PoolError as err:
-                raise BlockError(str(err)) from None
+                raise BlockError(str(err), errno.ENOSPC if "out of space" in str(err) else errno.EIO) from None
 
     def discard(self, offset: int, length: int) -> None:
         """Discard: reads return zeros afterwards; whole thin chunks go back to the pool."""
@@ -1528,9 +1929,15 @@ class VolumeBackend:
         with self.pool.lock:
             if self.closed:
                 return
-            self.flush()
-            self.closed = True
-            self.vol.opened -= 1
+            try:
+                self.flush()
+            finally:
+                self.closed = True
+                self.vol.opened -= 1
+                if not self.read_only:
+                    self.vol.writers -= 1
+                if self.locked:
+                    self.pool._unlock_volume(self.vol, was_writer=not self.read_only)
         for cb in self._on_close:
             cb()
 
@@ -1541,7 +1948,8 @@ _registry_lock = threading.Lock()
 _open_pools: dict[Path, tuple[Pool, int]] = {}
 
 
-def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = None) -> VolumeBackend:
+def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = None,
+                     force_share: bool = False) -> VolumeBackend:
     """Open ``POOL/VOLUME`` (POOL a name or directory) as a block backend; shares one Pool per process."""
     pool_part, sep, vol_name = spec.rpartition("/")
     if not sep or not pool_part or not vol_name:
@@ -1554,7 +1962,8 @@ def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = Non
                 entry = (Pool.open(path, read_only=False), 0)
             pool, count = entry
             try:
-                backend = pool.open_volume(vol_name, read_only=True if read_only else None)
+                backend = pool.open_volume(vol_name, read_only=True if read_only or force_share else None,
+                                           force_share=force_share)
             except BaseException:
                 if count == 0:
                     pool.close()
@@ -1577,11 +1986,7 @@ def open_volume_spec(spec: str, read_only: bool = False, root: Path | None = Non
 
 
 def shared_pool(name_or_path: str | os.PathLike[str], root: Path | None = None) -> Pool | None:
-    """The pool this process holds open for its volumes (a VM's ``--disk POOL/VOL``), or None.
-
-    Management code running in that process (REST API, console) uses it to grow, snapshot or
-    move volumes online, since no second process can open the pool for writing meanwhile.
-    """
+    """The pool this process holds open for its volumes (a VM's ``--disk POOL/VOL``), or None."""
     path = resolve_pool_dir(name_or_path, root).resolve()
     with _registry_lock:
         entry = _open_pools.get(path)

@@ -10,7 +10,6 @@ that dropped the reference; a :meth:`Qcow2.flush` makes every earlier write dura
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import struct
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from virtkit.errors import ImageError
-from virtkit.storage.backend import BlockBackend, BlockError, RawFile, check_range
+from virtkit.storage.backend import BlockBackend, BlockError, RawFile, check_range, lock_image, replacing
 
 MAGIC = b"QFI\xfb"
 HEADER = struct.Struct(">4sIQIIQIIQQIIQQQQII")  # the 104-byte version 3 header
@@ -96,17 +95,9 @@ def _div_up(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _lock(fd: int, path: str, read_only: bool) -> None:
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise BlockError(f"disk image {path!r} is locked by another VM or process") from None
-        raise
-
-
 def probe_format(path: str) -> str:
-    """Return ``"qcow2"`` when the file starts with the qcow2 magic, else ``"raw"``."""
+    """``"qcow2"`` for any qcow2 file (version checks come when it is opened), else ``"raw"`` (backing files: their
+    format is recorded in the overlay, or probed like QEMU does)."""
     try:
         with open(path, "rb") as f:
             return "qcow2" if f.read(4) == MAGIC else "raw"
@@ -116,7 +107,7 @@ def probe_format(path: str) -> str:
         raise BlockError(f"cannot open disk image {path!r}: {err.strerror}") from None
 
 
-def open_backing(path: str, fmt: str | None, chain: list[str]) -> BlockBackend:
+def open_backing(path: str, fmt: str | None, chain: list[str], force_share: bool = False) -> BlockBackend:
     """Open a backing file read-only (qcow2 or raw), continuing the loop check along ``chain``."""
     if "://" in path:
         raise Qcow2Error(f"backing file {path!r}: only local files are supported")
@@ -124,9 +115,9 @@ def open_backing(path: str, fmt: str | None, chain: list[str]) -> BlockBackend:
         raise Qcow2Error(f"backing file {path!r} does not exist")
     fmt = fmt or probe_format(path)
     if fmt == "qcow2":
-        return Qcow2(path, read_only=True, _chain=chain)
+        return Qcow2(path, read_only=True, _chain=chain, force_share=force_share)
     if fmt == "raw":
-        return RawFile(path, read_only=True)
+        return RawFile(path, read_only=True, force_share=force_share)
     raise Qcow2Error(f"backing file {path!r} has unsupported format {fmt!r} (qcow2 or raw)")
 
 
@@ -134,9 +125,10 @@ class Qcow2:
     """An open qcow2 v3 image: a :class:`BlockBackend` that QEMU's tools can read back."""
 
     def __init__(self, path: str, read_only: bool = False, *, cache_tables: int = 256,
-                 _chain: list[str] | None = None) -> None:
+                 _chain: list[str] | None = None, force_share: bool = False) -> None:
         self.path = path
         self.read_only = read_only
+        self.force_share = force_share
         self.fd = -1
         self.backing: BlockBackend | None = None
         self.backing_file: str | None = None
@@ -165,7 +157,7 @@ class Qcow2:
         self._pending_free: list[tuple[int, int]] = []  # (host offset, length): decref after metadata sync
         self._comp_cache: tuple[int, bytes] | None = None
         try:
-            _lock(self.fd, path, read_only)
+            lock_image(self.fd, path, read_only, force_share)
             self._load(chain + [real])
         except BaseException:
             self.close()
@@ -267,7 +259,7 @@ class Qcow2:
             bpath = self.backing_file
             if not os.path.isabs(bpath):
                 bpath = os.path.join(os.path.dirname(os.path.abspath(self.path)), bpath)
-            self.backing = open_backing(bpath, self.backing_format, chain)
+            self.backing = open_backing(bpath, self.backing_format, chain, self.force_share)
         if not self.read_only:
             if self.autoclear:  # a writer that does not know the autoclear features must clear them
                 os.pwrite(self.fd, struct.pack(">Q", 0), 88)
@@ -419,20 +411,22 @@ class Qcow2:
         reftable[:rb] = [rb_off + i * cluster_size for i in range(rb)]
         refblocks = np.zeros(rb * per_rb, dtype=">u2")
         refblocks[:total] = 1
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise BlockError(f"cannot create disk image {path!r}: {err.strerror}") from None
-        try:
-            _lock(fd, path, read_only=False)  # never truncate an image a VM or NBD server has open
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, bytes(header), 0)
-            os.pwrite(fd, reftable.tobytes(), rt_off)
-            os.pwrite(fd, refblocks.tobytes(), rb_off)
-            os.pwrite(fd, bytes(l1_clusters * cluster_size), l1_off)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # an existing image another VM or process holds is refused before anything is written; the new image
+        # replaces it only when complete
+        with replacing(path) as tmp:
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as err:
+                raise BlockError(f"cannot create disk image {path!r}: {err.strerror}") from None
+            try:
+                os.pwrite(fd, bytes(header), 0)
+                os.pwrite(fd, reftable.tobytes(), rt_off)
+                os.pwrite(fd, refblocks.tobytes(), rb_off)
+                os.pwrite(fd, bytes(l1_clusters * cluster_size), l1_off)
+            except OSError as err:
+                raise BlockError(f"cannot create disk image {path!r}: {err.strerror}", err.errno) from None
+            finally:
+                os.close(fd)
 
     # ------------------------------------------------------------------ refcounts
 
@@ -890,7 +884,26 @@ class Qcow2:
         self._pinned = max(0, getattr(self, "_pinned", 0) - 1)
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
-        """Write ``data`` at virtual ``offset``: in place where the cluster is ours, else allocate."""
+        """Write ``data`` at virtual ``offset``: in place where the cluster is ours, else allocate.
+
+        A host error (a full file system: ``ENOSPC``) is a :class:`BlockError` carrying its errno; clusters it
+        allocated stay leaked (``check`` reports them), nothing already written is lost."""
+        try:
+            return self._write(offset, data)
+        except OSError as err:
+            raise BlockError(f"disk {self.path!r}: write failed: {err.strerror}", err.errno or errno.EIO) from None
+
+    def flush(self) -> None:
+        """Make every write so far durable: ordered metadata write-back, then fdatasync."""
+        if self.read_only or self.fd < 0:
+            return
+        try:
+            self._flush_metadata()
+            os.fdatasync(self.fd)
+        except OSError as err:
+            raise BlockError(f"disk {self.path!r}: flush failed: {err.strerror}", err.errno or errno.EIO) from None
+
+    def _write(self, offset: int, data: bytes | memoryview) -> int:
         if self.read_only:
             raise BlockError(f"disk {self.path!r} is read-only")
         mv = memoryview(data).cast("B")
@@ -1008,12 +1021,6 @@ class Qcow2:
         """Drop a range: whole clusters are unmapped, partial ones zeroed (reads return zeros)."""
         self._zero_range(offset, length, discard=True)
 
-    def flush(self) -> None:
-        """Make every write so far durable: ordered metadata write-back, then fdatasync."""
-        if self.read_only or self.fd < 0:
-            return
-        self._flush_metadata()
-        os.fdatasync(self.fd)
 
     def close(self) -> None:
         """Flush (read-write images), release clusters freed since, close the backing chain."""
