@@ -10,9 +10,9 @@ import pytest
 
 from tests.helpers import require_tool
 from virtkit.cli import main
-from virtkit.commands.disk import parse_size
 from virtkit.errors import ConfigError
 from virtkit.storage.qcow2 import Qcow2
+from virtkit.units import parse_size
 
 
 def vk(*args: str) -> subprocess.CompletedProcess:
@@ -92,13 +92,13 @@ def test_check_exit_codes_on_leaks_and_corruption(tmp_path):
         f.write(b"\x00\x00")
     p = vk("disk", "check", img)
     assert p.returncode == 2 and "ERROR" in p.stdout
-    p = vk("disk", "check", "-r", img)
+    p = vk("disk", "check", "-r", "all", img)
     assert p.returncode == 0, p.stdout
     assert vk("disk", "check", img).returncode == 0
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["disk", "create", "{d}/x.qcow2", "12Q"], "invalid size"),
+    (["disk", "create", "{d}/x.qcow2", "12Q"], "bad size '12Q'"),
     (["disk", "create", "{d}/x.qcow2"], "size is needed"),
     (["disk", "create", "-f", "raw", "-b", "y", "{d}/x.raw", "1M"], "cannot have a backing"),
     (["disk", "create", "{d}/x.qcow2", "1M", "--cluster-size", "1000"], "cluster size"),

@@ -18,13 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="engine_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    b = sub.add_parser("build", help="build the AOT core for the current sources unless cached (takes minutes)")
+    from virtkit.commands._help import add
+
+    b = add(sub, "build", "build the AOT core for the current sources unless cached (takes minutes)",
+            "virtkit engine build")
     b.add_argument("--force", action="store_true", help="rebuild even if a current AOT core exists")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     b.add_argument("--json", action="store_true", help="print the resulting status as JSON")
     b.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("status", help="which core a run would use, where it is cached, why not AOT")
+    s = add(sub, "status", "the engines, which core a run would use, where it is cached, why not AOT",
+            "virtkit engine status --json")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
 
@@ -69,11 +73,22 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print which core ``virtkit run`` would use and where the AOT core is (or why it is not used)."""
     from virtkit.engines.riscv import aot
+    from virtkit.machine.engine import engine_module, engine_names
 
     st = aot.status()
+    engines = {}
+    for name in engine_names():
+        try:
+            describe = getattr(engine_module(name), "describe", None)
+            engines[name] = describe() if describe else {"engine": name}
+        except Exception as err:  # an engine that cannot describe itself here is reported, not fatal
+            engines[name] = {"engine": name, "available": False, "note": str(err)}
+    st["engines"] = engines
     if args.json:
         print(json.dumps(st, indent=1))
         return 0
+    for name, d in engines.items():
+        print(f"engine {name}: {d.get('kind', '')}" + (f" ({d['note']})" if d.get("note") else ""))
     print(f"core: {st['core']}")
     print(f"AOT core: {'ready' if st['aot_ready'] else 'not usable: ' + st['reason']}")
     print(f"AOT module: {st['module']}")

@@ -13,18 +13,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="images_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    b = sub.add_parser("build", help="build images (default: all) unless cached")
+    from virtkit.commands._help import add
+
+    b = add(sub, "build", "build images (default: all) unless cached", ["virtkit images build",
+                                                                         "virtkit images build kernel --force"])
     b.add_argument("names", nargs="*", metavar="NAME", help="kernel, busybox, initramfs (default: all)")
     b.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     b.add_argument("--json", action="store_true", help="print {name: path} as JSON")
     b.set_defaults(func=cmd_build)
 
-    ls = sub.add_parser("list", help="list images: name, key, size, built or not")
+    ls = add(sub, "list", "list images: name, key, size, built or not", "virtkit images list --json")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
 
-    pa = sub.add_parser("path", help="print the path of a built image")
+    pa = add(sub, "path", "print the path of a built image", "virtkit images path kernel")
     pa.add_argument("name", metavar="NAME", help="kernel, busybox, initramfs or firmware")
     pa.set_defaults(func=cmd_path)
 

@@ -17,7 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("nbd", help="serve disk images over the NBD protocol", description=__doc__)
     sub = p.add_subparsers(dest="nbd_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-    s = sub.add_parser("serve", help="export one or more disks until interrupted")
+    from virtkit.commands._help import add
+
+    s = add(sub, "serve", "export one or more disks until interrupted", [
+        "virtkit nbd serve vm0.qcow2 data=flat.raw -p 10809   # then: nbdinfo --list nbd://127.0.0.1:10809",
+        "virtkit nbd serve tank/vm2 --socket /run/vm2.sock -r", "virtkit nbd serve -U disk-of-a-running-vm.qcow2 -r"])
     s.add_argument("specs", nargs="+", metavar="FILE_OR_SPEC",
                    help="disk to export; NAME=SPEC names the export (default: '' for the first, "
                         "the file name for the others)")
@@ -26,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("-k", "--socket", metavar="PATH", help="listen on a Unix socket")
     s.add_argument("-x", "--name", help="export name of the first disk (default '')")
     s.add_argument("-r", "--read-only", action="store_true", help="export read-only (writes fail with EPERM)")
+    s.add_argument("-f", "--format", dest="fmt", choices=["raw", "qcow2"], help="format of the disks (default probed)")
+    s.add_argument("-U", "--force-share", action="store_true",
+                   help="(with -r) export an image another VM or process holds, without locking it")
     s.add_argument("-e", "--max-clients", type=int, default=256, metavar="N",
                    help="refuse connections beyond N concurrent clients (default 256)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -69,7 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = None
     try:
         for name, spec in _parse_specs(args.specs, args.name):
-            exports.append(NbdExport(name, open_disk(spec, read_only=args.read_only), read_only=args.read_only))
+            if args.force_share and not args.read_only:
+                raise ConfigError("-U/--force-share needs -r (a shared image can only be exported read-only)")
+            exports.append(NbdExport(name, open_disk(spec, read_only=args.read_only, fmt=args.fmt,
+                                                     force_share=args.force_share), read_only=args.read_only))
         server = NbdServer(exports, max_clients=args.max_clients)
         if args.socket:
             server.listen_unix(args.socket)

@@ -269,14 +269,41 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = {
+    "create": "virtkit net create lab",
+    "start": "virtkit net start lab",
+    "stop": "virtkit net stop lab",
+    "delete": "virtkit net delete lab",
+    "list": "virtkit net list --json",
+    "show": "virtkit net show lab",
+    "set": "virtkit net set lab --ageing 600 --mtu 9000",
+    "port add": ["virtkit net port add lab tap:lab0 --access 7",
+                 "virtkit net port add lab host:veth1 --trunk 1,7,10-20 --native 1",
+                 "virtkit net port add lab udp:4790:198.51.100.2:4790"],
+    "port remove": "virtkit net port remove lab lab0",
+    "port set": "virtkit net port set lab lab0 --access 10 --priority 5",
+    "group create": "virtkit net group create lab web --vlan 20 --default deny",
+    "group delete": "virtkit net group delete lab web",
+    "group set": "virtkit net group set lab web --default allow",
+    "group list": "virtkit net group list lab",
+    "group rule add": "virtkit net group rule add lab web allow --proto tcp --port 22 --source 10.0.0.0/8",
+    "group rule remove": "virtkit net group rule remove lab web 1",
+    "capture": "virtkit net capture lab --port veth1 -w trunk.pcapng -c 100",
+}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``virtkit net`` and its subcommands."""
     net = subparsers.add_parser("net", help="802.1Q virtual switches: ports, VLANs, security groups, capture")
     sub = net.add_subparsers(dest="net_command", metavar="SUBCOMMAND")
     net.set_defaults(func=lambda a: (net.print_help(), 2)[1])
 
-    def add(parser_sub: Any, name: str, func: Any, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        p = parser_sub.add_parser(name, help=help_, description=help_)
+    def add(parser_sub: Any, name: str, func: Any, help_: str, json_flag: bool = True,
+            aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        from virtkit.commands._help import add as add_with_examples
+
+        p = add_with_examples(parser_sub, name, help_, EXAMPLES[name if parser_sub is sub else
+                                                                 f"{parser_sub.dest_name} {name}"], aliases)
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
@@ -317,13 +344,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     port = sub.add_parser("port", help="add, remove or configure ports")
     psub = port.add_subparsers(dest="port_command", metavar="SUBCOMMAND")
+    psub.dest_name = "port"
     port.set_defaults(func=lambda a: (port.print_help(), 2)[1])
     p = add(psub, "add", cmd_port_add, "add a port: tap:IF | host:IF | udp:LPORT:HOST:RPORT | vm:ID")
     p.add_argument("name", help="switch")
     p.add_argument("spec", help="tap:IF | host:IF | udp:LOCAL_PORT:REMOTE_HOST:REMOTE_PORT | vm:ID")
     p.add_argument("--name", dest="port_name", metavar="PORT", help="port name (default from the spec)")
     port_flags(p)
-    p = add(psub, "remove", cmd_port_remove, "remove a port")
+    p = add(psub, "remove", cmd_port_remove, "remove a port", aliases=("delete",))
     p.add_argument("name", help="switch")
     p.add_argument("port")
     p = add(psub, "set", cmd_port_set, "change a port's VLANs, group or priority")
@@ -333,6 +361,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     grp = sub.add_parser("group", help="security groups: a VLAN plus ordered ingress rules")
     gsub = grp.add_subparsers(dest="group_command", metavar="SUBCOMMAND")
+    gsub.dest_name = "group"
     grp.set_defaults(func=lambda a: (grp.print_help(), 2)[1])
     p = add(gsub, "create", cmd_group_create, "create a security group")
     p.add_argument("name", help="switch")
@@ -351,6 +380,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="switch")
     rule = gsub.add_parser("rule", help="add or remove rules")
     rsub = rule.add_subparsers(dest="rule_command", metavar="SUBCOMMAND")
+    rsub.dest_name = "group rule"
     rule.set_defaults(func=lambda a: (rule.print_help(), 2)[1])
     p = add(rsub, "add", cmd_rule_add, "add an ingress rule (first match wins)")
     p.add_argument("name", help="switch")
@@ -360,7 +390,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", default="any", help="destination port or range (tcp/udp), e.g. 22 or 8000-8080")
     p.add_argument("--source", default="any", help="source CIDR (IPv4 or IPv6) or any")
     p.add_argument("--position", help="insert at this position (1 = first); default: append")
-    p = add(rsub, "remove", cmd_rule_remove, "remove rule number INDEX")
+    p = add(rsub, "remove", cmd_rule_remove, "remove rule number INDEX", aliases=("delete",))
     p.add_argument("name", help="switch")
     p.add_argument("group")
     p.add_argument("index")

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import math
 import mmap
 import os
 import re
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtkit.errors import VirtkitError
 from virtkit.storage import lock as imglock
 from virtkit.storage.backend import BlockError, check_range
 from virtkit.storage.pool_meta import (
@@ -56,7 +58,6 @@ POOLS_ENV = "VIRTKIT_POOLS_DIR"
 #: the files beside the metadata slots: transaction lock, sessions, volume and chunk locks, published sequence
 POOL_FILES = ("lock", "sessions", "volumes.lock", "chunks.lock", "seq")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -69,24 +70,23 @@ def pools_root() -> Path:
 
 
 def parse_size(text: str | int) -> int:
-    """Parse ``1G``, ``512M``, ``4096``, ``64KiB`` into bytes (binary units); PoolError otherwise."""
-    if isinstance(text, int):
-        if text < 0:
-            raise PoolError(f"size must not be negative (got {text})")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise PoolError(f"bad size {text!r}: use a whole number with an optional K, M, G or T suffix (e.g. 10G)")
-    return int(m.group(1)) << (10 * " KMGTP".index(m.group(2).upper() or " "))
+    """``1G``, ``512M``, ``1.5G``, ``4096`` -> bytes (:func:`virtkit.units.parse_size`: the one size parser);
+    PoolError otherwise."""
+    from virtkit.units import parse_size as _parse
+
+    if isinstance(text, int) and text < 0:
+        raise PoolError(f"size must not be negative (got {text})")
+    try:
+        return _parse(text)
+    except VirtkitError as err:
+        raise PoolError(str(err)) from None
 
 
 def format_size(n: int) -> str:
-    """Human-readable binary size: 4.0M, 1.5G."""
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    """Human-readable binary size, as everywhere in virtkit (:func:`virtkit.units.format_size`)."""
+    from virtkit.units import format_size as _format
+
+    return _format(n)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -114,6 +114,10 @@ def _punch(fd: int, offset: int, length: int) -> bool:
 
 class _Degraded(Exception):
     """Internal: a column's device is failed or missing; the caller falls back or gives up."""
+
+
+class _Changed(Exception):
+    """Internal: another process changed the metadata under a request; look it up again."""
 
 
 # --------------------------------------------------------------------------- devices
@@ -1133,24 +1137,29 @@ class Pool:
 
     # ----------------------------------------------------------------- volume I/O (called by VolumeBackend)
 
-    def _segments(self, vol: Volume, offset: int, length: int) -> Iterator[tuple[Geometry, list[int | None], int, int,
-                                                                               int, int]]:
-        """Split ``[offset, offset+length)`` by chunk: (geometry, map, chunk index, offset in chunk, length, pos).
-
-        During a layout conversion bytes below the watermark live in the new layout, the rest in the old one.
-        The map is looked up again for every segment (a re-read may have replaced it)."""
+    def _segments(self, vol: Volume, offset: int, length: int) -> Iterator[tuple[bool, int, int, int, int]]:
+        """Split ``[offset, offset+length)`` by chunk: (in the new layout?, chunk index, offset in chunk, length,
+        offset in the buffer). During a layout conversion bytes below the watermark live in the new layout."""
         pos, end = offset, offset + length
         while pos < end:
             conv = vol.convert
-            if conv is not None and pos < conv.done:
-                geo, vmap, limit = conv.geo, conv.map, conv.done
-            else:
-                geo, vmap, limit = vol.geo, vol.map, end
+            new = conv is not None and pos < conv.done
+            geo = conv.geo if new else vol.geo  # type: ignore[union-attr]
             cap = geo.capacity
             ci, inner = divmod(pos, cap)
-            n = min(end - pos, cap - inner, max(limit - pos, 0) or end - pos)
-            yield geo, vmap, ci, inner, n, pos - offset
+            n = min(end - pos, cap - inner)
+            if new:
+                n = min(n, conv.done - pos)  # type: ignore[union-attr]
+            yield new, ci, inner, n, pos - offset
             pos += n
+
+    @staticmethod
+    def _layout(vol: Volume, new: bool) -> tuple[Geometry, list[int | None]]:
+        if new:
+            if vol.convert is None:
+                raise _Changed()
+            return vol.convert.geo, vol.convert.map
+        return vol.geo, vol.map
 
     @contextlib.contextmanager
     def _chunk_shared(self, cid: int) -> Iterator[bool]:
@@ -1167,20 +1176,22 @@ class Pool:
             imglock.byte_unlock(fd, cid)
 
     def _io_read(self, vol: Volume, offset: int, buf: memoryview) -> None:
-        self._refresh()
         for _attempt in range(1000):
-            for geo, vmap, ci, inner, n, b in self._segments(vol, offset, len(buf)):
-                cid = vmap[ci] if ci < len(vmap) else None
-                if cid is None:
-                    buf[b : b + n] = bytes(n)
-                    continue
-                with self._chunk_shared(cid) as current:
-                    if not current:
-                        break
-                    self._read_chunk(geo, cid, inner, buf[b : b + n])
-            else:
-                return
             self._refresh()
+            try:
+                for new, ci, inner, n, b in self._segments(vol, offset, len(buf)):
+                    geo, vmap = self._layout(vol, new)
+                    cid = vmap[ci] if ci < len(vmap) else None
+                    if cid is None:
+                        buf[b : b + n] = bytes(n)
+                        continue
+                    with self._chunk_shared(cid) as current:
+                        if not current:
+                            raise _Changed()
+                        self._read_chunk(geo, cid, inner, buf[b : b + n])
+                return
+            except _Changed:
+                continue
         raise BlockError(f"volume {vol.name!r}: the pool's metadata kept changing under a read")
 
     def _mark_in_use(self) -> None:
@@ -1189,49 +1200,43 @@ class Pool:
             with self._txn():
                 self._commit(sync=False)
 
-    def _own_chunk(self, vol: Volume, geo: Geometry, vmap: list[int | None], ci: int) -> int:
-        """The chunk at index ``ci`` of ``vmap``, allocated and owned by ``vol`` alone (a transaction when it has
-        to be allocated or copied on write: other processes allocate from the same devices)."""
-        cid = vmap[ci]
-        if cid is not None and self.refs.get(cid) == 1:
-            return cid
+    def _allocate(self, vol: Volume, new: bool, ci: int) -> None:
+        """Make chunk ``ci`` (of the new layout when ``new``) allocated and owned by ``vol`` alone: a transaction,
+        since other processes allocate from the same devices."""
         with self._txn():
-            conv = vol.convert
-            vmap = conv.map if conv is not None and vmap is not vol.map else vol.map
-            cid = self._exclusive(vol, ci, vmap=vmap, geo=conv.geo if vmap is not vol.map and conv else vol.geo)
+            geo, vmap = self._layout(vol, new)
+            self._exclusive(vol, ci, vmap=vmap, geo=geo)
             if self.dirty:
                 self._commit(sync=False)
-            return cid
 
     def _io_write(self, vol: Volume, offset: int, data: memoryview) -> None:
         self._mark_in_use()
-        self._refresh()
         for _attempt in range(1000):
-            for geo, vmap, ci, inner, n, b in self._segments(vol, offset, len(data)):
-                cid = self._own_chunk(vol, geo, vmap, ci)
-                with self._chunk_shared(cid) as current:
-                    if not current:
-                        break
-                    if self.refs.get(cid) != 1 or vmap[ci] != cid:
-                        break  # moved on meanwhile (a snapshot, a conversion step): look again
-                    self._write_chunk(geo, cid, inner, data[b : b + n])
-            else:
-                return
             self._refresh()
-            # segments already written are written again: the same bytes, idempotent
+            try:
+                for new, ci, inner, n, b in self._segments(vol, offset, len(data)):
+                    geo, vmap = self._layout(vol, new)
+                    cid = vmap[ci]
+                    if cid is None or self.refs.get(cid) != 1:
+                        self._allocate(vol, new, ci)
+                        raise _Changed()  # look everything up again (segments written so far: same bytes again)
+                    with self._chunk_shared(cid) as current:
+                        if not current:
+                            raise _Changed()
+                        self._write_chunk(geo, cid, inner, data[b : b + n])
+                return
+            except _Changed:
+                continue
         raise BlockError(f"volume {vol.name!r}: the pool's metadata kept changing under a write")
 
     def _io_zero(self, vol: Volume, offset: int, length: int) -> None:
         self._mark_in_use()
         self._refresh()
-        for geo, vmap, ci, inner, n, b in list(self._segments(vol, offset, length)):
-            whole = inner == 0 and n == geo.capacity
-            if whole and vmap is vol.map:
+        for new, ci, inner, n, b in list(self._segments(vol, offset, length)):
+            if inner == 0 and n == vol.geo.capacity and not new:
                 with self._txn():
                     if self._zero_whole(vol, ci):
                         continue
-            if vmap[ci] is None and vol.thin:
-                continue  # reads as zeros already
             self._io_write(vol, offset + b, memoryview(bytes(n)))
 
     def _zero_whole(self, vol: Volume, ci: int) -> bool:
@@ -1705,6 +1710,163 @@ class Pool:
             del self.volumes[name]
             self._commit()
 
+    def convert_volume(self, name: str, layout: str, *, width: int | None = None, stripe: int | str | None = None,
+                       progress: Any = None) -> dict[str, Any]:
+        """Change a volume's layout (linear, striped, mirror, parity) online, like ``lvconvert``.
+
+        The data is copied region by region (the least common multiple of both layouts' chunk capacities) into
+        chunks of the new layout; a watermark in the metadata says where the new layout starts to hold the data,
+        so writers in any process keep going (a region being copied is held exclusively), and a conversion that
+        is interrupted (even by SIGKILL) goes on from the watermark when run again. ``progress(done, total)``.
+        """
+        with self._txn():
+            vol = self.volume(name)
+            if vol.read_only:
+                raise PoolError(f"volume {name!r} is a read-only snapshot")
+            if vol.convert is None:
+                alive = sum(1 for d in self.devices.values() if d.alive)
+                if width is None:
+                    width = {"linear": 1, "mirror": 2}.get(layout, alive)
+                stripe_size = min(DEFAULT_STRIPE, self.extent) if stripe is None else parse_size(stripe)
+                tgeo = Geometry(layout, int(width), stripe_size, self.extent)
+                problem = tgeo.check()
+                if problem:
+                    raise PoolError(problem)
+                if tgeo == vol.geo:
+                    return {"volume": name, "layout": layout, "converted": 0, "already": True}
+                tn = -(-vol.size // tgeo.capacity)
+                self._check_chunks(tn, tgeo)
+                if not vol.thin:
+                    self._space_check(tgeo, tn)
+                vol.convert = Conversion(tgeo, [None] * tn, 0)
+                self._commit()
+            tgeo = vol.convert.geo
+            step = vol.geo.capacity * tgeo.capacity // math.gcd(vol.geo.capacity, tgeo.capacity)
+        steps = 0
+        while True:
+            for _attempt in range(100000):
+                r = self._convert_step(name, step)
+                if r is not None:
+                    break
+                time.sleep(0.001)  # a request holds a chunk of the region: let it finish
+            else:
+                raise PoolError(f"volume {name!r}: its chunks stayed busy; conversion did not make progress")
+            done, total, finished = r
+            steps += 1
+            if progress:
+                progress(done, total)
+            if finished:
+                return {"volume": name, "layout": tgeo.layout, "width": tgeo.width, "regions": steps}
+
+    def _convert_step(self, name: str, step: int) -> tuple[int, int, bool] | None:
+        """One region of a conversion; None when a request holds one of its chunks (try again)."""
+        with self._txn():
+            vol = self.volume(name)
+            conv = vol.convert
+            if conv is None:
+                return vol.size, vol.size, True
+            if conv.done >= vol.size:  # the new layout holds everything: switch over
+                for cid in vol.map:
+                    self._unref(cid)
+                vol.geo, vol.map, vol.convert = conv.geo, conv.map, None
+                self._commit()
+                return vol.size, vol.size, True
+            lo, hi = conv.done, min(conv.done + step, vol.size)
+            ocap, ncap = vol.geo.capacity, conv.geo.capacity
+            old_idx = range(lo // ocap, -(-hi // ocap))
+            cids = sorted({vol.map[i] for i in old_idx if i < len(vol.map) and vol.map[i] is not None})
+            held: list[int] = []
+            try:
+                for cid in cids:
+                    if self._chunk_fd >= 0 and not imglock.byte_lock(self._chunk_fd, cid, exclusive=True, wait=False):
+                        return None
+                    held.append(cid)
+                buf = bytearray(hi - lo)
+                self._read_layout(vol.geo, vol.map, lo, memoryview(buf))
+                for ni in range(lo // ncap, -(-hi // ncap)):
+                    a, b = ni * ncap - lo, min((ni + 1) * ncap, hi) - lo
+                    piece = memoryview(buf)[a:b]
+                    if vol.thin and not any(piece):
+                        continue  # a thin volume stays thin: zeros need no chunk
+                    cid = self._exclusive(vol, ni, vmap=conv.map, geo=conv.geo)
+                    self._write_chunk(conv.geo, cid, 0, piece)
+                conv.done = hi
+                for i in old_idx:  # below the watermark the old chunks are not read any more
+                    if i < len(vol.map) and vol.map[i] is not None:
+                        self._unref(vol.map[i])
+                        vol.map[i] = None
+                self._commit()  # data durable (synced), then the watermark
+                return conv.done, vol.size, False
+            finally:
+                for cid in held:
+                    imglock.byte_unlock(self._chunk_fd, cid)
+
+    def _read_layout(self, geo: Geometry, vmap: list[int | None], offset: int, out: memoryview) -> None:
+        pos, end = offset, offset + len(out)
+        while pos < end:
+            ci, inner = divmod(pos, geo.capacity)
+            n = min(end - pos, geo.capacity - inner)
+            self._read_chunk(geo, vmap[ci] if ci < len(vmap) else None, inner, out[pos - offset : pos - offset + n])
+            pos += n
+
+    def rename_volume(self, name: str, new_name: str) -> Volume:
+        """Rename a volume (online: a VM using it keeps it; its lock follows the volume's id, not its name)."""
+        with self._txn():
+            vol = self.volume(name)
+            check_name("volume", new_name)
+            if new_name in self.volumes:
+                raise PoolError(f"volume {new_name!r} already exists in pool {self.name!r}")
+            del self.volumes[name]
+            vol.name = new_name
+            self.volumes[new_name] = vol
+            for v in self.volumes.values():
+                if v.snapshot_of == name:
+                    v.snapshot_of = new_name
+            self._commit()
+            return vol
+
+    def segments(self, name: str) -> list[dict[str, Any]]:
+        """Where a volume's data lives, run by run (``lvdisplay -m``): logical range, layout, and per column the
+        device and physical extent; runs of consecutive extents are merged, unallocated runs shown as such."""
+        with self.lock:
+            self._refresh()
+            vol = self.volume(name)
+            out: list[dict[str, Any]] = []
+            parts: list[tuple[Geometry, list[int | None], int, int]] = []
+            if vol.convert is not None:
+                parts.append((vol.convert.geo, vol.convert.map, 0, vol.convert.done))
+                parts.append((vol.geo, vol.map, vol.convert.done, vol.size))
+            else:
+                parts.append((vol.geo, vol.map, 0, vol.size))
+            for geo, vmap, lo, hi in parts:
+                cap = geo.capacity
+                for ci in range(lo // cap, -(-hi // cap)):
+                    start, end = max(ci * cap, lo), min((ci + 1) * cap, hi)
+                    if start >= end:
+                        continue
+                    cid = vmap[ci] if ci < len(vmap) else None
+                    cols = [] if cid is None else [{"device": self.devices[d].path, "device_id": d, "extent": pe}
+                                                   for d, pe in self.chunks[cid]]
+                    prev = out[-1] if out else None
+                    if prev is not None and prev["layout"] == geo.layout and prev["end"] == start and (
+                            (not cols and not prev["columns"]) or (cols and len(prev["columns"]) == len(cols) and all(
+                                p["device_id"] == c["device_id"] and p["extent"] + prev["extents"] == c["extent"]
+                                for p, c in zip(prev["columns"], cols, strict=True)))):
+                        prev["end"] = end
+                        prev["extents"] += 1
+                        continue
+                    out.append({"start": start, "end": end, "layout": geo.layout, "width": geo.width,
+                                "allocated": cid is not None, "extents": 1, "columns": cols})
+            return out
+
+    def set_warn_percent(self, pct: int) -> None:
+        """Warn (``pool show``, ``pool list``) when this much of the pool is in use."""
+        if not 1 <= pct <= 100:
+            raise PoolError(f"warning threshold {pct}% must be between 1 and 100")
+        with self._txn():
+            self.warn_percent = pct
+            self._commit(sync=False)
+
     def _new_volume_id(self) -> int:
         vid = self.next_volume
         self.next_volume += 1
@@ -1792,12 +1954,16 @@ class Pool:
             "shared_chunks": shared,
             "chunks": len(vol.map),
             "open": self.volume_open(vol),
+            "converting_to": None if vol.convert is None else vol.convert.geo.layout,
+            "converted_percent": None if vol.convert is None else round(100.0 * vol.convert.done / max(vol.size, 1), 1),
             "devices": sorted({self.devices[d].path for c in vol.map if c is not None for d, _ in self.chunks[c]}),
         }
 
     def status(self) -> dict[str, Any]:
-        """Everything `pool status` shows: devices, capacity, use, thin over-commit, warnings."""
+        """Everything `pool show` shows: devices, capacity, use, state (ok, degraded, full), thin over-commit,
+        open volumes, warnings."""
         with self.lock:
+            self._refresh()
             total = sum(d.pe_count for d in self.devices.values())
             used = sum(d.pe_count - d.free for d in self.devices.values())
             virtual_thin = sum(v.size for v in self.volumes.values() if v.thin and not v.snapshot_of)
@@ -1806,13 +1972,21 @@ class Pool:
             if pct >= self.warn_percent:
                 warnings.append(f"pool data {pct}% full (warning threshold {self.warn_percent}%)")
             degraded = [d.path for d in self.devices.values() if d.state != "ok"]
+            state = "degraded" if degraded else "ok"
+            if total and used >= total:
+                state = "full" if not degraded else "degraded,full"
+                if any(v.thin and None in v.map for v in self.volumes.values()):
+                    warnings.append("the pool is full: thin volumes cannot allocate (writes to them fail or pause "
+                                    f"the VM); add a device with `virtkit pool add {self.name} DEV`")
+            vols = [self.volume_usage(v) for v in self.volumes.values()]
             return {
                 "name": self.name,
                 "uuid": self.uuid,
                 "path": str(self.path),
                 "extent_size": self.extent,
                 "seq": self.seq,
-                "state": "degraded" if degraded else "ok",
+                "state": state,
+                "open_volumes": sorted(v["name"] for v in vols if v["open"]),
                 "extents_total": total,
                 "extents_used": used,
                 "size": total * self.extent,
@@ -1836,7 +2010,7 @@ class Pool:
                     }
                     for d in self.devices.values()
                 ],
-                "volumes": [self.volume_usage(v) for v in self.volumes.values()],
+                "volumes": vols,
                 "warnings": warnings,
             }
 
@@ -1940,6 +2114,83 @@ class VolumeBackend:
                     self.pool._unlock_volume(self.vol, was_writer=not self.read_only)
         for cb in self._on_close:
             cb()
+
+
+def _other_sessions(pool: Pool) -> bool:
+    """Whether another process has ``pool`` open for writing (sessions held by someone else)."""
+    fd = pool._sess_fd
+    if fd < 0:
+        return False
+    if not pool.read_only:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_SH if not pool.read_only else fcntl.LOCK_UN)
+    return False
+
+
+def delete_pool(name_or_path: str | os.PathLike[str], *, root: Path | None = None, force: bool = False) -> list[str]:
+    """Delete a pool: refused while any process has one of its volumes open (or the pool open for writing);
+    refused while it holds volumes unless ``force``. The devices' labels are wiped (the data on them is not);
+    returns the device paths set free."""
+    pool = Pool.open(name_or_path, root=root)
+    try:
+        with pool._txn():
+            busy = sorted(v.name for v in pool.volumes.values() if pool.volume_open(v))
+            if busy:
+                raise PoolError(f"pool {pool.name!r} has open volumes ({', '.join(busy)}): stop their VMs and "
+                                "exports first")
+            if _other_sessions(pool):
+                raise PoolError(f"pool {pool.name!r} is open in another process; try again when it has finished")
+            if pool.volumes and not force:
+                raise PoolError(f"pool {pool.name!r} still holds volumes ({', '.join(sorted(pool.volumes))}): delete "
+                                "them first, or give --force")
+            freed = []
+            for dev in pool.devices.values():
+                if dev.fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.pwrite(dev.fd, bytes(LABEL_SIZE), 0)
+                        os.fsync(dev.fd)
+                freed.append(dev.path)
+            path = pool.path
+    finally:
+        pool._close_fds()
+        pool.closed = True
+    for child in list(path.iterdir()):
+        if child.name.startswith("metadata") or child.name in POOL_FILES:
+            child.unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+    return freed
+
+
+def rename_pool(name_or_path: str | os.PathLike[str], new_name: str, *, root: Path | None = None) -> Path:
+    """Rename a pool (its directory, its metadata, the name in its devices' labels); refused while another
+    process uses it. Returns the new directory."""
+    check_name("pool", new_name)
+    pool = Pool.open(name_or_path, root=root)
+    try:
+        with pool._txn():
+            if _other_sessions(pool) or any(pool.volume_open(v) for v in pool.volumes.values()):
+                raise PoolError(f"pool {pool.name!r} is in use (a VM, an NBD export...): rename it when it is not")
+            new_path = pool.path.parent / new_name
+            if new_path.exists():
+                raise PoolError(f"{new_path} already exists")
+            for dev in pool.devices.values():
+                if dev.fd >= 0:
+                    label = Label(pool.uuid, dev.uuid, pool.extent, dev.data_start, dev.pe_count, new_name)
+                    os.pwrite(dev.fd, label.pack(), 0)
+                    os.fsync(dev.fd)
+            pool.name = new_name
+            pool._commit()
+            os.rename(pool.path, new_path)
+    finally:
+        pool._close_fds()
+        pool.closed = True
+    return new_path
 
 
 # --------------------------------------------------------------------------- open_disk support

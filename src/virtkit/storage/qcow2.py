@@ -974,7 +974,7 @@ class Qcow2:
                 done += os.pwrite(self.fd, flat[done:], off + done)
         self.file_size = max(self.file_size, off + total)
 
-    def _zero_range(self, offset: int, length: int, discard: bool) -> None:
+    def _zero_range(self, offset: int, length: int, discard: bool, unmap: bool = False) -> None:
         if self.read_only:
             raise BlockError(f"disk {self.path!r} is read-only")
         check_range(self, offset, length)
@@ -991,14 +991,14 @@ class Qcow2:
             self._write_zero_bytes(offset, a - offset)
         if min(b, end) < end:
             self._write_zero_bytes(b, end - b)
-        new_entry = 0 if discard and self.backing is None else ZERO
+        new_entry = 0 if unmap or discard and self.backing is None else ZERO
         l2mask = (1 << self.l2_bits) - 1
         cl = a >> cb
         last = (b >> cb) - 1
         while cl <= last:
             l1i = cl >> self.l2_bits
             stop = min(last, ((l1i + 1) << self.l2_bits) - 1)
-            if self.backing is None and not int(self.l1[l1i]) & OFFSET_MASK:
+            if (self.backing is None or unmap) and not int(self.l1[l1i]) & OFFSET_MASK:
                 cl = stop + 1
                 continue
             t = self._l2_for_write(l1i)
@@ -1149,6 +1149,132 @@ class Qcow2:
                     self._l2_dirty.add(off)
                 else:  # shared table: rewrite in place like QEMU does for flag updates
                     os.pwrite(self.fd, t.astype(">u8").tobytes(), off)
+
+    # ------------------------------------------------------------------ image-level changes (qemu-img verbs)
+
+    def unmap_all(self) -> None:
+        """Make every cluster unallocated, so the image reads through to its backing file (``commit``'s empty
+        step); freed clusters go back to the refcounts at the next flush."""
+        if self.size:
+            self._zero_range(0, self.size, discard=True, unmap=True)
+        self.flush()
+
+    def _rewrite_header(self, **fields: int) -> None:
+        """Update fixed header fields (offsets from HEADER's layout) in one write of bytes 24..48."""
+        head = bytearray(os.pread(self.fd, HEADER.size, 0))
+        for name, value in fields.items():
+            off, fmt = {"size": (24, ">Q"), "l1_size": (36, ">I"), "l1_offset": (40, ">Q"),
+                        "incompatible": (72, ">Q"), "compatible": (80, ">Q")}[name]
+            struct.pack_into(fmt, head, off, value)
+        os.pwrite(self.fd, bytes(head[24:88]), 24)
+
+    def resize(self, new_size: int, shrink: bool = False) -> None:
+        """Grow (or with ``shrink``, shrink) the virtual size. Crash-safe: new tables are written and synced before
+        the header switches to them; a crash leaves at most leaked clusters (``check -r`` frees them)."""
+        if self.read_only:
+            raise BlockError(f"disk {self.path!r} is read-only")
+        new_size = (new_size + 511) & ~511
+        if new_size == self.size:
+            return
+        if new_size < self.size:
+            if not shrink:
+                raise Qcow2Error("use --shrink to make an image smaller (the data past the new end is lost)")
+            if self.snapshots:
+                raise Qcow2Error("cannot shrink an image that has internal snapshots")
+            old = self.size
+            cs = self.cluster_size
+            tail = min(old, (new_size + cs - 1) & ~(cs - 1)) - new_size
+            if tail > 0:
+                self.write(new_size, bytes(tail))  # the cut part of the last cluster reads as zeros if regrown
+            cut = (new_size + cs - 1) & ~(cs - 1)
+            if cut < old:
+                self._zero_range(cut, old - cut, discard=True, unmap=True)
+            self.flush()
+            self._rewrite_header(size=new_size)
+            os.fdatasync(self.fd)
+            self.size = new_size
+            return
+        need = _div_up(new_size, 1 << self._l1_shift)
+        if need * 8 > MAX_L1_BYTES:
+            raise Qcow2Error(f"virtual size {new_size} is too large for {self.cluster_size}-byte clusters")
+        self._flush_metadata()
+        if need > self.l1_size:
+            cs = self.cluster_size
+            nclusters = _div_up(need * 8, cs)
+            new_off = self._alloc(nclusters)
+            self._flush_metadata()  # the new L1's refcounts first
+            table = np.zeros(nclusters * cs // 8, dtype=np.uint64)
+            table[: self.l1_size] = self.l1
+            os.pwrite(self.fd, table.astype(">u8").tobytes(), new_off)
+            os.fdatasync(self.fd)
+            old_off, old_len = self.l1_offset, _div_up(self.l1_size * 8, cs) * cs
+            self._rewrite_header(size=new_size, l1_size=need, l1_offset=new_off)
+            os.fdatasync(self.fd)
+            self.l1 = table[:need].copy()
+            self.l1_size, self.l1_offset = need, new_off
+            if old_off and self.l1_size:
+                self._unref_range(old_off, old_len)
+                self._flush_metadata()
+        else:
+            self._rewrite_header(size=new_size)
+            os.fdatasync(self.fd)
+        self.size = new_size
+
+    def set_backing(self, backing_file: str | None, backing_format: str | None) -> None:
+        """Point the image at another backing file (or none), keeping every other header extension: the
+        header cluster is rewritten in one write (what ``rebase`` does after copying the data)."""
+        if self.read_only:
+            raise BlockError(f"disk {self.path!r} is read-only")
+        cs = self.cluster_size
+        hc = bytearray(os.pread(self.fd, cs, 0))
+        exts: list[tuple[int, bytes]] = []
+        pos = self.header_length
+        bf_off = struct.unpack_from(">Q", hc, 8)[0]
+        end = bf_off if bf_off and bf_off > pos else cs
+        while pos + 8 <= end:
+            etype, elen = struct.unpack_from(">II", hc, pos)
+            if etype == EXT_END:
+                break
+            if etype != EXT_BACKING_FMT:
+                exts.append((etype, bytes(hc[pos + 8 : pos + 8 + elen])))
+            pos += 8 + ((elen + 7) & ~7)
+        if backing_file and backing_format:
+            exts.insert(0, (EXT_BACKING_FMT, backing_format.encode()))
+        out = bytearray(hc[: self.header_length])
+        for etype, data in exts:
+            out += struct.pack(">II", etype, len(data)) + data + bytes((-len(data)) % 8)
+        out += bytes(8)
+        name = (backing_file or "").encode()
+        if len(name) > 1023 or len(out) + len(name) > cs:
+            raise Qcow2Error("backing file name too long")
+        if name:
+            struct.pack_into(">QI", out, 8, len(out), len(name))
+            out += name
+        else:
+            struct.pack_into(">QI", out, 8, 0, 0)
+        out += bytes(cs - len(out))
+        os.fdatasync(self.fd)  # everything rebase copied is durable before the image changes backing
+        os.pwrite(self.fd, bytes(out), 0)
+        os.fdatasync(self.fd)
+        self.backing_file, self.backing_format = backing_file or None, backing_format if backing_file else None
+
+    def amend(self, *, lazy_refcounts: bool | None = None, compat: str | None = None) -> list[str]:
+        """``qemu-img amend -o``: ``lazy_refcounts=on|off``, ``compat=1.1`` (version 3, the only one written);
+        returns what changed."""
+        if self.read_only:
+            raise BlockError(f"disk {self.path!r} is read-only")
+        changed = []
+        if compat is not None and compat not in ("1.1", "v3"):
+            raise Qcow2Error(f"compat={compat}: only 1.1 (qcow2 version 3) is supported")
+        if lazy_refcounts is not None and bool(self.compatible & COMPAT_LAZY_REFCOUNTS) != lazy_refcounts:
+            if not lazy_refcounts and self.incompatible & INCOMPAT_DIRTY:
+                self.check(repair=True)
+            self.compatible = (self.compatible | COMPAT_LAZY_REFCOUNTS) if lazy_refcounts else \
+                (self.compatible & ~COMPAT_LAZY_REFCOUNTS)
+            self._rewrite_header(compatible=self.compatible)
+            os.fdatasync(self.fd)
+            changed.append(f"lazy_refcounts={'on' if lazy_refcounts else 'off'}")
+        return changed
 
     def snapshot_create(self, name: str) -> Snapshot:
         """Take an internal snapshot of the disk (``qemu-img snapshot -c``)."""
