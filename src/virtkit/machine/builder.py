@@ -77,6 +77,8 @@ class Machine:
     serial: Any = None
     #: the virtio devices in slot order
     virtio: list[Any] = field(default_factory=list)
+    #: what the build noticed and the user should hear (a disk probed as raw...)
+    warnings: list[str] = field(default_factory=list)
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run until the guest powers off (or ``timeout``); then release everything."""
@@ -116,6 +118,7 @@ class Builder:
         self.virtio: list[Any] = []
         self.io_readers: list[tuple[int, Callable[[], None]]] = []
         self.serial: Any = None
+        self.warnings: list[str] = []
         self.mem: GuestMemory
         self.engine: Any
         self.vm: Vm
@@ -155,7 +158,16 @@ class Builder:
         from virtkit.devices.virtio.blk import VirtioBlk
         from virtkit.storage import open_disk
 
-        backend = open_disk(d.path, read_only=d.read_only, fmt=d.format, owner=self.cfg.name)
+        fmt = d.format
+        if fmt is None:
+            from virtkit.storage.formats import probe
+            from virtkit.storage.pool import is_volume_spec
+
+            if not is_volume_spec(d.path) and probe(d.path).name == "raw":
+                self.warnings.append(f"disk {d.path} was given no format and is not qcow2: it is used as raw "
+                                     "(say format=raw to silence this)")
+                fmt = "raw"
+        backend = open_disk(d.path, read_only=d.read_only, fmt=fmt, owner=self.cfg.name)
         self.add_closer(f"disk {d.path}", backend.close)
         self.closers.insert(0, (f"flush disk {d.path}", _flusher(backend)))
         return VirtioBlk(self.mem, backend, serial=d.serial or f"virtkit{i}", werror=d.werror, rerror=d.rerror)
@@ -242,7 +254,8 @@ class Builder:
         vm.closers.append(("console viewers", self.console.close))
         for fd, cb in self.io_readers:
             vm.io.add_reader(fd, cb)
-        return Machine(cfg, board, self.mem, self.engine, vm, self.console, self.devices, self.serial, self.virtio)
+        return Machine(cfg, board, self.mem, self.engine, vm, self.console, self.devices, self.serial, self.virtio,
+                       self.warnings)
 
 
 def build(cfg: MachineConfig, console: ConsoleHub | Callable[[bytes], None] | None = None) -> Machine:

@@ -107,6 +107,15 @@ class ConsoleHub:
                 for v in self.viewers:
                     v.put(data)
 
+    def notice(self, text: str) -> None:
+        """A message from virtkit itself on the console stream (terminal, viewers, log), not from the guest."""
+        data = f"\r\n[virtkit] {text}\r\n".encode()
+        for sink in self.sinks:
+            sink(data)
+        with self._lock:
+            for v in self.viewers:
+                v.put(data)
+
     def tail(self, nbytes: int = TAIL) -> bytes:
         """The last ``nbytes`` of output."""
         return bytes(self._tail[-nbytes:])

@@ -56,6 +56,7 @@ class RunningVm:
         self._last = (time.monotonic(), 0)
         self._stopping = False
         self.server = None
+        self.vm.listeners.append(self._on_state)
         if control:
             from virtkit.machine.control import ControlServer
 
@@ -97,9 +98,19 @@ class RunningVm:
             return progress()
         return int(self.machine.engine.stats().get("instructions", 0))
 
+    def _on_state(self, state: str, reason: str) -> None:
+        """A VM paused by a disk error says so on its console stream (and to the user who started it)."""
+        if state == "paused" and reason.startswith("disk "):
+            msg = f"VM {self.name} paused: {reason}; make room (e.g. add a device to the pool), then " \
+                  f"`virtkit resume {self.name}`"
+            self.machine.console.notice(msg)
+            self._warn(msg)
+
     def start(self) -> None:
         """Start the VM."""
         self.t0 = time.monotonic()
+        for w in self.machine.warnings:
+            self._warn(w)
         self.vm.start()
 
     def wait(self) -> RunResult:

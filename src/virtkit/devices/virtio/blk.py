@@ -2,13 +2,24 @@
 
 Each request is a header (type, reserved, sector), data buffers and a one-byte status the
 device writes last. Data moves between the backend and guest RAM through zero-copy views.
-A request the device cannot serve (out of range, read-only disk, odd length, backend error)
-gets ``VIRTIO_BLK_S_IOERR``; an unknown type gets ``VIRTIO_BLK_S_UNSUPP``.
+A request the device cannot serve (out of range, read-only disk, odd length) gets
+``VIRTIO_BLK_S_IOERR``; an unknown type gets ``VIRTIO_BLK_S_UNSUPP``.
+
+A failing backend follows the disk's error policy, as QEMU's ``werror``/``rerror``: ``report`` (an I/O
+error for the guest), ``ignore`` (a failed write is reported done) or ``stop``: the request is held, the VM
+pauses with the reason (a full thin pool, a full file system), and when the VM is resumed the held
+request and those queued behind it are tried again, so the guest loses nothing. When the backend grows
+(a pool volume resized by another process) the device updates its capacity and sends a
+configuration-change interrupt: Linux re-reads the size (``lsblk`` shows it).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
+import time
+from collections.abc import Callable
 
 from virtkit.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice, le
 from virtkit.devices.virtio.queue import Chain, VirtioError, split_views
@@ -49,6 +60,14 @@ class _ReqError(Exception):
         self.status = status
 
 
+class _Stop(Exception):
+    """The backend failed and the disk's policy is ``stop``: hold the request, pause the VM."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+
 class VirtioBlk(VirtioDevice):
     """A virtio block device over ``backend``; ``serial`` answers GET_ID."""
 
@@ -80,18 +99,87 @@ class VirtioBlk(VirtioDevice):
             + le("II", MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)  # 48 write-zeroes limits
             + le("B3x", 1)  # 56 write_zeroes_may_unmap
         )
-        self.counts = {"read": 0, "write": 0, "flush": 0, "other": 0, "ioerr": 0, "bytes_read": 0, "bytes_written": 0}
+        self.counts = {"read": 0, "write": 0, "flush": 0, "other": 0, "ioerr": 0, "bytes_read": 0, "bytes_written": 0,
+                       "stops": 0, "resizes": 0}
+        #: called as ``on_stop(reason)`` when a request fails under the ``stop`` policy (the builder pauses the VM)
+        self.on_stop: Callable[[str], None] | None = None
+        self.label = serial
+        self._held: Chain | None = None  # the request that stopped the VM, tried again on resume
+        self._next_size_check = 0.0
+
+    def attach_vm(self, vm: object) -> None:
+        """Wire the error policy to the VM: pause it on a ``stop`` error and retry when it runs again."""
+        from virtkit.machine.vm import Vm
+
+        assert isinstance(vm, Vm)
+
+        def stop(reason: str) -> None:
+            vm.pause(reason)
+
+        def on_state(state: str, reason: str) -> None:
+            if state == "running" and self._held is not None:
+                with self.lock:
+                    self.retry()
+
+        self.on_stop = stop
+        vm.listeners.append(on_state)
+        vm.periodic.append(self.check_capacity)
 
     def notify(self, index: int) -> None:
-        """Serve every available request, then interrupt once."""
+        """Serve every available request, then interrupt once (stop at a held one: the VM is pausing)."""
+        if self._held is not None:
+            return  # the VM is pausing or paused for a failed request: the queue waits behind it
         q = self.queues[0]
         done = False
         while (chain := q.pop()) is not None:
-            written = self.handle(chain)
+            try:
+                written = self.handle(chain)
+            except _Stop as stop:
+                self._held = chain
+                self.counts["stops"] += 1
+                if done:
+                    self.interrupt(0)
+                if self.on_stop is not None:
+                    self.on_stop(stop.reason)
+                return
             q.push(chain.head, written)
             done = True
         if done:
             self.interrupt(0)
+
+    def retry(self) -> None:
+        """The VM runs again: the held request first, then the rest of the queue (it may stop again)."""
+        chain, self._held = self._held, None
+        if chain is None or not self.active:
+            return
+        try:
+            written = self.handle(chain)
+        except _Stop as stop:
+            self._held = chain
+            self.counts["stops"] += 1
+            if self.on_stop is not None:
+                self.on_stop(stop.reason)
+            return
+        self.queues[0].push(chain.head, written)
+        self.interrupt(0)
+        self.notify(0)
+
+    def check_capacity(self) -> None:
+        """A grown (or shrunk) backend: new capacity in the config space and a configuration-change interrupt."""
+        now = time.monotonic()
+        if now < self._next_size_check:
+            return
+        self._next_size_check = now + 0.25
+        try:
+            sectors = self.backend.size // SECTOR
+        except (VirtkitError, OSError):
+            return
+        if sectors != self.capacity:
+            with self.lock:
+                self.capacity = sectors
+                self.config[0:8] = le("Q", sectors)
+                self.counts["resizes"] += 1
+                self.config_changed()
 
     def handle(self, chain: Chain) -> int:
         """Serve one request; returns the number of bytes written into the chain (data + status)."""
@@ -111,12 +199,26 @@ class VirtioBlk(VirtioDevice):
             status = VIRTIO_BLK_S_OK
         except _ReqError as e:
             status = e.status
-        except (VirtkitError, OSError):
-            status = VIRTIO_BLK_S_IOERR
+        except (VirtkitError, OSError) as err:
+            status = self._policy(hdr, err)
         if status == VIRTIO_BLK_S_IOERR:
             self.counts["ioerr"] += 1
         status_view[0] = status
         return written + 1
+
+    def _policy(self, hdr: bytes, err: BaseException) -> int:
+        """What a backend failure becomes under the disk's ``werror``/``rerror`` policy."""
+        rtype = _HDR.unpack(hdr)[0] if len(hdr) >= _HDR.size else VIRTIO_BLK_T_IN
+        write = rtype != VIRTIO_BLK_T_IN
+        policy = self.werror if write else self.rerror
+        if policy == "ignore" and write:
+            return VIRTIO_BLK_S_OK
+        if policy == "stop":
+            code = getattr(err, "errno", None) or errno.EIO
+            why = os.strerror(code) if isinstance(code, int) else str(code)
+            raise _Stop(f"disk {self.label} ({getattr(self.backend, 'path', '?')}): {'write' if write else 'read'} "
+                        f"failed: {why}: {err}")
+        return VIRTIO_BLK_S_IOERR
 
     def _range(self, sector: int, nbytes: int) -> int:
         if nbytes % SECTOR:
