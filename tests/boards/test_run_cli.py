@@ -73,14 +73,20 @@ def test_corrupt_kernel_and_firmware(tmp_path, kernel):
     bad(["--kernel", kernel, "--bios", str(big)], "larger than the 2 MiB")
 
 
-def test_disk_locked_or_read_only(tmp_path, kernel):
-    import fcntl
+def test_disk_locked_by_another_process(tmp_path, kernel):
+    """Another process holds the image with QEMU's locks (as a VM or qemu-nbd would): refused before the boot."""
+    import os
+
+    from virtkit.storage import lock
 
     img = tmp_path / "d.img"
     img.write_bytes(bytes(1 << 20))
-    with open(img, "rb+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # another VM holds it
-        bad(["--kernel", kernel, "--disk", f"{img},format=raw"], "locked by another VM")
+    fd = os.open(img, os.O_RDWR)
+    try:
+        lock.acquire(fd, *lock.WRITER)
+        bad(["--kernel", kernel, "--disk", f"{img},format=raw"], "locked by another VM or process")
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.slow
