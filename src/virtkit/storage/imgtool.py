@@ -585,15 +585,25 @@ def bench(b: BlockBackend, *, count: int = 75000, depth: int = 64, size: int = 4
     if span <= 0:
         raise BlockError(f"bench: the image is smaller than offset {offset} + {size} bytes")
     data = bytes([pattern]) * size
+    import threading
+
+    # raw files take concurrent requests (pread/pwrite); a qcow2 image's metadata is one request at a time
+    serial = threading.Lock() if not isinstance(b, RawFile) else None
 
     def one(i: int) -> None:
         pos = offset + (i % span) * step
-        if write:
-            b.write(pos, data)
-            if flush_interval and i % flush_interval == flush_interval - 1:
-                b.flush()
-        else:
-            b.readinto(pos, bytearray(size))
+        if serial is not None:
+            serial.acquire()
+        try:
+            if write:
+                b.write(pos, data)
+                if flush_interval and i % flush_interval == flush_interval - 1:
+                    b.flush()
+            else:
+                b.readinto(pos, bytearray(size))
+        finally:
+            if serial is not None:
+                serial.release()
 
     t0 = time.perf_counter()
     if depth <= 1:

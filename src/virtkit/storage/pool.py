@@ -1736,8 +1736,18 @@ class Pool:
                     return {"volume": name, "layout": layout, "converted": 0, "already": True}
                 tn = -(-vol.size // tgeo.capacity)
                 self._check_chunks(tn, tgeo)
-                if not vol.thin:
-                    self._space_check(tgeo, tn)
+                if not vol.thin:  # old chunks are freed region by region: what is needed is the difference
+                    step = vol.geo.capacity * tgeo.capacity // math.gcd(vol.geo.capacity, tgeo.capacity)
+                    freed = sum(vol.geo.width for c in vol.map if c is not None and self.refs.get(c) == 1)
+                    need = tn * tgeo.width - freed + -(-step // tgeo.capacity) * tgeo.width
+                    free = sum(d.free for d in self.devices.values() if d.alive and not d.draining)
+                    if need > free:
+                        raise PoolError(f"pool {self.name!r} has not enough free space to convert {name!r} to "
+                                        f"{layout}: it needs about {need} more extents, {free} are free")
+                    alive = sum(1 for d in self.devices.values() if d.alive)
+                    if alive < tgeo.width:
+                        raise PoolError(f"{layout} with {tgeo.width} columns needs {tgeo.width} healthy devices, "
+                                        f"pool has {alive}")
                 vol.convert = Conversion(tgeo, [None] * tn, 0)
                 self._commit()
             tgeo = vol.convert.geo

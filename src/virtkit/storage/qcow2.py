@@ -505,6 +505,9 @@ class Qcow2:
         """Allocate ``n`` contiguous free host clusters (refcount 1); return the byte offset."""
         while True:
             start = self._find_free(n)
+            if n > 1 and any(self._refblock(bi) is None
+                             for bi in range(start >> self._rb_shift, ((start + n - 1) >> self._rb_shift) + 1)):
+                return self._alloc_at_end(n)
             again = False
             for bi in range(start >> self._rb_shift, ((start + n - 1) >> self._rb_shift) + 1):
                 if self._refblock(bi) is None:
@@ -522,6 +525,33 @@ class Qcow2:
                 self._free_hint = start + n
             self._note_end(start + n)
             return start << self.cluster_bits
+
+    def _alloc_at_end(self, n: int) -> int:
+        """``n`` contiguous clusters past everything allocated, with the refcount blocks that count them placed
+        just before them (a run that needs new refcount blocks cannot have them inside it: QEMU does the same)."""
+        sh = self._rb_shift
+        start = max(_div_up(self.file_size, self.cluster_size), getattr(self, "_alloc_end", 0))
+        k = 0
+        while True:  # the blocks needed for [start, start + k + n) may add blocks: find the fixed point
+            end = start + k + n
+            missing = [bi for bi in range(start >> sh, ((end - 1) >> sh) + 1)
+                       if bi >= len(self.rt) or self.rt[bi] == 0]
+            if len(missing) == k:
+                break
+            k = len(missing)
+        if missing and missing[-1] >= len(self.rt):
+            self._grow_reftable(missing[-1] + 1)
+            return self._alloc(n)  # the table moved to the end: plan again after it
+        dt = REFCOUNT_DTYPES[self.refcount_order].newbyteorder("=")
+        for i, bi in enumerate(missing):
+            self._rb_cache[bi] = np.zeros(1 << sh, dtype=dt)
+            self._rb_dirty.add(bi)
+            self.rt[bi] = (start + i) << self.cluster_bits
+        if missing:
+            self._rt_dirty = True
+        self._add_refs(start, k + n, 1)
+        self._note_end(start + k + n)
+        return (start + k) << self.cluster_bits
 
     def _new_refblock(self, bi: int, at: int) -> None:
         """Create refcount block ``bi`` in the free cluster ``at`` that it covers (it counts itself)."""
