@@ -111,7 +111,8 @@ def test_compare_exit_codes_and_messages(chain, tmp_path):
     qi("create", "-f", "raw", str(big), "8M")
     ours, theirs = vk("disk", "compare", "-s", str(big), str(base), check=False), \
         qi("compare", "-s", str(big), str(base), check=False)
-    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (1, "Strict mode: Image size mismatch!\n")
+    want = (1, "Strict mode: Image size mismatch!\n")
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == want
     p = vk("disk", "compare", str(tmp_path / "missing"), str(base), check=False)
     assert p.returncode == 2 and "does not exist" in p.stderr
 
