@@ -161,6 +161,41 @@ def test_nbdcopy_write_then_read_back(server, disks, tmp_path, export):
     assert out.read_bytes() == data
 
 
+@pytest.mark.parametrize("connections", [1, 4])
+def test_large_reads_on_one_and_many_connections(server, disks, tmp_path, connections):
+    """One connection reads through sendfile(), several through a copy (see nbd.py): both return the data."""
+    require_tool("nbdcopy")
+    data = random.Random(connections).randbytes(SIZE)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    assert run("nbdcopy", str(src), f"{server.url}/raw").returncode == 0
+    out = tmp_path / "out.bin"
+    p = run("nbdcopy", f"--connections={connections}", "--threads=2", "--request-size=1048576",
+            f"{server.url}/raw", str(out))
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes() == data
+
+
+class _TrickleSocket:
+    """A socket whose sendmsg takes at most ``k`` bytes per call, as a signal-interrupted one can."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.got = k, bytearray()
+
+    def sendmsg(self, parts: list) -> int:
+        flat = b"".join(bytes(p) for p in parts)[:self.k]
+        self.got += flat
+        return len(flat)
+
+
+@pytest.mark.parametrize("k", [1, 5, 7, 64, 10_000])
+def test_send_all_resumes_partial_sends_in_order(k):
+    parts = [b"head", memoryview(bytearray(b"x" * 300)), b"", b"tail" * 9, bytearray(b"y" * 33)]
+    sock = _TrickleSocket(k)
+    NbdServer._send_all(sock, list(parts))  # type: ignore[arg-type]
+    assert bytes(sock.got) == b"".join(bytes(p) for p in parts)
+
+
 def test_qemu_tools_over_nbd_urls(server, disks, tmp_path):
     require_tool("qemu-img", "qemu-io")
     p = run("qemu-io", "-f", "raw", "-c", "write -P 0x6b 1M 2M", "-c", "write -z 4M 1M", f"{server.url}/qcow2")

@@ -158,8 +158,11 @@ def _copy_data(s: BlockBackend, d: BlockBackend, size: int, gran: int, chunk: in
     """Copy the non-zero data of ``s`` into ``d`` (reading chunk i+1 while chunk i is written)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from virtkit.storage.backend import start_writeback
+
     written = 0
     bufs = [memoryview(bytearray(chunk)) for _ in range(2)]
+    fd = getattr(d, "fd", -1)
 
     def load(pos: int, mv: memoryview) -> tuple[int, list[tuple[int, memoryview]]]:
         """Read one chunk (skipping holes) and cut it into non-zero runs: runs in a helper thread."""
@@ -187,6 +190,8 @@ def _copy_data(s: BlockBackend, d: BlockBackend, size: int, gran: int, chunk: in
             for off, data in runs:
                 d.write(off, data)
                 written += len(data)
+            if runs and fd >= 0:
+                start_writeback(fd)
             if progress:
                 progress(done, size)
     return written

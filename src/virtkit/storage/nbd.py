@@ -89,6 +89,7 @@ class NbdExport:
     read_only: bool = False
     description: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    clients: int = 0  # connections in the transmission phase (read without the lock: a hint)
 
     def __post_init__(self) -> None:
         self.read_only = self.read_only or bool(getattr(self.backend, "read_only", False))
@@ -257,7 +258,13 @@ class NbdServer:
                 return
             sock.settimeout(None)
             log.info("client %s: attached to export %r", peer, session.export.name)
-            self._transmission(sock, peer, session)
+            with self._lock:
+                session.export.clients += 1
+            try:
+                self._transmission(sock, peer, session)
+            finally:
+                with self._lock:
+                    session.export.clients -= 1
         except _Drop as why:
             log.warning("client %s dropped: %s", peer, why)
         except TimeoutError:
@@ -329,13 +336,17 @@ class NbdServer:
 
     @staticmethod
     def _send_all(sock: socket.socket, parts: list) -> None:
-        total = sum(len(p) for p in parts)
+        """Send every part, resuming a partial ``sendmsg`` where it stopped (without copying the rest)."""
         sent = sock.sendmsg(parts)
-        if sent == total:
-            return
-        flat = memoryview(b"".join(bytes(p) for p in parts))
-        while sent < total:
-            sent += sock.send(flat[sent:])
+        i = 0
+        while i < len(parts):
+            n = len(parts[i])
+            if sent < n:  # parts[i] went out partly: send its rest and what follows
+                parts, i = [memoryview(parts[i])[sent:]] + parts[i + 1:], 0
+                sent = sock.sendmsg(parts[:512])
+                continue
+            sent -= n
+            i += 1
 
     def _opt_reply(self, sock: socket.socket, opt: int, rtype: int, data: bytes = b"") -> None:
         self._send_all(sock, [OPT_REPLY.pack(REPLY_MAGIC_OPT, opt, rtype, len(data)), data])
@@ -525,7 +536,10 @@ class NbdServer:
                 elif length <= SMALL_READ:
                     payload = bytearray(length)
                     err = self._call(lock, backend.readinto, offset, payload)
-                elif raw_fd >= 0:  # large raw READ: header, then sendfile() straight from the page cache
+                elif raw_fd >= 0 and e.clients == 1:
+                    # Large raw READ on the only connection: header, then sendfile() straight from the page
+                    # cache. With several connections (a multi-conn client such as nbdcopy) the copy below is
+                    # faster on loopback (measured by bench/storage.py: 15% at 2 connections on 2 CPUs).
                     if out:
                         self._send_all(sock, out)
                         out, out_bytes = [], 0
