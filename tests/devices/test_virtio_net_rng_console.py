@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.helpers import require_root, require_tool
+from tests.helpers.netlink import SocketLink
 from tests.helpers.virtio_driver import RAM_BASE, Driver
 from virtkit.devices.virtio import mmio as M
 from virtkit.devices.virtio.console import VirtioConsole
@@ -18,34 +19,6 @@ from virtkit.errors import ConfigError
 from virtkit.machine.config import parse_mac
 from virtkit.machine.memory import GuestMemory
 from virtkit.network.tap import Tap
-
-
-class SocketLink:
-    """A NetBackend over one end of a SOCK_DGRAM socketpair (each datagram is a frame)."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        sock.setblocking(False)
-        self.receiver = None
-
-    def send(self, frame):
-        self.sock.send(frame)
-
-    def recv(self):
-        try:
-            return self.sock.recv(65536)
-        except BlockingIOError:
-            return None
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def set_receiver(self, cb):
-        self.receiver = cb
-
-    def close(self):
-        self.sock.close()
-
 
 FRAME = bytes.fromhex("ffffffffffff525400123456") + b"\x08\x06" + b"payload!" * 8
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from virtkit.machine.state import fields, record
+
 TIME_LOW, TIME_HIGH = 0x00, 0x04
 ALARM_LOW, ALARM_HIGH = 0x08, 0x0C
 IRQ_ENABLED = 0x10
@@ -21,6 +23,9 @@ CLEAR_INTERRUPT = 0x1C
 class GoldfishRtc:
     """A Goldfish RTC; ``clock()`` returns host nanoseconds since the epoch (replaceable in tests)."""
 
+    STATE_KIND = "goldfish-rtc"
+    STATE_VERSION = 1
+
     def __init__(self, irq: Callable[[bool], None] | None = None, clock: Callable[[], int] = time.time_ns) -> None:
         self.irq = irq or (lambda level: None)
         self.clock = clock
@@ -30,6 +35,22 @@ class GoldfishRtc:
         self.alarm: int | None = None
         self.irq_enabled = 0
         self.irq_pending = False
+
+    def save(self) -> dict:
+        """The guest's clock offset from the host's, the latched high words, the alarm and the interrupt."""
+        return record(self, offset=self.offset, time_high=self.time_high, alarm_high=self.alarm_high,
+                      alarm=self.alarm, irq_enabled=self.irq_enabled, irq_pending=self.irq_pending)
+
+    def restore(self, state: dict) -> None:
+        """Take a saved state: the guest's wall clock keeps its offset from the host's (as after a migration)."""
+        f = fields(self, state)
+        offset = f.int("offset", -(1 << 64), 1 << 64)
+        th, ah = f.int("time_high", 0, 0xFFFFFFFF), f.int("alarm_high", 0, 0xFFFFFFFF)
+        alarm = f.opt_int("alarm")
+        en, pend = f.int("irq_enabled", 0, 1), f.bool("irq_pending")
+        self.offset, self.time_high, self.alarm_high, self.alarm = offset, th, ah, alarm
+        self.irq_enabled, self.irq_pending = en, pend
+        self.irq(bool(en and pend))
 
     def now(self) -> int:
         """Guest time in nanoseconds."""

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import fields, record
 
 SYS_WRITE = 64
 SYS_EXIT = 93
@@ -25,6 +26,9 @@ SYS_EXIT = 93
 
 class Htif:
     """Interprets tohost commands; ``exit_code`` is set once the program has finished."""
+
+    STATE_KIND = "htif"
+    STATE_VERSION = 1
 
     def __init__(self, mem: GuestMemory, tohost: int, fromhost: int | None = None,
                  console: Callable[[bytes], None] | None = None,
@@ -36,6 +40,14 @@ class Htif:
         self.on_exit = on_exit
         self.exit_code: int | None = None
         self.output = bytearray()
+
+    def save(self) -> dict:
+        """The exit code once the program has finished (tohost and fromhost are words of guest RAM)."""
+        return record(self, exit_code=self.exit_code)
+
+    def restore(self, state: dict) -> None:
+        """Take a saved state."""
+        self.exit_code = fields(self, state).opt_int("exit_code")
 
     # -- the bus interface (the tohost word) ------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from virtkit.machine.state import fields, record
+
 PRIORITY_BASE = 0x0
 PENDING_BASE = 0x1000
 ENABLE_BASE = 0x2000
@@ -28,6 +30,9 @@ def plic_size(nharts: int) -> int:
 
 class Plic:
     """A PLIC with ``nsources`` interrupt sources and two contexts per hart."""
+
+    STATE_KIND = "plic"
+    STATE_VERSION = 1
 
     def __init__(self, nharts: int, set_irq: Callable[[int, int, int], None], nsources: int = 96) -> None:
         self.nharts = nharts
@@ -49,6 +54,39 @@ class Plic:
         self.claims = 0
 
     # -- device side ----------------------------------------------------------------------------
+    def save(self) -> dict:
+        """Priorities, line levels, pending and claimed sources, enables, thresholds, outputs."""
+        with self._lock:
+            return record(self, nsources=self.nsources, ncontexts=self.ncontexts, priority=list(self.priority),
+                          level=[int(v) for v in self.level], pending=[int(v) for v in self.pending],
+                          claimed=[int(v) for v in self.claimed], enable=[list(e) for e in self.enable],
+                          threshold=list(self.threshold), out=[int(v) for v in self._out], claims=self.claims)
+
+    def restore(self, state: dict) -> None:
+        """Take a saved state (same number of sources and harts) and drive every output to its saved level."""
+        f = fields(self, state)
+        n = self.nsources + 1
+        f.int("nsources", self.nsources, self.nsources)
+        f.int("ncontexts", self.ncontexts, self.ncontexts)
+        prio = f.ints("priority", n, 0, PRIORITY_MASK)
+        level, pending, claimed = (f.ints(k, n, 0, 1) for k in ("level", "pending", "claimed"))
+        enable = f.rows("enable", self.ncontexts, self.nwords, 0, 0xFFFFFFFF)
+        threshold = f.ints("threshold", self.ncontexts, 0, PRIORITY_MASK)
+        out = f.ints("out", self.ncontexts, 0, 1)
+        claims = f.int("claims", 0)
+        with self._lock:
+            self.priority = prio
+            self.level = [bool(v) for v in level]
+            self.pending = [bool(v) for v in pending]
+            self._pendset = {s for s in range(n) if pending[s]}
+            self.claimed = [bool(v) for v in claimed]
+            self.enable = enable
+            self.threshold = threshold
+            self.claims = claims
+            self._out = [bool(v) for v in out]
+            for ctx, o in enumerate(self._out):
+                self._set_irq(ctx // 2, MEIP if ctx % 2 == 0 else SEIP, int(o))
+
     def set_level(self, source: int, level: bool) -> None:
         """Drive interrupt line ``source`` (1..nsources) high or low (level-triggered gateway)."""
         if not 1 <= source <= self.nsources:

@@ -27,6 +27,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from virtkit.machine.state import StateError, fields, record
+
 # register offsets
 RBR = THR = DLL = 0
 IER = DLM = 1
@@ -56,6 +58,9 @@ POLLED_READER = 64
 
 class Uart16550:
     """One NS16550A. ``sink(bytes)`` receives transmitted bytes; :meth:`feed` queues input."""
+
+    STATE_KIND = "uart16550"
+    STATE_VERSION = 1
 
     def __init__(self, sink: Callable[[bytes], None] | None = None, irq: Callable[[bool], None] | None = None,
                  buffered: bool = False) -> None:
@@ -110,6 +115,38 @@ class Uart16550:
             self._rx.clear()
             self._level = False
             self.irq(False)
+            self.publish()
+
+    # -- state ----------------------------------------------------------------------------------
+    def save(self) -> dict:
+        """Registers, the receive FIFO and the host input not yet delivered (output is flushed first)."""
+        with self._lock:
+            self.flush()
+            return record(self, ier=self.ier, lcr=self.lcr, mcr=self.mcr, scr=self.scr, fcr=self.fcr,
+                          dll=self.dll, dlm=self.dlm, lsr_errors=self.lsr_errors, msr_delta=self.msr_delta,
+                          thr_ipending=self.thr_ipending, level=self._level, lsr_polls=self._lsr_polls,
+                          rx=list(self._rx), host=list(self._host))
+
+    def restore(self, state: dict) -> None:
+        """Take the state :meth:`save` returned; the interrupt line is driven to the saved level."""
+        f = fields(self, state)
+        regs = {k: f.int(k, 0, 0xFF) for k in ("ier", "lcr", "mcr", "scr", "fcr", "dll", "dlm", "lsr_errors",
+                                                 "msr_delta")}
+        rx = f.ints("rx", lo=BREAK, hi=0xFF)
+        host = f.ints("host", lo=BREAK, hi=0xFF)
+        if len(rx) > FIFO_SIZE:
+            raise StateError(f"uart16550 state: a receive FIFO of {len(rx)} bytes (it holds {FIFO_SIZE})")
+        thr, level, polls = f.bool("thr_ipending"), f.bool("level"), f.int("lsr_polls", 0)
+        with self._lock:
+            for k, v in regs.items():
+                setattr(self, k, v)
+            self.thr_ipending = thr
+            self._lsr_polls = polls
+            self._rx = deque(rx)
+            self._host = deque(host)
+            self._tx.clear()
+            self._level = level
+            self.irq(level)
             self.publish()
 
     # -- host side ------------------------------------------------------------------------------

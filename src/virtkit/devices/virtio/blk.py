@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 from virtkit.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice, le
 from virtkit.devices.virtio.queue import Chain, VirtioError, split_views
-from virtkit.errors import VirtkitError
+from virtkit.errors import GuestMemoryError, VirtkitError
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import Fields, StateError
 from virtkit.storage.backend import BlockBackend
 
 VIRTIO_BLK_F_SIZE_MAX = 1
@@ -73,6 +74,7 @@ class VirtioBlk(VirtioDevice):
 
     device_id = VIRTIO_ID_BLOCK
     name = "virtio-blk"
+    STATE_KIND = "virtio-blk"
 
     def __init__(self, mem: GuestMemory, backend: BlockBackend, serial: str = "virtkit", queue_size: int = 256,
                  werror: str = "report", rerror: str = "report") -> None:
@@ -106,6 +108,24 @@ class VirtioBlk(VirtioDevice):
         self.label = serial
         self._held: Chain | None = None  # the request that stopped the VM, tried again on resume
         self._next_size_check = 0.0
+
+    def save_extra(self) -> dict:
+        """The request held by a ``stop`` error (retried when the VM runs again) and the capacity."""
+        return {"held": self._held.head if self._held is not None else None, "capacity": self.capacity}
+
+    def restore_extra(self, f: Fields) -> None:
+        """Re-read the held request's descriptors from (restored) guest RAM; it is retried on resume."""
+        self.capacity = f.int("capacity", 0)
+        held = f.opt_int("held")
+        self._held = None
+        if held is not None:
+            q = self.queues[0]
+            if not q.ready or not 0 <= held < q.num:
+                raise StateError(f"virtio-blk state: held request {held} is not in the queue")
+            try:
+                self._held = q.walk(held)
+            except (VirtioError, GuestMemoryError) as err:
+                raise StateError(f"virtio-blk state: held request {held}: {err}") from None
 
     def attach_vm(self, vm: object) -> None:
         """Wire the error policy to the VM: pause it on a ``stop`` error and retry when it runs again."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from virtkit.devices.virtio.device import VIRTIO_ID_CONSOLE, VirtioDevice, le
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import Fields
 
 VIRTIO_CONSOLE_F_SIZE = 0
 RX, TX = 0, 1
@@ -22,6 +23,7 @@ class VirtioConsole(VirtioDevice):
 
     device_id = VIRTIO_ID_CONSOLE
     name = "virtio-console"
+    STATE_KIND = "virtio-console"
 
     def __init__(self, mem: GuestMemory, sink: Callable[[bytes], None] | None = None, cols: int = 80,
                  rows: int = 25, queue_size: int = 64) -> None:
@@ -30,6 +32,15 @@ class VirtioConsole(VirtioDevice):
         self.config = bytearray(le("HHI", cols, rows, 1))  # cols, rows, max_nr_ports
         self.backlog = bytearray()
         self.dropped = 0
+
+    def save_extra(self) -> dict:
+        """Host input the guest has not taken yet."""
+        return {"backlog": self.backlog.hex(), "dropped": self.dropped}
+
+    def restore_extra(self, f: Fields) -> None:
+        """Take the pending input back."""
+        self.backlog = bytearray(f.bytes("backlog", MAX_BACKLOG))
+        self.dropped = f.int("dropped", 0)
 
     def feed(self, data: bytes) -> None:
         """Host input (from the I/O thread): deliver now or keep it until the guest has buffers."""

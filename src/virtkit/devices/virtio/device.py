@@ -15,6 +15,7 @@ from typing import Protocol
 from virtkit.devices.virtio.queue import VirtioError, Virtqueue
 from virtkit.errors import GuestMemoryError
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import Fields, StateError, fields, record
 
 
 class Transport(Protocol):
@@ -44,6 +45,8 @@ class VirtioDevice:
 
     device_id = 0
     name = "virtio"
+    STATE_KIND = "virtio"
+    STATE_VERSION = 1
 
     def __init__(self, mem: GuestMemory, num_queues: int, queue_size: int = 256, features: int = 0) -> None:
         self.mem = mem
@@ -57,6 +60,49 @@ class VirtioDevice:
         self.lock = threading.RLock()
         self.active = False
         self.errors = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    def save(self) -> dict:
+        """Negotiated features, config space, every queue and what the device model keeps (:meth:`save_extra`)."""
+        with self.lock:
+            return record(self, device_id=self.device_id, features=self.features,
+                          driver_features=self.driver_features, active=self.active, errors=self.errors,
+                          config=self.config.hex(), queues=[q.save() for q in self.queues], **self.save_extra())
+
+    def restore(self, state: dict) -> None:
+        """Take a saved state: same device type and queues; the device's own fields through :meth:`restore_extra`."""
+        f = fields(self, state)
+        f.int("device_id", self.device_id, self.device_id)
+        feats = f.int("features", 0)
+        if feats & ~self.features:
+            raise StateError(f"{self.STATE_KIND} state offers features {feats & ~self.features:#x} this device lacks")
+        drv = f.int("driver_features", 0)
+        if drv & ~self.features:
+            raise StateError(f"{self.STATE_KIND} state: the driver accepted features the device does not offer")
+        config = f.bytes("config", max_len=4096)
+        if len(config) != len(self.config):
+            raise StateError(f"{self.STATE_KIND} state: config space of {len(config)} bytes, expected "
+                             f"{len(self.config)}")
+        queues = f.list("queues", len(self.queues))
+        active, errors = f.bool("active"), f.int("errors", 0)
+        fresh = []  # restored into new queues first: a bad record leaves the device as it was
+        for i, (q, qs) in enumerate(zip(self.queues, queues, strict=True)):
+            nq = Virtqueue(self.mem, q.max_size)
+            nq.restore(qs, f"{self.STATE_KIND} queue {i}")
+            fresh.append(nq)
+        with self.lock:
+            self.driver_features = drv
+            self.queues[:] = fresh
+            self.config[:] = config
+            self.active, self.errors = active, errors
+            self.restore_extra(f)
+
+    def save_extra(self) -> dict:
+        """Fields a device model adds to its record (in-flight requests, backlogs)."""
+        return {}
+
+    def restore_extra(self, f: Fields) -> None:
+        """Read back what :meth:`save_extra` added (called under the device lock, queues already restored)."""
 
     def has_feature(self, bit: int) -> bool:
         """Whether the driver accepted feature ``bit``."""

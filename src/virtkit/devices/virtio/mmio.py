@@ -14,6 +14,7 @@ from collections.abc import Callable
 from virtkit.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from virtkit.devices.virtio.queue import VirtioError
 from virtkit.errors import GuestMemoryError
+from virtkit.machine.state import StateError, fields, record
 
 MAGIC_VALUE = 0x000
 VERSION = 0x004
@@ -54,6 +55,9 @@ WINDOW = 0x1000
 class MmioTransport:
     """One virtio-mmio slot; ``device`` may be None (an empty slot)."""
 
+    STATE_KIND = "virtio-mmio"
+    STATE_VERSION = 1
+
     def __init__(self, device: VirtioDevice | None, irq: Callable[[bool], None] | None = None) -> None:
         self.device = device
         self.irq = irq or (lambda level: None)
@@ -68,6 +72,35 @@ class MmioTransport:
         self.config_generation = 0
         self.notifies = 0
         self.last_error = ""
+
+    # -- state -----------------------------------------------------------------------------------
+    def save(self) -> dict:
+        """Transport registers, then the device's own record (None for an empty slot)."""
+        with self.lock:
+            return record(self, status=self.status, isr=self.isr, dev_features_sel=self.dev_features_sel,
+                          drv_features_sel=self.drv_features_sel, queue_sel=self.queue_sel,
+                          config_generation=self.config_generation, notifies=self.notifies,
+                          last_error=self.last_error,
+                          device=self.device.save() if self.device is not None else None)
+
+    def restore(self, state: dict) -> None:
+        """Take a saved state (the slot must hold the same kind of device) and drive the interrupt line."""
+        f = fields(self, state)
+        regs = {k: f.int(k, 0, 0xFFFFFFFF) for k in ("status", "isr", "dev_features_sel", "drv_features_sel",
+                                                      "queue_sel", "config_generation")}
+        notifies, last_error = f.int("notifies", 0), f.str("last_error")
+        dev = state.get("device")
+        if (dev is None) != (self.device is None):
+            raise StateError("virtio-mmio state: " + ("an empty slot saved where this machine has a "
+                                                      f"{self.device.name}" if dev is None and self.device
+                                                      else "a device saved in a slot this machine leaves empty"))
+        with self.lock:
+            if self.device is not None:
+                self.device.restore(dev)
+            for k, v in regs.items():
+                setattr(self, k, v)
+            self.notifies, self.last_error = notifies, last_error
+            self.irq(bool(self.isr))
 
     # -- interrupts ------------------------------------------------------------------------------
     def raise_used(self) -> None:

@@ -13,6 +13,7 @@ import os
 from virtkit.devices.virtio.device import VIRTIO_ID_NET, VirtioDevice, le
 from virtkit.errors import ConfigError
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import Fields, StateError
 from virtkit.network.backend import NetBackend
 
 VIRTIO_NET_F_MTU = 3
@@ -36,6 +37,7 @@ class VirtioNet(VirtioDevice):
 
     device_id = VIRTIO_ID_NET
     name = "virtio-net"
+    STATE_KIND = "virtio-net"
 
     def __init__(self, mem: GuestMemory, backend: NetBackend, mac: bytes | None = None, queue_size: int = 256) -> None:
         super().__init__(mem, 2, queue_size, 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS | 1 << VIRTIO_NET_F_MTU)
@@ -47,6 +49,20 @@ class VirtioNet(VirtioDevice):
         self.backlog: list[bytes] = []
         self.counts = {"rx_frames": 0, "tx_frames": 0, "rx_bytes": 0, "tx_bytes": 0, "rx_dropped": 0, "tx_dropped": 0}
         backend.set_receiver(self.receive)
+
+    def save_extra(self) -> dict:
+        """Frames received from the wire and not yet delivered, and the MAC address."""
+        return {"mac": self.mac.hex(), "backlog": [f.hex() for f in self.backlog]}
+
+    def restore_extra(self, f: Fields) -> None:
+        """Take the backlog back; the MAC stays this NIC's (a clone keeps its own address)."""
+        backlog = f.list("backlog")
+        if len(backlog) > BACKLOG:
+            raise StateError(f"virtio-net state: a backlog of {len(backlog)} frames (at most {BACKLOG})")
+        frames = [Fields("virtio-net", {"frame": x}).bytes("frame", HDR_LEN + MAX_FRAME) for x in backlog]
+        f.bytes("mac", 6)
+        self.backlog = frames
+        self.config[0:6] = self.mac
 
     def reset(self) -> None:
         """Driver reset: in-flight frames are lost like on a NIC reset."""

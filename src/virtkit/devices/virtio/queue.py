@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from virtkit.errors import GuestMemoryError, VirtkitError
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import Fields, StateError
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -114,6 +115,33 @@ class Virtqueue:
         self.pops = 0
 
     # -- configuration --------------------------------------------------------------------------
+    def save(self) -> dict:
+        """Size, ring addresses and the device's indices (what the driver cannot tell it again)."""
+        return {"num": self.num, "ready": self.ready, "desc": self.desc_addr, "avail": self.avail_addr,
+                "used": self.used_addr, "last_avail": self.last_avail, "used_idx": self.used_idx,
+                "signalled_used": self.signalled_used, "signalled_valid": self.signalled_valid,
+                "event_idx": self.event_idx, "pops": self.pops}
+
+    def restore(self, state: object, what: str = "virtqueue") -> None:
+        """Take a saved queue state; a ready queue must still lie inside guest RAM (checked as when set up)."""
+        if not isinstance(state, dict):
+            raise StateError(f"{what} state must be an object")
+        f = Fields(what, state)
+        num = f.int("num", 0, self.max_size)
+        regs = {k: f.int(k, 0, (1 << 64) - 1) for k in ("desc", "avail", "used")}
+        idx = {k: f.int(k, 0, 0xFFFF) for k in ("last_avail", "used_idx", "signalled_used")}
+        ready, sv, ev, pops = f.bool("ready"), f.bool("signalled_valid"), f.bool("event_idx"), f.int("pops", 0)
+        self.num, self.ready = num, False
+        self.desc_addr, self.avail_addr, self.used_addr = regs["desc"], regs["avail"], regs["used"]
+        if ready:
+            try:
+                self.validate()
+            except VirtioError as err:
+                raise StateError(f"{what}: {err}") from None
+        self.ready = ready
+        self.last_avail, self.used_idx, self.signalled_used = idx["last_avail"], idx["used_idx"], idx["signalled_used"]
+        self.signalled_valid, self.event_idx, self.pops = sv, ev, pops
+
     def validate(self) -> None:
         """Check the driver's queue configuration before the queue goes live."""
         n = self.num

@@ -18,6 +18,7 @@ class VirtioRng(VirtioDevice):
 
     device_id = VIRTIO_ID_RNG
     name = "virtio-rng"
+    STATE_KIND = "virtio-rng"
 
     def __init__(self, mem: GuestMemory, queue_size: int = 64) -> None:
         super().__init__(mem, 1, queue_size)

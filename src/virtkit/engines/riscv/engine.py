@@ -44,6 +44,7 @@ from virtkit.engines.riscv.jit import Jit, threshold_from_env
 from virtkit.errors import ConfigError
 from virtkit.machine.engine import Exit, ExitReason, RawExit
 from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import StateError, fields, record
 
 TIMEBASE_HZ = 10_000_000
 MAX_MMIO = consts.MAX_MMIO
@@ -66,8 +67,19 @@ def _s64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
+#: the per-hart words of ``hs`` a snapshot keeps (the others describe an exit in progress or are statistics)
+_HS_SAVED = {"pc": core.HS_PC, "priv": core.HS_PRIV, "wfi": core.HS_WFI, "resv": core.HS_RESV,
+             "instret": core.HS_INSTRET, "cyc_off": core.HS_CYC_OFF, "iret_off": core.HS_IRET_OFF,
+             "cy_frozen": core.HS_CY_FROZEN, "ir_frozen": core.HS_IR_FROZEN, "traps": core.HS_TRAPS,
+             "jit_insns": core.HS_JIT, "jit_calls": core.HS_JIT_CALLS}
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
 class RiscvEngine:
     """N RISC-V harts executing from ``mem`` (see the module docstring for the interface)."""
+
+    STATE_KIND = "riscv-engine"
+    STATE_VERSION = 1
 
     def __init__(
         self,
@@ -223,6 +235,90 @@ class RiscvEngine:
             raise ConfigError(f"tohost {addr:#x} is not in RAM")
         self.cfg[core.CF_TOHOST] = -1 if addr is None else addr
         self.tlbt[:] = 0
+
+    # ---- state -----------------------------------------------------------------------
+    def save(self) -> dict:
+        """Every hart's registers, CSRs, privilege, reservation, WFI and timer, and the time base.
+
+        Call between runs (never with an MMIO load waiting for its value). Not saved: the TLBs and the
+        translated code, which :meth:`restore` drops.
+        """
+        if self._pending_read is not None:
+            raise StateError("the engine is in the middle of an MMIO read: save between runs")
+        self._drain_fast()
+        self._sync_time()
+        harts = []
+        for h in range(self.nharts):
+            nz = np.flatnonzero(self.csr[h])
+            harts.append({
+                "x": [int(v) for v in self.x[h]], "f": [int(v) for v in self.f[h]],
+                "csr": [[int(i), int(self.csr[h, i])] for i in nz],
+                **{k: int(self.hs[h, i]) for k, i in _HS_SAVED.items()},
+                "irq": int(self.irq[h]), "msip": int(self.msip[h]), "mtimecmp": int(self.mtimecmp[h]),
+            })
+        return record(self, nharts=self.nharts, ram_base=self.mem.base, ram_size=self.mem.size,
+                      mtime=_u64(self.ctime[core.CT_MTIME]), mtime_frac=int(self.ctime[core.CT_FRAC]),
+                      rate=int(self.cfg[core.CF_RATE]), tohost=int(self.cfg[core.CF_TOHOST]),
+                      fromhost=self.fromhost, harts=harts)
+
+    def restore(self, state: dict) -> None:
+        """Take a saved state (same harts and RAM layout). Guest time goes on from the saved ``mtime``;
+        TLBs and translated code are dropped and rebuilt as the guest runs."""
+        f = fields(self, state)
+        f.int("nharts", self.nharts, self.nharts)
+        f.int("ram_base", self.mem.base, self.mem.base)
+        f.int("ram_size", self.mem.size, self.mem.size)
+        mtime = f.int("mtime", 0, (1 << 64) - 1)
+        frac, rate = f.int("mtime_frac", *_I64), f.int("rate", 1, 1 << 40)
+        tohost, fromhost = f.int("tohost", -1, (1 << 64) - 1), f.opt_int("fromhost")
+        harts = f.list("harts", self.nharts)
+        x = np.zeros_like(self.x)
+        fr = np.zeros_like(self.f)
+        csr = np.zeros_like(self.csr)
+        hs = self.hs.copy()
+        irq, msip, mtimecmp = self.irq.copy(), self.msip.copy(), self.mtimecmp.copy()
+        for h, hst in enumerate(harts):
+            if not isinstance(hst, dict):
+                raise StateError(f"riscv-engine state: hart {h} must be an object")
+            hf = fields(self, {"kind": self.STATE_KIND, "version": self.STATE_VERSION, **hst})
+            x[h] = hf.ints("x", 32, *_I64)
+            if x[h, 0]:
+                raise StateError(f"riscv-engine state: hart {h} has x0 = {int(x[h, 0])}")
+            fr[h] = hf.ints("f", 32, *_I64)
+            for pair in hf.list("csr"):
+                if (not isinstance(pair, list) or len(pair) != 2 or not all(type(v) is int for v in pair)
+                        or not 0 <= pair[0] < 4096 or not _I64[0] <= pair[1] <= _I64[1]):
+                    raise StateError(f"riscv-engine state: hart {h}: bad CSR entry {pair!r}")
+                csr[h, pair[0]] = pair[1]
+            for k, i in _HS_SAVED.items():
+                hs[h, i] = hf.int(k, *_I64)
+            if hs[h, core.HS_PRIV] not in (0, 1, 3):
+                raise StateError(f"riscv-engine state: hart {h} in privilege mode {int(hs[h, core.HS_PRIV])}")
+            if not -1 <= hs[h, core.HS_RESV] < self.mem.size:
+                raise StateError(f"riscv-engine state: hart {h} reserves {int(hs[h, core.HS_RESV])} outside RAM")
+            irq[h], msip[h] = hf.int("irq", *_I64), hf.int("msip", 0, 1)
+            mtimecmp[h] = hf.int("mtimecmp", *_I64)
+        if tohost >= 0 and not self.mem.contains(tohost, 8):
+            raise StateError(f"riscv-engine state: tohost {tohost:#x} is not in RAM")
+        self._drain_fast()
+        self.x[:], self.f[:], self.csr[:], self.hs[:] = x, fr, csr, hs
+        self.irq[:], self.msip[:], self.mtimecmp[:] = irq, msip, mtimecmp
+        for h in range(self.nharts):
+            self.hs[h, core.HS_MMIO_RD] = 0
+            self.hs[h, core.HS_MMIO_KIND] = 0
+        self.cfg[core.CF_NRESV] = int((self.hs[:, core.HS_RESV] >= 0).sum())
+        self.cfg[core.CF_RATE] = rate
+        self.cfg[core.CF_TOHOST] = tohost
+        self.fromhost = fromhost
+        self.ctime[core.CT_MTIME] = _s64(mtime)
+        self.ctime[core.CT_FRAC] = frac
+        self._time_base = _s64(mtime)  # the host clock takes over from the saved guest time
+        self._t0 = time.monotonic()
+        if self._paused_at is not None:
+            self._paused_at = self._t0
+        self._pending_read = None
+        self.tlbt[:] = 0
+        self.jit.drop_all()
 
     # ---- running ---------------------------------------------------------------------
     def _host_mtime(self) -> int:

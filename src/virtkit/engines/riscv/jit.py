@@ -518,6 +518,14 @@ class Jit:
         self.regions += 1
         self.entries += len(res.entries)
 
+    def drop_all(self) -> None:
+        """Forget every translation and hotness count (RAM was replaced: a restored snapshot)."""
+        self.jtab[JT_KEY, :] = -1
+        self.jhot[:] = 0
+        self.cmap[:] = 0
+        self._backlog.clear()
+        self.jreq[JR_INVAL] += 1
+
     def invalidate(self, off: int, n: int) -> None:
         """Drop the regions translated from RAM ``[off, off+n)`` (device DMA, image loading)."""
         if n <= 0:
