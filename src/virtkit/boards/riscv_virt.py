@@ -265,12 +265,15 @@ class RiscvVirtBoard:
     ram_base = RAM_BASE
     budget = 500_000
     virtio_slots = VIRTIO_COUNT
+    #: a snapshot of this board restores without its images (the builder sets ``restoring``)
+    restorable = True
 
     def __init__(self, cfg: MachineConfig) -> None:
         self.cfg = cfg
         self.fdt = b""
         self.layout: Layout | None = None
         self.cmdline = ""
+        self.restoring = False
 
     # -- before anything is allocated -----------------------------------------------------------------
     def prepare(self) -> None:
@@ -281,6 +284,8 @@ class RiscvVirtBoard:
         if not self.min_memory <= cfg.memory <= self.max_memory or cfg.memory % MiB:
             raise ConfigError(f"memory: {format_size(cfg.memory)} is out of range: board {self.name} takes "
                               f"{format_size(self.min_memory)} to {format_size(self.max_memory)}, in whole MiB")
+        if self.restoring:  # RAM and registers come from a snapshot: no image is read
+            return
         kernel, initrd, firmware = cfg.kernel, cfg.initrd, cfg.firmware
         if kernel is None:
             import sys
@@ -319,6 +324,8 @@ class RiscvVirtBoard:
 
     def engine_args(self) -> dict[str, Any]:
         """Every hart starts at the firmware (or the kernel's entry), with the CLINT inside the engine."""
+        if self.restoring:
+            return {"reset_pc": RAM_BASE, "clint_base": CLINT_BASE}
         assert self.layout is not None
         return {"reset_pc": self.layout.entry, "clint_base": CLINT_BASE}
 
@@ -345,6 +352,8 @@ class RiscvVirtBoard:
 
     def finish(self, b: Builder) -> None:
         """Device tree, images into RAM, a0 = hart id and a1 = the device tree for every hart."""
+        if self.restoring:
+            return
         assert self.layout is not None
         self.fdt = build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, cmdline=self.cmdline)
         assert len(self.fdt) == self._fdt_size

@@ -91,6 +91,29 @@ class Machine:
                 return d
         raise KeyError(name)
 
+    def save_state(self) -> dict:
+        """The engine's and every device's record (virtkit.machine.state); the VM must be paused or not
+        started, so nothing changes while it is read."""
+        if self.vm.state not in ("created", "paused", "stopped"):
+            raise ConfigError(f"the VM is {self.vm.state}: pause it before saving its state")
+        return {"engine": self.engine.save(), "devices": {name: dev.save() for name, dev in self.devices}}
+
+    def restore_state(self, state: dict) -> None:
+        """Take the records :meth:`save_state` returned (same board and devices); interrupt controllers
+        last, so the lines they re-drive are the restored ones."""
+        from virtkit.machine.state import StateError
+
+        if self.vm.state not in ("created", "paused"):
+            raise ConfigError(f"the VM is {self.vm.state}: pause it before restoring a state")
+        devs = state.get("devices", {})
+        mine = [n for n, _ in self.devices]
+        if sorted(devs) != sorted(mine):
+            raise StateError(f"the saved machine has devices {', '.join(sorted(devs)) or 'none'}; this one has "
+                             f"{', '.join(sorted(mine))}")
+        self.engine.restore(state["engine"])
+        for name, dev in sorted(self.devices, key=lambda nd: nd[0] == "plic"):
+            dev.restore(devs[name])
+
     def stats(self) -> dict[str, Any]:
         """Engine, bus and device counters."""
         s = self.vm.stats()
@@ -103,7 +126,9 @@ class Machine:
 class Builder:
     """The state of one build: the board calls back into it (``attach_mmio``, ``add_device``...)."""
 
-    def __init__(self, cfg: MachineConfig, console: ConsoleHub | None = None) -> None:
+    def __init__(self, cfg: MachineConfig, console: ConsoleHub | None = None, restoring: bool = False) -> None:
+        """``restoring``: the machine will take a snapshot's state and RAM, so the board reads no image and
+        loads nothing (a snapshot restores without its kernel at hand)."""
         from virtkit.boards import find_board
 
         self.cfg = cfg
@@ -112,6 +137,11 @@ class Builder:
         if cfg.engine not in board_cls.engines:
             raise ConfigError(f"engine: board {cfg.board} runs on {', '.join(board_cls.engines)}, not {cfg.engine!r}")
         self.board = board_cls(cfg)
+        self.restoring = restoring
+        if restoring:
+            if not getattr(board_cls, "restorable", False):
+                raise ConfigError(f"board {cfg.board} cannot be restored from a snapshot")
+            self.board.restoring = True
         self.console = console or ConsoleHub()
         self.closers: list[tuple[str, Callable[[], None]]] = []
         self.devices: list[tuple[str, Any]] = []

@@ -424,6 +424,7 @@ class Vm:
             while not stop.is_set():
                 if self._pause_req:
                     self._park()
+                    limit = self.max_insns  # may have been changed while paused
                     continue
                 if limit is not None:
                     left = limit - self._progress()  # type: ignore[misc]

@@ -1,0 +1,244 @@
+"""Machine snapshots: a guest counting in RAM is snapshotted, restored (into a new machine, into the same
+one) and goes on counting from where it stopped, with equal memory; sparse, compressed and diff bundles;
+every kind of damaged bundle is a clear error.
+
+The guest is a few hand-encoded instructions on the riscv64-virt board (no firmware), run by the real
+engine in deterministic mode, so two machines given the same instruction budget must agree exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import time
+
+import pytest
+
+from tests.helpers.machines import virt
+from tests.helpers.opensbi import payload_image
+from tests.helpers.rvenc import S0, T0, T1, T2, addi, andi, beq, jal0, load, lui, store
+from virtkit.machine import snapshot
+from virtkit.machine.snapshot import SnapshotError
+from virtkit.machine.state import StateError
+
+COUNTER = 0x8000_0000 + 0x40 + (1 << 20)  # auipc s0, 0x100 at the first instruction after the Image header
+
+
+def auipc(rd, imm20):
+    return (imm20 << 12) | (rd << 7) | 0x17
+
+
+COUNTING = [
+    auipc(S0, 0x100),                    # s0 = counter address
+    lui(T0, 0x10000),                    # t0 = UART
+    load(3, T2, S0, 0),                  # loop: t2 = counter
+    addi(T2, T2, 1),
+    store(3, T2, S0, 0),                 # counter += 1
+    andi(T1, T2, 0x3FF),
+    beq(T1, 0, 8),                       # every 1024: print '.'
+    jal0(-20),
+    addi(T1, 0, ord(".")),
+    store(0, T1, T0, 0),
+    jal0(-32),
+]
+
+
+class Out:
+    def __init__(self):
+        self.data = bytearray()
+
+    def __call__(self, b):
+        self.data += b
+
+
+def counting_machine(tmp_path, console=None, **kw):
+    img = tmp_path / "Image"
+    if not img.exists():
+        payload_image(img, COUNTING)
+    return virt(console or Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, deterministic=True, **kw)
+
+
+def counter(m) -> int:
+    return struct.unpack("<Q", m.mem.read(COUNTER, 8))[0]
+
+
+def ram_sha(m) -> str:
+    return hashlib.sha256(m.mem.array[: m.mem.size].tobytes()).hexdigest()
+
+
+def run_until(m, insns: int, start: bool) -> None:
+    """Run (or resume) ``m`` until the engine has done ``insns`` in all; it ends with reason "budget"."""
+    m.vm.max_insns = insns
+    if start:
+        m.vm.start()
+    else:
+        m.vm.resume()
+    res = m.vm.wait(120)
+    assert res is not None and res.reason == "budget", res
+
+
+@pytest.fixture()
+def counted(tmp_path):
+    """A machine that counted for a while and is paused, and a snapshot of it."""
+    m = counting_machine(tmp_path)
+    m.vm.start()
+    deadline = time.monotonic() + 60
+    while counter(m) < 50_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert m.vm.pause(), "the VM did not pause"
+    snap = tmp_path / "snap1"
+    man = snapshot.save(m, snap)
+    yield m, snap, man
+    m.vm.close()
+
+
+def test_restored_guest_counts_on_from_where_it_stopped(tmp_path, counted):
+    a, snap, man = counted
+    c1, sha1, p1 = counter(a), ram_sha(a), a.engine.progress()
+    assert c1 >= 50_000 and man["memory"]["encoding"] == "sparse"
+    assert man["memory"]["pages"] < (32 << 20) // 4096 // 2  # zero pages were not written
+    b = snapshot.restore(snap, Out())
+    try:
+        assert counter(b) == c1 and ram_sha(b) == sha1  # memory checksums equal
+        assert b.engine.save() == a.engine.save()
+        target = p1 + 3_000_000
+        run_until(a, target, start=False)
+        run_until(b, target, start=True)
+        assert counter(b) == counter(a) > c1 + 100_000  # both counted on, in lockstep
+        assert ram_sha(b) == ram_sha(a)
+    finally:
+        b.vm.close()
+
+
+def test_restore_maps_memory_copy_on_write_and_never_changes_the_file(tmp_path, counted):
+    a, snap, _ = counted
+    before = hashlib.sha256((snap / "memory.bin").read_bytes()).hexdigest()
+    b = snapshot.restore(snap, Out())
+    try:
+        run_until(b, b.engine.progress() + 1_000_000, start=True)
+    finally:
+        b.vm.close()
+    assert hashlib.sha256((snap / "memory.bin").read_bytes()).hexdigest() == before
+    snapshot.verify(snap)
+
+
+def test_restore_into_the_paused_vm_rewinds_it_in_place(tmp_path, counted):
+    a, snap, _ = counted
+    c1, sha1 = counter(a), ram_sha(a)
+    a.vm.resume()
+    deadline = time.monotonic() + 60
+    while counter(a) < c1 + 20_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.vm.pause() and counter(a) >= c1 + 20_000
+    secs = snapshot.restore_into(a, snap)  # same process, same machine: the guest goes back in time
+    assert secs < 5 and counter(a) == c1 and ram_sha(a) == sha1
+    a.vm.resume()
+    deadline = time.monotonic() + 60
+    while counter(a) < c1 + 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.vm.pause() and counter(a) >= c1 + 1000  # and counts on from there
+
+
+def test_compressed_and_diff_snapshots(tmp_path, counted):
+    a, snap, _ = counted
+    run_until(a, a.engine.progress() + 500_000, start=False)  # ends the run: a stopped VM can be saved too
+    sha2, c2 = ram_sha(a), counter(a)
+    diff = snapshot.save(a, tmp_path / "snap2", parent=snap)
+    z = snapshot.save(a, tmp_path / "snap2z", compress=True)
+    assert diff["memory"]["encoding"] == "diff" and 0 < diff["memory"]["changed"] < 16
+    assert z["memory"]["encoding"] == "zstd" and z["memory"]["compressed"] < (1 << 20)
+    for s in ("snap2", "snap2z"):
+        b = snapshot.restore(tmp_path / s, Out())
+        try:
+            assert counter(b) == c2 and ram_sha(b) == sha2, s
+        finally:
+            b.vm.close()
+    # relocatable: the pair moves together, the diff finds its parent by relative path
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(str(snap), moved / "snap1")
+    shutil.move(str(tmp_path / "snap2"), moved / "snap2")
+    b = snapshot.restore(moved / "snap2", Out())
+    try:
+        assert ram_sha(b) == sha2
+    finally:
+        b.vm.close()
+    with pytest.raises(SnapshotError, match="is a diff on top of snap1"):
+        snapshot.delete(moved / "snap1")
+
+
+def _damage(snap, what):
+    if what == "truncated memory":
+        with open(snap / "memory.bin", "r+b") as f:
+            f.truncate(4096)
+    elif what == "corrupt memory":
+        (snap / "memory.bin").chmod(0o644)
+        with open(snap / "memory.bin", "r+b") as f:
+            f.seek(0x40)
+            b = f.read(1)
+            f.seek(0x40)
+            f.write(bytes([b[0] ^ 1]))
+    elif what == "corrupt state":
+        data = bytearray((snap / "state.json").read_bytes())
+        data[10] ^= 1
+        (snap / "state.json").write_bytes(bytes(data))
+    elif what == "edited manifest":
+        m = json.loads((snap / "manifest.json").read_text())
+        m["machine"]["memory"] = 64 << 20
+        (snap / "manifest.json").write_text(json.dumps(m))
+    elif what == "wrong version":
+        m = json.loads((snap / "manifest.json").read_text())
+        m["version"] = 99
+        (snap / "manifest.json").write_text(json.dumps(m))
+    elif what == "not json":
+        (snap / "manifest.json").write_text("{nope")
+    elif what == "missing state":
+        (snap / "state.json").unlink()
+    elif what == "no manifest":
+        (snap / "manifest.json").unlink()
+
+
+@pytest.mark.parametrize("what,msg", [
+    ("truncated memory", "memory.bin is corrupt|truncated"),
+    ("corrupt memory", "memory.bin is corrupt"),
+    ("corrupt state", "state.json is corrupt"),
+    ("edited manifest", "checksum mismatch: the manifest was changed"),
+    ("wrong version", "snapshot format version 99"),
+    ("not json", "not valid JSON"),
+    ("missing state", "state.json is missing"),
+    ("no manifest", "not a virtkit snapshot"),
+])
+def test_damaged_snapshots_are_clear_errors(tmp_path, counted, what, msg):
+    _, snap, _ = counted
+    _damage(snap, what)
+    with pytest.raises(SnapshotError, match=msg):
+        snapshot.restore(snap, Out())
+
+
+def test_wrong_machine_is_refused(tmp_path, counted):
+    _, snap, _ = counted
+    other = virt(Out(), kernel=str(tmp_path / "Image"), firmware=None, mem_mib=64, rng=False)
+    try:
+        with pytest.raises(SnapshotError, match="RAM of 33554432 bytes"):
+            snapshot.restore_into(other, snap)
+    finally:
+        other.vm.close()
+    two = virt(Out(), kernel=str(tmp_path / "Image"), firmware=None, mem_mib=32, rng=True)
+    try:  # one device more (the rng in a virtio slot): the records do not fit
+        with pytest.raises(StateError, match="devices"):
+            snapshot.restore_into(two, snap)
+    finally:
+        two.vm.close()
+
+
+def test_saving_a_running_vm_is_refused(tmp_path):
+    m = counting_machine(tmp_path)
+    m.vm.start()
+    try:
+        with pytest.raises(Exception, match="pause it"):
+            snapshot.save(m, tmp_path / "s")
+        assert not (tmp_path / "s").exists()
+    finally:
+        m.vm.close()
