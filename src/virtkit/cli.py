@@ -27,7 +27,7 @@ from virtkit.errors import VirtkitError  # noqa: E402
 COMMANDS = {
     "run": "run", "ps": "vm", "console": "vm", "pause": "vm", "resume": "vm", "stop": "vm", "kill": "vm",
     "images": "images", "engine": "engine", "disk": "disk", "pool": "pool", "volume": "volume", "nbd": "nbd",
-    "net": "net",
+    "net": "net", "snapshot": "snapshot", "clone": "snapshot", "template": "snapshot",
 }
 
 DESCRIPTION = """\

@@ -71,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--max-insns", type=int, help="(bare-metal) stop after this many instructions")
     m.add_argument("--deterministic", action="store_true", default=None,
                    help="guest time follows instructions, not the host clock")
+    r = p.add_argument_group("from a snapshot (docs/vm-state.md)")
+    r.add_argument("--restore", metavar="SNAPSHOT", help="start the VM as it was at SNAPSHOT (disks rolled back)")
+    r.add_argument("--clone", action="store_true", help="with --restore: a new VM (own name, MACs, disk overlays)")
+    r.add_argument("--template", metavar="T", help="deploy a clone of template T (virtkit template create)")
+    r.add_argument("--disk-dir", help="with --clone/--template: where the new disk overlays go")
+    r.add_argument("--no-verify", action="store_true", help="with --restore: do not hash the RAM file first")
     o = p.add_argument_group("front end")
     o.add_argument("--detach", "-d", action="store_true", help="run in the background; print the name")
     o.add_argument("--dump-config", nargs="?", const="toml", choices=["toml", "json"],
@@ -128,6 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Boot (or dump, or detach) the machine the flags describe."""
     if args.max_insns is not None and args.max_insns <= 0:
         raise ConfigError(f"--max-insns must be positive: {args.max_insns}")
+    if args.restore or args.template:
+        return _from_snapshot(args)
+    if args.clone or args.disk_dir or args.no_verify:
+        raise ConfigError("--clone, --disk-dir and --no-verify go with --restore or --template")
     cfg = config_from_args(args)
     if args.dump_config:
         print(cfg.to_json() if args.dump_config == "json" else cfg.to_toml(), end="" if args.dump_config == "toml"
@@ -148,6 +158,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_board(cfg, args)
 
 
+def _from_snapshot(args: argparse.Namespace) -> int:
+    """``--restore SNAPSHOT [--clone]`` or ``--template T``: the machine comes from a snapshot."""
+    from virtkit.commands.snapshot import start_from_snapshot, template_path
+    from virtkit.machine.snapshot import resolve
+
+    if args.restore and args.template:
+        raise ConfigError("--restore and --template exclude each other")
+    machine_flags = [f"--{k.replace('_', '-')}" for k in ("config", "board", "engine", "cpus", "mem", "kernel",
+                                                           "initrd", "append", "bios", "disk", "net", "exec_cmd",
+                                                           "max_insns", "dump_config", "dump_dtb")
+                     if getattr(args, k, None)]
+    if machine_flags:
+        raise ConfigError(f"{', '.join(machine_flags)}: the machine comes from the snapshot")
+    if args.template:
+        return start_from_snapshot(template_path(args.template), args, clone=True, disk_dir=args.disk_dir)
+    return start_from_snapshot(resolve(args.restore).absolute(), args, clone=args.clone, disk_dir=args.disk_dir)
+
+
+def run_restored(bundle: Any, args: argparse.Namespace, *, name: str | None, clone: bool,
+                 disk_dir: str | None) -> int:
+    """The VM of a snapshot, with its console here (``run_board`` with the machine taken from the bundle)."""
+    from virtkit.machine import snapshot as snap
+    from virtkit.machine import vmsnap
+    from virtkit.machine.config import ConsoleConfig, MachineConfig
+    from virtkit.machine.control import generate_name
+
+    man = snap.read_manifest(bundle)
+    cfg = MachineConfig.from_dict(man["machine"], "snapshot machine")
+    cfg.name = name or generate_name()
+    if getattr(args, "serial", None):
+        cfg.console = ConsoleConfig(args.serial, cfg.console.virtio)
+    cfg.exec = None
+    notes: list[str] = []
+
+    def make(hub: Any) -> Any:
+        m, n = vmsnap.restore(bundle, hub, name=cfg.name, clone=clone, disk_dir=disk_dir,
+                              verify_memory=not getattr(args, "no_verify", False))
+        if getattr(args, "serial", None):
+            m.cfg.console = cfg.console
+        notes.extend(n)
+        return m
+
+    for k in ("stats", "console_log", "timeout", "boot_timeout"):
+        if not hasattr(args, k):
+            setattr(args, k, None)
+    return run_board(cfg, args, make=make, notes=notes)
+
+
 def dump_dtb(cfg: Any, path: str) -> int:
     """Build the machine (nothing runs), write its device tree."""
     from virtkit.machine.builder import build
@@ -164,14 +222,14 @@ def dump_dtb(cfg: Any, path: str) -> int:
     return 0
 
 
-def _start(cfg: Any, console: Any, warn: Any) -> Any:
+def _start(cfg: Any, console: Any, warn: Any, make: Any = None) -> Any:
     from virtkit.machine.builder import build
     from virtkit.machine.runner import RunningVm
 
     boot_timeout = cfg.boot_timeout
     if boot_timeout is None:
         boot_timeout = 300.0 if cfg.exec is not None else 0.0
-    machine = build(cfg, console)
+    machine = make(console) if make is not None else build(cfg, console)
     try:
         return RunningVm(machine, cfg.name, timeout=cfg.timeout, boot_timeout=boot_timeout, warn=warn)
     except BaseException:
@@ -179,8 +237,9 @@ def _start(cfg: Any, console: Any, warn: Any) -> Any:
         raise
 
 
-def run_board(cfg: Any, args: argparse.Namespace) -> int:
-    """Boot the board with its console on this terminal (or filtered for --exec, or inside --json)."""
+def run_board(cfg: Any, args: argparse.Namespace, make: Any = None, notes: list[str] | None = None) -> int:
+    """Boot the board with its console on this terminal (or filtered for --exec, or inside --json).
+    ``make(hub)`` builds the machine instead of the builder (a restored snapshot); ``notes`` are said first."""
     from virtkit.commands import _terminal as term
     from virtkit.machine.console import ConsoleHub
 
@@ -205,8 +264,10 @@ def run_board(cfg: Any, args: argparse.Namespace) -> int:
     def warn(msg: str) -> None:
         term.stderr_line(f"virtkit: warning: {msg}", raw=is_raw)
 
-    rv = _start(cfg, hub, warn)
+    rv = _start(cfg, hub, warn, make)
     vm = rv.vm
+    for n in notes or []:
+        term.stderr_line(f"virtkit: {n}", raw=False)
 
     def stats_now() -> None:
         term.print_stats(_stats(rv), title=f"virtkit run: {cfg.board}", to_terminal_raw=True)
@@ -372,28 +433,38 @@ def detach(cfg: Any, args: argparse.Namespace) -> int:
         default_guest(progress=sys.stderr.isatty())  # build the images here, with progress, not in the child
     conf = d / f"{name}.run.toml"
     conf.write_text(cfg.to_toml())
-    log = d / f"{name}.log"
     cmd = [sys.executable, "-m", "virtkit.cli", "run", "--config", str(conf), "--serial", "none",
            "--console-log", str(d / f"{name}.console")]
+    try:
+        pid = spawn_detached(name, cmd)
+    finally:
+        conf.unlink(missing_ok=True)  # the VM has its config: `virtkit` can ask it for it (op config)
+    if args.json:
+        print(json.dumps({"name": name, "pid": pid, "socket": str(control.socket_path(name))}))
+    else:
+        print(name)
+    return 0
+
+
+def spawn_detached(name: str, cmd: list[str]) -> int:
+    """Run ``cmd`` (a ``virtkit run`` of VM ``name``) in a new session; return its pid once the VM's control
+    socket answers (or raise with the tail of its log)."""
+    from virtkit.machine import control
+
+    d = control.run_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    log = d / f"{name}.log"
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            conf.unlink(missing_ok=True)
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise VirtkitError(f"VM {name!r} exited at start: {' / '.join(tail) or 'see ' + str(log)}")
         try:
             control.request(name, "ping", wait=2)
-            conf.unlink(missing_ok=True)  # the VM has its config: `virtkit` can ask it for it (op config)
-            break
+            return proc.pid
         except control.ControlError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        raise VirtkitError(f"VM {name!r} did not come up within 120 s (see {log})")
-    if args.json:
-        print(json.dumps({"name": name, "pid": proc.pid, "socket": str(control.socket_path(name))}))
-    else:
-        print(name)
-    return 0
+    proc.kill()
+    raise VirtkitError(f"VM {name!r} did not come up within 120 s (see {log})")

@@ -198,9 +198,15 @@ class Builder:
                                      "(say format=raw to silence this)")
                 fmt = "raw"
         backend = open_disk(d.path, read_only=d.read_only, fmt=fmt, owner=self.cfg.name)
-        self.add_closer(f"disk {d.path}", backend.close)
-        self.closers.insert(0, (f"flush disk {d.path}", _flusher(backend)))
-        return VirtioBlk(self.mem, backend, serial=d.serial or f"virtkit{i}", werror=d.werror, rerror=d.rerror)
+        try:
+            blk = VirtioBlk(self.mem, backend, serial=d.serial or f"virtkit{i}", werror=d.werror, rerror=d.rerror)
+        except BaseException:
+            backend.close()
+            raise
+        # the closers reach the backend through the device: a snapshot may switch it to a new overlay
+        self.add_closer(f"disk {d.path}", lambda: blk.backend.close())
+        self.closers.insert(0, (f"flush disk {d.path}", lambda: _flusher(blk.backend)()))
+        return blk
 
     def _open_nic(self, n: NicConfig) -> Any:
         from virtkit.devices.virtio.net import VirtioNet

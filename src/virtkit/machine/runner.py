@@ -17,6 +17,7 @@ off through the board's power device. A guest that has not stopped after ``timeo
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -109,6 +110,7 @@ class RunningVm:
     def start(self) -> None:
         """Start the VM."""
         self.t0 = time.monotonic()
+        self._last = (self.t0, int(self._instructions()))  # a restored engine starts with its count
         for w in self.machine.warnings:
             self._warn(w)
         self.vm.start()
@@ -217,8 +219,33 @@ class RunningVm:
         def config() -> dict[str, Any]:
             return {"config": self.machine.cfg.to_dict()}
 
+        def snapshot(path: str, compress: bool = False, parent: str | None = None,
+                     name: str | None = None) -> dict[str, Any]:
+            """RAM, devices and disks in one instant: pause, write the bundle, resume (if it was running)."""
+            from virtkit.machine import vmsnap
+
+            if not isinstance(path, str) or not os.path.isabs(path):
+                raise ValueError("path must be an absolute path")
+            if not isinstance(compress, bool) or parent is not None and not isinstance(parent, str):
+                raise ValueError("compress must be true or false, parent a path")
+            if vm.state not in ("running", "paused"):
+                raise ValueError(f"VM {self.name!r} is {vm.state}")
+            was_running = vm.state == "running"
+            t0 = time.monotonic()
+            if was_running and not vm.pause("taking a snapshot"):
+                raise ValueError(f"VM {self.name!r} did not pause")
+            paused_at = time.monotonic()
+            try:
+                man = vmsnap.take(self.machine, path, name=name, compress=compress, parent=parent)
+            finally:
+                if was_running:
+                    vm.resume()
+            return {"name": man["name"], "path": path, "memory": man["memory"], "disks": man.get("disks", []),
+                    "seconds": round(time.monotonic() - t0, 3),
+                    "paused_seconds": round(time.monotonic() - paused_at, 3)}
+
         return {"ping": ping, "status": self.status, "stats": stats, "pause": pause, "resume": resume,
-                "stop": stop, "kill": kill, "config": config}
+                "stop": stop, "kill": kill, "config": config, "snapshot": snapshot}
 
     def _console_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
         """``{"op": "console", "write": bool, "force": bool}``: after the reply, raw bytes both ways."""

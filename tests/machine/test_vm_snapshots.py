@@ -1,0 +1,187 @@
+"""Snapshots of running Linux guests, end to end through the CLI: RAM and disk taken in one instant while a
+shell loop writes to an ext4 disk, the host copy of the disk clean under e2fsck, the restored guest going
+on with RAM and disk agreeing; clones that diverge and share their unchanged memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require_tool
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path, guest_images):
+    e = dict(os.environ, VIRTKIT_RUN_DIR=str(tmp_path / "run"), VIRTKIT_SNAPSHOTS=str(tmp_path / "snaps"))
+    e["GUEST"] = json.dumps([str(guest_images.kernel), str(guest_images.initrd), str(guest_images.firmware)])
+    yield e
+    for info in (tmp_path / "run").glob("*.json"):
+        try:
+            os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
+def vk(env, *args, input=None, timeout=600, check=True):
+    p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True, env=env,
+                       input=input, stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
+    assert "Traceback" not in p.stderr, p.stderr
+    if check:
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+def guest(env):
+    k, i, f = json.loads(env["GUEST"])
+    return ["--kernel", k, "--initrd", i, "--bios", f]
+
+
+def console_log(env, name):
+    p = Path(env["VIRTKIT_RUN_DIR"]) / f"{name}.console"
+    return p.read_bytes().decode(errors="replace") if p.exists() else ""
+
+
+def wait_for(pred, timeout=300, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def shell(env, name, line, marker, timeout=120):
+    """Type ``line; echo MARKER`` on the console; return what the console printed between them."""
+    before = len(console_log(env, name))
+    vk(env, "console", name, input=f"{line}\necho {marker}-$((1+1))\n", timeout=60)
+    want = f"{marker}-2"
+    wait_for(lambda: want in console_log(env, name)[before:], timeout, f"{want} on {name}")
+    out = console_log(env, name)[before:]
+    return out[: out.index(want)]
+
+
+def numbers(out: str) -> list[int]:
+    """The lines of console output that are just a number (the typed commands are echoed too)."""
+    return [int(x) for x in re.findall(r"^(\d+)\r?$", out, re.M)]
+
+
+def ext4_qcow2(env, path: Path) -> None:
+    raw = path.with_suffix(".raw")
+    with open(raw, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(raw)], check=True)
+    vk(env, "disk", "convert", "-q", str(raw), str(path))
+    raw.unlink()
+
+
+LOOP = "mkdir -p /mnt && mount /dev/vda /mnt && (i=0; while :; do i=$((i+1)); echo $i > /mnt/last; " \
+       "echo $i > /tmp/mem; sync; done) &"
+
+
+def host_fsck(env, image: Path, tmp: Path) -> str:
+    """Copy ``image`` to raw, replay its journal, check it read-only; return /last as the copy holds it."""
+    raw = tmp / "check.raw"
+    raw.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)], check=True)
+    p = subprocess.run(["e2fsck", "-y", "-E", "journal_only", str(raw)], capture_output=True, text=True)
+    assert p.returncode in (0, 1), p.stdout + p.stderr
+    p = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True)
+    assert p.returncode == 0, f"e2fsck found errors:\n{p.stdout}{p.stderr}"
+    return subprocess.run(["debugfs", "-R", "cat /last", str(raw)], capture_output=True, text=True).stdout.strip()
+
+
+def test_snapshot_of_a_guest_writing_its_disk_restores_consistently(env, tmp_path):
+    require_tool("mkfs.ext4", "e2fsck", "debugfs", "qemu-img")
+    disk = tmp_path / "vm.qcow2"
+    ext4_qcow2(env, disk)
+    vk(env, "run", "-d", "--name", "w1", *guest(env), "--disk", str(disk))
+    wait_for(lambda: "virtkit:/#" in console_log(env, "w1"), 300, "the shell")
+    shell(env, "w1", LOOP, "loop")
+    wait_for(lambda: numbers(shell(env, "w1", "cat /tmp/mem", "n"))[-1:] > [20], 60, "the loop running")
+    snap = json.loads(vk(env, "snapshot", "create", "w1", "s1", "--json").stdout)
+    assert snap["disks"][0]["kind"] == "qcow2" and snap["memory"]["encoding"] == "sparse"
+    bundle = Path(env["VIRTKIT_SNAPSHOTS"]) / "s1"
+    # the VM goes on, now writing an overlay on the image the snapshot holds (qemu-img sees the chain)
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert Path(disk.parent, info["backing-filename"]).resolve() == (bundle / "disk0.qcow2").resolve()
+    n_later = numbers(shell(env, "w1", "cat /tmp/mem", "later"))[-1]
+    at_snapshot = int(host_fsck(env, bundle / "disk0.qcow2", tmp_path))  # clean, and what the loop had written
+    assert 0 < at_snapshot < n_later
+    vk(env, "kill", "w1")
+
+    vk(env, "snapshot", "restore", "s1", "-d", "--name", "w2")
+    out = shell(env, "w2", "cat /tmp/mem /mnt/last", "r1")
+    mem_now, disk_now = numbers(out)[-2:]
+    assert mem_now >= at_snapshot and disk_now >= at_snapshot  # RAM and disk went on from the snapshot
+    assert abs(mem_now - disk_now) <= 1  # and agree with each other
+    assert mem_now < n_later + 10_000_000  # (not the old VM's later state: its overlay was rolled back)
+    shell(env, "w2", "kill %1; sync; umount /mnt", "r2")
+    vk(env, "kill", "w2")
+    host_fsck(env, disk, tmp_path)
+
+
+def _smaps_memory_file(pid: int) -> dict[str, int]:
+    """Rss/Pss/Shared_Clean (kB) of the snapshot memory file's mapping in process ``pid``."""
+    out: dict[str, int] = {"Rss": 0, "Pss": 0, "Shared_Clean": 0}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith("memory.bin")
+        elif inside:
+            k, _, v = line.partition(":")
+            if k in out:
+                out[k] += int(v.split()[0])
+    return out
+
+
+def test_clones_diverge_and_share_unchanged_memory(env, tmp_path):
+    require_tool("mkfs.ext4", "qemu-img")
+    disk = tmp_path / "base.qcow2"
+    ext4_qcow2(env, disk)
+    vk(env, "run", "-d", "--name", "b", *guest(env), "--disk", str(disk))
+    wait_for(lambda: "virtkit:/#" in console_log(env, "b"), 300, "the shell")
+    shell(env, "b", "mkdir -p /mnt && mount /dev/vda /mnt && echo base > /mnt/who && sync", "m")
+    vk(env, "snapshot", "create", "b", "base")
+    vk(env, "kill", "b")
+    clones = json.loads(vk(env, "clone", "base", "--count", "2", "--name-prefix", "web", "--disk-dir",
+                           str(tmp_path / "clones"), "--json").stdout)
+    names = [c["name"] for c in clones]
+    assert names == ["web-1", "web-2"]
+    for n in names:  # each writes its own disk and memory
+        shell(env, n, f"echo {n} > /mnt/who; echo {n} > /tmp/who; sync", "w")
+    for n in names:
+        out = shell(env, n, "cat /mnt/who /tmp/who", "c")
+        others = [o for o in names if o != n]
+        assert out.count(n) == 2 and not any(o in out for o in others), out
+    overlays = sorted((tmp_path / "clones").glob("*.qcow2"))
+    assert [p.name for p in overlays] == ["web-1-disk0.qcow2", "web-2-disk0.qcow2"]
+    # the base image kept its content: the clones wrote their overlays
+    assert "base" in subprocess.run(["debugfs", "-R", "cat /who", "-c", str(_raw(tmp_path, disk))],
+                                    capture_output=True, text=True).stdout
+    # RAM: both map the snapshot's memory file copy-on-write; the pages neither wrote are shared
+    pids = [c["pid"] for c in clones]
+    sm = [_smaps_memory_file(p) for p in pids]
+    assert all(s["Rss"] > 1024 for s in sm), sm  # the guests run from the file's pages
+    assert sum(s["Pss"] for s in sm) < 0.75 * sum(s["Rss"] for s in sm), sm  # and those pages are shared
+    for n in names:
+        vk(env, "kill", n)
+
+
+def _raw(tmp_path: Path, image: Path) -> Path:
+    raw = tmp_path / f"{image.stem}.check.raw"
+    raw.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)], check=True)
+    return raw
