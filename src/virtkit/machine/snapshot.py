@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,46 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
 
 
-def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None) -> tuple[int, np.ndarray | None]:
+class PageDigest:
+    """The checksum of a memory image that does not depend on how it is stored: SHA-256 over every maximal
+    run of non-zero pages, in order (the pages' bytes, then the run's first page and length), so a sparse
+    file, the same file copied without holes and RAM itself give the same digest, and only the non-zero
+    data is ever hashed."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.start: int | None = None
+        self.next = 0
+
+    def add(self, first: int, data: np.ndarray | memoryview | bytes) -> None:
+        """Pages ``first, first+1, ...`` (all non-zero) with their bytes; call in increasing page order."""
+        if self.start is not None and first != self.next:
+            self._close()
+        if self.start is None:
+            self.start = first
+        self.h.update(data)
+        self.next = first + len(data) // PAGE
+
+    def _close(self) -> None:
+        assert self.start is not None
+        self.h.update(struct.pack("<QQ", self.start, self.next - self.start))
+        self.start = None
+
+    def hexdigest(self) -> str:
+        """The digest (closing the last run)."""
+        if self.start is not None:
+            self._close()
+        return "sha256-pages:" + self.h.hexdigest()
+
+
+def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None
+                 ) -> tuple[int, np.ndarray | None, str]:
     """Write RAM sparsely to ``path``: only non-zero pages (and, with ``parent``, only pages that differ from
-    it). Returns the number of pages written and, for a diff, the page mask."""
+    it). Returns the number of pages written, for a diff the page mask, and the :class:`PageDigest`."""
     npages = ram.size // PAGE
     mask_all = np.zeros(npages, dtype=bool) if parent is not None else None
     written = 0
+    digest = PageDigest()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
     try:
         os.ftruncate(fd, ram.size)
@@ -105,12 +140,46 @@ def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None) 
             else:
                 keep = _nonzero_pages(block)
             for first, count in _runs(keep):
-                os.pwrite(fd, block[first * PAGE:(first + count) * PAGE], off + first * PAGE)
+                data = block[first * PAGE:(first + count) * PAGE]
+                os.pwrite(fd, data, off + first * PAGE)
+                digest.add(off // PAGE + first, data)
                 written += count
         os.fsync(fd)
     finally:
         os.close(fd)
-    return written, mask_all
+    return written, mask_all, digest.hexdigest()
+
+
+def memory_digest(path: Path) -> str:
+    """:class:`PageDigest` of a memory file, reading only where the file has data (holes are zero pages)."""
+    digest = PageDigest()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError:  # no more data (ENXIO) or no SEEK_DATA: the rest is holes / read it all
+                if pos == 0 and not hasattr(os, "SEEK_DATA"):
+                    start, end = 0, size
+                else:
+                    break
+            start -= start % PAGE
+            for off in range(start, end, CHUNK):
+                n = min(CHUNK, end - off)
+                n += (-n) % PAGE
+                buf = os.pread(fd, n, off)
+                if len(buf) % PAGE:
+                    buf += bytes(PAGE - len(buf) % PAGE)
+                block = np.frombuffer(buf, np.uint8)
+                for first, count in _runs(_nonzero_pages(block)):
+                    digest.add(off // PAGE + first, block[first * PAGE:(first + count) * PAGE])
+            pos = end
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
 
 
 def write_memory_zstd(ram: np.ndarray, path: Path, level: int = 3) -> int:
@@ -160,19 +229,20 @@ def save(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
             if pman["memory"]["size"] != mem.size or pman["memory"]["base"] != mem.base:
                 raise SnapshotError(f"parent snapshot {ppath} has another RAM layout")
             pram = load_memory_array(ppath, pman)
-            written, mask = write_memory(ram, tmp / MEMORY, pram)
+            written, mask, mdigest = write_memory(ram, tmp / MEMORY, pram)
             assert mask is not None
             (tmp / PAGES).write_bytes(np.packbits(mask, bitorder="little").tobytes())
             parent_rel = os.path.relpath(ppath.resolve(), os.path.abspath(dest))  # relocatable with its parent
             mem_info.update(encoding="diff", file=MEMORY, pages=written, changed=int(mask.sum()),
-                            parent=parent_rel)
+                            parent=parent_rel, digest=mdigest)
         elif compress:
             csize = write_memory_zstd(ram, tmp / MEMORY_ZST)
             mem_info.update(encoding="zstd", file=MEMORY_ZST, compressed=csize)
         else:
-            written, _ = write_memory(ram, tmp / MEMORY)
-            mem_info.update(encoding="sparse", file=MEMORY, pages=written)
-        files = {f.name: _sha256_file(f) for f in sorted(tmp.iterdir())}
+            written, _, mdigest = write_memory(ram, tmp / MEMORY)
+            mem_info.update(encoding="sparse", file=MEMORY, pages=written, digest=mdigest)
+        # the memory file is checked by its page digest (only its data is read), the others whole
+        files = {f.name: _sha256_file(f) for f in sorted(tmp.iterdir()) if f.name != MEMORY}
         cfg = machine.cfg.to_dict()
         manifest = {"format": FORMAT, "version": VERSION, "name": name or dest.name,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -246,10 +316,17 @@ def verify(path: str | os.PathLike[str], manifest: dict | None = None, memory: b
             raise SnapshotError(f"{p}: {fname} is missing")
         if _sha256_file(f) != digest:
             raise SnapshotError(f"{p}: {fname} is corrupt (checksum mismatch)")
-    size = manifest["memory"]["size"]
-    if manifest["memory"]["encoding"] in ("sparse", "diff") and (p / MEMORY).stat().st_size != size:
-        raise SnapshotError(f"{p}: {MEMORY} is truncated ({(p / MEMORY).stat().st_size} of {size} bytes)")
-    if manifest["memory"]["encoding"] == "diff":
+    info = manifest["memory"]
+    size = info["size"]
+    if info["encoding"] in ("sparse", "diff"):
+        f = p / MEMORY
+        if not f.is_file():
+            raise SnapshotError(f"{p}: {MEMORY} is missing")
+        if f.stat().st_size != size:
+            raise SnapshotError(f"{p}: {MEMORY} is truncated ({f.stat().st_size} of {size} bytes)")
+        if memory and memory_digest(f) != info.get("digest"):
+            raise SnapshotError(f"{p}: {MEMORY} is corrupt (checksum mismatch)")
+    if info["encoding"] == "diff":
         verify(parent_of(p, manifest), memory=memory)
 
 
