@@ -160,8 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _from_snapshot(args: argparse.Namespace) -> int:
     """``--restore SNAPSHOT [--clone]`` or ``--template T``: the machine comes from a snapshot."""
-    from virtkit.commands.snapshot import start_from_snapshot, template_path
-    from virtkit.machine.snapshot import resolve
+    from virtkit.machine.snapshot import resolve, template_path
 
     if args.restore and args.template:
         raise ConfigError("--restore and --template exclude each other")
@@ -204,6 +203,47 @@ def run_restored(bundle: Any, args: argparse.Namespace, *, name: str | None, clo
         if not hasattr(args, k):
             setattr(args, k, None)
     return run_board(cfg, args, make=make, notes=notes)
+
+
+def start_from_snapshot(bundle: Any, args: argparse.Namespace, clone: bool, disk_dir: str | None = None) -> int:
+    """Start a VM from ``bundle`` here (console on this terminal) or detached (``args.detach``)."""
+    from virtkit.machine import snapshot as snap
+
+    man = snap.read_manifest(bundle)
+    if getattr(args, "detach", False):
+        return detach_restored(bundle, args, clone, disk_dir)
+    name = args.name or (None if clone else man.get("vm"))
+    return run_restored(bundle, args, name=name, clone=clone, disk_dir=disk_dir)
+
+
+def detach_restored(bundle: Any, args: argparse.Namespace, clone: bool, disk_dir: str | None) -> int:
+    """The background VM is ``virtkit run --restore`` in a new session (as ``run -d`` does)."""
+    from virtkit.machine import control
+    from virtkit.machine import snapshot as snap
+
+    man = snap.read_manifest(bundle)
+    name = args.name or (None if clone else man.get("vm")) or control.generate_name()
+    try:
+        control.request(name, "ping", wait=2)
+        raise ConfigError(f"a VM named {name!r} is already running; pick another --name or stop it first")
+    except control.ControlError:
+        pass
+    d = control.run_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "virtkit.cli", "run", "--restore", str(bundle), "--name", name, "--serial", "none",
+           "--console-log", str(d / f"{name}.console")]
+    if clone:
+        cmd.append("--clone")
+    if disk_dir:
+        cmd += ["--disk-dir", disk_dir]
+    if getattr(args, "no_verify", False):
+        cmd.append("--no-verify")
+    pid = spawn_detached(name, cmd)
+    if args.json:
+        print(json.dumps({"name": name, "pid": pid, "socket": str(control.socket_path(name))}))
+    else:
+        print(name)
+    return 0
 
 
 def dump_dtb(cfg: Any, path: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from virtkit.commands._help import add, group
 from virtkit.errors import ConfigError, VirtkitError
+from virtkit.machine.snapshot import template_root as snap_templates
 
 #: the command words this module registers (cli.py maps them to this module)
 COMMANDS = ("snapshot", "clone", "template")
@@ -94,13 +95,6 @@ def _start_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serial", choices=["stdio", "none"], help="where the serial console goes")
     p.add_argument("--no-verify", action="store_true", help="do not hash the RAM file first (faster)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-
-
-def template_root() -> Path:
-    """Where templates live: beside the snapshot directory."""
-    from virtkit.machine.snapshot import snapshot_root
-
-    return snapshot_root().parent / "templates"
 
 
 def _resolve(spec: str) -> Path:
@@ -230,52 +224,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ restore / clone
 def cmd_restore(args: argparse.Namespace) -> int:
     """``snapshot restore`` is ``virtkit run --restore``."""
+    from virtkit.commands.run import start_from_snapshot
+
     return start_from_snapshot(_resolve(args.snapshot), args, clone=bool(args.clone))
-
-
-def start_from_snapshot(bundle: Path, args: argparse.Namespace, clone: bool, disk_dir: str | None = None) -> int:
-    """Start a VM from ``bundle`` here (console on this terminal) or detached (``args.detach``)."""
-    from virtkit.machine import snapshot as snap
-
-    man = snap.read_manifest(bundle)
-    if getattr(args, "detach", False):
-        return _detach(bundle, args, clone, disk_dir)
-    from virtkit.commands.run import run_restored
-
-    name = args.name or (None if clone else man.get("vm"))
-    return run_restored(bundle, args, name=name, clone=clone, disk_dir=disk_dir)
-
-
-def _detach(bundle: Path, args: argparse.Namespace, clone: bool, disk_dir: str | None) -> int:
-    """The background VM is ``virtkit run --restore`` in a new session (as ``run -d`` does)."""
-    from virtkit.machine import control
-    from virtkit.machine import snapshot as snap
-
-    man = snap.read_manifest(bundle)
-    name = args.name or (None if clone else man.get("vm")) or control.generate_name()
-    try:
-        control.request(name, "ping", wait=2)
-        raise ConfigError(f"a VM named {name!r} is already running; pick another --name or stop it first")
-    except control.ControlError:
-        pass
-    d = control.run_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "virtkit.cli", "run", "--restore", str(bundle), "--name", name, "--serial", "none",
-           "--console-log", str(d / f"{name}.console")]
-    if clone:
-        cmd.append("--clone")
-    if disk_dir:
-        cmd += ["--disk-dir", disk_dir]
-    if getattr(args, "no_verify", False):
-        cmd.append("--no-verify")
-    from virtkit.commands.run import spawn_detached
-
-    pid = spawn_detached(name, cmd)
-    if args.json:
-        print(json.dumps({"name": name, "pid": pid, "socket": str(control.socket_path(name))}))
-    else:
-        print(name)
-    return 0
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
@@ -293,9 +244,11 @@ def cmd_clone(args: argparse.Namespace) -> int:
         from contextlib import redirect_stdout
         from io import StringIO
 
+        from virtkit.commands.run import detach_restored
+
         buf = StringIO()
         with redirect_stdout(buf):
-            _detach(bundle, ns, True, args.disk_dir)
+            detach_restored(bundle, ns, True, args.disk_dir)
         names.append(json.loads(buf.getvalue()))
     if args.json:
         print(json.dumps(names))
@@ -313,7 +266,7 @@ def cmd_template_create(args: argparse.Namespace) -> int:
     if "/" in args.template:
         raise ConfigError("a template is named, not a path")
     resolve(args.template)  # checks the name
-    dest = (template_root() / args.template).absolute()
+    dest = (snap_templates() / args.template).absolute()
     reply = _take(args.vm, dest)
     if args.stop:
         from virtkit.machine.control import request
@@ -330,7 +283,7 @@ def cmd_template_list(args: argparse.Namespace) -> int:
     """List templates."""
     from virtkit.machine.snapshot import list_snapshots
 
-    _print_list(list_snapshots(template_root()), args.json, "templates")
+    _print_list(list_snapshots(snap_templates()), args.json, "templates")
     return 0
 
 
@@ -338,16 +291,7 @@ def cmd_template_delete(args: argparse.Namespace) -> int:
     """Delete a template."""
     from virtkit.machine import snapshot as snap
 
-    p = template_root() / args.template
+    p = snap_templates() / args.template
     snap.delete(p)
     print(f"deleted template {args.template}")
     return 0
-
-
-def template_path(name: str) -> Path:
-    """The bundle of template ``name`` (checked to exist)."""
-    p = template_root() / name
-    if not (p / "manifest.json").exists():
-        known = sorted(x.name for x in template_root().iterdir()) if template_root().is_dir() else []
-        raise ConfigError(f"no template {name!r}" + (f" (templates: {', '.join(known)})" if known else ""))
-    return p

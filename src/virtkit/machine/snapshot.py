@@ -53,6 +53,23 @@ def snapshot_root() -> Path:
     return Path(base) / "virtkit" / "snapshots"
 
 
+def template_root() -> Path:
+    """Where templates live: beside the snapshot directory."""
+    return snapshot_root().parent / "templates"
+
+
+def template_path(name: str) -> Path:
+    """The bundle of template ``name`` (checked to exist)."""
+    from virtkit.errors import ConfigError
+
+    p = template_root() / name
+    if not (p / MANIFEST).exists():
+        root = template_root()
+        known = sorted(x.name for x in root.iterdir()) if root.is_dir() else []
+        raise ConfigError(f"no template {name!r}" + (f" (templates: {', '.join(known)})" if known else ""))
+    return p
+
+
 def resolve(spec: str) -> Path:
     """A snapshot argument: a path when it contains ``/`` (or names an existing directory), else a name in
     :func:`snapshot_root`."""
