@@ -77,6 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--template", metavar="T", help="deploy a clone of template T (virtkit template create)")
     r.add_argument("--disk-dir", help="with --clone/--template: where the new disk overlays go")
     r.add_argument("--no-verify", action="store_true", help="with --restore: do not hash the RAM file first")
+    r.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait for a live migration (virtkit migrate) and "
+                   "run the VM it brings; prints the token the source must give")
+    r.add_argument("--token", help="with --incoming: the migration token (default: a new random one)")
+    r.add_argument("--incoming-fd", type=int, help=argparse.SUPPRESS)  # a detached target's listening socket
     o = p.add_argument_group("front end")
     o.add_argument("--detach", "-d", action="store_true", help="run in the background; print the name")
     o.add_argument("--dump-config", nargs="?", const="toml", choices=["toml", "json"],
@@ -134,6 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Boot (or dump, or detach) the machine the flags describe."""
     if args.max_insns is not None and args.max_insns <= 0:
         raise ConfigError(f"--max-insns must be positive: {args.max_insns}")
+    if args.incoming:
+        return _incoming(args)
     if args.restore or args.template:
         return _from_snapshot(args)
     if args.clone or args.disk_dir or args.no_verify:
@@ -158,16 +164,80 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_board(cfg, args)
 
 
+def _machine_flags(args: argparse.Namespace) -> list[str]:
+    """The machine-describing flags given (refused when the machine comes from elsewhere)."""
+    return [f"--{k.replace('_', '-')}" for k in ("config", "board", "engine", "cpus", "mem", "kernel", "initrd",
+                                                 "append", "bios", "disk", "net", "exec_cmd", "max_insns",
+                                                 "dump_config", "dump_dtb") if getattr(args, k, None)]
+
+
+def _incoming(args: argparse.Namespace) -> int:
+    """``--incoming tcp:HOST:PORT``: wait for a live migration, then run the VM it carries."""
+    import socket
+
+    from virtkit.machine import control
+    from virtkit.machine.migration import Target, new_token, parse_uri
+
+    flags = _machine_flags(args) + [f for f in ("--restore", "--template") if getattr(args, f[2:])]
+    if flags:
+        raise ConfigError(f"{', '.join(flags)}: the machine comes from the migration")
+    host, port = parse_uri(args.incoming, listen=True)
+    token = args.token or new_token()
+    name = args.name or control.generate_name()
+    if args.detach:
+        try:
+            control.request(name, "ping", wait=2)
+            raise ConfigError(f"a VM named {name!r} is already running; pick another --name")
+        except control.ControlError:
+            pass
+        try:
+            lsock = socket.create_server((host, port))
+        except OSError as err:
+            raise ConfigError(f"cannot listen on {args.incoming}: {err.strerror}") from None
+        d = control.run_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "virtkit.cli", "run", "--incoming", args.incoming, "--incoming-fd",
+               str(lsock.fileno()), "--token", token, "--name", name, "--serial", "none", "--console-log",
+               str(d / f"{name}.console")]
+        with open(d / f"{name}.log", "wb") as lf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
+                                    pass_fds=[lsock.fileno()])
+        bound = lsock.getsockname()[1]
+        lsock.close()
+        if args.json:
+            print(json.dumps({"name": name, "pid": proc.pid, "token": token, "port": bound}))
+        else:
+            print(f"{name}: waiting for a migration on {host or '*'}:{bound}, token {token}")
+        return 0
+    target = Target(args.incoming, token, listener_fd=args.incoming_fd)
+    from virtkit.commands import _terminal as term
+
+    if args.incoming_fd is None:
+        term.stderr_line(f"virtkit: waiting for a migration on {host or '*'}:{target.port}, token {token}",
+                         raw=False)
+    from virtkit.machine.config import ConsoleConfig, MachineConfig
+
+    cfg = MachineConfig(name=name)
+    if args.serial:
+        cfg.console = ConsoleConfig(args.serial, False)
+
+    def make(hub: Any) -> Any:
+        m = target.receive(hub, name)
+        if args.serial:
+            m.cfg.console = cfg.console
+        cfg.board, cfg.cpus, cfg.memory = m.cfg.board, m.cfg.cpus, m.cfg.memory
+        return m
+
+    return run_board(cfg, args, make=make)
+
+
 def _from_snapshot(args: argparse.Namespace) -> int:
     """``--restore SNAPSHOT [--clone]`` or ``--template T``: the machine comes from a snapshot."""
     from virtkit.machine.snapshot import resolve, template_path
 
     if args.restore and args.template:
         raise ConfigError("--restore and --template exclude each other")
-    machine_flags = [f"--{k.replace('_', '-')}" for k in ("config", "board", "engine", "cpus", "mem", "kernel",
-                                                           "initrd", "append", "bios", "disk", "net", "exec_cmd",
-                                                           "max_insns", "dump_config", "dump_dtb")
-                     if getattr(args, k, None)]
+    machine_flags = _machine_flags(args)
     if machine_flags:
         raise ConfigError(f"{', '.join(machine_flags)}: the machine comes from the snapshot")
     if args.template:

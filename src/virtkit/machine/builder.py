@@ -126,9 +126,11 @@ class Machine:
 class Builder:
     """The state of one build: the board calls back into it (``attach_mmio``, ``add_device``...)."""
 
-    def __init__(self, cfg: MachineConfig, console: ConsoleHub | None = None, restoring: bool = False) -> None:
+    def __init__(self, cfg: MachineConfig, console: ConsoleHub | None = None, restoring: bool = False,
+                 memory: GuestMemory | None = None) -> None:
         """``restoring``: the machine will take a snapshot's state and RAM, so the board reads no image and
-        loads nothing (a snapshot restores without its kernel at hand)."""
+        loads nothing (a snapshot restores without its kernel at hand). ``memory``: guest RAM that exists
+        already (a migration received it before the machine could be built)."""
         from virtkit.boards import find_board
 
         self.cfg = cfg
@@ -138,6 +140,7 @@ class Builder:
             raise ConfigError(f"engine: board {cfg.board} runs on {', '.join(board_cls.engines)}, not {cfg.engine!r}")
         self.board = board_cls(cfg)
         self.restoring = restoring
+        self.given_memory = memory
         if restoring:
             if not getattr(board_cls, "restorable", False):
                 raise ConfigError(f"board {cfg.board} cannot be restored from a snapshot")
@@ -259,7 +262,12 @@ class Builder:
         """Assemble the machine; on failure release whatever was opened and re-raise."""
         cfg, board = self.cfg, self.board
         board.prepare()
-        self.mem = GuestMemory(cfg.memory, board.ram_base)
+        if self.given_memory is not None:
+            if self.given_memory.size != cfg.memory or self.given_memory.base != board.ram_base:
+                raise ConfigError("the given guest RAM does not match the machine's")
+            self.mem = self.given_memory
+        else:
+            self.mem = GuestMemory(cfg.memory, board.ram_base)
         try:
             self.virtio = self._virtio_devices()
             self.engine = create_engine(cfg, self.mem, **board.engine_args())

@@ -26,9 +26,17 @@ class GuestMemory:
         self.base = base
         self.size = size
         self.end = base + size
-        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        #: The RAM as a flat uint8 array (the RISC-V core reads and writes it directly).
+        npages = size // mmap.PAGESIZE
+        # after RAM, outside what the guest can address: the dirty log, one int64 per page, which the CPU
+        # engine sets on its slow store path and page-table updates and DMA sets here (live migration)
+        tail = -(-npages * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mmap = mmap.mmap(-1, size + tail, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        #: The RAM as a flat uint8 array (the RISC-V core reads and writes it directly); the dirty log
+        #: follows at ``array[size:]``.
         self.array = np.frombuffer(self._mmap, dtype=np.uint8)
+        #: One entry per page, non-zero once the page was written since the log was last cleared (see the
+        #: engine's ``dirty_log_fetch``).
+        self.dirty = np.frombuffer(self._mmap, dtype=np.int64, count=npages, offset=size)
         #: Called as ``on_write(offset, n)`` before writes and writable views: the CPU engine drops
         #: code it translated from those bytes (DMA into code pages).
         self.on_write: Callable[[int, int], None] | None = None
@@ -86,12 +94,16 @@ class GuestMemory:
         """Copy ``data`` into guest RAM at ``gpa``."""
         off = self._offset(gpa, len(data))
         self._mmap[off : off + len(data)] = data
+        if data:
+            self.dirty[off >> 12:((off + len(data) - 1) >> 12) + 1] = 1
         if self.on_write is not None:
             self.on_write(off, len(data))
 
     def view(self, gpa: int, n: int) -> memoryview:
         """A zero-copy, writable view of ``[gpa, gpa+n)`` for device DMA."""
         off = self._offset(gpa, n)
+        if n:
+            self.dirty[off >> 12:((off + n - 1) >> 12) + 1] = 1
         if self.on_write is not None:
             self.on_write(off, n)
         return memoryview(self._mmap)[off : off + n]
@@ -117,4 +129,5 @@ class GuestMemory:
     def close(self) -> None:
         """Release the RAM (views handed out must be dropped first)."""
         del self.array
+        del self.dirty
         self._mmap.close()

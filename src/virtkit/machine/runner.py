@@ -57,6 +57,7 @@ class RunningVm:
         self._last = (time.monotonic(), 0)
         self._stopping = False
         self.server = None
+        self.migration: Any = None  # the live migration this VM is the source of
         self.vm.listeners.append(self._on_state)
         if control:
             from virtkit.machine.control import ControlServer
@@ -244,8 +245,54 @@ class RunningVm:
                     "seconds": round(time.monotonic() - t0, 3),
                     "paused_seconds": round(time.monotonic() - paused_at, 3)}
 
+        def migrate(uri: str, token: str, bandwidth: float | None = None, downtime: float = 0.05,
+                    max_downtime: float = 1.0, auto_converge: bool = True) -> dict[str, Any]:
+            """Start a live migration to ``uri`` in the background (``migration`` reports on it)."""
+            from virtkit.machine.migration import Source, parse_uri
+
+            parse_uri(uri)
+            if not isinstance(token, str) or not token:
+                raise ValueError("token must be the target's token")
+            for k, v in (("downtime", downtime), ("max_downtime", max_downtime)):
+                if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 60:
+                    raise ValueError(f"{k} must be seconds in (0, 60]")
+            if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float)
+                                          or bandwidth <= 0):
+                raise ValueError("bandwidth must be bytes per second")
+            if vm.state != "running":
+                raise ValueError(f"VM {self.name!r} is {vm.state}: only a running VM migrates")
+            if self.migration is not None and not self.migration.ended.is_set():
+                raise ValueError(f"VM {self.name!r} is migrating already")
+            self.migration = Source(self.machine, uri, token, bandwidth=bandwidth, downtime=float(downtime),
+                                    downtime_ceiling=float(max_downtime), auto_converge=bool(auto_converge))
+            self.migration.start()
+            return {"state": "setup"}
+
+        def migration(until_end: bool = False, timeout: float = 0.5) -> dict[str, Any]:
+            """The migration's status; ``until_end``: wait up to ``timeout`` s for it to end first."""
+            src = self.migration
+            if src is None:
+                raise ValueError(f"VM {self.name!r} has not been migrated")
+            if until_end:
+                src.followers += 1
+                try:
+                    src.ended.wait(min(max(float(timeout), 0.0), 10.0))
+                finally:
+                    src.followers -= 1
+            out = src.status.to_dict()
+            if src.ended.is_set():
+                src.delivered.set()
+            return out
+
+        def migrate_cancel() -> dict[str, Any]:
+            if self.migration is None or self.migration.ended.is_set():
+                raise ValueError(f"VM {self.name!r} is not migrating")
+            self.migration.cancel()
+            return {"state": "cancelling"}
+
         return {"ping": ping, "status": self.status, "stats": stats, "pause": pause, "resume": resume,
-                "stop": stop, "kill": kill, "config": config, "snapshot": snapshot}
+                "stop": stop, "kill": kill, "config": config, "snapshot": snapshot, "migrate": migrate,
+                "migration": migration, "migrate-cancel": migrate_cancel}
 
     def _console_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
         """``{"op": "console", "write": bool, "force": bool}``: after the reply, raw bytes both ways."""

@@ -246,6 +246,8 @@ class Vm:
         self.state = "created"
         self.state_reason = ""
         self.pauses = 0
+        #: share of time the vCPUs sleep (auto-converge during a migration), 0 = never
+        self.throttle = 0.0
 
     # -- interrupts (any thread) --------------------------------------------------------------------
     def set_irq(self, vcpu: int, line: int, level: int) -> None:
@@ -330,7 +332,17 @@ class Vm:
         self._catch_up = catch_up
         self._pause_req = False
         self._resume.set()
+        if threading.current_thread() not in self._threads:
+            # wait until the vCPU has left the pause (state "running"): a pause() right after this one
+            # must not find the old pause still standing
+            deadline = time.monotonic() + 10
+            while self._paused.is_set() and not self._done.is_set() and time.monotonic() < deadline:
+                time.sleep(0.0002)
         return True
+
+    def set_throttle(self, share: float) -> None:
+        """Make the vCPUs sleep ``share`` (0..0.99) of the time: a migration's auto-converge."""
+        self.throttle = min(max(float(share), 0.0), 0.99)
 
     @property
     def paused(self) -> bool:
@@ -343,16 +355,16 @@ class Vm:
         self.engine.pause_clock()
         self.io.pause_guest()
         self.pauses += 1
-        self._paused.set()
         self._set_state("paused", getattr(self, "_pending_reason", ""))
+        self._paused.set()  # after the state: a caller woken by pause() sees "paused"
         while not self._resume.wait(0.5):
             if self._stop.is_set():
                 break
-        self._paused.clear()
         self.io.resume_guest()
         self.engine.resume_clock(self._catch_up)
         if not self._stop.is_set():
             self._set_state("running")
+        self._paused.clear()  # last: resume() returns once the VM runs again
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Wait for the run to end; the result, or None on timeout."""
@@ -426,6 +438,9 @@ class Vm:
                     self._park()
                     limit = self.max_insns  # may have been changed while paused
                     continue
+                th = self.throttle  # read once: the migration thread changes it
+                if th:
+                    t_run = time.monotonic()
                 if limit is not None:
                     left = limit - self._progress()  # type: ignore[misc]
                     if left <= 0:
@@ -434,6 +449,8 @@ class Vm:
                     ex = run(min(budget, left), index)
                 else:
                     ex = run(budget, index)
+                if th:
+                    time.sleep((time.monotonic() - t_run) * th / (1 - th))
                 r = ex.reason
                 if r is not _MMIO_READ and r is not _MMIO_WRITE:
                     self._other_exit(ex, index)

@@ -320,6 +320,20 @@ class RiscvEngine:
         self.tlbt[:] = 0
         self.jit.drop_all()
 
+    # ---- dirty log (live migration) ----------------------------------------------------
+    def dirty_log_clear(self) -> None:
+        """Start a new dirty log: every page clean, every hart's store TLB empty, so the first store to any
+        page takes the slow path that logs it (the write-protection trick of hardware dirty logging, with
+        the software TLB). Call between runs, with the guest's I/O held."""
+        self.mem.dirty[:] = 0
+        self.tlbt[:, 2, :] = 0
+
+    def dirty_log_fetch(self) -> np.ndarray:
+        """The pages written since the last clear (bool per page), and a clear."""
+        d = self.mem.dirty != 0
+        self.dirty_log_clear()
+        return d
+
     # ---- running ---------------------------------------------------------------------
     def _host_mtime(self) -> int:
         """mtime as the host clock says it is now (ticks since the engine was created)."""

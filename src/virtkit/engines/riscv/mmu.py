@@ -156,6 +156,7 @@ def translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs):
         if store:
             pte |= 0x80
         r64[(pte_addr - rb) >> 3] = pte
+        r64[(rsz >> 3) + ((pte_addr - rb) >> 12)] = 1  # the dirty log (GuestMemory.dirty) after RAM
     lowmask = (1 << (12 + 9 * i)) - 1
     return ((ppn << 12) & ~lowmask) | (vaddr & lowmask)
 
@@ -320,6 +321,9 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
                     break_resv(h, o, cfg, hs)
                 if jt[3][o >> CSHIFT] & 1:
                     jit_inval(o, jt)
+        if perm == 2:
+            r64[(rsz >> 3) + ((pa1 - rb) >> 12)] = 1
+            r64[(rsz >> 3) + ((pa2 - rb) >> 12)] = 1
         return 0, v
     pa = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
     if pa < 0:
@@ -341,6 +345,10 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
         if p != 1:
             return 1, _fault(hs, h, _af_cause(acc), vaddr)
         o = pa - rb
+        if perm == 2:
+            # the dirty log: every store that fills the store TLB passes here (the fast paths only hit
+            # pages already logged; clearing the log flushes the store TLB)
+            r64[(rsz >> 3) + (o >> 12)] = 1
         if acc >= 3:
             return 0, o
         if perm == 1:

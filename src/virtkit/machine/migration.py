@@ -1,0 +1,546 @@
+"""Live migration of a running VM to another virtkit process over TCP: pre-copy, auto-converge, one stream.
+
+The target waits (``virtkit run --incoming tcp:HOST:PORT``, which prints a per-migration token); the
+source (``virtkit migrate NAME tcp:HOST:PORT --token T``) sends, while its guest keeps running:
+
+1. ``HELLO``: the machine config and RAM layout, the token; the target allocates RAM and answers ``READY``;
+2. every non-zero page of RAM, then, in rounds, the pages the guest dirtied meanwhile (the engine's dirty
+   log: the interpreter, the JIT's native code and device DMA all mark the pages they write);
+3. when what is left fits the downtime goal at the measured bandwidth: the guest is paused, the last dirty
+   pages, the disks released (flushed and closed, so the target may open them), the device and engine
+   records, ``END``; the target builds the machine around the RAM, restores the records and answers ``DONE``;
+   the source then stops with reason ``migrated``.
+
+A guest that dirties memory faster than the link carries it is throttled (**auto-converge**: the vCPU
+sleeps a growing share of its time), and the downtime goal grows round by round up to a ceiling, so a busy
+guest still finishes. Every frame carries a CRC32; the stream starts with a version; a wrong token, a
+corrupt or cut stream, a target that fails, anything before ``DONE`` leaves the source running as if
+nothing had happened (its disks reopened).
+
+Frame: ``type u8, flags u8, reserved u16, length u32, payload, crc32 u32`` (over header and payload).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from virtkit.errors import VirtkitError
+
+MAGIC = b"VKMIGRT\x00"
+VERSION = 1
+PAGE = 4096
+HDR = struct.Struct("<BBHI")
+CRC = struct.Struct("<I")
+MAX_PAYLOAD = 4 << 20
+RUN_PAGES = 256  # pages per PAGES frame at most (1 MiB)
+T_HELLO, T_READY, T_PAGES, T_ZERO, T_STATE, T_END, T_DONE, T_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
+NAMES = {T_HELLO: "HELLO", T_READY: "READY", T_PAGES: "PAGES", T_ZERO: "ZERO", T_STATE: "STATE", T_END: "END",
+         T_DONE: "DONE", T_ERROR: "ERROR"}
+DEFAULT_DOWNTIME = 0.05  # seconds: the first goal (QEMU's default is 0.3)
+DOWNTIME_CEILING = 1.0  # the goal grows to at most this
+MAX_ROUNDS = 60
+
+
+class MigrationError(VirtkitError):
+    """A migration failed (the source keeps running)."""
+
+
+def parse_uri(uri: str, listen: bool = False) -> tuple[str, int]:
+    """``tcp:HOST:PORT`` (HOST may be empty for every address; a listener may take port 0: any free one)
+    -> (host, port)."""
+    kind, _, rest = uri.partition(":") if isinstance(uri, str) else ("", "", "")
+    host, _, port = rest.rpartition(":")
+    if kind != "tcp" or not port.isdigit() or not (0 if listen else 1) <= int(port) < 65536:
+        raise MigrationError(f"bad migration address {uri!r}: use tcp:HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def new_token() -> str:
+    """A per-migration token (the target prints it; the source must present it)."""
+    return secrets.token_hex(16)
+
+
+class Channel:
+    """Framed, checksummed messages over a socket, with an optional bandwidth cap (bytes/s)."""
+
+    def __init__(self, sock: socket.socket, bandwidth: float | None = None) -> None:
+        self.sock = sock
+        self.bandwidth = bandwidth
+        self.sent = 0
+        self.received = 0
+        self._t0 = time.monotonic()
+        self._budget_sent = 0
+
+    def send(self, mtype: int, payload: bytes | memoryview = b"") -> None:
+        """One frame."""
+        head = HDR.pack(mtype, 0, 0, len(payload))
+        crc = zlib.crc32(payload, zlib.crc32(head))
+        self.sock.sendall(head)
+        if len(payload):
+            self.sock.sendall(payload)
+        self.sock.sendall(CRC.pack(crc))
+        n = HDR.size + len(payload) + CRC.size
+        self.sent += n
+        self._throttle(n)
+
+    def _throttle(self, n: int) -> None:
+        if not self.bandwidth:
+            return
+        self._budget_sent += n
+        ahead = self._budget_sent / self.bandwidth - (time.monotonic() - self._t0)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise MigrationError(f"the stream ended in the middle of a frame ({got} of {n} bytes)")
+            got += k
+        self.received += n
+        return bytes(buf)
+
+    def recv(self) -> tuple[int, bytes]:
+        """One frame, checked: known type, bounded length, CRC."""
+        head = self._recv_exact(HDR.size)
+        mtype, flags, _, length = HDR.unpack(head)
+        if mtype not in NAMES:
+            raise MigrationError(f"unknown frame type {mtype} in the migration stream")
+        if length > MAX_PAYLOAD:
+            raise MigrationError(f"{NAMES[mtype]} frame of {length} bytes exceeds {MAX_PAYLOAD}")
+        payload = self._recv_exact(length) if length else b""
+        (crc,) = CRC.unpack(self._recv_exact(CRC.size))
+        if zlib.crc32(payload, zlib.crc32(head)) != crc:
+            raise MigrationError(f"corrupt {NAMES[mtype]} frame (CRC mismatch)")
+        return mtype, payload
+
+    def send_json(self, mtype: int, obj: Any) -> None:
+        self.send(mtype, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _json(payload: bytes, what: str) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise MigrationError(f"malformed {what} ({err})") from None
+
+
+# ------------------------------------------------------------------------------------------- source
+@dataclass
+class Status:
+    """What ``virtkit migrate`` shows while it runs (and returns at the end)."""
+
+    state: str = "setup"  # setup, active, completed, failed, cancelled
+    round: int = 0
+    pages_sent: int = 0
+    bytes_sent: int = 0
+    ram_pages: int = 0
+    dirty_pages: int = 0  # dirty at the start of the current round
+    dirty_rate: float = 0.0  # pages/s over the last round
+    bandwidth: float = 0.0  # bytes/s over the last round
+    expected_downtime: float = 0.0  # seconds, if the switch happened now
+    downtime_goal: float = DEFAULT_DOWNTIME
+    throttle: float = 0.0
+    total_seconds: float = 0.0
+    downtime: float = 0.0  # measured: the guest paused at the end until it ran on the target
+    error: str = ""
+    log: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["log"] = list(self.log[-20:])
+        return d
+
+
+def _pages_of(mask: np.ndarray) -> list[tuple[int, int]]:
+    if not mask.any():
+        return []
+    d = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    out = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        while a < b:
+            n = min(RUN_PAGES, b - a)
+            out.append((a, n))
+            a += n
+    return out
+
+
+class Source:
+    """Migrates ``machine`` (a running VM) to a target: :meth:`start` runs it in a thread, :attr:`status`
+    reports, ``on_done(status)`` is called at the end."""
+
+    def __init__(self, machine: Any, uri: str, token: str, *, bandwidth: float | None = None,
+                 downtime: float = DEFAULT_DOWNTIME, downtime_ceiling: float = DOWNTIME_CEILING,
+                 auto_converge: bool = True, on_done: Callable[[Status], None] | None = None,
+                 connect_timeout: float = 10.0) -> None:
+        self.machine = machine
+        self.vm = machine.vm
+        self.host, self.port = parse_uri(uri)
+        self.token = token
+        self.bandwidth = bandwidth
+        self.downtime_ceiling = max(downtime_ceiling, downtime)
+        self.auto_converge = auto_converge
+        self.on_done = on_done
+        self.connect_timeout = connect_timeout
+        self.status = Status(downtime_goal=downtime)
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._released: list[Any] = []
+        #: set when the migration has ended (any way); a follower (``virtkit migrate`` polling the VM)
+        #: sets ``delivered`` once it has the final status, before a migrated VM stops and goes away
+        self.ended = threading.Event()
+        self.delivered = threading.Event()
+        self.followers = 0
+
+    def start(self) -> None:
+        """Run the migration in the background."""
+        self._thread = threading.Thread(target=self._run, name="virtkit-migrate", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Give up (the source goes on running)."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> Status:
+        """Wait for the end; the final status."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status
+
+    # -- the stream ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        st = self.status
+        t0 = time.monotonic()
+        eng = self.machine.engine
+        sock = None
+        try:
+            if not hasattr(eng, "dirty_log_clear"):
+                raise MigrationError(f"engine {self.machine.cfg.engine!r} keeps no dirty log: it cannot be "
+                                     "migrated live")
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock.settimeout(60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ch = Channel(sock, self.bandwidth)
+            mem = self.machine.mem
+            cfg = self.machine.cfg.to_dict()
+            sock.sendall(MAGIC + struct.pack("<I", VERSION))
+            ch.send_json(T_HELLO, {"token": self.token, "machine": cfg, "ram_base": mem.base, "ram_size": mem.size,
+                                   "vm": self.vm.name})
+            mtype, payload = ch.recv()
+            if mtype == T_ERROR:
+                raise MigrationError(f"the target refused: {_json(payload, 'ERROR').get('error')}")
+            if mtype != T_READY:
+                raise MigrationError(f"the target answered {NAMES[mtype]} instead of READY")
+            st.state = "active"
+            npages = mem.size // PAGE
+            st.ram_pages = npages
+            ram = mem.array[: mem.size]
+            # round 0: start the dirty log, then send every non-zero page while the guest runs
+            self._paused(eng.dirty_log_clear)
+            last_fetch = time.monotonic()
+            mask = ram.view(np.uint64).reshape(npages, PAGE // 8).any(axis=1)
+            t_r0, b_r0 = time.monotonic(), ch.sent
+            self._send_pages(ch, ram, mask, zero_too=False)
+            if time.monotonic() - t_r0 > 0.01:  # long enough to say what the link carries
+                st.bandwidth = (ch.sent - b_r0) / (time.monotonic() - t_r0)
+            while True:
+                self._check_cancel()
+                r0 = time.monotonic()
+                b0 = ch.sent
+                dirty = self._paused(eng.dirty_log_fetch)
+                now = time.monotonic()
+                st.dirty_rate = int(dirty.sum()) / max(now - last_fetch, 1e-6)  # pages/s since the last fetch
+                last_fetch = now
+                st.round += 1
+                n = int(dirty.sum())
+                st.dirty_pages = n
+                bw = st.bandwidth or self.bandwidth or 100e6
+                st.expected_downtime = n * PAGE / bw
+                if st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS:
+                    break
+                self._send_pages(ch, ram, dirty, zero_too=True)
+                round_s = max(time.monotonic() - r0, 1e-6)
+                st.bandwidth = (ch.sent - b0) / round_s
+                self._adapt()
+            # stop and copy
+            st.log.append(f"switching over after {st.round} rounds: {st.dirty_pages} pages left, "
+                          f"~{st.expected_downtime * 1000:.0f} ms")
+            stop_t = time.monotonic()
+            if not self.vm.pause("migrating"):
+                raise MigrationError("the VM did not pause")
+            try:
+                # the pages of the last round (fetched, not sent yet) and what was dirtied since
+                dirty = dirty | eng.dirty_log_fetch()
+                self._send_pages(ch, ram, dirty, zero_too=True)
+                self._release_disks()
+                ch.send_json(T_STATE, self.machine.save_state())
+                ch.send_json(T_END, {"pages": st.pages_sent, "rounds": st.round})
+                mtype, payload = ch.recv()
+                if mtype == T_ERROR:
+                    raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
+                if mtype != T_DONE:
+                    raise MigrationError(f"the target answered {NAMES[mtype]} instead of DONE")
+                st.downtime = time.monotonic() - stop_t
+            except BaseException:
+                self._reopen_disks()
+                self.vm.set_throttle(0.0)
+                self.vm.resume()
+                raise
+            st.state = "completed"
+            st.total_seconds = time.monotonic() - t0
+            self.vm.set_throttle(0.0)
+            self.ended.set()
+            if self.followers:
+                self.delivered.wait(2.0)
+            self.vm.stop("migrated", f"migrated to {self.host}:{self.port}")
+        except BaseException as err:  # the source goes on as if nothing happened
+            st.state = "cancelled" if self._cancel.is_set() else "failed"
+            st.error = str(err) if isinstance(err, (VirtkitError, OSError)) else f"{type(err).__name__}: {err}"
+            self.vm.set_throttle(0.0)
+            if self.vm.paused and self.vm.state == "paused":
+                self.vm.resume()
+        finally:
+            st.total_seconds = st.total_seconds or time.monotonic() - t0
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            self.ended.set()
+            if self.on_done is not None:
+                self.on_done(st)
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise MigrationError("cancelled")
+
+    def _paused(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` with the vCPUs and the guest's I/O stopped (a few hundred microseconds)."""
+        was = self.vm.state == "running"
+        if was and not self.vm.pause("migration: dirty log"):
+            raise MigrationError("the VM did not pause")
+        try:
+            return fn()
+        finally:
+            if was:
+                self.vm.resume()
+
+    def _send_pages(self, ch: Channel, ram: np.ndarray, mask: np.ndarray, zero_too: bool) -> None:
+        st = self.status
+        for first, count in _pages_of(mask):
+            self._check_cancel()
+            data = ram[first * PAGE:(first + count) * PAGE]
+            if zero_too and not data.view(np.uint64).any():
+                ch.send(T_ZERO, struct.pack("<QI", first, count))
+            else:
+                ch.send(T_PAGES, struct.pack("<QI", first, count) + data.tobytes())
+            st.pages_sent += count
+            st.bytes_sent = ch.sent
+
+    def _adapt(self) -> None:
+        """Auto-converge: throttle the vCPU while the guest dirties faster than the link; raise the goal."""
+        st = self.status
+        link_pages = st.bandwidth / PAGE if st.bandwidth else 0
+        if self.auto_converge and link_pages and st.dirty_rate > 0.5 * link_pages and st.round >= 2:
+            st.throttle = min(0.99, 0.2 if st.throttle == 0 else st.throttle + 0.1 + (1 - st.throttle) * 0.3)
+            self.vm.set_throttle(st.throttle)
+            st.log.append(f"round {st.round}: dirtying {st.dirty_rate * PAGE / 1e6:.1f} MB/s on a "
+                          f"{st.bandwidth / 1e6:.1f} MB/s link: vCPU throttled to {st.throttle:.0%}")
+        if st.round % 3 == 0 and st.downtime_goal < self.downtime_ceiling:
+            st.downtime_goal = min(self.downtime_ceiling, st.downtime_goal * 1.5)
+
+    def _release_disks(self) -> None:
+        """Flush and close every disk so the target can open (and lock) them."""
+        from virtkit.devices.virtio.blk import VirtioBlk
+
+        for d in self.machine.virtio:
+            if isinstance(d, VirtioBlk):
+                if not d.backend.read_only:
+                    d.backend.flush()
+                d.backend.close()
+                self._released.append(d)
+
+    def _reopen_disks(self) -> None:
+        from virtkit.storage import open_disk
+
+        for d, dc in zip(self._released, self.machine.cfg.disks, strict=False):
+            try:
+                d.backend = open_disk(dc.path, read_only=dc.read_only, fmt=dc.format)
+            except Exception as err:  # the VM keeps running; the disk reports errors
+                self.status.log.append(f"could not reopen disk {dc.path}: {err}")
+        self._released.clear()
+
+
+# ------------------------------------------------------------------------------------------- target
+class Target:
+    """Waits on ``tcp:HOST:PORT`` for one migration and builds the machine it carries."""
+
+    def __init__(self, uri: str, token: str | None = None, accept_timeout: float | None = None,
+                 listener_fd: int | None = None) -> None:
+        """Listen on ``uri`` (or on the inherited listening socket ``listener_fd``)."""
+        self.host, self.port = parse_uri(uri, listen=True)
+        self.token = token or new_token()
+        self.accept_timeout = accept_timeout
+        if listener_fd is not None:
+            self.listener = socket.socket(fileno=listener_fd)
+        else:
+            try:
+                self.listener = socket.create_server((self.host, self.port))
+            except OSError as err:
+                raise MigrationError(f"cannot listen on {uri}: {err.strerror}") from None
+        self.port = self.listener.getsockname()[1]
+
+    def close(self) -> None:
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+
+    def receive(self, console: Any = None, name: str | None = None) -> Any:
+        """Accept the source, take the stream, return the restored machine (not started). Every failure
+        is a MigrationError (told to the source too) and nothing is left allocated."""
+        self.listener.settimeout(self.accept_timeout)
+        try:
+            conn, _ = self.listener.accept()
+        except TimeoutError:
+            raise MigrationError(f"no migration arrived on port {self.port}") from None
+        finally:
+            self.close()
+        conn.settimeout(120)
+        ch = Channel(conn)
+        mem = None
+        try:
+            magic = ch._recv_exact(len(MAGIC) + 4)
+            if magic[: len(MAGIC)] != MAGIC:
+                raise MigrationError("not a virtkit migration stream")
+            (version,) = struct.unpack("<I", magic[len(MAGIC):])
+            if version != VERSION:
+                raise MigrationError(f"migration stream version {version}; this virtkit speaks {VERSION}")
+            mtype, payload = ch.recv()
+            if mtype != T_HELLO:
+                raise MigrationError(f"expected HELLO, got {NAMES[mtype]}")
+            hello = _json(payload, "HELLO")
+            if not isinstance(hello, dict) or not hmac.compare_digest(str(hello.get("token", "")), self.token):
+                raise MigrationError("wrong migration token")
+            from virtkit.machine.config import MachineConfig
+            from virtkit.machine.memory import GuestMemory
+
+            cfg = MachineConfig.from_dict(hello.get("machine"), "migrated machine")
+            cfg.name = name or hello.get("vm") or cfg.name
+            size, base = hello.get("ram_size"), hello.get("ram_base")
+            if not isinstance(size, int) or not isinstance(base, int) or size != cfg.memory or size % PAGE:
+                raise MigrationError("HELLO: RAM layout does not match the machine config")
+            mem = GuestMemory(size, base)
+            ch.send_json(T_READY, {})
+            ram = mem.array[:size]
+            npages = size // PAGE
+            state = None
+            while True:
+                mtype, payload = ch.recv()
+                if mtype in (T_PAGES, T_ZERO):
+                    if len(payload) < 12:
+                        raise MigrationError(f"short {NAMES[mtype]} frame")
+                    first, count = struct.unpack_from("<QI", payload)
+                    if count == 0 or first + count > npages:
+                        raise MigrationError(f"{NAMES[mtype]} frame for pages {first}+{count} outside RAM")
+                    a, b = first * PAGE, (first + count) * PAGE
+                    if mtype == T_ZERO:
+                        if len(payload) != 12:
+                            raise MigrationError("malformed ZERO frame")
+                        ram[a:b] = 0
+                    else:
+                        if len(payload) != 12 + count * PAGE:
+                            raise MigrationError("PAGES frame length does not match its page count")
+                        ram[a:b] = np.frombuffer(payload, np.uint8, count * PAGE, 12)
+                elif mtype == T_STATE:
+                    state = _json(payload, "STATE")
+                elif mtype == T_END:
+                    break
+                elif mtype == T_ERROR:
+                    raise MigrationError(f"the source gave up: {_json(payload, 'ERROR').get('error')}")
+                else:
+                    raise MigrationError(f"unexpected {NAMES[mtype]} frame")
+            if not isinstance(state, dict):
+                raise MigrationError("the stream ended without the device state")
+            machine = self._build(cfg, mem, state, console)
+            ch.send_json(T_DONE, {})
+            return machine
+        except BaseException as err:
+            msg = str(err) if isinstance(err, VirtkitError) else f"{type(err).__name__}: {err}"
+            try:
+                ch.send_json(T_ERROR, {"error": msg})
+                _drain(conn)  # so the error reaches the source (closing with unread data would reset)
+            except OSError:
+                pass
+            if mem is not None:
+                try:
+                    mem.close()
+                except BufferError:  # views of it are still referenced: the collector frees it
+                    pass
+            if isinstance(err, MigrationError):
+                raise
+            if isinstance(err, (OSError, VirtkitError)):
+                raise MigrationError(msg) from err
+            raise
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _build(cfg: Any, mem: Any, state: dict, console: Any) -> Any:
+        from virtkit.machine.builder import Builder
+        from virtkit.machine.console import ConsoleHub
+
+        hub = console if isinstance(console, ConsoleHub) else ConsoleHub()
+        if callable(console) and not isinstance(console, ConsoleHub):
+            hub.sinks.append(console)
+        m = Builder(cfg, hub, restoring=True, memory=mem).build()
+        try:
+            m.restore_state(state)
+        except BaseException:
+            m.vm.close()
+            raise
+        return m
+
+
+def _drain(conn: socket.socket, seconds: float = 2.0) -> None:
+    """Stop sending, then read and drop what the peer still sends until it closes (at most ``seconds``)."""
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if not conn.recv(1 << 16):
+                return
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+
+
+def default_bandwidth(text: str | None) -> float | None:
+    """``--bandwidth`` (``128M`` = 128 MiB/s, ``0``/None = unlimited) in bytes/s."""
+    if not text:
+        return None
+    from virtkit.units import parse_size
+
+    v = parse_size(text, what="bandwidth", default_unit=1 << 20)
+    return float(v) or None

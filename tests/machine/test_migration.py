@@ -1,0 +1,283 @@
+"""Live migration between two machines (source and target in this process, a real TCP stream between them):
+RAM and device state arrive identical and the guest goes on; a guest that dirties memory faster than a capped
+link still finishes (auto-converge); a wrong token, a flipped byte, a stream cut anywhere: a clear error, and
+the source keeps running as if nothing had happened."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers.machines import virt
+from tests.helpers.opensbi import payload_image
+from tests.helpers.rvenc import S0, T0, T1, T2, addi, jal0, store
+from tests.machine.test_snapshot import COUNTER, COUNTING, Out
+from virtkit.machine.migration import MAGIC, MigrationError, Source, Target
+
+
+def auipc(rd, imm20):
+    return (imm20 << 12) | (rd << 7) | 0x17
+
+
+def add(rd, rs1, rs2):
+    return (rs2 << 20) | (rs1 << 15) | (rd << 7) | 0x33
+
+
+def slli(rd, rs1, sh):
+    return (sh << 20) | (rs1 << 15) | (1 << 12) | (rd << 7) | 0x13
+
+
+def andi(rd, rs1, imm):
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (7 << 12) | (rd << 7) | 0x13
+
+
+def bne(rs1, rs2, off):
+    i = off & 0x1FFF
+    return (((i >> 12) & 1) << 31) | (((i >> 5) & 0x3F) << 25) | (rs2 << 20) | (rs1 << 15) | (1 << 12) \
+        | (((i >> 1) & 0xF) << 8) | (((i >> 11) & 1) << 7) | 0x63
+
+
+def lui(rd, imm20):
+    return (imm20 << 12) | (rd << 7) | 0x37
+
+
+# writes a word in page after page of an 8 MiB region, with ~8k instructions of work between two pages:
+# at full speed it dirties pages faster than a 16 MiB/s link carries them, throttled it does not
+BUSY = [
+    auipc(S0, 0x100),          # s0 = 1 MiB in
+    addi(T1, 0, 0),            # t1 = i
+    andi(T2, T1, 0x7FF),       # loop: t2 = i % 2048
+    slli(T2, T2, 12),          #       * 4096
+    add(T2, T2, S0),
+    store(3, T1, T2, 0),       #       *(s0 + page * 4096) = i
+    addi(T1, T1, 1),
+    lui(T0, 1),                #       t0 = 4096
+    addi(T0, T0, -1),          # delay: t0 -= 1
+    bne(T0, 0, -4),
+    jal0(-32),
+]
+
+
+def machine(tmp_path, body, name="src"):
+    img = tmp_path / f"{name}.img"
+    payload_image(img, body)
+    m = virt(Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, name=name)
+    return m
+
+
+def counter(m):
+    return struct.unpack("<Q", m.mem.read(COUNTER, 8))[0]
+
+
+def wait(pred, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class Receiver:
+    """The target side in a thread: ``machine`` or ``error`` once the stream has ended."""
+
+    def __init__(self, token="t0k3n"):
+        self.target = Target("tcp:127.0.0.1:0", token, accept_timeout=60)
+        self.uri = f"tcp:127.0.0.1:{self.target.port}"
+        self.machine = None
+        self.error = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            self.machine = self.target.receive(Out(), "dst")
+        except Exception as err:
+            self.error = err
+
+    def join(self):
+        self.t.join(120)
+        return self
+
+
+def test_migrated_guest_arrives_identical_and_goes_on(tmp_path):
+    src = machine(tmp_path, COUNTING)
+    src.vm.start()
+    assert wait(lambda: counter(src) > 100_000)
+    rx = Receiver()
+    mig = Source(src, rx.uri, "t0k3n")
+    mig.start()
+    st = mig.wait(120)
+    rx.join()
+    assert st.state == "completed", st
+    assert rx.error is None, rx.error
+    dst = rx.machine
+    try:
+        assert src.vm.wait(30).reason == "migrated"
+        # before the target runs: RAM and every record equal to the source's at the switch-over
+        assert np.array_equal(src.mem.array[: src.mem.size], dst.mem.array[: dst.mem.size])
+        a, b = dst.save_state(), src.save_state()
+        for s_ in (a, b):  # guest time goes on with the host clock on both sides (a stopped VM's too)
+            s_["engine"].pop("mtime"), s_["engine"].pop("mtime_frac")
+        assert a == b
+        c = counter(dst)
+        dst.vm.start()
+        assert wait(lambda: counter(dst) > c + 50_000)  # the guest counts on, on the target
+        assert st.downtime < 5 and st.pages_sent >= 3
+    finally:
+        dst.vm.close()
+        src.vm.close()
+
+
+def test_busy_guest_on_a_slow_link_converges(tmp_path):
+    src = machine(tmp_path, BUSY)
+    src.vm.start()
+    time.sleep(0.3)
+    rx = Receiver()
+    # 16 MiB/s: the guest dirties pages faster than that; without a throttle pre-copy would not converge
+    mig = Source(src, rx.uri, "t0k3n", bandwidth=16 << 20, downtime=0.05, downtime_ceiling=0.2)
+    mig.start()
+    st = mig.wait(180)
+    rx.join()
+    try:
+        assert st.state == "completed", st
+        assert st.throttle > 0 and any("throttled" in line for line in st.log), st.log
+        assert np.array_equal(src.mem.array[: src.mem.size], rx.machine.mem.array[: rx.machine.mem.size])
+    finally:
+        if rx.machine is not None:
+            rx.machine.vm.close()
+        src.vm.close()
+
+
+def _still_running(src):
+    c = counter(src) if src.cfg.name == "count" else None
+    assert src.vm.state == "running", src.vm.state
+    if c is not None:
+        assert wait(lambda: counter(src) > c)
+    assert src.vm.throttle == 0.0
+    assert all(not getattr(d.backend, "closed", False) for d in src.virtio if hasattr(d, "backend"))
+
+
+def test_wrong_token_is_refused_and_the_source_runs_on(tmp_path):
+    src = machine(tmp_path, COUNTING, "count")
+    src.vm.start()
+    try:
+        rx = Receiver(token="right")
+        mig = Source(src, rx.uri, "wrong")
+        mig.start()
+        status = mig.wait(60)
+        rx.join()
+        assert status.state == "failed" and "wrong migration token" in status.error
+        assert isinstance(rx.error, MigrationError) and "wrong migration token" in str(rx.error)
+        _still_running(src)
+    finally:
+        src.vm.close()
+
+
+class Proxy:
+    """A TCP relay from a port to ``target``; ``mangle(offset, chunk) -> (chunk, cut)`` on the source-to-target
+    direction: the chunk is forwarded, then, with ``cut``, both connections are closed."""
+
+    def __init__(self, target_port, mangle):
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.target_port, self.mangle = target_port, mangle
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        a, _ = self.lsock.accept()
+        b = socket.create_connection(("127.0.0.1", self.target_port))
+
+        def back():
+            try:
+                while data := b.recv(65536):
+                    a.sendall(data)
+            except OSError:
+                pass
+            try:
+                a.shutdown(socket.SHUT_RDWR)  # wakes the forwarding loop too
+            except OSError:
+                pass
+
+        threading.Thread(target=back, daemon=True).start()
+        off = 0
+        try:
+            while data := a.recv(65536):
+                out, cut = self.mangle(off, data)
+                off += len(data)
+                if out:
+                    b.sendall(out)
+                if cut:
+                    break
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def _through_proxy(src, mangle):
+    rx = Receiver()
+    px = Proxy(rx.target.port, mangle)
+    st = Source(src, f"tcp:127.0.0.1:{px.port}", "t0k3n")
+    st.start()
+    status = st.wait(120)
+    rx.join()
+    if rx.machine is not None:
+        rx.machine.vm.close()
+    return status, rx
+
+
+@pytest.fixture(scope="module")
+def running_src(tmp_path_factory):
+    src = machine(tmp_path_factory.mktemp("mig"), COUNTING, "count")
+    src.vm.start()
+    yield src
+    src.vm.close()
+
+
+def test_a_flipped_byte_is_caught_and_the_source_runs_on(running_src):
+    def flip(off, chunk):
+        i = 5000 - off
+        if 0 <= i < len(chunk):
+            chunk = chunk[:i] + bytes([chunk[i] ^ 0x40]) + chunk[i + 1:]
+        return chunk, False
+
+    status, rx = _through_proxy(running_src, flip)
+    assert status.state == "failed" and "CRC mismatch" in status.error + str(rx.error), (status, rx.error)
+    _still_running(running_src)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=12_000))  # the stream is longer: 3 pages of RAM and more
+def test_a_stream_cut_anywhere_leaves_the_source_running(running_src, cut):
+    status, rx = _through_proxy(running_src, lambda off, chunk: (chunk[: max(cut - off, 0)], True)
+                                if off + len(chunk) > cut else (chunk, False))
+    assert status.state == "failed", status
+    assert rx.machine is None and isinstance(rx.error, MigrationError)
+    _still_running(running_src)
+
+
+@pytest.mark.parametrize("data,msg", [
+    (b"GET / HTTP/1.0\r\n\r\n", "not a virtkit migration stream"),
+    (MAGIC + struct.pack("<I", 99), "stream version 99"),
+    (MAGIC + struct.pack("<I", 1) + struct.pack("<BBHI", 77, 0, 0, 0) + b"\0\0\0\0", "unknown frame type 77"),
+    (MAGIC + struct.pack("<I", 1) + struct.pack("<BBHI", 1, 0, 0, 1 << 30), "exceeds"),
+])
+def test_garbage_at_the_target_is_a_clear_error(data, msg):
+    rx = Receiver()
+    with socket.create_connection(("127.0.0.1", rx.target.port)) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        rx.join()
+    assert isinstance(rx.error, MigrationError) and msg in str(rx.error), rx.error
