@@ -114,6 +114,29 @@ class Machine:
         for name, dev in sorted(self.devices, key=lambda nd: nd[0] == "plic"):
             dev.restore(devs[name])
 
+    def open_deferred_disks(self) -> None:
+        """Open the disks built as stand-ins (see ``Builder(deferred_disks=...)``); on failure the ones
+        opened are closed again and the stand-ins stay."""
+        from virtkit.devices.virtio.blk import VirtioBlk
+        from virtkit.storage import open_disk
+        from virtkit.storage.backend import DeferredDisk
+
+        blks = [d for d in self.virtio if isinstance(d, VirtioBlk)]
+        opened: list[tuple[Any, Any]] = []
+        try:
+            for blk, dc in zip(blks, self.cfg.disks, strict=True):
+                if isinstance(blk.backend, DeferredDisk):
+                    real = open_disk(dc.path, read_only=dc.read_only, fmt=dc.format, owner=self.cfg.name)
+                    opened.append((blk, real))
+                    if real.size != blk.backend.size:
+                        raise ConfigError(f"disk {dc.path}: {real.size} bytes here, {blk.backend.size} at the source")
+        except BaseException:
+            for _, real in opened:
+                real.close()
+            raise
+        for blk, real in opened:
+            blk.backend = real
+
     def stats(self) -> dict[str, Any]:
         """Engine, bus and device counters."""
         s = self.vm.stats()
@@ -127,10 +150,12 @@ class Builder:
     """The state of one build: the board calls back into it (``attach_mmio``, ``add_device``...)."""
 
     def __init__(self, cfg: MachineConfig, console: ConsoleHub | None = None, restoring: bool = False,
-                 memory: GuestMemory | None = None) -> None:
+                 memory: GuestMemory | None = None, deferred_disks: list[dict] | None = None) -> None:
         """``restoring``: the machine will take a snapshot's state and RAM, so the board reads no image and
         loads nothing (a snapshot restores without its kernel at hand). ``memory``: guest RAM that exists
-        already (a migration received it before the machine could be built)."""
+        already. ``deferred_disks``: ``[{"size", "read_only"}]`` per disk: the disks are not opened now but
+        stand in for themselves until :meth:`Machine.open_deferred_disks` (a migration target builds its
+        machine while the source still holds them)."""
         from virtkit.boards import find_board
 
         self.cfg = cfg
@@ -141,6 +166,9 @@ class Builder:
         self.board = board_cls(cfg)
         self.restoring = restoring
         self.given_memory = memory
+        self.deferred_disks = deferred_disks
+        if deferred_disks is not None and len(deferred_disks) != len(cfg.disks):
+            raise ConfigError("one deferred size per disk is needed")
         if restoring:
             if not getattr(board_cls, "restorable", False):
                 raise ConfigError(f"board {cfg.board} cannot be restored from a snapshot")
@@ -191,6 +219,15 @@ class Builder:
         from virtkit.devices.virtio.blk import VirtioBlk
         from virtkit.storage import open_disk
 
+        if self.deferred_disks is not None:
+            from virtkit.storage.backend import DeferredDisk
+
+            info = self.deferred_disks[i]
+            backend: Any = DeferredDisk(d.path, int(info["size"]), bool(info["read_only"]))
+            blk = VirtioBlk(self.mem, backend, serial=d.serial or f"virtkit{i}", werror=d.werror, rerror=d.rerror)
+            self.add_closer(f"disk {d.path}", lambda: blk.backend.close())
+            self.closers.insert(0, (f"flush disk {d.path}", lambda: _flusher(blk.backend)()))
+            return blk
         fmt = d.format
         if fmt is None:
             from virtkit.storage.formats import probe

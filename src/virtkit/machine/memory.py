@@ -37,6 +37,7 @@ class GuestMemory:
         #: One entry per page, non-zero once the page was written since the log was last cleared (see the
         #: engine's ``dirty_log_fetch``).
         self.dirty = np.frombuffer(self._mmap, dtype=np.int64, count=npages, offset=size)
+        self._file_backed = False  # set by map_file: then a page not in memory may still hold data
         #: Called as ``on_write(offset, n)`` before writes and writable views: the CPU engine drops
         #: code it translated from those bytes (DMA into code pages).
         self.on_write: Callable[[int, int], None] | None = None
@@ -73,8 +74,22 @@ class GuestMemory:
                 raise GuestMemoryError(f"cannot map {path} as guest RAM: {os.strerror(err)}")
         finally:
             os.close(fd)
+        self._file_backed = True
         if self.on_write is not None:
             self.on_write(0, self.size)
+
+    def resident_pages(self) -> np.ndarray | None:
+        """Which pages of RAM are in memory (``mincore``): a page of anonymous RAM that is not has never been
+        written and reads as zero. None when that does not hold (RAM mapped from a file) or is unknown."""
+        if self._file_backed:
+            return None
+        npages = self.size // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * npages)()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        if libc.mincore(ctypes.c_void_p(self.address), ctypes.c_size_t(self.size), vec) != 0:
+            return None
+        return (np.frombuffer(vec, np.uint8) & 1).astype(bool)
 
     def contains(self, gpa: int, n: int = 1) -> bool:
         """True when ``[gpa, gpa+n)`` lies entirely inside RAM."""
@@ -128,6 +143,8 @@ class GuestMemory:
 
     def close(self) -> None:
         """Release the RAM (views handed out must be dropped first)."""
+        if not hasattr(self, "array"):
+            return  # closed already
         del self.array
         del self.dirty
         self._mmap.close()

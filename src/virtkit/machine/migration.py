@@ -6,8 +6,9 @@ source (``virtkit migrate NAME tcp:HOST:PORT --token T``) sends, while its guest
 1. ``HELLO``: the machine config and RAM layout, the token; the target allocates RAM and answers ``READY``;
 2. every non-zero page of RAM, then, in rounds, the pages the guest dirtied meanwhile (the engine's dirty
    log: the interpreter, the JIT's native code and device DMA all mark the pages they write);
-3. when what is left fits the downtime goal at the measured bandwidth: the guest is paused, the last dirty
-   pages, the disks released (flushed and closed, so the target may open them), the device and engine
+3. when what is left fits the downtime goal at the measured bandwidth (and the target has built its
+   machine in the background): the guest is paused, the last dirty pages (sent uncapped, as QEMU's
+   completion stage does), the disks released (flushed and closed, so the target may open them), the device and engine
    records, ``END``; the target builds the machine around the RAM, restores the records and answers ``DONE``;
    the source then stops with reason ``migrated``.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -77,21 +79,30 @@ class Channel:
 
     def __init__(self, sock: socket.socket, bandwidth: float | None = None) -> None:
         self.sock = sock
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):  # a page run in flight while the next is read
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            except OSError:
+                pass
         self.bandwidth = bandwidth
         self.sent = 0
         self.received = 0
         self._t0 = time.monotonic()
         self._budget_sent = 0
 
-    def send(self, mtype: int, payload: bytes | memoryview = b"") -> None:
-        """One frame."""
-        head = HDR.pack(mtype, 0, 0, len(payload))
-        crc = zlib.crc32(payload, zlib.crc32(head))
+    def send(self, mtype: int, *parts: bytes | memoryview) -> None:
+        """One frame whose payload is ``parts`` one after the other (sent without joining them)."""
+        length = sum(len(p) for p in parts)
+        head = HDR.pack(mtype, 0, 0, length)
+        crc = zlib.crc32(head)
+        for p in parts:
+            crc = zlib.crc32(p, crc)
         self.sock.sendall(head)
-        if len(payload):
-            self.sock.sendall(payload)
+        for p in parts:
+            if len(p):
+                self.sock.sendall(p)
         self.sock.sendall(CRC.pack(crc))
-        n = HDR.size + len(payload) + CRC.size
+        n = HDR.size + length + CRC.size
         self.sent += n
         self._throttle(n)
 
@@ -103,30 +114,41 @@ class Channel:
         if ahead > 0:
             time.sleep(ahead)
 
-    def _recv_exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
+    def _recv_into(self, view: memoryview) -> None:
+        n, got = len(view), 0
         while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
+            k = self.sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
             if k == 0:
                 raise MigrationError(f"the stream ended in the middle of a frame ({got} of {n} bytes)")
             got += k
         self.received += n
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        self._recv_into(memoryview(buf))
         return bytes(buf)
 
-    def recv(self) -> tuple[int, bytes]:
-        """One frame, checked: known type, bounded length, CRC."""
+    def head(self) -> tuple[int, int, bytes]:
+        """The next frame's type and length (checked), and its header bytes (for :meth:`finish`)."""
         head = self._recv_exact(HDR.size)
         mtype, flags, _, length = HDR.unpack(head)
         if mtype not in NAMES:
             raise MigrationError(f"unknown frame type {mtype} in the migration stream")
         if length > MAX_PAYLOAD:
             raise MigrationError(f"{NAMES[mtype]} frame of {length} bytes exceeds {MAX_PAYLOAD}")
-        payload = self._recv_exact(length) if length else b""
-        (crc,) = CRC.unpack(self._recv_exact(CRC.size))
-        if zlib.crc32(payload, zlib.crc32(head)) != crc:
+        return mtype, length, head
+
+    def finish(self, mtype: int, crc: int) -> None:
+        """Read the frame's CRC and compare it with ``crc`` (computed over the header and the payload)."""
+        (want,) = CRC.unpack(self._recv_exact(CRC.size))
+        if want != crc:
             raise MigrationError(f"corrupt {NAMES[mtype]} frame (CRC mismatch)")
+
+    def recv(self) -> tuple[int, bytes]:
+        """One frame, checked: known type, bounded length, CRC."""
+        mtype, length, head = self.head()
+        payload = self._recv_exact(length) if length else b""
+        self.finish(mtype, zlib.crc32(payload, zlib.crc32(head)))
         return mtype, payload
 
     def send_json(self, mtype: int, obj: Any) -> None:
@@ -165,6 +187,24 @@ class Status:
         d = dict(self.__dict__)
         d["log"] = list(self.log[-20:])
         return d
+
+
+def _nonzero_pages(mem: Any) -> np.ndarray:
+    """Which pages of RAM hold anything but zeros; pages of anonymous RAM the guest never touched (not
+    resident, ``mincore``) are not even read (reading them would fault each one in)."""
+    npages = mem.size // PAGE
+    ram = mem.array[: mem.size]
+    resident = mem.resident_pages()
+    mask = np.zeros(npages, dtype=bool)
+    idx = np.flatnonzero(resident) if resident is not None else np.arange(npages)
+    if idx.size == 0:
+        return mask
+    pages = ram.view(np.uint64).reshape(npages, PAGE // 8)
+    step = 4096
+    for i in range(0, idx.size, step):
+        sel = idx[i:i + step]
+        mask[sel] = pages[sel].any(axis=1)
+    return mask
 
 
 def _pages_of(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -240,30 +280,40 @@ class Source:
             mem = self.machine.mem
             cfg = self.machine.cfg.to_dict()
             sock.sendall(MAGIC + struct.pack("<I", VERSION))
+            from virtkit.devices.virtio.blk import VirtioBlk
+
+            disks = [{"size": d.backend.size, "read_only": bool(d.backend.read_only)}
+                     for d in self.machine.virtio if isinstance(d, VirtioBlk)]
             ch.send_json(T_HELLO, {"token": self.token, "machine": cfg, "ram_base": mem.base, "ram_size": mem.size,
-                                   "vm": self.vm.name})
+                                   "vm": self.vm.name, "disks": disks})
             mtype, payload = ch.recv()
             if mtype == T_ERROR:
                 raise MigrationError(f"the target refused: {_json(payload, 'ERROR').get('error')}")
             if mtype != T_READY:
                 raise MigrationError(f"the target answered {NAMES[mtype]} instead of READY")
             st.state = "active"
+            st.log.append(f"{time.monotonic() - t0:.3f} s: the target is ready")
             npages = mem.size // PAGE
             st.ram_pages = npages
             ram = mem.array[: mem.size]
             # round 0: start the dirty log, then send every non-zero page while the guest runs
             self._paused(eng.dirty_log_clear)
             last_fetch = time.monotonic()
-            mask = ram.view(np.uint64).reshape(npages, PAGE // 8).any(axis=1)
+            target_built = False
+            mask = _nonzero_pages(mem)
             t_r0, b_r0 = time.monotonic(), ch.sent
-            self._send_pages(ch, ram, mask, zero_too=False)
+            unsent = self._send_pages(ch, ram, mask, zero_too=False, early=True)
             if time.monotonic() - t_r0 > 0.01:  # long enough to say what the link carries
                 st.bandwidth = (ch.sent - b_r0) / (time.monotonic() - t_r0)
+            st.log.append(f"{time.monotonic() - t0:.3f} s: first pass over RAM: {st.pages_sent} pages sent"
+                          + (f", {int(unsent.sum())} left for the next round" if unsent is not None else ""))
             while True:
                 self._check_cancel()
                 r0 = time.monotonic()
                 b0 = ch.sent
                 dirty = self._paused(eng.dirty_log_fetch)
+                if unsent is not None:  # the rest of the first pass
+                    dirty, unsent = dirty | unsent, None
                 now = time.monotonic()
                 st.dirty_rate = int(dirty.sum()) / max(now - last_fetch, 1e-6)  # pages/s since the last fetch
                 last_fetch = now
@@ -273,7 +323,15 @@ class Source:
                 bw = st.bandwidth or self.bandwidth or 100e6
                 st.expected_downtime = n * PAGE / bw
                 if st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS:
-                    break
+                    if target_built or self._built_yet(ch):
+                        target_built = True
+                        break
+                    # the guest stops only once the target's machine is built (the wait is not downtime):
+                    # send this round, wait, then take what was dirtied meanwhile
+                    self._send_pages(ch, ram, dirty, zero_too=True)
+                    self._wait_built(ch)
+                    target_built = True
+                    continue
                 self._send_pages(ch, ram, dirty, zero_too=True)
                 round_s = max(time.monotonic() - r0, 1e-6)
                 st.bandwidth = (ch.sent - b0) / round_s
@@ -285,8 +343,11 @@ class Source:
             if not self.vm.pause("migrating"):
                 raise MigrationError("the VM did not pause")
             try:
-                # the pages of the last round (fetched, not sent yet) and what was dirtied since
+                # the pages of the last round (fetched, not sent yet) and what was dirtied since; the cap
+                # is lifted while the guest is stopped (as QEMU's completion stage does): the downtime is
+                # what the cap must not stretch
                 dirty = dirty | eng.dirty_log_fetch()
+                ch.bandwidth = None
                 self._send_pages(ch, ram, dirty, zero_too=True)
                 self._release_disks()
                 ch.send_json(T_STATE, self.machine.save_state())
@@ -326,6 +387,24 @@ class Source:
             if self.on_done is not None:
                 self.on_done(st)
 
+    def _built_yet(self, ch: Channel) -> bool:
+        """Whether the target's word that its machine is built has arrived (then it is read), not waiting."""
+        r, _, _ = select.select([ch.sock], [], [], 0)
+        if not r:
+            return False
+        self._wait_built(ch)
+        return True
+
+    def _wait_built(self, ch: Channel) -> None:
+        """The target says its machine is built (or why not)."""
+        ch.sock.settimeout(120)
+        mtype, payload = ch.recv()
+        if mtype == T_ERROR:
+            raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
+        if mtype != T_READY or not _json(payload, "READY").get("built"):
+            raise MigrationError(f"the target answered {NAMES[mtype]} instead of READY (built)")
+        self.status.log.append("the target's machine is built")
+
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
             raise MigrationError("cancelled")
@@ -341,17 +420,34 @@ class Source:
             if was:
                 self.vm.resume()
 
-    def _send_pages(self, ch: Channel, ram: np.ndarray, mask: np.ndarray, zero_too: bool) -> None:
+    def _send_pages(self, ch: Channel, ram: np.ndarray, mask: np.ndarray, zero_too: bool,
+                    early: bool = False) -> np.ndarray | None:
+        """Send the pages of ``mask``. With ``early``, stop once what is left of them would fit the
+        downtime goal at the bandwidth measured so far, and return those pages (they join the next round:
+        on a capped link the first pass need not finish before the switch, as in QEMU)."""
         st = self.status
-        for first, count in _pages_of(mask):
+        runs = _pages_of(mask)
+        left = int(mask.sum())
+        t0, b0 = time.monotonic(), ch.sent
+        for i, (first, count) in enumerate(runs):
             self._check_cancel()
+            if early and i and i % 16 == 0:
+                dt = time.monotonic() - t0
+                if dt > 0.05 and left * PAGE / ((ch.sent - b0) / dt) <= st.downtime_goal / 2:
+                    rest = np.zeros_like(mask)
+                    for f, c in runs[i:]:
+                        rest[f:f + c] = True
+                    return rest
+            left -= count
             data = ram[first * PAGE:(first + count) * PAGE]
             if zero_too and not data.view(np.uint64).any():
                 ch.send(T_ZERO, struct.pack("<QI", first, count))
             else:
-                ch.send(T_PAGES, struct.pack("<QI", first, count) + data.tobytes())
+                # a copy: the guest may write the pages while they are sent, and the CRC must match
+                ch.send(T_PAGES, struct.pack("<QI", first, count), data.tobytes())
             st.pages_sent += count
             st.bytes_sent = ch.sent
+        return None
 
     def _adapt(self) -> None:
         """Auto-converge: throttle the vCPU while the guest dirties faster than the link; raise the goal."""
@@ -425,6 +521,7 @@ class Target:
         conn.settimeout(120)
         ch = Channel(conn)
         mem = None
+        machine = None
         try:
             magic = ch._recv_exact(len(MAGIC) + 4)
             if magic[: len(MAGIC)] != MAGIC:
@@ -446,29 +543,59 @@ class Target:
             size, base = hello.get("ram_size"), hello.get("ram_base")
             if not isinstance(size, int) or not isinstance(base, int) or size != cfg.memory or size % PAGE:
                 raise MigrationError("HELLO: RAM layout does not match the machine config")
+            disks = hello.get("disks", [])
+            if (not isinstance(disks, list) or len(disks) != len(cfg.disks)
+                    or not all(isinstance(d, dict) and isinstance(d.get("size"), int) for d in disks)):
+                raise MigrationError("HELLO: the disks do not match the machine config")
             mem = GuestMemory(size, base)
-            ch.send_json(T_READY, {})
+            # the machine is built meanwhile, in a thread, while RAM arrives and the guest still runs at the
+            # source: the switch-over only restores the records and opens the disks (released at the end)
+            built: dict[str, Any] = {}
+
+            def build() -> None:
+                try:
+                    built["machine"] = self._build(cfg, mem, console, disks)
+                    msg: tuple[int, dict] = (T_READY, {"built": True})
+                except BaseException as err:  # reported at the switch-over
+                    built["error"] = err
+                    msg = (T_ERROR, {"error": f"the machine could not be built here: {err}"})
+                try:  # the source waits for this before it stops the guest (the main thread only reads)
+                    ch.send_json(*msg)
+                except OSError:
+                    pass
+
+            builder = threading.Thread(target=build, name="virtkit-migrate-build", daemon=True)
+            ch.send_json(T_READY, {})  # first: the build's imports would hold up the answer
+            builder.start()
             ram = mem.array[:size]
             npages = size // PAGE
             state = None
+            ramv = memoryview(ram)
             while True:
-                mtype, payload = ch.recv()
+                mtype, length, head = ch.head()
                 if mtype in (T_PAGES, T_ZERO):
-                    if len(payload) < 12:
+                    if length < 12:
                         raise MigrationError(f"short {NAMES[mtype]} frame")
-                    first, count = struct.unpack_from("<QI", payload)
+                    sub = ch._recv_exact(12)
+                    first, count = struct.unpack("<QI", sub)
                     if count == 0 or first + count > npages:
                         raise MigrationError(f"{NAMES[mtype]} frame for pages {first}+{count} outside RAM")
                     a, b = first * PAGE, (first + count) * PAGE
+                    crc = zlib.crc32(sub, zlib.crc32(head))
                     if mtype == T_ZERO:
-                        if len(payload) != 12:
+                        if length != 12:
                             raise MigrationError("malformed ZERO frame")
                         ram[a:b] = 0
                     else:
-                        if len(payload) != 12 + count * PAGE:
+                        if length != 12 + count * PAGE:
                             raise MigrationError("PAGES frame length does not match its page count")
-                        ram[a:b] = np.frombuffer(payload, np.uint8, count * PAGE, 12)
-                elif mtype == T_STATE:
+                        ch._recv_into(ramv[a:b])  # straight into RAM (a bad CRC fails the whole migration)
+                        crc = zlib.crc32(ramv[a:b], crc)
+                    ch.finish(mtype, crc)
+                    continue
+                payload = ch._recv_exact(length) if length else b""
+                ch.finish(mtype, zlib.crc32(payload, zlib.crc32(head)))
+                if mtype == T_STATE:
                     state = _json(payload, "STATE")
                 elif mtype == T_END:
                     break
@@ -478,7 +605,13 @@ class Target:
                     raise MigrationError(f"unexpected {NAMES[mtype]} frame")
             if not isinstance(state, dict):
                 raise MigrationError("the stream ended without the device state")
-            machine = self._build(cfg, mem, state, console)
+            builder.join()
+            if "error" in built:
+                err = built["error"]
+                raise MigrationError(f"the machine could not be built here: {err}") from err
+            machine = built["machine"]
+            machine.restore_state(state)
+            machine.open_deferred_disks()
             ch.send_json(T_DONE, {})
             return machine
         except BaseException as err:
@@ -488,10 +621,15 @@ class Target:
                 _drain(conn)  # so the error reaches the source (closing with unread data would reset)
             except OSError:
                 pass
+            if machine is None and "builder" in locals():
+                locals()["builder"].join()
+                machine = locals().get("built", {}).get("machine")
+            if machine is not None:
+                machine.vm.close()
             if mem is not None:
                 try:
                     mem.close()
-                except BufferError:  # views of it are still referenced: the collector frees it
+                except (BufferError, ValueError):  # views of it are still referenced: the collector frees it
                     pass
             if isinstance(err, MigrationError):
                 raise
@@ -505,20 +643,14 @@ class Target:
                 pass
 
     @staticmethod
-    def _build(cfg: Any, mem: Any, state: dict, console: Any) -> Any:
+    def _build(cfg: Any, mem: Any, console: Any, disks: list[dict]) -> Any:
         from virtkit.machine.builder import Builder
         from virtkit.machine.console import ConsoleHub
 
         hub = console if isinstance(console, ConsoleHub) else ConsoleHub()
         if callable(console) and not isinstance(console, ConsoleHub):
             hub.sinks.append(console)
-        m = Builder(cfg, hub, restoring=True, memory=mem).build()
-        try:
-            m.restore_state(state)
-        except BaseException:
-            m.vm.close()
-            raise
-        return m
+        return Builder(cfg, hub, restoring=True, memory=mem, deferred_disks=disks).build()
 
 
 def _drain(conn: socket.socket, seconds: float = 2.0) -> None:
@@ -542,5 +674,5 @@ def default_bandwidth(text: str | None) -> float | None:
         return None
     from virtkit.units import parse_size
 
-    v = parse_size(text, what="bandwidth", default_unit=1 << 20)
+    v = parse_size(text, what="bandwidth", default_unit="M")
     return float(v) or None

@@ -159,6 +159,26 @@ def start_writeback(fd: int) -> None:
         _SYNC_FILE_RANGE(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE over the whole file
 
 
+class DeferredDisk:
+    """A disk that will be opened later (a migration target builds its machine before the source lets go
+    of the disks): it has a size and a mode; any I/O before it is replaced is an error."""
+
+    def __init__(self, path: str, size: int, read_only: bool) -> None:
+        self.path, self.size, self.read_only = path, size, read_only
+        self.fd = -1
+
+    def _not_yet(self, *args: object) -> int:
+        raise BlockError(f"disk {self.path!r} is not open yet")
+
+    read = readinto = write = discard = write_zeroes = _not_yet
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class RawFile:
     """A raw disk image file (or block device), locked against a second writer like QEMU does."""
 
