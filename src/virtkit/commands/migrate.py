@@ -25,10 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog="examples:\n  virtkit run --incoming tcp:0.0.0.0:4444 -d --name web1b   "
                               "(on the target: prints the token)\n  virtkit migrate web1 tcp:10.0.0.2:4444 "
                               "--token 3f2a...\n  virtkit migrate web1 tcp:127.0.0.1:4444 --token T "
-                              "--bandwidth 128M --json", formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "--bandwidth 128M --json\n  virtkit migrate web1 --status\n  virtkit migrate "
+                              "web1 --cancel   (Ctrl-C during a migrate does the same)",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="the VM to move (virtkit ps)")
-    p.add_argument("uri", help="the target: tcp:HOST:PORT")
-    p.add_argument("--token", required=True, help="the token the target printed")
+    p.add_argument("uri", nargs="?", help="the target: tcp:HOST:PORT")
+    p.add_argument("--token", help="the token the target printed (required with URI)")
+    p.add_argument("--cancel", action="store_true", help="cancel the VM's migration (it goes on running here)")
+    p.add_argument("--status", action="store_true", help="show the VM's current or last migration")
     p.add_argument("--bandwidth", help="cap the stream, e.g. 128M (MiB/s; default: unlimited)")
     p.add_argument("--downtime", default="50ms", help="the first downtime goal (default 50ms; it grows, up to "
                    "--max-downtime, when the guest dirties memory fast)")
@@ -44,6 +48,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from virtkit.machine.migration import default_bandwidth, parse_uri
     from virtkit.units import parse_duration
 
+    if args.cancel or args.status:
+        if args.uri or (args.cancel and args.status):
+            raise ConfigError("--cancel and --status take only the VM's name")
+        st = request(args.name, "migrate-cancel" if args.cancel else "migration")
+        st = {k: v for k, v in st.items() if k != "ok"}
+        if args.json:
+            print(json.dumps(st))
+        elif args.cancel:
+            print(f"{args.name}: migration cancelled (the VM goes on running here)")
+        else:
+            _print_status(args.name, st)
+        return 0
+    if not args.uri or not args.token:
+        raise ConfigError("migrate needs the target URI and --token (or --status / --cancel)")
     parse_uri(args.uri)
     down = parse_duration(args.downtime, what="--downtime")
     ceiling = parse_duration(args.max_downtime, what="--max-downtime")
@@ -80,6 +98,14 @@ def _follow(name: str, show: bool) -> dict[str, Any]:
         while True:
             try:
                 last = request(name, "migration", wait=15, until_end=True, timeout=0.25)
+            except KeyboardInterrupt:  # Ctrl-C: cancel, then report how it ended
+                try:
+                    request(name, "migrate-cancel")
+                except (ControlError, ValueError):
+                    pass
+                if progress is not None:
+                    progress.update(task, info="cancelling...")
+                continue
             except ControlError:
                 if last.get("state") in ("active", "setup"):
                     last["state"] = "completed" if last.get("downtime") else last["state"]
@@ -97,3 +123,27 @@ def _follow(name: str, show: bool) -> dict[str, Any]:
         if progress is not None:
             progress.stop()
     return {k: v for k, v in last.items() if k != "ok"}
+
+
+def _print_status(name: str, st: dict[str, Any]) -> None:
+    """The migration status as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{name}: migration", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    for k in ("state", "error", "round", "pages_sent", "ram_pages", "dirty_pages", "bytes_sent", "bandwidth",
+              "throttle", "expected_downtime", "downtime_goal", "downtime", "total_seconds"):
+        if k in st and st[k] not in (None, ""):
+            v = st[k]
+            if k in ("bandwidth",):
+                v = f"{v / 2**20:.1f} MiB/s"
+            elif k in ("expected_downtime", "downtime_goal", "downtime"):
+                v = f"{v * 1000:.0f} ms"
+            elif k == "throttle":
+                v = f"{v:.0%}"
+            elif k == "total_seconds":
+                v = f"{v:.2f} s"
+            t.add_row(k.replace("_", " "), str(v))
+    Console().print(t)

@@ -194,22 +194,21 @@ def _incoming(args: argparse.Namespace) -> int:
             lsock = socket.create_server((host, port))
         except OSError as err:
             raise ConfigError(f"cannot listen on {args.incoming}: {err.strerror}") from None
-        d = control.run_dir()
-        d.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "virtkit.cli", "run", "--incoming", args.incoming, "--incoming-fd",
                str(lsock.fileno()), "--token", token, "--name", name, "--serial", "none", "--console-log",
-               str(d / f"{name}.console")]
-        with open(d / f"{name}.log", "wb") as lf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
-                                    pass_fds=[lsock.fileno()])
+               str(control.run_dir() / f"{name}.console")]
         bound = lsock.getsockname()[1]
-        lsock.close()
+        try:
+            pid = spawn_detached(name, cmd, pass_fds=(lsock.fileno(),))  # returns once `ps` shows it
+        finally:
+            lsock.close()
         if args.json:
-            print(json.dumps({"name": name, "pid": proc.pid, "token": token, "port": bound}))
+            print(json.dumps({"name": name, "pid": pid, "token": token, "port": bound}))
         else:
             print(f"{name}: waiting for a migration on {host or '*'}:{bound}, token {token}")
         return 0
     target = Target(args.incoming, token, listener_fd=args.incoming_fd)
+    waiting = _incoming_server(name, target)
     from virtkit.commands import _terminal as term
 
     if args.incoming_fd is None:
@@ -222,13 +221,39 @@ def _incoming(args: argparse.Namespace) -> int:
         cfg.console = ConsoleConfig(args.serial, False)
 
     def make(hub: Any) -> Any:
-        m = target.receive(hub, name)
+        try:
+            m = target.receive(hub, name)
+        finally:
+            waiting.close()  # the VM's own control socket takes the name over
         if args.serial:
             m.cfg.console = cfg.console
         cfg.board, cfg.cpus, cfg.memory = m.cfg.board, m.cfg.cpus, m.cfg.memory
         return m
 
     return run_board(cfg, args, make=make)
+
+
+def _incoming_server(name: str, target: Any) -> Any:
+    """The name of a VM waiting for a migration is taken at once: ``virtkit ps`` shows it as ``incoming``;
+    ``stop``/``kill`` end the wait (or the migration under way, which the source survives)."""
+    import threading
+
+    from virtkit.machine.control import ControlServer
+
+    started = time.time()
+
+    def status() -> dict[str, Any]:
+        return {"name": name, "pid": os.getpid(), "state": "incoming", "board": "",
+                "reason": f"waiting for a migration on port {target.port}", "port": target.port,
+                "uptime": round(time.time() - started, 3), "mips": 0.0}
+
+    def end(**_: Any) -> dict[str, Any]:
+        target.close()
+        threading.Timer(0.2, os._exit, (1,)).start()  # a migration under way is cut: the source goes on
+        return {"state": "stopped", "reason": "no longer waiting for a migration"}
+
+    return ControlServer(name, {"ping": lambda: {"name": name}, "status": status, "stop": end, "kill": end},
+                         {"state": "incoming", "port": target.port})
 
 
 def _from_snapshot(args: argparse.Namespace) -> int:
@@ -556,16 +581,17 @@ def detach(cfg: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def spawn_detached(name: str, cmd: list[str]) -> int:
+def spawn_detached(name: str, cmd: list[str], pass_fds: tuple[int, ...] = ()) -> int:
     """Run ``cmd`` (a ``virtkit run`` of VM ``name``) in a new session; return its pid once the VM's control
-    socket answers (or raise with the tail of its log)."""
+    socket answers (or raise with the tail of its log). ``pass_fds``: descriptors the child inherits."""
     from virtkit.machine import control
 
     d = control.run_dir()
     d.mkdir(parents=True, exist_ok=True)
     log = d / f"{name}.log"
     with open(log, "wb") as lf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
+                                pass_fds=pass_fds)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -29,6 +29,7 @@ import secrets
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -53,6 +54,7 @@ NAMES = {T_HELLO: "HELLO", T_READY: "READY", T_PAGES: "PAGES", T_ZERO: "ZERO", T
 DEFAULT_DOWNTIME = 0.05  # seconds: the first goal (QEMU's default is 0.3)
 DOWNTIME_CEILING = 1.0  # the goal grows to at most this
 MAX_ROUNDS = 60
+HANDSHAKE_TIMEOUT = 10.0  # seconds a connection has to prove it is a source with the token
 
 
 class MigrationError(VirtkitError):
@@ -493,6 +495,7 @@ class Target:
         self.host, self.port = parse_uri(uri, listen=True)
         self.token = token or new_token()
         self.accept_timeout = accept_timeout
+        self.refused: list[str] = []  # connections turned away before a migration started (peer: why)
         if listener_fd is not None:
             self.listener = socket.socket(fileno=listener_fd)
         else:
@@ -503,38 +506,68 @@ class Target:
         self.port = self.listener.getsockname()[1]
 
     def close(self) -> None:
+        """Stop listening (a thread blocked in accept wakes up: shutdown first, close alone would not)."""
+        for f in (lambda: self.listener.shutdown(socket.SHUT_RDWR), self.listener.close):
+            try:
+                f()
+            except OSError:
+                pass
+
+    def _accept(self) -> tuple[socket.socket, Channel, dict]:
+        """Wait for a source that speaks the protocol and knows the token. A connection that does not (a
+        port scan, a wrong token, another version) is told why, closed, and the target goes on waiting."""
+        deadline = None if self.accept_timeout is None else time.monotonic() + self.accept_timeout
         try:
-            self.listener.close()
-        except OSError:
-            pass
+            while True:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                try:
+                    self.listener.settimeout(left)
+                    conn, peer = self.listener.accept()
+                except TimeoutError:
+                    raise MigrationError(f"no migration arrived on port {self.port}") from None
+                except OSError as err:  # close() from another thread
+                    raise MigrationError(f"stopped waiting for a migration on port {self.port}") from err
+                conn.settimeout(HANDSHAKE_TIMEOUT)
+                ch = Channel(conn)
+                try:
+                    return conn, ch, self._handshake(ch)
+                except (MigrationError, OSError) as err:
+                    self.refused.append(f"{peer[0]}:{peer[1]}: {err}")
+                    print(f"virtkit: refused a migration from {peer[0]}:{peer[1]}: {err}", file=sys.stderr,
+                          flush=True)
+                    try:
+                        ch.send_json(T_ERROR, {"error": str(err)})
+                        _drain(conn)
+                    except OSError:
+                        pass
+                    conn.close()
+        finally:
+            self.close()
+
+    def _handshake(self, ch: Channel) -> dict:
+        """The stream's magic and version, then a HELLO with the right token: the HELLO."""
+        magic = ch._recv_exact(len(MAGIC) + 4)
+        if magic[: len(MAGIC)] != MAGIC:
+            raise MigrationError("not a virtkit migration stream")
+        (version,) = struct.unpack("<I", magic[len(MAGIC):])
+        if version != VERSION:
+            raise MigrationError(f"migration stream version {version}; this virtkit speaks {VERSION}")
+        mtype, payload = ch.recv()
+        if mtype != T_HELLO:
+            raise MigrationError(f"expected HELLO, got {NAMES[mtype]}")
+        hello = _json(payload, "HELLO")
+        if not isinstance(hello, dict) or not hmac.compare_digest(str(hello.get("token", "")), self.token):
+            raise MigrationError("wrong migration token")
+        return hello
 
     def receive(self, console: Any = None, name: str | None = None) -> Any:
         """Accept the source, take the stream, return the restored machine (not started). Every failure
         is a MigrationError (told to the source too) and nothing is left allocated."""
-        self.listener.settimeout(self.accept_timeout)
-        try:
-            conn, _ = self.listener.accept()
-        except TimeoutError:
-            raise MigrationError(f"no migration arrived on port {self.port}") from None
-        finally:
-            self.close()
+        conn, ch, hello = self._accept()
         conn.settimeout(120)
-        ch = Channel(conn)
         mem = None
         machine = None
         try:
-            magic = ch._recv_exact(len(MAGIC) + 4)
-            if magic[: len(MAGIC)] != MAGIC:
-                raise MigrationError("not a virtkit migration stream")
-            (version,) = struct.unpack("<I", magic[len(MAGIC):])
-            if version != VERSION:
-                raise MigrationError(f"migration stream version {version}; this virtkit speaks {VERSION}")
-            mtype, payload = ch.recv()
-            if mtype != T_HELLO:
-                raise MigrationError(f"expected HELLO, got {NAMES[mtype]}")
-            hello = _json(payload, "HELLO")
-            if not isinstance(hello, dict) or not hmac.compare_digest(str(hello.get("token", "")), self.token):
-                raise MigrationError("wrong migration token")
             from virtkit.machine.config import MachineConfig
             from virtkit.machine.memory import GuestMemory
 

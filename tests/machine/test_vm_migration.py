@@ -1,0 +1,56 @@
+"""Live migration of a running Linux guest through the CLI: a detached target waits (``run --incoming -d``),
+``migrate --bandwidth --json`` moves a guest that writes its ext4 disk in a loop; the guest goes on on the
+target with its RAM and disk agreeing, the source is gone, the disk is clean under e2fsck afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import require_tool
+from tests.machine.test_vm_snapshots import (  # noqa: F401  (env is a fixture)
+    LOOP,
+    console_log,
+    env,
+    ext4_qcow2,
+    guest,
+    host_fsck,
+    numbers,
+    shell,
+    vk,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_guest_writing_its_disk_migrates_and_goes_on(env, tmp_path):  # noqa: F811
+    require_tool("mkfs.ext4", "e2fsck", "debugfs", "qemu-img")
+    disk = tmp_path / "vm.qcow2"
+    ext4_qcow2(env, disk)
+    vk(env, "run", "-d", "--name", "src", "--mem", "192M", *guest(env), "--disk", str(disk))
+    wait_for(lambda: "virtkit:/#" in console_log(env, "src"), 300, "the shell")
+    shell(env, "src", LOOP, "loop")
+    before = numbers(shell(env, "src", "cat /tmp/mem", "n"))[-1]
+    tgt = json.loads(vk(env, "run", "--incoming", "tcp:127.0.0.1:0", "-d", "--name", "dst", "--json").stdout)
+    assert tgt["name"] == "dst" and tgt["port"] > 0 and len(tgt["token"]) >= 16
+    # a wrong token is refused and the source goes on as before
+    bad = vk(env, "migrate", "src", f"tcp:127.0.0.1:{tgt['port']}", "--token", "not-the-token", "--json",
+             check=False)
+    assert bad.returncode != 0 and json.loads(bad.stdout)["state"] == "failed"
+    assert numbers(shell(env, "src", "cat /tmp/mem", "still"))[-1] > before
+    st = json.loads(vk(env, "migrate", "src", f"tcp:127.0.0.1:{tgt['port']}", "--token", tgt["token"],
+                       "--bandwidth", "64M", "--json").stdout)
+    assert st["state"] == "completed", st
+    assert st["bytes_sent"] > 4 << 20 and 0 < st["downtime"] < st["total_seconds"]
+    ps = {v["name"]: v for v in json.loads(vk(env, "ps", "--json").stdout)}
+    assert "src" not in ps and ps["dst"]["state"] == "running"
+    out = shell(env, "dst", "cat /tmp/mem /mnt/last", "there", timeout=120)
+    mem_now, disk_now = numbers(out)[-2:]
+    assert mem_now > before and abs(mem_now - disk_now) <= 1  # RAM and disk went on together
+    later = numbers(shell(env, "dst", "cat /tmp/mem", "later"))[-1]
+    assert later > mem_now  # the loop runs on the target
+    shell(env, "dst", "kill %1; sync; umount /mnt", "end")
+    vk(env, "kill", "dst")
+    host_fsck(env, disk, tmp_path)
