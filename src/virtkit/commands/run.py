@@ -248,8 +248,9 @@ def _incoming_server(name: str, target: Any) -> Any:
                 "uptime": round(time.time() - started, 3), "mips": 0.0}
 
     def end(**_: Any) -> dict[str, Any]:
-        target.close()
-        threading.Timer(0.2, os._exit, (1,)).start()  # a migration under way is cut: the source goes on
+        # after the reply has gone out: stop listening, and end a migration under way (the source goes on)
+        threading.Timer(0.1, target.close).start()
+        threading.Timer(0.5, os._exit, (1,)).start()
         return {"state": "stopped", "reason": "no longer waiting for a migration"}
 
     return ControlServer(name, {"ping": lambda: {"name": name}, "status": status, "stop": end, "kill": end},

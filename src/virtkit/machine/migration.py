@@ -86,6 +86,10 @@ class Channel:
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
             except OSError:
                 pass
+        try:  # each frame is one write: the last small frames of the switch-over must not wait for an ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.bandwidth = bandwidth
         self.sent = 0
         self.received = 0
@@ -99,14 +103,22 @@ class Channel:
         crc = zlib.crc32(head)
         for p in parts:
             crc = zlib.crc32(p, crc)
-        self.sock.sendall(head)
-        for p in parts:
-            if len(p):
-                self.sock.sendall(p)
-        self.sock.sendall(CRC.pack(crc))
+        self._sendmsg([head, *(p for p in parts if len(p)), CRC.pack(crc)])
         n = HDR.size + length + CRC.size
         self.sent += n
         self._throttle(n)
+
+    def _sendmsg(self, bufs: list) -> None:
+        """All of ``bufs`` in as few system calls as the socket takes (one write per frame, not one per part:
+        small parts after a large one would otherwise wait on Nagle's algorithm)."""
+        views = [memoryview(b).cast("B") for b in bufs]
+        while views:
+            n = self.sock.sendmsg(views)
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
 
     def _throttle(self, n: int) -> None:
         if not self.bandwidth:
@@ -348,18 +360,28 @@ class Source:
                 # the pages of the last round (fetched, not sent yet) and what was dirtied since; the cap
                 # is lifted while the guest is stopped (as QEMU's completion stage does): the downtime is
                 # what the cap must not stretch
+                t_paused = time.monotonic()
                 dirty = dirty | eng.dirty_log_fetch()
                 ch.bandwidth = None
-                self._send_pages(ch, ram, dirty, zero_too=True)
+                self._send_pages(ch, ram, dirty, zero_too=True, stable=True)
+                t_pages = time.monotonic()
                 self._release_disks()
                 ch.send_json(T_STATE, self.machine.save_state())
                 ch.send_json(T_END, {"pages": st.pages_sent, "rounds": st.round})
+                t_state = time.monotonic()
                 mtype, payload = ch.recv()
                 if mtype == T_ERROR:
                     raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
                 if mtype != T_DONE:
                     raise MigrationError(f"the target answered {NAMES[mtype]} instead of DONE")
                 st.downtime = time.monotonic() - stop_t
+                done = _json(payload, "DONE") if payload else {}
+                if isinstance(done, dict) and done:
+                    st.log.append("target: " + ", ".join(f"{k} {v:.1f}" for k, v in done.items()
+                                                         if isinstance(v, (int, float))))
+                st.log.append(f"downtime {st.downtime * 1000:.1f} ms: pause {(t_paused - stop_t) * 1000:.1f}, "
+                              f"{int(dirty.sum())} pages {(t_pages - t_paused) * 1000:.1f}, disks and state "
+                              f"{(t_state - t_pages) * 1000:.1f}, target {(time.monotonic() - t_state) * 1000:.1f}")
             except BaseException:
                 self._reopen_disks()
                 self.vm.set_throttle(0.0)
@@ -423,7 +445,7 @@ class Source:
                 self.vm.resume()
 
     def _send_pages(self, ch: Channel, ram: np.ndarray, mask: np.ndarray, zero_too: bool,
-                    early: bool = False) -> np.ndarray | None:
+                    early: bool = False, stable: bool = False) -> np.ndarray | None:
         """Send the pages of ``mask``. With ``early``, stop once what is left of them would fit the
         downtime goal at the bandwidth measured so far, and return those pages (they join the next round:
         on a capped link the first pass need not finish before the switch, as in QEMU)."""
@@ -445,8 +467,9 @@ class Source:
             if zero_too and not data.view(np.uint64).any():
                 ch.send(T_ZERO, struct.pack("<QI", first, count))
             else:
-                # a copy: the guest may write the pages while they are sent, and the CRC must match
-                ch.send(T_PAGES, struct.pack("<QI", first, count), data.tobytes())
+                # a copy while the guest runs (it may write the pages while they are sent, and the CRC must
+                # match); the pages themselves once it is paused (``stable``)
+                ch.send(T_PAGES, struct.pack("<QI", first, count), memoryview(data) if stable else data.tobytes())
             st.pages_sent += count
             st.bytes_sent = ch.sent
         return None
@@ -638,14 +661,19 @@ class Target:
                     raise MigrationError(f"unexpected {NAMES[mtype]} frame")
             if not isinstance(state, dict):
                 raise MigrationError("the stream ended without the device state")
+            t_end = time.monotonic()
             builder.join()
             if "error" in built:
                 err = built["error"]
                 raise MigrationError(f"the machine could not be built here: {err}") from err
             machine = built["machine"]
+            t_built = time.monotonic()
             machine.restore_state(state)
+            t_restored = time.monotonic()
             machine.open_deferred_disks()
-            ch.send_json(T_DONE, {})
+            ch.send_json(T_DONE, {"build_wait_ms": (t_built - t_end) * 1000,
+                                  "restore_ms": (t_restored - t_built) * 1000,
+                                  "disks_ms": (time.monotonic() - t_restored) * 1000})
             return machine
         except BaseException as err:
             msg = str(err) if isinstance(err, VirtkitError) else f"{type(err).__name__}: {err}"

@@ -377,17 +377,35 @@ class Pool:
 
     def _refresh(self, force: bool = False) -> bool:
         """Re-read the metadata when another process committed since we last did; True when it changed."""
-        if self._shared_seq() == self.seq and not force:
+        if self._shared_seq() <= self.seq and not force:  # (lower: a committer died before publishing)
             return False
         try:
             loaded = load_slots(self.path)
         except MetadataError as err:
             raise PoolError(f"pool {self.name!r}: cannot re-read the metadata: {err}") from None
         if loaded.body.get("seq") == self.seq and self.devices:
+            self._repair_seq()
             return False
         self._bad_slots = loaded.bad_slots
         self._load(loaded.body)
         return True
+
+    def _repair_seq(self) -> None:
+        """A process killed between writing the metadata and publishing its number leaves the published number
+        behind the newest metadata: publish it (under the pool's lock, if it is still the newest)."""
+        if self._seq_map is None or self.read_only or self._shared_seq() >= self.seq:
+            return
+        locked = self._txn_depth == 0 and self._meta_fd >= 0
+        if locked:
+            fcntl.flock(self._meta_fd, fcntl.LOCK_EX)
+        try:
+            if self._shared_seq() < self.seq and load_slots(self.path).body.get("seq") == self.seq:
+                struct.pack_into("<q", self._seq_map, 0, self.seq)
+        except MetadataError:
+            pass
+        finally:
+            if locked:
+                fcntl.flock(self._meta_fd, fcntl.LOCK_UN)
 
     def refresh(self) -> None:
         """See what other processes committed (readers call it before they report)."""
@@ -476,6 +494,7 @@ class Pool:
             pool.warnings += [f"skipped damaged metadata copy: {p}" for p in loaded.problems]
             pool._bad_slots = loaded.bad_slots
             pool._load(loaded.body)
+            pool._repair_seq()
             if not read_only:
                 crashed = loaded.body.get("clean") is False and alone  # "in use", yet nobody has it open
                 pool.needs_scrub = crashed or bool(loaded.body.get("needs_scrub"))
@@ -1171,7 +1190,7 @@ class Pool:
             return
         imglock.byte_lock(fd, cid, exclusive=False, wait=True)
         try:
-            yield self._shared_seq() == self.seq
+            yield self._shared_seq() <= self.seq
         finally:
             imglock.byte_unlock(fd, cid)
 
@@ -2041,7 +2060,7 @@ class VolumeBackend:
     def size(self) -> int:
         """Current size: a resize by any process shows here at once (the pool's sequence number is watched)."""
         pool = self.pool
-        if not pool.closed and pool._shared_seq() != pool.seq:
+        if not pool.closed and pool._shared_seq() > pool.seq:
             with pool.lock, contextlib.suppress(PoolError):
                 pool._refresh()
         return self.vol.size
