@@ -137,6 +137,28 @@ class Machine:
         for blk, real in opened:
             blk.backend = real
 
+    def announce(self, rounds: int = 5, first: float = 0.05, step: float = 0.1) -> None:
+        """Each NIC announces its MAC ``rounds`` times (now, then after ``first``, ``first + step``...
+        seconds, as QEMU's announce-self does after a migration or a restore), in the background: the
+        switch learns at once that the guest now lives behind this process's port."""
+        import threading
+
+        from virtkit.devices.virtio.net import VirtioNet
+
+        nics = [d for d in self.virtio if isinstance(d, VirtioNet)]
+        if not nics or rounds < 1:
+            return
+
+        def go(left: int, delay: float) -> None:
+            for n in nics:
+                n.announce()
+            if left > 1:
+                t = threading.Timer(delay, go, (left - 1, delay + step))
+                t.daemon = True
+                t.start()
+
+        go(rounds, first)
+
     def stats(self) -> dict[str, Any]:
         """Engine, bus and device counters."""
         s = self.vm.stats()

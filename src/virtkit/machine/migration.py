@@ -394,6 +394,7 @@ class Source:
             if self.followers:
                 self.delivered.wait(2.0)
             self.vm.stop("migrated", f"migrated to {self.host}:{self.port}")
+            self._release_switch_ports()
         except BaseException as err:  # the source goes on as if nothing happened
             st.state = "cancelled" if self._cancel.is_set() else "failed"
             st.error = str(err) if isinstance(err, (VirtkitError, OSError)) else f"{type(err).__name__}: {err}"
@@ -485,6 +486,15 @@ class Source:
                           f"{st.bandwidth / 1e6:.1f} MB/s link: vCPU throttled to {st.throttle:.0%}")
         if st.round % 3 == 0 and st.downtime_goal < self.downtime_ceiling:
             st.downtime_goal = min(self.downtime_ceiling, st.downtime_goal * 1.5)
+
+    def _release_switch_ports(self) -> None:
+        """Unplug the NICs from their switches: the guest's ports now belong to the target, which has
+        announced the MACs there."""
+        from virtkit.network.switchport import SwitchPort
+
+        for d in self.machine.virtio:
+            if isinstance(getattr(d, "backend", None), SwitchPort):
+                d.backend.close()
 
     def _release_disks(self) -> None:
         """Flush and close every disk so the target can open (and lock) them."""
@@ -674,6 +684,7 @@ class Target:
             ch.send_json(T_DONE, {"build_wait_ms": (t_built - t_end) * 1000,
                                   "restore_ms": (t_restored - t_built) * 1000,
                                   "disks_ms": (time.monotonic() - t_restored) * 1000})
+            machine.announce()  # the NICs' MACs now live behind this process's switch ports
             return machine
         except BaseException as err:
             msg = str(err) if isinstance(err, VirtkitError) else f"{type(err).__name__}: {err}"

@@ -542,6 +542,7 @@ def restore(path: str | os.PathLike[str], console: Any = None, *, name: str | No
     except BaseException:
         m.vm.close()
         raise
+    m.announce()  # as after a migration: the switch learns where the (restored or cloned) MAC lives
     return m
 
 

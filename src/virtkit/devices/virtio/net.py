@@ -9,6 +9,7 @@ small backlog (a NIC's ring); beyond it they are dropped and counted, as on real
 from __future__ import annotations
 
 import os
+import struct
 
 from virtkit.devices.virtio.device import VIRTIO_ID_NET, VirtioDevice, le
 from virtkit.errors import ConfigError
@@ -129,6 +130,21 @@ class VirtioNet(VirtioDevice):
             done = True
         if done:
             self.interrupt(TX)
+
+    def announce_frame(self) -> bytes:
+        """A RARP request from this NIC's MAC to everyone (what QEMU's announce-self sends): switches learn
+        where the MAC now lives without waiting for the guest to speak."""
+        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + self.mac + bytes(4) + self.mac + bytes(4)
+        return (b"\xff" * 6 + self.mac + struct.pack("!H", 0x8035) + arp).ljust(60, b"\0")
+
+    def announce(self) -> bool:
+        """Send one announcement on the wire (not through the guest); False when the backend refused it."""
+        try:
+            self.backend.send(self.announce_frame())
+        except OSError:
+            return False
+        self.counts["tx_frames"] += 1
+        return True
 
     def poll_backend(self) -> None:
         """Drain a pollable backend (call when its ``fileno()`` is readable)."""
