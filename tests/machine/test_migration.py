@@ -299,49 +299,81 @@ def test_garbage_at_the_target_is_a_clear_error(data, msg):
         rx.join()
 
 
-def test_the_switch_learns_the_migrated_mac_at_once(tmp_path, monkeypatch):
-    """The guest never sends a frame, yet right after the migration the switch forwards its MAC to the
-    target's port: the target announces it (RARP, as QEMU's announce-self), and the source's port is gone."""
+@pytest.fixture
+def lab(monkeypatch):
+    """A running virtkit switch ``lab`` in a private directory."""
     import shutil
     import tempfile
 
-    from virtkit.machine.config import NicConfig
     from virtkit.network import control as netctl
 
     d = tempfile.mkdtemp(prefix="vkn")  # short: Unix socket paths are limited to 108 bytes
     monkeypatch.setenv("VIRTKIT_NET_DIR", d)
+    netctl.create("lab")
+    yield netctl
+    for row in netctl.list_switches():
+        if row["running"]:
+            netctl.stop(row["name"])
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _mac_port(netctl, mac, gone=None):
+    """Where the switch forwards ``mac`` (waits until it is learned and port ``gone`` has left)."""
+    deadline = time.monotonic() + 10
+    where = {}
+    while time.monotonic() < deadline:
+        info = netctl.request("lab", "show")
+        where = {m["mac"]: m for m in info["macs"]}
+        if mac in where and gone not in {p["name"] for p in info["ports"]}:
+            break
+        time.sleep(0.05)
+    assert mac in where, where
+    return where[mac]
+
+
+def _silent_nic_machine(tmp_path, mac):
+    from virtkit.machine.config import NicConfig
+
+    img = tmp_path / "count.img"
+    payload_image(img, COUNTING)
+    return virt(Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, name="src",
+                nics=[NicConfig("switch", "lab", mac=mac, vlan=7)])
+
+
+def test_the_switch_learns_the_migrated_mac_at_once(tmp_path, lab):
+    """The guest never sends a frame, yet right after the migration the switch forwards its MAC to the
+    target's port: the target announces it (RARP, as QEMU's announce-self), and the source's port is gone."""
+    mac = "52:54:00:12:34:56"
+    src = _silent_nic_machine(tmp_path, mac)
+    src.vm.start()
+    src_port = src.virtio[0].backend.port_name
     try:
-        netctl.create("lab")
-        img = tmp_path / "count.img"
-        payload_image(img, COUNTING)
-        mac = "52:54:00:12:34:56"
-        src = virt(Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, name="src",
-                   nics=[NicConfig("switch", "lab", mac=mac, vlan=7)])
-        src.vm.start()
-        src_port = src.virtio[0].backend.port_name
-        try:
-            rx = Receiver()
-            st = Source(src, rx.uri, "t0k3n")
-            st.start()
-            assert st.wait(60).state == "completed", st.status.error
-            rx.join()
-            dst_port = rx.machine.virtio[0].backend.port_name
-            assert dst_port != src_port
-            deadline = time.monotonic() + 10
-            where = {}
-            while time.monotonic() < deadline:
-                info = netctl.request("lab", "show")
-                where = {m["mac"]: m for m in info["macs"]}
-                if mac in where and src_port not in {p["name"] for p in info["ports"]}:
-                    break
-                time.sleep(0.05)
-            assert where[mac]["port"] == dst_port and where[mac]["vlan"] == 7, where
-            assert rx.machine.virtio[0].counts["tx_frames"] >= 1
-            rx.machine.vm.close()
-        finally:
-            src.vm.close()
+        rx = Receiver()
+        st = Source(src, rx.uri, "t0k3n")
+        st.start()
+        assert st.wait(60).state == "completed", st.status.error
+        rx.join()
+        dst_port = rx.machine.virtio[0].backend.port_name
+        assert dst_port != src_port
+        where = _mac_port(lab, mac, gone=src_port)
+        assert where["port"] == dst_port and where["vlan"] == 7, where
+        assert rx.machine.virtio[0].counts["tx_frames"] >= 1
+        rx.machine.vm.close()
     finally:
-        for row in netctl.list_switches():
-            if row["running"]:
-                netctl.stop(row["name"])
-        shutil.rmtree(d, ignore_errors=True)
+        src.vm.close()
+
+
+def test_a_restored_snapshot_announces_its_mac(tmp_path, lab):
+    from virtkit.machine import snapshot
+
+    mac = "52:54:00:65:43:21"
+    m = _silent_nic_machine(tmp_path, mac)
+    m.vm.start()
+    assert m.vm.pause()
+    snapshot.save(m, tmp_path / "s")
+    m.vm.close()
+    b = snapshot.restore(tmp_path / "s", Out())
+    try:
+        assert _mac_port(lab, mac)["port"] == b.virtio[0].backend.port_name
+    finally:
+        b.vm.close()
