@@ -36,6 +36,22 @@ def beq(rs1, rs2, off):
         | (((i >> 11) & 1) << 7) | 0x63
 
 
+def auipc(rd, imm20):
+    return (imm20 << 12) | (rd << 7) | 0x17
+
+
+def add(rd, rs1, rs2):
+    return (rs2 << 20) | (rs1 << 15) | (rd << 7) | 0x33
+
+
+def slli(rd, rs1, sh):
+    return (sh << 20) | (rs1 << 15) | (1 << 12) | (rd << 7) | 0x13
+
+
+def bne(rs1, rs2, off):
+    return beq(rs1, rs2, off) | (1 << 12)
+
+
 def putc(ch):
     """t1 = ch; *(u8*)t0 = t1 (t0 holds the UART base)."""
     return [addi(T1, 0, ord(ch)), store(0, T1, T0, 0)]

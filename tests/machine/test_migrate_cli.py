@@ -12,14 +12,14 @@ import time
 
 import pytest
 
+from tests.helpers.guests import BUSY
 from tests.helpers.opensbi import payload_image
-from tests.machine.test_migration import BUSY
-from tests.machine.test_snapshot_cli import _env, running, start, vk
+from tests.helpers.vmcli import counting_env, running, start, vk
 
 
 @pytest.fixture
 def env(tmp_path):
-    yield from _env(tmp_path)
+    yield from counting_env(tmp_path)
 
 
 def target(env, name):

@@ -15,65 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.guests import BUSY, COUNTING, Out, counter
 from tests.helpers.machines import virt
 from tests.helpers.opensbi import payload_image
-from tests.helpers.rvenc import S0, T0, T1, T2, addi, jal0, store
-from tests.machine.test_snapshot import COUNTER, COUNTING, Out
 from virtkit.machine.migration import MAGIC, MigrationError, Source, Target
 
 
-def auipc(rd, imm20):
-    return (imm20 << 12) | (rd << 7) | 0x17
-
-
-def add(rd, rs1, rs2):
-    return (rs2 << 20) | (rs1 << 15) | (rd << 7) | 0x33
-
-
-def slli(rd, rs1, sh):
-    return (sh << 20) | (rs1 << 15) | (1 << 12) | (rd << 7) | 0x13
-
-
-def andi(rd, rs1, imm):
-    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (7 << 12) | (rd << 7) | 0x13
-
-
-def bne(rs1, rs2, off):
-    i = off & 0x1FFF
-    return (((i >> 12) & 1) << 31) | (((i >> 5) & 0x3F) << 25) | (rs2 << 20) | (rs1 << 15) | (1 << 12) \
-        | (((i >> 1) & 0xF) << 8) | (((i >> 11) & 1) << 7) | 0x63
-
-
-def lui(rd, imm20):
-    return (imm20 << 12) | (rd << 7) | 0x37
-
-
-# writes a word in page after page of an 8 MiB region, with ~8k instructions of work between two pages:
-# at full speed it dirties pages faster than a 16 MiB/s link carries them, throttled it does not
-BUSY = [
-    auipc(S0, 0x100),          # s0 = 1 MiB in
-    addi(T1, 0, 0),            # t1 = i
-    andi(T2, T1, 0x7FF),       # loop: t2 = i % 2048
-    slli(T2, T2, 12),          #       * 4096
-    add(T2, T2, S0),
-    store(3, T1, T2, 0),       #       *(s0 + page * 4096) = i
-    addi(T1, T1, 1),
-    lui(T0, 1),                #       t0 = 4096
-    addi(T0, T0, -1),          # delay: t0 -= 1
-    bne(T0, 0, -4),
-    jal0(-32),
-]
-
-
-def machine(tmp_path, body, name="src"):
+def machine(tmp_path, body, name="src", **kw):
+    """A 32 MiB riscv64-virt machine running ``body`` from reset; ``kw``: more MachineConfig fields."""
     img = tmp_path / f"{name}.img"
     payload_image(img, body)
-    m = virt(Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, name=name)
-    return m
-
-
-def counter(m):
-    return struct.unpack("<Q", m.mem.read(COUNTER, 8))[0]
+    return virt(Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, name=name, **kw)
 
 
 def wait(pred, timeout=60):
@@ -334,10 +286,7 @@ def _mac_port(netctl, mac, gone=None):
 def _silent_nic_machine(tmp_path, mac):
     from virtkit.machine.config import NicConfig
 
-    img = tmp_path / "count.img"
-    payload_image(img, COUNTING)
-    return virt(Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, name="src",
-                nics=[NicConfig("switch", "lab", mac=mac, vlan=7)])
+    return machine(tmp_path, COUNTING, nics=[NicConfig("switch", "lab", mac=mac, vlan=7)])
 
 
 def test_the_switch_learns_the_migrated_mac_at_once(tmp_path, lab):

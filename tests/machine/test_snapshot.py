@@ -11,46 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import struct
 import time
 
 import pytest
 
+from tests.helpers.guests import COUNTING, Out, counter
 from tests.helpers.machines import virt
 from tests.helpers.opensbi import payload_image
-from tests.helpers.rvenc import S0, T0, T1, T2, addi, andi, beq, jal0, load, lui, store
 from virtkit.machine import snapshot
 from virtkit.machine.snapshot import SnapshotError
 from virtkit.machine.state import StateError
-
-COUNTER = 0x8000_0000 + 0x40 + (1 << 20)  # auipc s0, 0x100 at the first instruction after the Image header
-
-
-def auipc(rd, imm20):
-    return (imm20 << 12) | (rd << 7) | 0x17
-
-
-COUNTING = [
-    auipc(S0, 0x100),                    # s0 = counter address
-    lui(T0, 0x10000),                    # t0 = UART
-    load(3, T2, S0, 0),                  # loop: t2 = counter
-    addi(T2, T2, 1),
-    store(3, T2, S0, 0),                 # counter += 1
-    andi(T1, T2, 0x3FF),
-    beq(T1, 0, 8),                       # every 1024: print '.'
-    jal0(-20),
-    addi(T1, 0, ord(".")),
-    store(0, T1, T0, 0),
-    jal0(-32),
-]
-
-
-class Out:
-    def __init__(self):
-        self.data = bytearray()
-
-    def __call__(self, b):
-        self.data += b
 
 
 def counting_machine(tmp_path, console=None, **kw):
@@ -58,10 +28,6 @@ def counting_machine(tmp_path, console=None, **kw):
     if not img.exists():
         payload_image(img, COUNTING)
     return virt(console or Out(), kernel=str(img), firmware=None, mem_mib=32, rng=False, deterministic=True, **kw)
-
-
-def counter(m) -> int:
-    return struct.unpack("<Q", m.mem.read(COUNTER, 8))[0]
 
 
 def ram_sha(m) -> str:

@@ -5,63 +5,27 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.opensbi import payload_image
-from tests.machine.test_snapshot import COUNTING
-
-
-def _env(tmp_path):
-    e = dict(os.environ, VIRTKIT_RUN_DIR=str(tmp_path / "run"), VIRTKIT_SNAPSHOTS=str(tmp_path / "snaps"))
-    payload_image(tmp_path / "Image", COUNTING)
-    yield e
-    for info in (tmp_path / "run").glob("*.json"):
-        try:
-            os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
+from tests.helpers.vmcli import counting_env, running, start, vk
 
 
 @pytest.fixture
 def env(tmp_path):
-    yield from _env(tmp_path)
+    yield from counting_env(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def one_vm(tmp_path_factory):
     """VM c1 and its snapshot s1, shared by the bad-input cases (each checks it changed nothing)."""
     tmp_path = tmp_path_factory.mktemp("snapcli")
-    for e in _env(tmp_path):
+    for e in counting_env(tmp_path):
         start(e, tmp_path, "c1")
         vk(e, "snapshot", "create", "c1", "s1")
         yield e, tmp_path
-
-
-def vk(env, *args, check=True):
-    p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True, env=env,
-                       stdin=subprocess.DEVNULL, timeout=300)
-    assert "Traceback" not in p.stderr, p.stderr
-    if check:
-        assert p.returncode == 0, (args, p.stdout, p.stderr)
-    return p
-
-
-def start(env, tmp_path, name, *extra):
-    vk(env, "run", "-d", "--name", name, "--board", "riscv64-virt", "--bios", "none", "--kernel",
-       str(tmp_path / "Image"), "--mem", "32", "--no-rng", *extra)
-
-
-def state(env, name):
-    return json.loads(vk(env, "ps", "--json").stdout)
-
-
-def running(env, name) -> bool:
-    return any(v["name"] == name and v["state"] == "running" for v in state(env, name))
 
 
 def test_create_list_info_restore_clone_template_delete(env, tmp_path):

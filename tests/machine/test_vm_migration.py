@@ -9,23 +9,17 @@ import json
 import pytest
 
 from tests.helpers import require_tool
-from tests.machine.test_vm_snapshots import (  # noqa: F401  (env is a fixture)
-    LOOP,
-    console_log,
-    env,
-    ext4_qcow2,
-    guest,
-    host_fsck,
-    numbers,
-    shell,
-    vk,
-    wait_for,
-)
+from tests.helpers.vmcli import LOOP, console_log, ext4_qcow2, guest, host_fsck, linux_env, numbers, shell, vk, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_guest_writing_its_disk_migrates_and_goes_on(env, tmp_path):  # noqa: F811
+@pytest.fixture
+def env(tmp_path, guest_images):
+    yield from linux_env(tmp_path, guest_images)
+
+
+def test_a_guest_writing_its_disk_migrates_and_goes_on(env, tmp_path):
     require_tool("mkfs.ext4", "e2fsck", "debugfs", "qemu-img")
     disk = tmp_path / "vm.qcow2"
     ext4_qcow2(env, disk)

@@ -5,101 +5,32 @@ on with RAM and disk agreeing; clones that diverge and share their unchanged mem
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import require_tool
+from tests.helpers.vmcli import (
+    LOOP,
+    console_log,
+    ext4_qcow2,
+    guest,
+    host_fsck,
+    linux_env,
+    numbers,
+    shell,
+    vk,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-MiB = 1 << 20
 
 
 @pytest.fixture
 def env(tmp_path, guest_images):
-    e = dict(os.environ, VIRTKIT_RUN_DIR=str(tmp_path / "run"), VIRTKIT_SNAPSHOTS=str(tmp_path / "snaps"))
-    e["GUEST"] = json.dumps([str(guest_images.kernel), str(guest_images.initrd), str(guest_images.firmware)])
-    yield e
-    for info in (tmp_path / "run").glob("*.json"):
-        try:
-            os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
-
-
-def vk(env, *args, input=None, timeout=600, check=True):
-    p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True, env=env,
-                       input=input, stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
-    assert "Traceback" not in p.stderr, p.stderr
-    if check:
-        assert p.returncode == 0, (args, p.stdout, p.stderr)
-    return p
-
-
-def guest(env):
-    k, i, f = json.loads(env["GUEST"])
-    return ["--kernel", k, "--initrd", i, "--bios", f]
-
-
-def console_log(env, name):
-    p = Path(env["VIRTKIT_RUN_DIR"]) / f"{name}.console"
-    return p.read_bytes().decode(errors="replace") if p.exists() else ""
-
-
-def wait_for(pred, timeout=300, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def shell(env, name, line, marker, timeout=120):
-    """Type ``line; echo MARKER`` on the console; return what the console printed between them."""
-    before = len(console_log(env, name))
-    vk(env, "console", name, input=f"{line}\necho {marker}-$((1+1))\n", timeout=60)
-    want = f"{marker}-2"
-    wait_for(lambda: want in console_log(env, name)[before:], timeout, f"{want} on {name}")
-    out = console_log(env, name)[before:]
-    return out[: out.index(want)]
-
-
-def numbers(out: str) -> list[int]:
-    """The lines of console output that are just a number (the typed commands are echoed too)."""
-    return [int(x) for x in re.findall(r"^(\d+)\r?$", out, re.M)]
-
-
-def ext4_qcow2(env, path: Path) -> None:
-    raw = path.with_suffix(".raw")
-    with open(raw, "wb") as f:
-        f.truncate(64 * MiB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(raw)], check=True)
-    vk(env, "disk", "convert", "-q", str(raw), str(path))
-    raw.unlink()
-
-
-LOOP = "mkdir -p /mnt && mount /dev/vda /mnt && (i=0; while :; do i=$((i+1)); echo $i > /mnt/last; " \
-       "echo $i > /tmp/mem; sync; done) &"
-
-
-def host_fsck(env, image: Path, tmp: Path) -> str:
-    """Copy ``image`` to raw, replay its journal, check it read-only; return /last as the copy holds it."""
-    raw = tmp / "check.raw"
-    raw.unlink(missing_ok=True)
-    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)], check=True)
-    p = subprocess.run(["e2fsck", "-y", "-E", "journal_only", str(raw)], capture_output=True, text=True)
-    assert p.returncode in (0, 1), p.stdout + p.stderr
-    p = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True)
-    assert p.returncode == 0, f"e2fsck found errors:\n{p.stdout}{p.stderr}"
-    return subprocess.run(["debugfs", "-R", "cat /last", str(raw)], capture_output=True, text=True).stdout.strip()
+    yield from linux_env(tmp_path, guest_images)
 
 
 def test_snapshot_of_a_guest_writing_its_disk_restores_consistently(env, tmp_path):

@@ -1,0 +1,128 @@
+"""Driving ``virtkit`` as a user does, in subprocesses with private run and snapshot directories: detached
+VMs (a bare-metal counter or the Linux guest), their consoles, and the host-side checks of their disks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.helpers.guests import COUNTING
+from tests.helpers.opensbi import payload_image
+
+MiB = 1 << 20
+
+
+def vm_env(tmp_path: Path, **extra: str) -> Iterator[dict]:
+    """The environment for the commands (``extra`` added); afterwards every VM still running is killed."""
+    e = dict(os.environ, VIRTKIT_RUN_DIR=str(tmp_path / "run"), VIRTKIT_SNAPSHOTS=str(tmp_path / "snaps"), **extra)
+    yield e
+    for info in (tmp_path / "run").glob("*.json"):
+        try:
+            os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
+def counting_env(tmp_path: Path) -> Iterator[dict]:
+    """:func:`vm_env`, with ``tmp_path/Image``: the counting guest that :func:`start` runs."""
+    payload_image(tmp_path / "Image", COUNTING)
+    yield from vm_env(tmp_path)
+
+
+def linux_env(tmp_path: Path, guest_images) -> Iterator[dict]:
+    """:func:`vm_env`, with the default Linux guest's images (see :func:`guest`)."""
+    g = json.dumps([str(guest_images.kernel), str(guest_images.initrd), str(guest_images.firmware)])
+    yield from vm_env(tmp_path, GUEST=g)
+
+
+def vk(env: dict, *args: str, input: str | None = None, timeout: float = 300, check: bool = True):
+    """``virtkit ARGS``; no traceback ever, exit status 0 unless ``check=False``."""
+    p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True, env=env,
+                       input=input, stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
+    assert "Traceback" not in p.stderr, p.stderr
+    if check:
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+def start(env: dict, tmp_path: Path, name: str, *extra: str) -> None:
+    """A detached VM ``name`` running the counting guest of :func:`counting_env`."""
+    vk(env, "run", "-d", "--name", name, "--board", "riscv64-virt", "--bios", "none", "--kernel",
+       str(tmp_path / "Image"), "--mem", "32", "--no-rng", *extra)
+
+
+def running(env: dict, name: str) -> bool:
+    """Whether ``virtkit ps`` shows VM ``name`` running."""
+    return any(v["name"] == name and v["state"] == "running" for v in json.loads(vk(env, "ps", "--json").stdout))
+
+
+def guest(env: dict) -> list[str]:
+    """The ``run`` flags of the Linux guest of :func:`linux_env`."""
+    k, i, f = json.loads(env["GUEST"])
+    return ["--kernel", k, "--initrd", i, "--bios", f]
+
+
+def console_log(env: dict, name: str) -> str:
+    """What detached VM ``name`` has printed so far."""
+    p = Path(env["VIRTKIT_RUN_DIR"]) / f"{name}.console"
+    return p.read_bytes().decode(errors="replace") if p.exists() else ""
+
+
+def wait_for(pred, timeout: float = 300, what: str = "condition"):
+    """``pred()``'s first true value, polled until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def shell(env: dict, name: str, line: str, marker: str, timeout: float = 120) -> str:
+    """Type ``line; echo MARKER`` on the console; return what the console printed between them."""
+    before = len(console_log(env, name))
+    vk(env, "console", name, input=f"{line}\necho {marker}-$((1+1))\n", timeout=60)
+    want = f"{marker}-2"
+    wait_for(lambda: want in console_log(env, name)[before:], timeout, f"{want} on {name}")
+    out = console_log(env, name)[before:]
+    return out[: out.index(want)]
+
+
+def numbers(out: str) -> list[int]:
+    """The lines of console output that are just a number (the typed commands are echoed too)."""
+    return [int(x) for x in re.findall(r"^(\d+)\r?$", out, re.M)]
+
+
+def ext4_qcow2(env: dict, path: Path) -> None:
+    """A 64 MiB qcow2 image holding an empty ext4 file system."""
+    raw = path.with_suffix(".raw")
+    with open(raw, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(raw)], check=True)
+    vk(env, "disk", "convert", "-q", str(raw), str(path), timeout=600)
+    raw.unlink()
+
+
+#: mounts the guest's /dev/vda and writes a growing number to /mnt/last and /tmp/mem, syncing each time
+LOOP = "mkdir -p /mnt && mount /dev/vda /mnt && (i=0; while :; do i=$((i+1)); echo $i > /mnt/last; " \
+       "echo $i > /tmp/mem; sync; done) &"
+
+
+def host_fsck(env: dict, image: Path, tmp: Path) -> str:
+    """Copy ``image`` to raw, replay its journal, check it read-only; return /last as the copy holds it."""
+    raw = tmp / "check.raw"
+    raw.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)], check=True)
+    p = subprocess.run(["e2fsck", "-y", "-E", "journal_only", str(raw)], capture_output=True, text=True)
+    assert p.returncode in (0, 1), p.stdout + p.stderr
+    p = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True)
+    assert p.returncode == 0, f"e2fsck found errors:\n{p.stdout}{p.stderr}"
+    return subprocess.run(["debugfs", "-R", "cat /last", str(raw)], capture_output=True, text=True).stdout.strip()
