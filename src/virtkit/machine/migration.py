@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from virtkit.errors import VirtkitError
+from virtkit.machine.memory import page_runs
 
 MAGIC = b"VKMIGRT\x00"
 VERSION = 1
@@ -219,20 +220,6 @@ def _nonzero_pages(mem: Any) -> np.ndarray:
         sel = idx[i:i + step]
         mask[sel] = pages[sel].any(axis=1)
     return mask
-
-
-def _pages_of(mask: np.ndarray) -> list[tuple[int, int]]:
-    if not mask.any():
-        return []
-    d = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    out = []
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        while a < b:
-            n = min(RUN_PAGES, b - a)
-            out.append((a, n))
-            a += n
-    return out
 
 
 class Source:
@@ -451,7 +438,7 @@ class Source:
         downtime goal at the bandwidth measured so far, and return those pages (they join the next round:
         on a capped link the first pass need not finish before the switch, as in QEMU)."""
         st = self.status
-        runs = _pages_of(mask)
+        runs = page_runs(mask, RUN_PAGES)
         left = int(mask.sum())
         t0, b0 = time.monotonic(), ch.sent
         for i, (first, count) in enumerate(runs):

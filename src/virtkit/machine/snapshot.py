@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from virtkit.errors import VirtkitError
+from virtkit.machine.memory import page_runs
 
 FORMAT = "virtkit-snapshot"
 VERSION = 1
@@ -94,15 +95,6 @@ def _nonzero_pages(block: np.ndarray) -> np.ndarray:
     return block.view(np.uint64).reshape(-1, PAGE // 8).any(axis=1)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``(first, count)`` of each run of True in ``mask``."""
-    if not mask.any():
-        return []
-    d = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    return [(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
-
-
 class PageDigest:
     """The checksum of a memory image that does not depend on how it is stored: SHA-256 over every maximal
     run of non-zero pages, in order (the pages' bytes, then the run's first page and length), so a sparse
@@ -156,7 +148,7 @@ def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None
                 keep = mask & _nonzero_pages(block)  # changed to zero: the mask says so, the hole reads zero
             else:
                 keep = _nonzero_pages(block)
-            for first, count in _runs(keep):
+            for first, count in page_runs(keep):
                 data = block[first * PAGE:(first + count) * PAGE]
                 os.pwrite(fd, data, off + first * PAGE)
                 digest.add(off // PAGE + first, data)
@@ -191,7 +183,7 @@ def memory_digest(path: Path) -> str:
                 if len(buf) % PAGE:
                     buf += bytes(PAGE - len(buf) % PAGE)
                 block = np.frombuffer(buf, np.uint8)
-                for first, count in _runs(_nonzero_pages(block)):
+                for first, count in page_runs(_nonzero_pages(block)):
                     digest.add(off // PAGE + first, block[first * PAGE:(first + count) * PAGE])
             pos = end
     finally:
@@ -447,7 +439,7 @@ def _apply_diff(lp: Path, mem: Any) -> None:
         mm = mmap.mmap(src.fileno(), mem.size, prot=mmap.PROT_READ)
         try:
             layer = np.frombuffer(mm, np.uint8)
-            for first, count in _runs(mask):
+            for first, count in page_runs(mask):
                 a, b = first * PAGE, (first + count) * PAGE
                 mem.array[a:b] = layer[a:b]
             del layer
