@@ -137,7 +137,7 @@ def _print_status(name: str, st: dict[str, Any]) -> None:
               "throttle", "expected_downtime", "downtime_goal", "downtime", "total_seconds"):
         if k in st and st[k] not in (None, ""):
             v = st[k]
-            if k in ("bandwidth",):
+            if k == "bandwidth":
                 v = f"{v / 2**20:.1f} MiB/s"
             elif k in ("expected_downtime", "downtime_goal", "downtime"):
                 v = f"{v * 1000:.0f} ms"

@@ -185,11 +185,7 @@ def _incoming(args: argparse.Namespace) -> int:
     token = args.token or new_token()
     name = args.name or control.generate_name()
     if args.detach:
-        try:
-            control.request(name, "ping", wait=2)
-            raise ConfigError(f"a VM named {name!r} is already running; pick another --name")
-        except control.ControlError:
-            pass
+        refuse_name_in_use(name)
         try:
             lsock = socket.create_server((host, port))
         except OSError as err:
@@ -319,11 +315,7 @@ def detach_restored(bundle: Any, args: argparse.Namespace, clone: bool, disk_dir
 
     man = snap.read_manifest(bundle)
     name = args.name or (None if clone else man.get("vm")) or control.generate_name()
-    try:
-        control.request(name, "ping", wait=2)
-        raise ConfigError(f"a VM named {name!r} is already running; pick another --name or stop it first")
-    except control.ControlError:
-        pass
+    refuse_name_in_use(name)
     d = control.run_dir()
     d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "virtkit.cli", "run", "--restore", str(bundle), "--name", name, "--serial", "none",
@@ -557,12 +549,7 @@ def detach(cfg: Any, args: argparse.Namespace) -> int:
     name = cfg.name
     d = control.run_dir()
     d.mkdir(parents=True, exist_ok=True)
-    # refuse a name in use before spawning (the child would fail the same way, less visibly)
-    try:
-        control.request(name, "ping", wait=2)
-        raise ConfigError(f"a VM named {name!r} is already running; pick another --name or stop it first")
-    except control.ControlError:
-        pass
+    refuse_name_in_use(name)
     if cfg.board == "riscv64-virt" and cfg.kernel is None:
         from virtkit.images import default_guest
 
@@ -580,6 +567,18 @@ def detach(cfg: Any, args: argparse.Namespace) -> int:
     else:
         print(name)
     return 0
+
+
+def refuse_name_in_use(name: str) -> None:
+    """A clear error when a VM named ``name`` answers on its control socket (checked before spawning a
+    detached VM: the child would fail the same way, less visibly)."""
+    from virtkit.machine import control
+
+    try:
+        control.request(name, "ping", wait=2)
+    except control.ControlError:
+        return
+    raise ConfigError(f"a VM named {name!r} is already running; pick another --name or stop it first")
 
 
 def spawn_detached(name: str, cmd: list[str], pass_fds: tuple[int, ...] = ()) -> int:
