@@ -21,13 +21,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from snapshot import qmp  # noqa: E402  (bench/snapshot.py: the QMP client both QEMU benchmarks use)
 
 SRC = """
 .section .text.init
@@ -101,29 +103,6 @@ def run_virtkit(elf: Path, interval: float | None) -> float:
     return dt
 
 
-def _qmp(sock_path: str, *cmds: dict) -> list[dict]:
-    s = socket.socket(socket.AF_UNIX)
-    for _ in range(200):
-        try:
-            s.connect(sock_path)
-            break
-        except OSError:
-            time.sleep(0.01)
-    f = s.makefile("rwb")
-    f.readline()
-    out = []
-    for c in [{"execute": "qmp_capabilities"}, *cmds]:
-        f.write(json.dumps(c).encode() + b"\n")
-        f.flush()
-        while True:
-            r = json.loads(f.readline())
-            if "return" in r or "error" in r:
-                out.append(r)
-                break
-    s.close()
-    return out[1:]
-
-
 def run_qemu(elf: Path, migrate: bool, work: Path) -> float:
     """Wall seconds of QEMU running the ELF to poweroff; with ``migrate``, under a capped live migration."""
     qsock = str(work / "qmp.sock")
@@ -134,7 +113,7 @@ def run_qemu(elf: Path, migrate: bool, work: Path) -> float:
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if migrate:  # at once, while the program runs; a 1 ms downtime limit: it stays in pre-copy rounds
-            r = _qmp(qsock, {"execute": "migrate-set-parameters",
+            r = qmp(qsock, {"execute": "migrate-set-parameters",
                              "arguments": {"max-bandwidth": 1 << 20, "downtime-limit": 1}},
                      {"execute": "migrate", "arguments": {"uri": "exec:cat > /dev/null"}},
                      {"execute": "query-migrate"})

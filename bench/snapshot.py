@@ -87,9 +87,17 @@ class Console:
 
 
 def qmp(sock_path: str, *cmds: dict) -> list[dict]:
-    """Send QMP commands (after the capabilities handshake); the replies."""
+    """Send QMP commands (after the capabilities handshake); the replies. Waits up to 2 s for a QEMU that
+    has just started to create its socket."""
     s = socket.socket(socket.AF_UNIX)
-    s.connect(sock_path)
+    for _ in range(200):
+        try:
+            s.connect(sock_path)
+            break
+        except OSError:
+            time.sleep(0.01)
+    else:
+        s.connect(sock_path)  # the error, if it still fails
     f = s.makefile("rwb")
     f.readline()  # greeting
     out = []
