@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_row("snapshot (CLI / QMP round trip), s", f"{v['save_s']:.3f}", f"{q['save_s']:.3f}",
               f"{v['save_s'] / q['save_s']:.2f}")
     t.add_row("  of which the guest is paused, s", f"{v['paused_s']:.3f}", f"{q['paused_s']:.3f}",
-              f"{v['paused_s'] / q['paused_s']:.2f}")
+              f"{v['paused_s'] / q['paused_s']:.2f}" if q["paused_s"] else "-")  # QEMU reports whole ms
     t.add_row("snapshot size on disk, MiB", f"{v['size'] / 2**20:.1f}", f"{q['size'] / 2**20:.1f}",
               f"{v['size'] / q['size']:.2f}")
     t.add_row("new process to a responsive console, s", f"{v['restore_console_s']:.3f}",
