@@ -6,10 +6,13 @@ default guest with ``virtkit run --exec``; ``virtkit(*args)`` runs the CLI in a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -60,3 +63,20 @@ def run_guest_exec(guest, command: str, *extra: str, env: dict | None = None) ->
                         "--exec", command], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     assert "Traceback" not in p.stderr, p.stderr
     return p
+
+
+@contextlib.contextmanager
+def private_switches(monkeypatch, prefix: str = "vkn") -> Iterator[str]:
+    """A private switch directory (``VIRTKIT_NET_DIR``, short: Unix socket paths are limited to 108 bytes);
+    afterwards every switch started in it is stopped and the directory removed."""
+    from virtkit.network import control
+
+    d = tempfile.mkdtemp(prefix=prefix)
+    monkeypatch.setenv("VIRTKIT_NET_DIR", d)
+    try:
+        yield d
+    finally:
+        for row in control.list_switches():
+            if row["running"]:
+                control.stop(row["name"])
+        shutil.rmtree(d, ignore_errors=True)

@@ -8,11 +8,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.helpers import virtkit
 from tests.helpers.guests import COUNTING
 from tests.helpers.opensbi import payload_image
 
@@ -43,10 +43,8 @@ def linux_env(tmp_path: Path, guest_images) -> Iterator[dict]:
 
 
 def vk(env: dict, *args: str, input: str | None = None, timeout: float = 300, check: bool = True):
-    """``virtkit ARGS``; no traceback ever, exit status 0 unless ``check=False``."""
-    p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True, env=env,
-                       input=input, stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
-    assert "Traceback" not in p.stderr, p.stderr
+    """``virtkit ARGS`` (:func:`tests.helpers.virtkit`: no traceback ever), exit status 0 unless ``check=False``."""
+    p = virtkit(*args, input=input, env=env, timeout=timeout)
     if check:
         assert p.returncode == 0, (args, p.stdout, p.stderr)
     return p

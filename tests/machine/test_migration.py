@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import private_switches
 from tests.helpers.guests import BUSY, COUNTING, Out, counter
 from tests.helpers.machines import virt
 from tests.helpers.opensbi import payload_image
@@ -254,19 +255,11 @@ def test_garbage_at_the_target_is_a_clear_error(data, msg):
 @pytest.fixture
 def lab(monkeypatch):
     """A running virtkit switch ``lab`` in a private directory."""
-    import shutil
-    import tempfile
-
     from virtkit.network import control as netctl
 
-    d = tempfile.mkdtemp(prefix="vkn")  # short: Unix socket paths are limited to 108 bytes
-    monkeypatch.setenv("VIRTKIT_NET_DIR", d)
-    netctl.create("lab")
-    yield netctl
-    for row in netctl.list_switches():
-        if row["running"]:
-            netctl.stop(row["name"])
-    shutil.rmtree(d, ignore_errors=True)
+    with private_switches(monkeypatch):
+        netctl.create("lab")
+        yield netctl
 
 
 def _mac_port(netctl, mac, gone=None):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import select
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
+from tests.helpers import private_switches
 from virtkit.cli import main
 from virtkit.errors import ConfigError, VirtkitError
 from virtkit.network import control
@@ -71,13 +70,8 @@ def wait_connected(switch: str, *ports: str) -> None:
 
 @pytest.fixture
 def netdir(monkeypatch):
-    d = tempfile.mkdtemp(prefix="vkn")  # short: Unix socket paths are limited to 108 bytes
-    monkeypatch.setenv("VIRTKIT_NET_DIR", d)
-    yield d
-    for row in control.list_switches():
-        if row["running"]:
-            control.stop(row["name"])
-    shutil.rmtree(d, ignore_errors=True)
+    with private_switches(monkeypatch) as d:
+        yield d
 
 
 def test_vm_ports_vlans_and_learning(netdir):
