@@ -276,7 +276,6 @@ class Source:
                                      "migrated live")
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
             sock.settimeout(60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ch = Channel(sock, self.bandwidth)
             mem = self.machine.mem
             cfg = self.machine.cfg.to_dict()
@@ -294,8 +293,7 @@ class Source:
                 raise MigrationError(f"the target answered {NAMES[mtype]} instead of READY")
             st.state = "active"
             st.log.append(f"{time.monotonic() - t0:.3f} s: the target is ready")
-            npages = mem.size // PAGE
-            st.ram_pages = npages
+            st.ram_pages = mem.size // PAGE
             ram = mem.array[: mem.size]
             # round 0: start the dirty log, then send every non-zero page while the guest runs
             self._paused(eng.dirty_log_clear)
@@ -316,10 +314,10 @@ class Source:
                 if unsent is not None:  # the rest of the first pass
                     dirty, unsent = dirty | unsent, None
                 now = time.monotonic()
-                st.dirty_rate = int(dirty.sum()) / max(now - last_fetch, 1e-6)  # pages/s since the last fetch
+                n = int(dirty.sum())
+                st.dirty_rate = n / max(now - last_fetch, 1e-6)  # pages/s since the last fetch
                 last_fetch = now
                 st.round += 1
-                n = int(dirty.sum())
                 st.dirty_pages = n
                 bw = st.bandwidth or self.bandwidth or 100e6
                 st.expected_downtime = n * PAGE / bw
