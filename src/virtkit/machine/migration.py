@@ -585,6 +585,8 @@ class Target:
         conn.settimeout(120)
         mem = None
         machine = None
+        builder: threading.Thread | None = None
+        built: dict[str, Any] = {}
         try:
             from virtkit.machine.config import MachineConfig
             from virtkit.machine.memory import GuestMemory
@@ -601,7 +603,6 @@ class Target:
             mem = GuestMemory(size, base)
             # the machine is built meanwhile, in a thread, while RAM arrives and the guest still runs at the
             # source: the switch-over only restores the records and opens the disks (released at the end)
-            built: dict[str, Any] = {}
 
             def build() -> None:
                 try:
@@ -615,8 +616,8 @@ class Target:
                 except OSError:
                     pass
 
-            builder = threading.Thread(target=build, name="virtkit-migrate-build", daemon=True)
             ch.send_json(T_READY, {})  # first: the build's imports would hold up the answer
+            builder = threading.Thread(target=build, name="virtkit-migrate-build", daemon=True)
             builder.start()
             ram = mem.array[:size]
             npages = size // PAGE
@@ -678,9 +679,9 @@ class Target:
                 _drain(conn)  # so the error reaches the source (closing with unread data would reset)
             except OSError:
                 pass
-            if machine is None and "builder" in locals():
-                locals()["builder"].join()
-                machine = locals().get("built", {}).get("machine")
+            if machine is None and builder is not None:  # a machine built meanwhile is closed too
+                builder.join()
+                machine = built.get("machine")
             if machine is not None:
                 machine.vm.close()
             if mem is not None:
