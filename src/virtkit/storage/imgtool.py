@@ -52,6 +52,7 @@ def image_info(path: str, force_share: bool = False, fmt: str | None = None) -> 
             "snapshots": [{"id": s.id, "name": s.name, "vm_state_size": s.vm_state_size, "disk_size": s.disk_size,
                            "date": s.date_sec + s.date_nsec / 1e9, "vm_clock_nsec": s.vm_clock_nsec}
                           for s in q.snapshots],
+            "bitmaps": q.bitmap_list(),
         })
         chain = []
         b = q.backing
@@ -80,6 +81,9 @@ def qemu_info(info: dict) -> dict:
         out["format-specific"] = {"type": "qcow2", "data": {
             "compat": "1.1", "compression-type": "zlib", "lazy-refcounts": info["lazy_refcounts"],
             "refcount-bits": info["refcount_bits"], "corrupt": info["corrupt"], "extended-l2": False}}
+        if info.get("bitmaps"):
+            out["format-specific"]["data"]["bitmaps"] = [
+                {"flags": b["flags"], "name": b["name"], "granularity": b["granularity"]} for b in info["bitmaps"]]
         if info.get("backing_file"):
             out["backing-filename"] = info["backing_file"]
             out["full-backing-filename"] = info["backing_chain"][0]["filename"] if info["backing_chain"] else \

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from virtkit.errors import ImageError
+from virtkit.storage import bitmap as bm
 from virtkit.storage.backend import BlockBackend, BlockError, RawFile, check_range, lock_image, replacing
 
 MAGIC = b"QFI\xfb"
@@ -156,6 +157,11 @@ class Qcow2:
         self._l1_dirty = False
         self._pending_free: list[tuple[int, int]] = []  # (host offset, length): decref after metadata sync
         self._comp_cache: tuple[int, bytes] | None = None
+        self.bitmap_entries: list[bm.Entry] = []  # the bitmap directory as the file holds it
+        self._live_bitmaps: dict[str, bm.DirtyBitmap] = {}  # loaded for writing (stored at close)
+        self._tracking: list[bm.DirtyBitmap] = []  # the enabled ones: every write marks them
+        self._bitmaps_changed = False
+        self._bitmap_dir = (0, 0)
         try:
             lock_image(self.fd, path, read_only, force_share)
             self._load(chain + [real])
@@ -260,10 +266,12 @@ class Qcow2:
             if not os.path.isabs(bpath):
                 bpath = os.path.join(os.path.dirname(os.path.abspath(self.path)), bpath)
             self.backing = open_backing(bpath, self.backing_format, chain, self.force_share)
+        self._load_bitmaps(ext.get("bitmaps"))
         if not self.read_only:
-            if self.autoclear:  # a writer that does not know the autoclear features must clear them
-                os.pwrite(self.fd, struct.pack(">Q", 0), 88)
-                self.autoclear = 0
+            keep = bm.AUTOCLEAR_BITMAPS if self.bitmap_entries else 0
+            if self.autoclear & ~keep:  # a writer must clear the autoclear features it does not know
+                self.autoclear &= keep
+                os.pwrite(self.fd, struct.pack(">Q", self.autoclear), 88)
             if self.incompatible & INCOMPAT_DIRTY:  # lazy refcounts were in use: rebuild them
                 res = self.check(repair=True)
                 if res.corruptions:
@@ -273,6 +281,8 @@ class Qcow2:
                 os.fdatasync(self.fd)
                 os.pwrite(self.fd, struct.pack(">Q", self.incompatible), 72)
                 os.fdatasync(self.fd)
+            if self._live_bitmaps:
+                self._store_bitmaps(in_use=True)  # a crash from here on leaves them marked inconsistent
 
     def _read_extensions(self, hc: bytes, start: int, bf_off: int) -> dict:
         out: dict = {}
@@ -288,6 +298,10 @@ class Qcow2:
             data = hc[pos:pos + elen]
             if etype == EXT_BACKING_FMT:
                 out["backing_fmt"] = data.decode(errors="replace")
+            elif etype == bm.EXT_BITMAPS:
+                if elen < bm.EXT_STRUCT.size:
+                    raise self._err("bitmaps header extension is too short")
+                out["bitmaps"] = bm.EXT_STRUCT.unpack_from(data, 0)
             elif etype == EXT_FEATURES:
                 names = {}
                 for i in range(0, elen - FEATURE.size + 1, FEATURE.size):
@@ -918,6 +932,8 @@ class Qcow2:
 
         A host error (a full file system: ``ENOSPC``) is a :class:`BlockError` carrying its errno; clusters it
         allocated stay leaked (``check`` reports them), nothing already written is lost."""
+        for b in self._tracking:
+            b.mark(offset, len(data))
         try:
             return self._write(offset, data)
         except OSError as err:
@@ -1045,10 +1061,14 @@ class Qcow2:
 
     def write_zeroes(self, offset: int, length: int) -> None:
         """Make a range read as zeros; whole clusters become v3 zero clusters (their space is freed)."""
+        for b in self._tracking:
+            b.mark(offset, length)
         self._zero_range(offset, length, discard=False)
 
     def discard(self, offset: int, length: int) -> None:
         """Drop a range: whole clusters are unmapped, partial ones zeroed (reads return zeros)."""
+        for b in self._tracking:
+            b.mark(offset, length)
         self._zero_range(offset, length, discard=True)
 
 
@@ -1057,6 +1077,8 @@ class Qcow2:
         if self.fd >= 0:
             try:
                 if not self.read_only and hasattr(self, "l1"):
+                    if self._live_bitmaps or self._bitmaps_changed:
+                        self._store_bitmaps(in_use=False)
                     self._flush_metadata()
                     self._flush_metadata()  # writes the refcount decrements the first pass released
                     os.fdatasync(self.fd)
@@ -1223,6 +1245,7 @@ class Qcow2:
             self._rewrite_header(size=new_size)
             os.fdatasync(self.fd)
             self.size = new_size
+            self._resize_bitmaps()
             return
         need = _div_up(new_size, 1 << self._l1_shift)
         if need * 8 > MAX_L1_BYTES:
@@ -1249,14 +1272,12 @@ class Qcow2:
             self._rewrite_header(size=new_size)
             os.fdatasync(self.fd)
         self.size = new_size
+        self._resize_bitmaps()
 
-    def set_backing(self, backing_file: str | None, backing_format: str | None) -> None:
-        """Point the image at another backing file (or none), keeping every other header extension: the
-        header cluster is rewritten in one write (what ``rebase`` does after copying the data)."""
-        if self.read_only:
-            raise BlockError(f"disk {self.path!r} is read-only")
+    def _header_exts(self) -> list[tuple[int, bytes]]:
+        """The header extensions as the file holds them now, in order (the end marker not included)."""
         cs = self.cluster_size
-        hc = bytearray(os.pread(self.fd, cs, 0))
+        hc = os.pread(self.fd, cs, 0)
         exts: list[tuple[int, bytes]] = []
         pos = self.header_length
         bf_off = struct.unpack_from(">Q", hc, 8)[0]
@@ -1265,12 +1286,16 @@ class Qcow2:
             etype, elen = struct.unpack_from(">II", hc, pos)
             if etype == EXT_END:
                 break
-            if etype != EXT_BACKING_FMT:
-                exts.append((etype, bytes(hc[pos + 8 : pos + 8 + elen])))
+            exts.append((etype, bytes(hc[pos + 8 : pos + 8 + elen])))
             pos += 8 + ((elen + 7) & ~7)
-        if backing_file and backing_format:
-            exts.insert(0, (EXT_BACKING_FMT, backing_format.encode()))
+        return exts
+
+    def _put_header(self, exts: list[tuple[int, bytes]], backing_file: str | None, autoclear: int) -> None:
+        """Rewrite the header cluster in one write: fixed fields kept, then ``exts``, the backing file name."""
+        cs = self.cluster_size
+        hc = os.pread(self.fd, cs, 0)
         out = bytearray(hc[: self.header_length])
+        struct.pack_into(">Q", out, 88, autoclear)
         for etype, data in exts:
             out += struct.pack(">II", etype, len(data)) + data + bytes((-len(data)) % 8)
         out += bytes(8)
@@ -1283,10 +1308,229 @@ class Qcow2:
         else:
             struct.pack_into(">QI", out, 8, 0, 0)
         out += bytes(cs - len(out))
-        os.fdatasync(self.fd)  # everything rebase copied is durable before the image changes backing
         os.pwrite(self.fd, bytes(out), 0)
+        self.autoclear = autoclear
+
+    def set_backing(self, backing_file: str | None, backing_format: str | None) -> None:
+        """Point the image at another backing file (or none), keeping every other header extension: the
+        header cluster is rewritten in one write (what ``rebase`` does after copying the data)."""
+        if self.read_only:
+            raise BlockError(f"disk {self.path!r} is read-only")
+        exts = [(t, d) for t, d in self._header_exts() if t != EXT_BACKING_FMT]
+        if backing_file and backing_format:
+            exts.insert(0, (EXT_BACKING_FMT, backing_format.encode()))
+        os.fdatasync(self.fd)  # everything rebase copied is durable before the image changes backing
+        self._put_header(exts, backing_file, self.autoclear)
         os.fdatasync(self.fd)
         self.backing_file, self.backing_format = backing_file or None, backing_format if backing_file else None
+
+    # ------------------------------------------------------------------ persistent dirty bitmaps
+
+    def _load_bitmaps(self, ext: tuple[int, int, int, int] | None) -> None:
+        """Read the bitmap directory; for writing, load the consistent bitmaps (stored back at close).
+
+        A bitmap whose ``in_use`` flag is still set was not stored by the program that last wrote the image
+        (it crashed): it is kept but inconsistent, as in QEMU, and cannot be used for an incremental backup.
+        """
+        if ext is None or not self.autoclear & bm.AUTOCLEAR_BITMAPS:
+            return  # no bitmaps, or a program that does not know them wrote the image: they are stale
+        nb, _, dsize, doff = ext
+        cs = self.cluster_size
+        if not 1 <= nb <= bm.MAX_BITMAPS or dsize > bm.MAX_DIRECTORY or doff % cs or doff + dsize > self.file_size:
+            raise self._err(f"bitmaps extension is corrupt ({nb} bitmaps, directory of {dsize} bytes at {doff:#x})")
+        try:
+            entries = bm.parse_directory(os.pread(self.fd, dsize, doff), nb, cs)
+            for e in entries:
+                need = bm.table_size(self.size, e.granularity, cs)
+                if e.table_size != need or e.table_offset + e.table_size * 8 > self.file_size:
+                    raise bm.BitmapError(f"bitmap {e.name!r}: table of {e.table_size} entries at "
+                                         f"{e.table_offset:#x} (the disk needs {need})")
+        except bm.BitmapError as err:
+            raise self._err(f"bitmap directory is corrupt: {err}") from None
+        self.bitmap_entries, self._bitmap_dir = entries, (doff, dsize)
+        if self.read_only:
+            return
+        for e in entries:
+            if not e.in_use:
+                b = self._read_bitmap(e)
+                self._live_bitmaps[e.name] = b
+        self._retrack()
+
+    def _retrack(self) -> None:
+        self._tracking = [b for b in self._live_bitmaps.values() if b.enabled]
+
+    def _bitmap_table(self, e: bm.Entry) -> np.ndarray:
+        return self._read_u64(e.table_offset, e.table_size) if e.table_size else np.zeros(0, dtype=np.uint64)
+
+    def _read_bitmap(self, e: bm.Entry) -> bm.DirtyBitmap:
+        """A bitmap's data from its table (all-zero and all-one clusters need no data cluster)."""
+        cs = self.cluster_size
+        data = bytearray(e.table_size * cs)
+        for i, t in enumerate(self._bitmap_table(e).tolist()):
+            off = t & OFFSET_MASK
+            if t & ~(OFFSET_MASK | 1) or off and t & 1:
+                raise self._err(f"bitmap {e.name!r}: table entry {i} has reserved bits set")
+            if off:
+                self._validate_host(off, f"bitmap {e.name!r} data")
+                data[i * cs:(i + 1) * cs] = os.pread(self.fd, cs, off).ljust(cs, b"\0")
+            elif t & 1:
+                data[i * cs:(i + 1) * cs] = b"\xff" * cs
+        return bm.DirtyBitmap.from_bytes(e.name, self.size, e.granularity, bytes(data), enabled=e.enabled)
+
+    def _bitmap_clusters(self) -> list[tuple[int, int, str]]:
+        """Host ranges the bitmap directory, tables and data use (for ``check``)."""
+        out = []
+        doff, dsize = self._bitmap_dir
+        if self.bitmap_entries and dsize:
+            out.append((doff, dsize, "bitmap directory"))
+        for e in self.bitmap_entries:
+            if e.table_size:
+                out.append((e.table_offset, e.table_size * 8, f"bitmap {e.name!r} table"))
+                for t in self._bitmap_table(e).tolist():
+                    if t & OFFSET_MASK:
+                        out.append((t & OFFSET_MASK, self.cluster_size, f"bitmap {e.name!r} data"))
+        return out
+
+    def _store_bitmaps(self, in_use: bool) -> None:
+        """Write every loaded bitmap to new clusters with a new directory, switch the header to it, then free
+        the old clusters: a crash at any point leaves either the old or the new directory (and leaks)."""
+        cs = self.cluster_size
+        kept = [e for e in self.bitmap_entries if e.name not in self._live_bitmaps and e.in_use
+                and e.name not in getattr(self, "_bitmaps_removed", set())]
+        entries = list(kept)
+        for b in self._live_bitmaps.values():
+            data = b.to_bytes()
+            tsize = bm.table_size(self.size, b.granularity, cs)
+            table = np.zeros(tsize, dtype=np.uint64)
+            for i in range(tsize):
+                piece = data[i * cs:(i + 1) * cs]
+                if piece.count(0) != len(piece):
+                    off = self._alloc(1)
+                    self._pwritev([piece.ljust(cs, b"\0")], off)
+                    table[i] = off
+            toff = 0
+            if tsize:
+                toff = self._alloc(_div_up(tsize * 8, cs))
+                self._pwritev([table.astype(">u8").tobytes()], toff)
+            flags = (bm.AUTO if b.enabled else 0) | (bm.IN_USE if in_use else 0)
+            entries.append(bm.Entry(b.name, b.gbits, flags, toff, tsize))
+        if len(entries) > bm.MAX_BITMAPS:
+            raise Qcow2Error(f"too many bitmaps ({len(entries)})")
+        dirb = bm.directory_bytes(entries)
+        doff = self._alloc(_div_up(len(dirb), cs)) if entries else 0
+        if entries:
+            self._pwritev([dirb], doff)
+        self._flush_metadata()
+        os.fdatasync(self.fd)
+        exts = [(t, d) for t, d in self._header_exts() if t != bm.EXT_BITMAPS]
+        autoclear = self.autoclear & ~bm.AUTOCLEAR_BITMAPS
+        if entries:
+            exts.append((bm.EXT_BITMAPS, bm.EXT_STRUCT.pack(len(entries), 0, len(dirb), doff)))
+            autoclear |= bm.AUTOCLEAR_BITMAPS
+        self._put_header(exts, self.backing_file, autoclear)
+        os.fdatasync(self.fd)
+        old = [r for r in self._bitmap_clusters() if not any(r[0] == e.table_offset for e in kept)]
+        keep_data = {int(t) & OFFSET_MASK for e in kept for t in self._bitmap_table(e).tolist()}
+        self.bitmap_entries, self._bitmap_dir = entries, (doff, len(dirb))
+        for off, length, _ in old:
+            if off not in keep_data:
+                self._unref_range(off, length)
+        self._flush_metadata()
+        self._bitmaps_changed = False
+        self._bitmaps_removed = set()
+
+    def _resize_bitmaps(self) -> None:
+        for b in self._live_bitmaps.values():
+            b.resize(self.size)
+        if self.bitmap_entries:
+            self._bitmaps_changed = True
+            self._bitmaps_removed = {e.name for e in self.bitmap_entries if e.name not in self._live_bitmaps}
+            if self._bitmaps_removed:  # an inconsistent bitmap of the old size cannot stay: QEMU drops it too
+                self._bitmaps_changed = True
+
+    def bitmap_list(self) -> list[dict]:
+        """Each bitmap: name, granularity, flags (QEMU's names), enabled, consistent, dirty bytes if readable."""
+        out = []
+        for e in self.bitmap_entries:
+            live = self._live_bitmaps.get(e.name)
+            consistent = live is not None or not e.in_use
+            flags = e.flag_names() if live is None else (["auto"] if live.enabled else [])
+            item = {"name": e.name, "granularity": e.granularity, "flags": flags,
+                    "enabled": live.enabled if live else e.enabled, "consistent": consistent}
+            if consistent:
+                item["dirty_bytes"] = (live or self._read_bitmap(e)).dirty_bytes()
+            out.append(item)
+        names = {e.name for e in self.bitmap_entries}
+        for b in self._live_bitmaps.values():
+            if b.name not in names:
+                out.append({"name": b.name, "granularity": b.granularity, "flags": ["auto"] if b.enabled else [],
+                            "enabled": b.enabled, "consistent": True, "dirty_bytes": b.dirty_bytes()})
+        return out
+
+    def bitmap(self, name: str) -> bm.DirtyBitmap:
+        """The bitmap ``name``: the live one of an image open for writing, else a copy read from the file."""
+        live = self._live_bitmaps.get(name)
+        if live is not None:
+            return live
+        for e in self.bitmap_entries:
+            if e.name == name:
+                if e.in_use:
+                    why = ("another program has the image open and keeps it in memory" if self.force_share else
+                           "the program that used it ended without storing it: remove it and take a full backup")
+                    raise bm.BitmapError(f"{self.path}: bitmap {name!r} is inconsistent ({why})")
+                return self._read_bitmap(e)
+        raise bm.BitmapError(f"{self.path}: no bitmap {name!r}")
+
+    def _writable_bitmaps(self) -> None:
+        if self.read_only:
+            raise BlockError(f"disk {self.path!r} is read-only")
+
+    def bitmap_add(self, name: str, granularity: int = bm.DEFAULT_GRANULARITY, enabled: bool = True) -> bm.DirtyBitmap:
+        """A new persistent bitmap, empty; ``enabled`` ones record every write from now (``qemu-img bitmap
+        --add``). Stored when the image is closed."""
+        self._writable_bitmaps()
+        bm.check_name(name)
+        if name in self._live_bitmaps or any(e.name == name for e in self.bitmap_entries):
+            raise bm.BitmapError(f"{self.path}: bitmap {name!r} exists already")
+        if len(self.bitmap_entries) + len(self._live_bitmaps) >= bm.MAX_BITMAPS:
+            raise bm.BitmapError(f"{self.path}: too many bitmaps")
+        b = bm.DirtyBitmap(name, self.size, granularity, enabled)
+        self._live_bitmaps[name] = b
+        self._retrack()
+        self._bitmaps_changed = True
+        return b
+
+    def bitmap_remove(self, name: str) -> None:
+        """Delete a bitmap (an inconsistent one too)."""
+        self._writable_bitmaps()
+        if name not in self._live_bitmaps and not any(e.name == name for e in self.bitmap_entries):
+            raise bm.BitmapError(f"{self.path}: no bitmap {name!r}")
+        self._live_bitmaps.pop(name, None)
+        self._bitmaps_removed = getattr(self, "_bitmaps_removed", set()) | {name}
+        self._retrack()
+        self._bitmaps_changed = True
+
+    def _live(self, name: str) -> bm.DirtyBitmap:
+        self._writable_bitmaps()
+        b = self._live_bitmaps.get(name)
+        if b is None:
+            self.bitmap(name)  # the precise error: missing or inconsistent
+            raise bm.BitmapError(f"{self.path}: bitmap {name!r} is not loaded")
+        self._bitmaps_changed = True
+        return b
+
+    def bitmap_clear(self, name: str) -> None:
+        """Mark every chunk clean: the bitmap counts from now."""
+        self._live(name).clear()
+
+    def bitmap_enable(self, name: str, enabled: bool = True) -> None:
+        """Let the bitmap record writes (or, ``enabled=False``, freeze it)."""
+        self._live(name).enabled = enabled
+        self._retrack()
+
+    def bitmap_merge(self, source: bm.DirtyBitmap, name: str) -> None:
+        """Add ``source``'s dirty chunks to bitmap ``name``."""
+        self._live(name).merge(source)
 
     def amend(self, *, lazy_refcounts: bool | None = None, compat: str | None = None) -> list[str]:
         """``qemu-img amend -o``: ``lazy_refcounts=on|off``, ``compat=1.1`` (version 3, the only one written);
@@ -1428,6 +1672,8 @@ class Qcow2:
                 bump(off, cs, f"refcount block {bi}")
         if self.snapshots:
             bump(self.snapshots_offset, len(self._snapshot_table_bytes(self.snapshots)), "snapshot table")
+        for off, length, what in self._bitmap_clusters():
+            bump(off, length, what)
 
         def walk(l1: np.ndarray, l1_off: int, active: bool) -> None:
             if len(l1):
