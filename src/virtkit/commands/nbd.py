@@ -21,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = add(sub, "serve", "export one or more disks until interrupted", [
         "virtkit nbd serve vm0.qcow2 data=flat.raw -p 10809   # then: nbdinfo --list nbd://127.0.0.1:10809",
-        "virtkit nbd serve tank/vm2 --socket /run/vm2.sock -r", "virtkit nbd serve -U disk-of-a-running-vm.qcow2 -r"])
-    s.add_argument("specs", nargs="+", metavar="FILE_OR_SPEC",
+        "virtkit nbd serve tank/vm2 --socket /run/vm2.sock -r", "virtkit nbd serve -U disk-of-a-running-vm.qcow2 -r",
+        "virtkit nbd serve --vm web1 --bitmap virtkit-backup -p 10810   # pull backup: the disk as of now",
+        "nbdinfo --map=qemu:dirty-bitmap:virtkit-backup nbd://127.0.0.1:10810"])
+    s.add_argument("specs", nargs="*", metavar="FILE_OR_SPEC",
                    help="disk to export; NAME=SPEC names the export (default: '' for the first, "
                         "the file name for the others)")
     s.add_argument("-p", "--port", type=int, default=None, help="TCP port (default 10809 unless --socket)")
@@ -37,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="refuse connections beyond N concurrent clients (default 256)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     s.add_argument("--json", action="store_true", help="print the listening addresses as one JSON line")
+    v = s.add_argument_group("pull-mode backup of a running VM (served by the VM's process, read-only)")
+    v.add_argument("--vm", metavar="NAME", help="export VM NAME's disk as it is at this instant, while it runs")
+    v.add_argument("--disk", type=int, metavar="N", help="which disk of the VM (default: the only one)")
+    v.add_argument("--bitmap", metavar="BITMAP", help="also offer qemu:dirty-bitmap:BITMAP (what changed since "
+                   "the bitmap was started), frozen at the same instant")
+    v.add_argument("--reset-bitmap", action="store_true", help="start the bitmap again at the instant (this "
+                   "export becomes the base of the next incremental)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -61,8 +70,49 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def cmd_serve_vm(args: argparse.Namespace) -> int:
+    """Ask VM ``--vm`` to export its disk as of now; keep the export until SIGINT/SIGTERM, then end it."""
+    from virtkit.machine.control import ControlError, request
+
+    if args.specs:
+        raise ConfigError("--vm exports the VM's own disk: give no FILE_OR_SPEC")
+    if args.reset_bitmap and not args.bitmap:
+        raise ConfigError("--reset-bitmap needs --bitmap")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"invalid port {args.port}")
+    sock = os.path.abspath(args.socket) if args.socket else None
+    port = args.port if args.port is not None or not sock else None
+    signal.signal(signal.SIGTERM, _interrupt)
+    rep = request(args.vm, "nbd-export", wait=30, disk=args.disk, bitmap=args.bitmap,
+                  reset_bitmap=args.reset_bitmap, host=args.bind, port=port, socket=sock, name=args.name or "")
+    try:
+        if args.json:
+            print(json.dumps({"addresses": rep["addresses"], "exports": [args.name or ""], "disk": rep["disk"],
+                              "contexts": rep["contexts"]}), flush=True)
+        else:
+            for a in rep["addresses"]:
+                print(f"serving {rep['disk']} of {args.vm} as of now on {a} ({', '.join(rep['contexts'])}); "
+                      "Ctrl-C ends it", file=sys.stderr, flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        try:
+            request(args.vm, "nbd-export-stop", id=rep["id"])
+        except ControlError:
+            pass  # the VM is gone, and its export with it
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Open the disks, listen, serve until SIGINT/SIGTERM, then flush and close."""
+    if args.vm:
+        return cmd_serve_vm(args)
+    if args.disk is not None or args.bitmap or args.reset_bitmap:
+        raise ConfigError("--disk, --bitmap and --reset-bitmap are for --vm")
+    if not args.specs:
+        raise ConfigError("give the disks to export (or --vm NAME for a running VM's disk)")
     from virtkit.storage import open_disk
     from virtkit.storage.nbd import NbdExport, NbdServer
 

@@ -58,6 +58,11 @@ class RunningVm:
         self._stopping = False
         self.server = None
         self.migration: Any = None  # the live migration this VM is the source of
+        from virtkit.machine.backup import BackupOps
+
+        # live backups and point-in-time NBD exports (refused while migrating)
+        self.backups = BackupOps(machine, self.vm,
+                                 lambda: self.migration is not None and not self.migration.ended.is_set())
         self.vm.listeners.append(self._on_state)
         if control:
             from virtkit.machine.control import ControlServer
@@ -231,6 +236,8 @@ class RunningVm:
                 raise ValueError("compress must be true or false, parent a path")
             if vm.state not in ("running", "paused"):
                 raise ValueError(f"VM {self.name!r} is {vm.state}")
+            if self.backups.busy():
+                raise ValueError(f"VM {self.name!r}: {self.backups.busy()}")
             was_running = vm.state == "running"
             t0 = time.monotonic()
             if was_running and not vm.pause("taking a snapshot"):
@@ -263,6 +270,8 @@ class RunningVm:
                 raise ValueError(f"VM {self.name!r} is {vm.state}: only a running VM migrates")
             if self.migration is not None and not self.migration.ended.is_set():
                 raise ValueError(f"VM {self.name!r} is migrating already")
+            if self.backups.busy():
+                raise ValueError(f"VM {self.name!r}: {self.backups.busy()}")
             self.migration = Source(self.machine, uri, token, bandwidth=bandwidth, downtime=float(downtime),
                                     downtime_ceiling=float(max_downtime), auto_converge=bool(auto_converge))
             self.migration.start()
@@ -292,7 +301,7 @@ class RunningVm:
 
         return {"ping": ping, "status": self.status, "stats": stats, "pause": pause, "resume": resume,
                 "stop": stop, "kill": kill, "config": config, "snapshot": snapshot, "migrate": migrate,
-                "migration": migration, "migrate-cancel": migrate_cancel}
+                "migration": migration, "migrate-cancel": migrate_cancel, **self.backups.handlers()}
 
     def _console_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
         """``{"op": "console", "write": bool, "force": bool}``: after the reply, raw bytes both ways."""

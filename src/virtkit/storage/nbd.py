@@ -53,6 +53,8 @@ REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR = 1, 5, (1 << 
 STATE_HOLE, STATE_ZERO = 1, 2
 META_ALLOCATION = "base:allocation"
 META_ALLOCATION_ID = 1
+META_DIRTY_BITMAP = "qemu:dirty-bitmap:"  # QEMU's context: which chunks a dirty bitmap marks (flag 1: dirty)
+STATE_DIRTY = 1
 MAX_STATUS_SPAN = 256 << 20  # BLOCK_STATUS answers cover at most this much per request
 
 MAX_REQUEST = 32 << 20  # the largest READ/WRITE payload we accept (and advertise)
@@ -112,7 +114,12 @@ class _Session:
 
     export: NbdExport
     structured: bool = False
-    allocation: bool = False  # the base:allocation meta context was selected
+    contexts: list[str] = field(default_factory=list)  # the meta contexts selected, in context-id order
+
+    @property
+    def allocation(self) -> bool:
+        """The base:allocation meta context was selected."""
+        return META_ALLOCATION in self.contexts
 
 
 class NbdServer:
@@ -366,7 +373,8 @@ class NbdServer:
             raise _Drop(f"unknown client flags {client_flags:#x}")
         no_zeroes = bool(client_flags & FLAG_C_NO_ZEROES)
         structured = False
-        meta_export: NbdExport | None = None  # export the base:allocation context was set for
+        meta_export: NbdExport | None = None  # export the meta contexts were set for
+        selected: list[str] = []
         hdr = bytearray(OPT_HDR.size)
         for _ in range(1000):  # a client that never picks an export is eventually dropped
             self._recv_exact(sock, memoryview(hdr), "an option header")
@@ -382,7 +390,7 @@ class NbdServer:
                 if e is None:
                     raise _Drop(f"unknown export {data.decode(errors='replace')!r} (NBD_OPT_EXPORT_NAME)")
                 sock.sendall(struct.pack(">QH", e.backend.size, e.flags) + (b"" if no_zeroes else bytes(124)))
-                return _Session(e, structured, meta_export is e)
+                return _Session(e, structured, selected if meta_export is e else [])
             if opt == OPT_ABORT:
                 self._opt_reply(sock, opt, REP_ACK)
                 log.info("client %s aborted the handshake", peer)
@@ -408,7 +416,7 @@ class NbdServer:
                     self._opt_reply(sock, opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + e.description.encode())
                 self._opt_reply(sock, opt, REP_ACK)
                 if opt == OPT_GO:
-                    return _Session(e, structured, meta_export is e)
+                    return _Session(e, structured, selected if meta_export is e else [])
                 continue
             if opt == OPT_STRUCTURED_REPLY:
                 if length:
@@ -426,17 +434,37 @@ class NbdServer:
                     self._opt_reply(sock, opt, REP_ERR_UNKNOWN if why.startswith("unknown") else REP_ERR_INVALID,
                                     why.encode())
                     continue
-                wanted = any(q == META_ALLOCATION or (opt == OPT_LIST_META_CONTEXT and q == "base:")
-                             for q in queries) or (opt == OPT_LIST_META_CONTEXT and not queries)
+                wanted = self._match_contexts(e, queries, listing=opt == OPT_LIST_META_CONTEXT)
                 if opt == OPT_SET_META_CONTEXT:
-                    meta_export = e if wanted else None
-                if wanted:
-                    ctx = META_ALLOCATION_ID if opt == OPT_SET_META_CONTEXT else 0
-                    self._opt_reply(sock, opt, REP_META_CONTEXT, struct.pack(">I", ctx) + META_ALLOCATION.encode())
+                    meta_export, selected = (e, wanted) if wanted else (None, [])
+                for name in wanted:
+                    ctx = self._context_id(e, name) if opt == OPT_SET_META_CONTEXT else 0
+                    self._opt_reply(sock, opt, REP_META_CONTEXT, struct.pack(">I", ctx) + name.encode())
                 self._opt_reply(sock, opt, REP_ACK)
                 continue
             self._opt_reply(sock, opt, REP_ERR_UNSUP, f"option {opt} is not supported".encode())
         raise _Drop("too many options without choosing an export")
+
+    @staticmethod
+    def _contexts(e: NbdExport) -> list[str]:
+        """Every meta context ``e`` offers: base:allocation, then one per dirty bitmap of a backup view."""
+        return [META_ALLOCATION] + [META_DIRTY_BITMAP + n for n in sorted(getattr(e.backend, "bitmaps", {}) or {})]
+
+    def _context_id(self, e: NbdExport, name: str) -> int:
+        return META_ALLOCATION_ID + self._contexts(e).index(name)
+
+    def _match_contexts(self, e: NbdExport, queries: list[str], listing: bool) -> list[str]:
+        """The contexts the queries select; listing also takes namespace queries (``base:``, ``qemu:``...)."""
+        offered = self._contexts(e)
+        if listing and not queries:
+            return offered
+        out = []
+        for name in offered:
+            for q in queries:
+                if q == name or listing and (q in ("base:", "qemu:", META_DIRTY_BITMAP) and name.startswith(q)):
+                    out.append(name)
+                    break
+        return out
 
     def _parse_meta(self, data: bytearray) -> tuple[NbdExport | None, list[str], str]:
         if len(data) < 8:
@@ -627,19 +655,29 @@ class NbdServer:
             elif cmd == CMD_CACHE:
                 err = 0 if offset + length <= size else errno.EINVAL
             elif cmd == CMD_BLOCK_STATUS:
-                if not session.allocation or length == 0 or offset + length > size:
+                if not session.contexts or length == 0 or offset + length > size:
                     err = errno.EINVAL
                 else:
+                    one = bool(flags & CMD_FLAG_REQ_ONE)
                     try:
-                        ext = self._extents(e, lock, offset, length, bool(flags & CMD_FLAG_REQ_ONE))
+                        bodies = []
+                        for name in session.contexts:
+                            if name == META_ALLOCATION:
+                                ext = self._extents(e, lock, offset, length, one)
+                            else:
+                                b = backend.bitmaps[name[len(META_DIRTY_BITMAP):]]
+                                ext = [(n, STATE_DIRTY if dirty else 0)
+                                       for n, dirty in b.extents(offset, min(length, MAX_STATUS_SPAN))]
+                                ext = ext[:1] if one else ext
+                            bodies.append(struct.pack(f">I{2 * len(ext)}I", self._context_id(e, name),
+                                                      *[v for pair in ext for v in pair]))
                     except (OSError, VirtkitError) as ex:
                         log.error("block status failed: %s", ex)
                         err = errno.EIO
                     else:
-                        body = struct.pack(f">I{2 * len(ext)}I", META_ALLOCATION_ID,
-                                           *[v for pair in ext for v in pair])
-                        out.append(CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle,
-                                              len(body)) + body)
+                        for i, body in enumerate(bodies):
+                            out.append(CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE if i == len(bodies) - 1
+                                                  else 0, REPLY_TYPE_BLOCK_STATUS, handle, len(body)) + body)
                         continue
             elif cmd == CMD_DISC:
                 if out:
