@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bitmap", default="virtkit-backup", help="the dirty bitmap that counts the changes "
                    "(default virtkit-backup)")
     p.add_argument("--disk", type=int, metavar="N", help="which disk (default: the only one)")
+    p.add_argument("--speed", metavar="RATE", help="copy at most RATE bytes per second, e.g. 64M (default: "
+                   "as fast as the disks go)")
     p.add_argument("-O", dest="fmt", choices=["qcow2", "raw"], help="target format (default from the name)")
     p.add_argument("--status", action="store_true", help="show the VM's current or last backup")
     p.add_argument("--cancel", action="store_true", help="cancel the VM's backup (the target is removed)")
@@ -80,12 +82,19 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if args.base and not args.incremental:
         raise ConfigError("--base is for --incremental backups")
     show = not args.json and sys.stderr.isatty()
+    speed = None
+    if args.speed:
+        from virtkit.units import parse_size
+
+        speed = parse_size(args.speed, what="--speed")
+        if speed <= 0:
+            raise ConfigError("--speed must be positive")
     if running:
         request(args.name, "backup", wait=30, to=to, disk=args.disk, incremental=args.incremental, base=base,
-                bitmap=args.bitmap, format=args.fmt)
+                bitmap=args.bitmap, format=args.fmt, speed=speed)
         st = _follow(args.name, show)
     else:
-        st = _offline(args, to, base, show)
+        st = _offline(args, to, base, show, speed)
     if args.json:
         print(json.dumps(st))
     elif st.get("state") == "completed":
@@ -102,7 +111,8 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _offline(args: argparse.Namespace, to: str, base: str | None, show: bool) -> dict[str, Any]:
+def _offline(args: argparse.Namespace, to: str, base: str | None, show: bool,
+             speed: float | None) -> dict[str, Any]:
     """Back up a disk no VM uses: the same job, no guest in front of it."""
     from virtkit.machine.backup import LiveBackup
     from virtkit.storage import open_disk
@@ -115,7 +125,7 @@ def _offline(args: argparse.Namespace, to: str, base: str | None, show: bool) ->
     disk = open_disk(args.name)  # writable: it keeps the bitmap (refused while a VM uses it)
     try:
         b = LiveBackup(disk, to, incremental=args.incremental, base=base, bitmap=args.bitmap, fmt=args.fmt,
-                       label=args.name)
+                       label=args.name, speed=speed)
         job = b.start()
         progress = _progress(show, f"backing up {args.name}")
         try:

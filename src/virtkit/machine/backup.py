@@ -218,8 +218,8 @@ class LiveBackup:
 
     def __init__(self, backend: BlockBackend, to: str, *, incremental: bool = False, base: str | None = None,
                  bitmap: str = DEFAULT_BITMAP, fmt: str | None = None, blk: Any = None, vm: Any = None,
-                 label: str = "disk") -> None:
-        self.blk, self.vm, self.label = blk, vm, label
+                 label: str = "disk", speed: float | None = None) -> None:
+        self.blk, self.vm, self.label, self.speed = blk, vm, label, speed
         self.source = backend
         self.to, self.bitmap_name, self.incremental = to, bitmap, incremental
         bm.check_name(bitmap)
@@ -279,7 +279,8 @@ class LiveBackup:
             self._undo_bitmap()
             self.target.remove()
             raise
-        self.job = BackupJob(self.pit, self.target.backend, runs, on_end=self._end)
+        self.job = BackupJob(self.pit, self.target.backend, runs, on_end=self._end, speed=self.speed,
+                             over_older=self.incremental)
         self.job.start()
         return self.job
 
@@ -433,13 +434,16 @@ class BackupOps:
 
     def handlers(self) -> dict[str, Any]:
         def start(to: str, disk: int | None = None, incremental: bool = False, base: str | None = None,
-                  bitmap: str = DEFAULT_BITMAP, format: str | None = None) -> dict[str, Any]:  # noqa: A002
+                  bitmap: str = DEFAULT_BITMAP, format: str | None = None,  # noqa: A002
+                  speed: float | None = None) -> dict[str, Any]:
             if not isinstance(to, str) or not (os.path.isabs(to)):
                 raise ValueError("to must be an absolute path (or POOL_DIR/VOLUME)")
             if base is not None and (not isinstance(base, str) or not os.path.isabs(base)):
                 raise ValueError("base must be an absolute path (or POOL_DIR/VOLUME)")
             if not isinstance(incremental, bool) or not isinstance(bitmap, str):
                 raise ValueError("incremental must be true or false, bitmap a name")
+            if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float) or speed <= 0):
+                raise ValueError("speed must be bytes per second")
             if self.vm.state not in ("running", "paused"):
                 raise ValueError(f"the VM is {self.vm.state}")
             if self.backup is not None and self.backup.job is not None and not self.backup.job.ended.is_set():
@@ -450,7 +454,7 @@ class BackupOps:
             if isinstance(blk.backend, PointInTime):
                 raise ValueError(f"{label}: a point-in-time export of it is open")
             self.backup = LiveBackup(blk.backend, to, incremental=incremental, base=base, bitmap=bitmap,
-                                     fmt=format, blk=blk, vm=self.vm, label=label)
+                                     fmt=format, blk=blk, vm=self.vm, label=label, speed=speed)
             self.backup.start()
             return self.backup.status()
 

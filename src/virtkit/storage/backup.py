@@ -252,9 +252,13 @@ class BackupJob:
     """Copy the chunks ``runs`` of a point-in-time view to ``target`` in a thread; :attr:`status` says how far."""
 
     def __init__(self, pit: PointInTime, target: BlockBackend, runs: list[tuple[int, int]],
-                 on_end: Callable[[BackupJob], None] | None = None) -> None:
+                 on_end: Callable[[BackupJob], None] | None = None, speed: float | None = None,
+                 over_older: bool = False) -> None:
         self.pit, self.target, self.runs = pit, target, runs
         self.on_end = on_end
+        self.speed = speed  # bytes per second read from the view (QEMU's backup ``speed``); None: no limit
+        # the target lies over an older backup (an incremental): zeros must be written as zeros, not skipped
+        self.over_older = over_older
         self.total = sum(n for _, n in runs)
         self.done = 0
         self.written = 0
@@ -298,9 +302,16 @@ class BackupJob:
                     if np.frombuffer(piece, dtype=np.uint8).any():
                         self.target.write(pos, piece)
                         self.written += k
+                    elif self.over_older:
+                        self.target.write_zeroes(pos, k)
                     self.pit.release(pos, k)
                     pos += k
                     self.done += k
+                    if self.speed:
+                        ahead = self.started + self.done / self.speed - time.monotonic()
+                        while ahead > 0 and not self._cancel:
+                            time.sleep(min(ahead, 0.1))
+                            ahead = self.started + self.done / self.speed - time.monotonic()
             self.target.flush()
             self.state = "completed"
         except (VirtkitError, OSError) as err:
