@@ -92,8 +92,12 @@ def take(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
         # 3. qcow2 images move into the bundle; the live path becomes an overlay on them
         if qcow:
             tmp_dest.mkdir()
+            carried: dict[int, list] = {}  # dirty bitmaps go on counting in the new overlay (incremental backups)
             for p in qcow:
                 blk = blks[p["index"]]
+                carried[p["index"]] = [b.copy() for b in getattr(blk.backend, "_live_bitmaps", {}).values()]
+                for b, live in zip(carried[p["index"]], blk.backend._live_bitmaps.values(), strict=True):
+                    b.enabled = live.enabled
                 blk.backend.close()
                 target = dest / p["base"]
                 os.rename(p["path"], target)
@@ -101,7 +105,10 @@ def take(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
                 os.chmod(target, 0o444)
             for p in qcow:
                 _overlay(p["path"], dest / p["base"], p)
-                blks[p["index"]].backend = _open(p["path"])
+                new = _open(p["path"])
+                for b in carried[p["index"]]:
+                    new.bitmap_add(b.name, b.granularity, b.enabled).merge(b)
+                blks[p["index"]].backend = new
             tmp_dest.rmdir()
     except BaseException as err:
         _undo(machine, plans, moved, dest, blks)
