@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "--max-downtime, when the guest dirties memory fast)")
     p.add_argument("--max-downtime", default="1s", help="the ceiling of the downtime goal (default 1s)")
     p.add_argument("--no-auto-converge", action="store_true", help="never throttle the guest's vCPUs")
+    p.add_argument("--postcopy", action="store_true", help="after the first pass, run the guest on the target "
+                   "at once and fetch the pages it has not got on demand (userfaultfd): a guest that dirties "
+                   "memory faster than the link still moves, each page once")
     p.add_argument("--json", action="store_true", help="print the final status as JSON (nothing else on stdout)")
     p.set_defaults(func=cmd_migrate)
 
@@ -69,14 +72,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise ConfigError("--downtime must be positive and at most --max-downtime (at most 60 s)")
     bw = default_bandwidth(args.bandwidth)
     request(args.name, "migrate", wait=30, uri=args.uri, token=args.token, bandwidth=bw, downtime=down,
-            max_downtime=ceiling, auto_converge=not args.no_auto_converge)
+            max_downtime=ceiling, auto_converge=not args.no_auto_converge, postcopy=args.postcopy)
     st = _follow(args.name, show=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(st))
     elif st["state"] == "completed":
         print(f"{args.name}: migrated to {args.uri} in {st['total_seconds']:.2f} s "
               f"(downtime {st['downtime'] * 1000:.0f} ms, {st['round']} rounds, "
-              f"{st['bytes_sent'] / 2**20:.1f} MiB sent)")
+              f"{st['bytes_sent'] / 2**20:.1f} MiB sent"
+              + (f", post-copy: {st['postcopy_requests']} pages fetched on demand" if st.get("postcopy") else "")
+              + ")")
     if st["state"] != "completed":
         raise VirtkitError(f"{args.name}: migration {st['state']}: {st['error']} (the VM keeps running here)")
     return 0
@@ -107,7 +112,7 @@ def _follow(name: str, show: bool) -> dict[str, Any]:
                     progress.update(task, info="cancelling...")
                 continue
             except ControlError:
-                if last.get("state") in ("active", "setup"):
+                if last.get("state") in ("active", "setup", "postcopy-active"):
                     last["state"] = "completed" if last.get("downtime") else last["state"]
                 break  # the VM has gone: it stopped after a completed migration
             if progress is not None:

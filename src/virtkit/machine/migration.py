@@ -49,13 +49,17 @@ HDR = struct.Struct("<BBHI")
 CRC = struct.Struct("<I")
 MAX_PAYLOAD = 4 << 20
 RUN_PAGES = 256  # pages per PAGES frame at most (1 MiB)
-T_HELLO, T_READY, T_PAGES, T_ZERO, T_STATE, T_END, T_DONE, T_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
+T_HELLO, T_READY, T_PAGES, T_ZERO, T_STATE, T_END, T_DONE, T_ERROR, T_POSTCOPY = 1, 2, 3, 4, 5, 6, 7, 8, 9
 NAMES = {T_HELLO: "HELLO", T_READY: "READY", T_PAGES: "PAGES", T_ZERO: "ZERO", T_STATE: "STATE", T_END: "END",
-         T_DONE: "DONE", T_ERROR: "ERROR"}
+         T_DONE: "DONE", T_ERROR: "ERROR", T_POSTCOPY: "POSTCOPY"}
 DEFAULT_DOWNTIME = 0.05  # seconds: the first goal (QEMU's default is 0.3)
 DOWNTIME_CEILING = 1.0  # the goal grows to at most this
 MAX_ROUNDS = 60
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection has to prove it is a source with the token
+
+
+class _Lost(VirtkitError):
+    """Post-copy broke after the switch-over: the guest ran on the target; the source cannot take it back."""
 
 
 class MigrationError(VirtkitError):
@@ -182,7 +186,9 @@ def _json(payload: bytes, what: str) -> Any:
 class Status:
     """What ``virtkit migrate`` shows while it runs (and returns at the end)."""
 
-    state: str = "setup"  # setup, active, completed, failed, cancelled
+    state: str = "setup"  # setup, active, postcopy-active, completed, failed, cancelled
+    postcopy: bool = False  # switched to post-copy
+    postcopy_requests: int = 0  # pages the target faulted on and asked for
     round: int = 0
     pages_sent: int = 0
     bytes_sent: int = 0
@@ -229,8 +235,9 @@ class Source:
     def __init__(self, machine: Any, uri: str, token: str, *, bandwidth: float | None = None,
                  downtime: float = DEFAULT_DOWNTIME, downtime_ceiling: float = DOWNTIME_CEILING,
                  auto_converge: bool = True, on_done: Callable[[Status], None] | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, postcopy: bool = False) -> None:
         self.machine = machine
+        self.postcopy = postcopy
         self.vm = machine.vm
         self.host, self.port = parse_uri(uri)
         self.token = token
@@ -285,7 +292,7 @@ class Source:
             disks = [{"size": d.backend.size, "read_only": bool(d.backend.read_only)}
                      for d in self.machine.virtio if isinstance(d, VirtioBlk)]
             ch.send_json(T_HELLO, {"token": self.token, "machine": cfg, "ram_base": mem.base, "ram_size": mem.size,
-                                   "vm": self.vm.name, "disks": disks})
+                                   "vm": self.vm.name, "disks": disks, "postcopy": self.postcopy})
             mtype, payload = ch.recv()
             if mtype == T_ERROR:
                 raise MigrationError(f"the target refused: {_json(payload, 'ERROR').get('error')}")
@@ -321,7 +328,9 @@ class Source:
                 st.dirty_pages = n
                 bw = st.bandwidth or self.bandwidth or 100e6
                 st.expected_downtime = n * PAGE / bw
-                if st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS:
+                converged = st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS
+                go_post = self.postcopy and not converged  # after the first pass: switch, fetch the rest later
+                if converged or go_post:
                     if target_built or self._built_yet(ch):
                         target_built = True
                         break
@@ -334,7 +343,11 @@ class Source:
                 self._send_pages(ch, ram, dirty, zero_too=True)
                 round_s = max(time.monotonic() - r0, 1e-6)
                 st.bandwidth = (ch.sent - b0) / round_s
-                self._adapt()
+                if not self.postcopy:
+                    self._adapt()
+            if go_post:
+                self._postcopy(ch, ram, dirty, t0)
+                return
             # stop and copy
             st.log.append(f"switching over after {st.round} rounds: {st.dirty_pages} pages left, "
                           f"~{st.expected_downtime * 1000:.0f} ms")
@@ -380,6 +393,9 @@ class Source:
                 self.delivered.wait(2.0)
             self.vm.stop("migrated", f"migrated to {self.host}:{self.port}")
             self._release_switch_ports()
+        except _Lost as err:  # post-copy broke after the switch-over: there is no guest to go back to
+            st.state, st.error = "failed", str(err)
+            self.vm.stop("failed", str(err))
         except BaseException as err:  # the source goes on as if nothing happened
             st.state = "cancelled" if self._cancel.is_set() else "failed"
             st.error = str(err) if isinstance(err, (VirtkitError, OSError)) else f"{type(err).__name__}: {err}"
@@ -396,6 +412,104 @@ class Source:
             self.ended.set()
             if self.on_done is not None:
                 self.on_done(st)
+
+    def _postcopy(self, ch: Channel, ram: np.ndarray, dirty: np.ndarray, t0: float) -> None:
+        """Switch to post-copy: state and the bitmap of missing pages, the guest on at the target, then every
+        missing page pushed (those the target faults on first) until the target has them all."""
+        st = self.status
+        st.log.append(f"switching to post-copy after {st.round} rounds: {int(dirty.sum())} pages dirty")
+        stop_t = time.monotonic()
+        if not self.vm.pause("migrating (post-copy)"):
+            raise MigrationError("the VM did not pause")
+        committed = False
+        try:
+            missing = dirty | self.machine.engine.dirty_log_fetch()
+            bw, ch.bandwidth = ch.bandwidth, None  # the switch-over is downtime: no cap on it
+            self._release_disks()
+            ch.send_json(T_STATE, self.machine.save_state())
+            ch.send(T_POSTCOPY, np.packbits(missing, bitorder="little").tobytes())
+            mtype, payload = ch.recv()
+            if mtype == T_ERROR:
+                raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
+            if mtype != T_DONE:
+                raise MigrationError(f"the target answered {NAMES[mtype]} instead of DONE")
+            committed = True
+            st.downtime = time.monotonic() - stop_t
+            st.state, st.postcopy = "postcopy-active", True
+            st.log.append(f"the guest runs on the target after {st.downtime * 1000:.1f} ms; "
+                          f"{int(missing.sum())} pages to fetch")
+            ch.bandwidth = bw
+            ch._t0, ch._budget_sent = time.monotonic(), 0
+            self._push_pages(ch, ram, missing)
+        except BaseException as err:
+            if not committed:
+                self._reopen_disks()
+                self.vm.set_throttle(0.0)
+                self.vm.resume()
+                raise
+            msg = str(err) if isinstance(err, (VirtkitError, OSError)) else f"{type(err).__name__}: {err}"
+            raise _Lost(f"post-copy broke after the switch-over ({msg}): the guest had started on the target "
+                        "and cannot go on here or there") from err
+        st.state = "completed"
+        st.total_seconds = time.monotonic() - t0
+        st.log.append(f"post-copy done: {st.postcopy_requests} pages fetched on demand")
+        self.ended.set()
+        if self.followers:
+            self.delivered.wait(2.0)
+        self.vm.stop("migrated", f"migrated to {self.host}:{self.port} (post-copy)")
+        self._release_switch_ports()
+
+    def _push_pages(self, ch: Channel, ram: np.ndarray, missing: np.ndarray) -> None:
+        """The source's side of post-copy: requested pages first, then the rest in order, until ALL_HERE."""
+        from collections import deque
+
+        from virtkit.machine.postcopy import ALL_HERE, BATCH, records
+
+        st = self.status
+        sock = ch.sock
+        sock.settimeout(None)
+        order = np.flatnonzero(missing).tolist()
+        sent = np.zeros(len(missing), dtype=bool)
+        urgent: deque[int] = deque()
+        pos, pend = 0, b""
+        while True:
+            idle = pos >= len(order) and not urgent
+            r, _, _ = select.select([sock], [], [], 60 if idle else 0)
+            if r:
+                data = sock.recv(65536)
+                if not data:
+                    raise MigrationError("the target closed the connection during post-copy")
+                pend += data
+                k = len(pend) // 8
+                for (p,) in struct.iter_unpack("<Q", pend[:k * 8]):
+                    if p == ALL_HERE:
+                        return
+                    if p < len(sent) and not sent[p]:
+                        urgent.append(p)
+                        st.postcopy_requests += 1
+                pend = pend[k * 8:]
+            elif idle:
+                raise MigrationError("the target did not confirm the last pages within 60 s")
+            batch: list[int] = []
+            while urgent and len(batch) < 4:
+                p = urgent.popleft()
+                if not sent[p]:
+                    batch.append(p)
+                    sent[p] = True
+            while len(batch) < BATCH and pos < len(order):
+                p = order[pos]
+                pos += 1
+                if not sent[p]:
+                    batch.append(p)
+                    sent[p] = True
+            if batch:
+                recs = records(ram, batch)
+                ch._sendmsg(recs)
+                n = sum(len(x) for x in recs)
+                ch.sent += n
+                st.pages_sent += len(batch)
+                st.bytes_sent = ch.sent
+                ch._throttle(n)
 
     def _built_yet(self, ch: Channel) -> bool:
         """Whether the target's word that its machine is built has arrived (then it is read), not waiting."""
@@ -514,6 +628,7 @@ class Target:
         self.token = token or new_token()
         self.accept_timeout = accept_timeout
         self.refused: list[str] = []  # connections turned away before a migration started (peer: why)
+        self.handed_over = False  # post-copy: the connection belongs to the page server now
         if listener_fd is not None:
             self.listener = socket.socket(fileno=listener_fd)
         else:
@@ -600,6 +715,13 @@ class Target:
             if (not isinstance(disks, list) or len(disks) != len(cfg.disks)
                     or not all(isinstance(d, dict) and isinstance(d.get("size"), int) for d in disks)):
                 raise MigrationError("HELLO: the disks do not match the machine config")
+            postcopy = hello.get("postcopy") is True
+            if postcopy:
+                from virtkit.machine import postcopy as pc
+
+                why = pc.available()
+                if why is not None:
+                    raise MigrationError(why)
             mem = GuestMemory(size, base)
             # the machine is built meanwhile, in a thread, while RAM arrives and the guest still runs at the
             # source: the switch-over only restores the records and opens the disks (released at the end)
@@ -607,6 +729,8 @@ class Target:
             def build() -> None:
                 try:
                     built["machine"] = self._build(cfg, mem, console, disks)
+                    if postcopy:
+                        pc.warm_up()  # compiled now, while the source still copies: not in the downtime
                     msg: tuple[int, dict] = (T_READY, {"built": True})
                 except BaseException as err:  # reported at the switch-over
                     built["error"] = err
@@ -622,6 +746,7 @@ class Target:
             ram = mem.array[:size]
             npages = size // PAGE
             state = None
+            missing = None
             ramv = memoryview(ram)
             while True:
                 mtype, length, head = ch.head()
@@ -651,6 +776,12 @@ class Target:
                     state = _json(payload, "STATE")
                 elif mtype == T_END:
                     break
+                elif mtype == T_POSTCOPY and postcopy and state is not None:
+                    bits = np.frombuffer(payload, dtype=np.uint8)
+                    if len(bits) != (npages + 7) // 8:
+                        raise MigrationError("POSTCOPY frame: the bitmap does not match RAM")
+                    missing = np.unpackbits(bits, bitorder="little")[:npages].astype(bool)
+                    break
                 elif mtype == T_ERROR:
                     raise MigrationError(f"the source gave up: {_json(payload, 'ERROR').get('error')}")
                 else:
@@ -667,6 +798,8 @@ class Target:
             machine.restore_state(state)
             t_restored = time.monotonic()
             machine.open_deferred_disks()
+            if missing is not None:
+                return self._go_postcopy(machine, conn, ch, mem, missing, t_built, t_restored)
             ch.send_json(T_DONE, {"build_wait_ms": (t_built - t_end) * 1000,
                                   "restore_ms": (t_restored - t_built) * 1000,
                                   "disks_ms": (time.monotonic() - t_restored) * 1000})
@@ -695,10 +828,30 @@ class Target:
                 raise MigrationError(msg) from err
             raise
         finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+            if not self.handed_over:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+    def _go_postcopy(self, machine: Any, conn: socket.socket, ch: Channel, mem: Any, missing: np.ndarray,
+                     t_built: float, t_restored: float) -> Any:
+        """Post-copy on the target: RAM registered, stale pages dropped, DONE sent, the page server started;
+        the machine is returned to be run (its guest faults in what has not arrived)."""
+        from virtkit.machine.postcopy import Incoming
+
+        def lost(msg: str) -> None:
+            machine.vm.stop("failed", msg)
+
+        incoming = Incoming(mem, conn, missing, lost)
+        machine.vm.closers.insert(0, ("post-copy", incoming.close))
+        machine.postcopy = incoming
+        ch.send_json(T_DONE, {"restore_ms": (t_restored - t_built) * 1000, "postcopy": True,
+                              "missing": int(missing.sum())})
+        self.handed_over = True
+        incoming.start()
+        machine.announce()
+        return machine
 
     @staticmethod
     def _build(cfg: Any, mem: Any, console: Any, disks: list[dict]) -> Any:
