@@ -13,10 +13,14 @@ dirtying outruns: QEMU with its defaults does not converge there, virtkit's auto
   ``query-migrate``'s ``total-time`` and ``downtime``. QEMU gets ``--qemu-timeout``
   seconds (default 60) before the run is counted as not finishing.
 
+With ``--postcopy`` both peers switch to post-copy after the first pass (virtkit ``migrate --postcopy``;
+QEMU: the ``postcopy-ram`` capability on both ends and ``migrate-start-postcopy`` once the first pass is
+done, as libvirt's ``--postcopy-after-precopy``), so the rows compare post-copy with post-copy.
+
 After each migration the target's console is checked to answer (the guest runs there).
 
     .venv/bin/python bench/migrate.py [--mem 256M] [--dirty-mib 32] [--downtime-ms 300] \\
-        [--bandwidth 128M,0,16M] [--json]
+        [--bandwidth 128M,0,16M] [--postcopy] [--json]
 """
 
 from __future__ import annotations
@@ -64,27 +68,43 @@ def start_workload(c: Console, mib: int) -> None:
 
 
 def bench_qemu(guest, mem: str, mib: int, bandwidth: int | None, timeout: float, work: Path,
-               downtime_ms: int) -> dict:
+               downtime_ms: int, postcopy: bool = False) -> dict:
     from virtkit.images.qemu import qemu_argv
 
     argv = qemu_argv(guest.kernel, guest.initrd, "console=ttyS0", guest.firmware, memory=mem)
-    qsock = str(work / "qmp.sock")
+    qsock, dsock = str(work / "qmp.sock"), str(work / "qmp-dst.sock")
     port = free_port()
     src = Console([*argv, "-qmp", f"unix:{qsock},server=on,wait=off"])
-    dst = Console([*argv, "-incoming", f"tcp:127.0.0.1:{port}"])
+    dst = Console([*argv, "-qmp", f"unix:{dsock},server=on,wait=off", "-incoming",
+                   "defer" if postcopy else f"tcp:127.0.0.1:{port}"])
+    caps = {"execute": "migrate-set-capabilities",
+            "arguments": {"capabilities": [{"capability": "postcopy-ram", "state": True}]}}
     try:
+        if postcopy:
+            for _ in range(100):
+                if os.path.exists(dsock):
+                    break
+                time.sleep(0.1)
+            qmp(dsock, caps, {"execute": "migrate-incoming", "arguments": {"uri": f"tcp:127.0.0.1:{port}"}})
         src.wait_for(PROMPT)
         src.responsive()
         start_workload(src, mib)
         params = {"max-bandwidth": bandwidth or (1 << 40), "downtime-limit": downtime_ms}
+        if postcopy:
+            params["max-postcopy-bandwidth"] = bandwidth or 0
+            qmp(qsock, caps)
         qmp(qsock, {"execute": "migrate-set-parameters", "arguments": params},
             {"execute": "migrate", "arguments": {"uri": f"tcp:127.0.0.1:{port}"}})
         deadline = time.monotonic() + timeout
         st: dict = {}
+        switched = False
         while time.monotonic() < deadline:
             st = qmp(qsock, {"execute": "query-migrate"})[0]["return"]
             if st.get("status") in ("completed", "failed", "cancelled"):
                 break
+            if postcopy and not switched and st.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+                qmp(qsock, {"execute": "migrate-start-postcopy"})  # the first pass is done
+                switched = True
             time.sleep(0.05)
         if st.get("status") != "completed":
             qmp(qsock, {"execute": "migrate_cancel"})
@@ -98,7 +118,7 @@ def bench_qemu(guest, mem: str, mib: int, bandwidth: int | None, timeout: float,
 
 
 def bench_virtkit(guest, mem: str, mib: int, bandwidth: int | None, timeout: float, work: Path,
-                  downtime_ms: int) -> dict:
+                  downtime_ms: int, postcopy: bool = False) -> dict:
     env = dict(os.environ, VIRTKIT_RUN_DIR=str(work / "run"))
     vk = [sys.executable, "-m", "virtkit.cli"]
     port = free_port()
@@ -114,6 +134,8 @@ def bench_virtkit(guest, mem: str, mib: int, bandwidth: int | None, timeout: flo
                "--downtime", f"{downtime_ms}ms"]
         if bandwidth:
             cmd += ["--bandwidth", str(bandwidth // (1 << 20))]
+        if postcopy:
+            cmd.append("--postcopy")
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 60)
         st = json.loads(p.stdout) if p.stdout.strip() else {"state": "failed", "error": p.stderr}
         if os.environ.get("VK_BENCH_LOG"):
@@ -123,7 +145,7 @@ def bench_virtkit(guest, mem: str, mib: int, bandwidth: int | None, timeout: flo
                     "mib_sent": st.get("bytes_sent", 0) / 2**20}
         return {"finished": True, "target_answers": answers(dst), "total_s": st["total_seconds"],
                 "downtime_ms": st["downtime"] * 1000, "mib_sent": st["bytes_sent"] / 2**20,
-                "rounds": st["round"], "throttle": st["throttle"]}
+                "rounds": st["round"], "throttle": st["throttle"], "fetched": st.get("postcopy_requests", 0)}
     finally:
         src.kill()
         dst.kill()
@@ -137,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dirty-mib", type=int, default=32, help="MiB the guest rewrites in a loop (default 32)")
     ap.add_argument("--bandwidth", default="128M,0,16M", help="comma-separated caps in MiB/s (0 = unlimited)")
     ap.add_argument("--qemu-timeout", type=float, default=60.0, help="seconds QEMU gets to finish (default 60)")
+    ap.add_argument("--postcopy", action="store_true", help="both peers switch to post-copy after the first pass")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)
     if shutil.which("qemu-system-riscv64") is None:
@@ -150,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cap in caps:
         with tempfile.TemporaryDirectory(prefix="vk-bench-mig-") as tmp:
-            v = bench_virtkit(guest, args.mem, args.dirty_mib, cap, args.qemu_timeout, Path(tmp), args.downtime_ms)
+            v = bench_virtkit(guest, args.mem, args.dirty_mib, cap, args.qemu_timeout, Path(tmp), args.downtime_ms,
+                              args.postcopy)
         with tempfile.TemporaryDirectory(prefix="vk-bench-mig-") as tmp:
-            q = bench_qemu(guest, args.mem, args.dirty_mib, cap, args.qemu_timeout, Path(tmp), args.downtime_ms)
+            q = bench_qemu(guest, args.mem, args.dirty_mib, cap, args.qemu_timeout, Path(tmp), args.downtime_ms,
+                           args.postcopy)
         rows.append({"bandwidth": cap, "virtkit": v, "qemu": q})
-    result = {"mem": args.mem, "dirty_mib": args.dirty_mib, "downtime_goal_ms": args.downtime_ms, "rows": rows,
+    result = {"mem": args.mem, "dirty_mib": args.dirty_mib, "postcopy": args.postcopy,
+              "downtime_goal_ms": args.downtime_ms, "rows": rows,
               "load_average": os.getloadavg()[0]}
     if args.json:
         print(json.dumps(result, indent=1))
@@ -162,16 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console as RichConsole
     from rich.table import Table
 
-    t = Table(title=f"live migration of a {args.mem} Linux guest rewriting {args.dirty_mib} MiB of tmpfs in a loop, "
-              f"downtime goal {args.downtime_ms} ms")
+    t = Table(title=f"{'post-copy' if args.postcopy else 'live'} migration of a {args.mem} Linux guest rewriting "
+              f"{args.dirty_mib} MiB of tmpfs in a loop, downtime goal {args.downtime_ms} ms")
     for col in ("link cap", "peer", "finished", "target answers", "total s", "downtime ms", "MiB sent", "notes"):
         t.add_column(col, justify="left" if col in ("peer", "notes", "link cap") else "right")
     for r in rows:
         cap = f"{r['bandwidth'] // 2**20} MiB/s" if r["bandwidth"] else "unlimited"
         for peer in ("virtkit", "qemu"):
             x = r[peer]
-            notes = (f"{x.get('rounds')} rounds, throttle {x.get('throttle', 0):.0%}" if peer == "virtkit" and
-                     x["finished"] else ("" if x["finished"] else str(x.get("status"))[:40]))
+            notes = (f"{x.get('rounds')} rounds, throttle {x.get('throttle', 0):.0%}"
+                     + (f", {x.get('fetched')} pages on demand" if args.postcopy else "")
+                     if peer == "virtkit" and x["finished"] else ("" if x["finished"] else str(x.get("status"))[:40]))
             t.add_row(cap, peer, "yes" if x["finished"] else "no",
                       {True: "yes", False: "NO"}.get(x.get("target_answers"), "-"),
                       "-" if x["total_s"] is None else f"{x['total_s']:.2f}",
