@@ -21,7 +21,6 @@ back, the weakness every post-copy design has (QEMU's answer is a recovery proto
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -32,7 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from virtkit.errors import VirtkitError
 
@@ -65,23 +67,62 @@ class PostcopyError(VirtkitError):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libz = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
-c_poll = _libc.poll
-c_poll.argtypes, c_poll.restype = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int], ctypes.c_int
-c_read = _libc.read
-c_read.argtypes, c_read.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_long
-c_recv = _libc.recv
-c_recv.argtypes, c_recv.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_long
-c_send = _libc.send
-c_send.argtypes, c_send.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_long
 c_ioctl = _libc.ioctl
 c_ioctl.argtypes, c_ioctl.restype = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p], ctypes.c_int
-z_crc32 = _libz.crc32
-z_crc32.argtypes, z_crc32.restype = [ctypes.c_ulong, ctypes.c_void_p, ctypes.c_uint], ctypes.c_ulong
 MSG_NOSIGNAL = 0x4000
 
 
-@njit(nogil=True)
+def _extern(name: str, ret: Any, *params: Any) -> Any:
+    """A libc function callable from compiled code, bound by *name* when the code is linked (so the compiled
+    page server can be cached on disk, which ctypes function pointers would forbid). Arguments are cast
+    to ``params`` (pointers are passed as 64-bit integers)."""
+
+    def typer(typingctx: Any, *args: Any) -> Any:
+        sig = ret(*args)
+
+        def codegen(context: Any, builder: Any, signature: Any, llargs: Any) -> Any:
+            fnty = ir.FunctionType(context.get_value_type(ret), [context.get_value_type(t) for t in params])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+            return builder.call(fn, [context.cast(builder, v, t, p)
+                                     for v, t, p in zip(llargs, signature.args, params, strict=True)])
+
+        return sig, codegen
+
+    # numba reads the arity from the signature: one parameter per argument
+    src = ", ".join(f"a{i}" for i in range(len(params)))
+    ns: dict = {"typer": typer}
+    exec(f"def {name}_(typingctx, {src}):\n    return typer(typingctx, {src})", ns)  # noqa: S102
+    return intrinsic(ns[f"{name}_"])
+
+
+c_poll = _extern("poll", types.int32, types.int64, types.uint64, types.int32)
+c_read = _extern("read", types.int64, types.int32, types.int64, types.uint64)
+c_recv = _extern("recv", types.int64, types.int32, types.int64, types.uint64, types.int32)
+c_send = _extern("send", types.int64, types.int32, types.int64, types.uint64, types.int32)
+c_ioctl_n = _extern("ioctl", types.int32, types.int32, types.uint64, types.int64)
+
+
+@njit(nogil=True, cache=True)
+def _crc_table() -> np.ndarray:  # pragma: no cover - compiled
+    t = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = np.uint32(i)
+        for _ in range(8):
+            c = (c >> np.uint32(1)) ^ np.uint32(0xEDB88320) if c & np.uint32(1) else c >> np.uint32(1)
+        t[i] = c
+    return t
+
+
+@njit(nogil=True, cache=True)
+def _crc32(buf: np.ndarray, start: int, n: int, table: np.ndarray) -> int:  # pragma: no cover - compiled
+    """zlib's CRC-32 of ``buf[start:start+n]``."""
+    c = np.uint32(0xFFFFFFFF)
+    for i in range(start, start + n):
+        c = table[(c ^ np.uint32(buf[i])) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
+    return np.int64(c ^ np.uint32(0xFFFFFFFF))
+
+
+@njit(nogil=True, cache=True)
 def _send_u64(sock: int, word: np.ndarray) -> bool:
     done = 0
     while done < 8:
@@ -92,11 +133,12 @@ def _send_u64(sock: int, word: np.ndarray) -> bool:
     return True
 
 
-@njit(nogil=True)
+@njit(nogil=True, cache=True)
 def _serve(uffd: int, sock: int, base: int, missing: np.ndarray, requested: np.ndarray, ctl: np.ndarray,
            buf: np.ndarray) -> None:  # pragma: no cover - compiled
     """The target's page server: faults become requests, arriving pages are installed, until none is missing."""
     npages = missing.shape[0]
+    table = _crc_table()
     pfd = np.zeros(2, dtype=np.int64)  # struct pollfd {int fd; short events; short revents} x 2
     msg = np.zeros(4, dtype=np.uint64)  # struct uffd_msg (32 bytes)
     word = np.zeros(1, dtype=np.uint64)
@@ -129,11 +171,11 @@ def _serve(uffd: int, sock: int, base: int, missing: np.ndarray, requested: np.n
                     cp[1] = PAGE
                     cp[2] = 0
                     cp[3] = 0
-                    c_ioctl(uffd, UFFDIO_ZEROPAGE, cp.ctypes.data)
+                    c_ioctl_n(uffd, UFFDIO_ZEROPAGE, cp.ctypes.data)
                     ctl[ZEROFILLS] += 1
                     rng[0] = addr
                     rng[1] = PAGE
-                    c_ioctl(uffd, UFFDIO_WAKE, rng.ctypes.data)
+                    c_ioctl_n(uffd, UFFDIO_WAKE, rng.ctypes.data)
         if (pfd[1] >> 48) & (1 | 8 | 16):  # POLLIN, POLLERR, POLLHUP
             n = c_recv(sock, bufp + filled, cap - filled, 0)
             if n <= 0:
@@ -149,7 +191,7 @@ def _serve(uffd: int, sock: int, base: int, missing: np.ndarray, requested: np.n
                 want = 0
                 for k in range(4):
                     want |= np.int64(buf[off + 8 + PAGE + k]) << (8 * k)
-                if np.int64(z_crc32(0, bufp + off, 8 + PAGE)) != want:
+                if _crc32(buf, off, 8 + PAGE, table) != want:
                     ctl[ERROR] = -2
                     return
                 if p < 0 or p >= npages:
@@ -161,7 +203,7 @@ def _serve(uffd: int, sock: int, base: int, missing: np.ndarray, requested: np.n
                     cp[2] = PAGE
                     cp[3] = 0
                     cp[4] = 0
-                    c_ioctl(uffd, UFFDIO_COPY, cp.ctypes.data)
+                    c_ioctl_n(uffd, UFFDIO_COPY, cp.ctypes.data)
                     if cp[4] < 0 and cp[4] != -17:  # -EEXIST: the page is there already
                         ctl[ERROR] = -4
                         return
