@@ -40,6 +40,17 @@ COUNTING = [
     jal0(-32),
 ]
 
+# copies the VM generation ID (16 bytes at 0x102000) to RAM at COUNTER, over and over: what the guest reads
+GENID = [
+    auipc(S0, 0x100),                    # s0 = where the copy goes
+    lui(T0, 0x102),                      # t0 = the generation ID window
+    load(3, T1, T0, 0),                  # loop: copy two 64-bit words
+    store(3, T1, S0, 0),
+    load(3, T2, T0, 8),
+    store(3, T2, S0, 8),
+    jal0(-16),
+]
+
 # writes a word in page after page of an 8 MiB region, with ~8k instructions of work between two pages:
 # at full speed it dirties pages faster than a 16 MiB/s link carries them, throttled it does not
 BUSY = [

@@ -224,3 +224,47 @@ def test_memory_checksum_does_not_depend_on_holes(tmp_path, counted):
     assert mem.stat().st_blocks * 512 >= len(data)
     snapshot.verify(full)
     assert snapshot.memory_digest(mem) == snapshot.read_manifest(snap)["memory"]["digest"]
+
+
+def test_restores_and_clones_are_new_generations_the_guest_reads(tmp_path):
+    """The guest copies the VM generation ID from its MMIO window into RAM: each restored copy of a
+    snapshot reads an ID of its own (a clone knows it is a copy); a migration-style state transfer keeps it."""
+    from tests.helpers.guests import COUNTER, GENID
+    from virtkit.machine import vmsnap
+
+    img = tmp_path / "gen.img"
+    payload_image(img, GENID)
+    m = virt(Out(), kernel=str(img), firmware=None, mem_mib=16, rng=False)
+    seen = {}
+    try:
+        m.vm.start()
+        deadline = time.monotonic() + 30
+        while m.mem.read(COUNTER, 16) != m.device("vmgenid").guid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen["original"] = m.mem.read(COUNTER, 16)
+        assert seen["original"] == m.device("vmgenid").guid
+        assert m.vm.pause()
+        vmsnap.take(m, tmp_path / "g1")
+        copies = [vmsnap.restore(tmp_path / "g1", Out(), clone=True)[0] for _ in range(2)]
+        copies.append(snapshot.restore(tmp_path / "g1", Out()))  # a plain restore is a new generation too
+        for i, c in enumerate(copies):
+            try:
+                assert c.mem.read(COUNTER, 16) == seen["original"]  # RAM as it was at the snapshot...
+                c.vm.start()
+                deadline = time.monotonic() + 30
+                while c.mem.read(COUNTER, 16) == seen["original"] and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen[i] = c.mem.read(COUNTER, 16)  # ...then the guest reads its new ID
+                assert seen[i] == c.device("vmgenid").guid
+            finally:
+                c.vm.close()
+        assert len(set(seen.values())) == 4, seen
+        state = m.save_state()
+        other = virt(Out(), kernel=str(img), firmware=None, mem_mib=16, rng=False)
+        try:
+            other.restore_state(state)  # what a migration target does: the same VM, the same ID
+            assert other.device("vmgenid").guid == seen["original"]
+        finally:
+            other.vm.close()
+    finally:
+        m.vm.close()

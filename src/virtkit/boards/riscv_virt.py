@@ -4,6 +4,7 @@ Memory map (as QEMU 7.2 ``hw/riscv/virt.c``)::
 
     0x0010_0000  sifive_test (poweroff / reboot)      0x0c00_0000  PLIC
     0x0010_1000  goldfish RTC (irq 11)                0x1000_0000  NS16550A UART0 (irq 10)
+    0x0010_2000  VM generation ID (irq 12)
     0x0200_0000  CLINT (inside the CPU engine)        0x1000_1000 + 0x1000*i  virtio-mmio slot i (irq 1+i)
     0x8000_0000  RAM
 
@@ -27,6 +28,7 @@ from virtkit.devices.plic import Plic, plic_size
 from virtkit.devices.sifive_test import SifiveTest
 from virtkit.devices.uart16550 import Uart16550
 from virtkit.devices.virtio.mmio import WINDOW
+from virtkit.devices.vmgenid import VmGenId
 from virtkit.errors import ConfigError, ImageError
 from virtkit.fdt import Fdt
 from virtkit.machine.config import MachineConfig
@@ -42,6 +44,7 @@ MiB = 1 << 20
 RAM_BASE = 0x8000_0000
 TEST_BASE, TEST_SIZE = 0x10_0000, 0x1000
 RTC_BASE, RTC_SIZE, RTC_IRQ = 0x10_1000, 0x1000, 11
+VMGENID_BASE, VMGENID_SIZE, VMGENID_IRQ = 0x10_2000, 0x1000, 12  # not in QEMU's virt map: a free slot
 CLINT_BASE, CLINT_SIZE = 0x0200_0000, 0x1_0000
 PLIC_BASE = 0x0C00_0000
 UART0_BASE, UART0_SIZE, UART0_IRQ = 0x1000_0000, 0x100, 10
@@ -159,6 +162,10 @@ def build_fdt(cfg: MachineConfig, ram_size: int, initrd: tuple[int, int] | None 
     rtc = f.node(f"/soc/rtc@{RTC_BASE:x}")
     rtc.set_str("compatible", "google,goldfish-rtc").set_reg("reg", (RTC_BASE, RTC_SIZE))
     rtc.set_u32("interrupt-parent", plic_ph).set_u32("interrupts", RTC_IRQ)
+
+    gen = f.node(f"/soc/vmgenid@{VMGENID_BASE:x}")
+    gen.set_str("compatible", "microsoft,vmgenid").set_reg("reg", (VMGENID_BASE, VMGENID_SIZE))
+    gen.set_u32("interrupt-parent", plic_ph).set_u32("interrupts", VMGENID_IRQ)
     return f.to_bytes(pad=FDT_PAD)
 
 
@@ -331,16 +338,19 @@ class RiscvVirtBoard:
 
     # -- devices ---------------------------------------------------------------------------------------
     def attach_platform(self, b: Builder) -> None:
-        """PLIC, the 16550 console (coalesced MMIO where the engine has it), sifive_test, goldfish RTC."""
+        """PLIC, the 16550 console (coalesced MMIO where the engine has it), sifive_test, goldfish RTC, the VM
+        generation ID."""
         vm = b.vm
         self.plic = Plic(self.cfg.cpus, vm.set_irq, PLIC_NDEV)
         self.uart = Uart16550(b.console.write, self.plic.line(UART0_IRQ), buffered=True)
         vm.flushers.append(self.uart.flush)
         self.test = SifiveTest(vm.power_event)
         self.rtc = GoldfishRtc(self.plic.line(RTC_IRQ))
+        self.vmgenid = VmGenId(self.plic.line(VMGENID_IRQ))
         vm.periodic.append(self.rtc.poll)
         b.attach_mmio(TEST_BASE, TEST_SIZE, self.test, "sifive_test")
         b.attach_mmio(RTC_BASE, RTC_SIZE, self.rtc, "rtc")
+        b.attach_mmio(VMGENID_BASE, VMGENID_SIZE, self.vmgenid, "vmgenid")
         b.attach_mmio(PLIC_BASE, self.plic.size, self.plic, "plic")
         b.attach_mmio(UART0_BASE, UART0_SIZE, self.uart, "uart0")
         b.attach_serial(self.uart)

@@ -106,13 +106,24 @@ class Machine:
         if self.vm.state not in ("created", "paused"):
             raise ConfigError(f"the VM is {self.vm.state}: pause it before restoring a state")
         devs = state.get("devices", {})
-        mine = [n for n, _ in self.devices]
+        # a device new since the snapshot was taken, whose state may start fresh (the generation ID), is no
+        # reason to refuse it
+        mine = [n for n, d in self.devices if n in devs or not getattr(d, "STATE_OPTIONAL", False)]
         if sorted(devs) != sorted(mine):
             raise StateError(f"the saved machine has devices {', '.join(sorted(devs)) or 'none'}; this one has "
                              f"{', '.join(sorted(mine))}")
         self.engine.restore(state["engine"])
         for name, dev in sorted(self.devices, key=lambda nd: nd[0] == "plic"):
-            dev.restore(devs[name])
+            if name in devs:
+                dev.restore(devs[name])
+
+    def new_generation(self) -> None:
+        """The VM may now exist twice or have been rewound (a clone, a restored snapshot): tell the guest
+        through every device that can (the VM generation ID; a migration does not call this)."""
+        for _, dev in self.devices:
+            fn = getattr(dev, "new_generation", None)
+            if fn is not None:
+                fn()
 
     def open_deferred_disks(self) -> None:
         """Open the disks built as stand-ins (see ``Builder(deferred_disks=...)``); on failure the ones

@@ -531,6 +531,7 @@ def restore(path: str | os.PathLike[str], console: Any = None, *, name: str | No
     try:
         load_memory(m.mem, p, manifest)
         m.restore_state(state)
+        m.new_generation()  # a restored snapshot may run beside its original, or rewind it: a new generation
     except BaseException:
         m.vm.close()
         raise
@@ -548,4 +549,5 @@ def restore_into(machine: Any, path: str | os.PathLike[str], verify_memory: bool
     state = read_state(p, manifest)
     load_memory(machine.mem, p, manifest)
     machine.restore_state(state)
+    machine.new_generation()
     return time.perf_counter() - t0
