@@ -116,6 +116,8 @@ def test_bad_incoming_input_is_a_clear_error(env, tmp_path):
         (["--incoming", "tcp:127.0.0.1:0", "-d", "--name", "w1"], "already running"),
         (["--incoming", "tcp:127.0.0.1:0", "--kernel", "x"], "the machine comes from the migration"),
         (["--incoming", "nbd:x:1"], "tcp:HOST:PORT"),
+        (["--incoming", "tcp:127.0.0.1:0", "-d", "--disk-dir", "/nonexistent-dir"], "no such directory"),
+        (["--incoming", "tcp:127.0.0.1:0", "--clone"], "--clone and --no-verify"),
     ]:
         p = vk(env, "run", *args, check=False)
         assert p.returncode != 0 and msg in p.stderr, (args, p.stderr)

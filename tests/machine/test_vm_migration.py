@@ -5,6 +5,7 @@ target with its RAM and disk agreeing, the source is gone, the disk is clean und
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -78,3 +79,33 @@ def test_postcopy_moves_a_guest_writing_memory_and_disk(env, tmp_path):
     shell(env, "dst", "kill %1 %2; sync; umount /mnt", "end")
     vk(env, "kill", "dst")
     host_fsck(env, disk, tmp_path)
+
+
+def test_copy_storage_moves_the_disk_with_the_guest(env, tmp_path):
+    """``migrate --copy-storage`` to a target with its own ``--disk-dir``: the ext4 disk the guest keeps
+    writing is copied while it runs; the guest goes on on the target's copy, which is clean afterwards."""
+    require_tool("mkfs.ext4", "e2fsck", "debugfs", "qemu-img")
+    disk = tmp_path / "vm.qcow2"
+    ext4_qcow2(env, disk)
+    there = tmp_path / "there"
+    there.mkdir()
+    vk(env, "run", "-d", "--name", "src", "--mem", "192M", *guest(env), "--disk", str(disk))
+    wait_for(lambda: "virtkit:/#" in console_log(env, "src"), 300, "the shell")
+    shell(env, "src", LOOP, "loop")
+    before = numbers(shell(env, "src", "cat /tmp/mem", "n"))[-1]
+    tgt = json.loads(vk(env, "run", "--incoming", "tcp:127.0.0.1:0", "-d", "--name", "dst", "--disk-dir",
+                        str(there), "--json").stdout)
+    st = json.loads(vk(env, "migrate", "src", f"tcp:127.0.0.1:{tgt['port']}", "--token", tgt["token"],
+                       "--copy-storage", "--bandwidth", "64M", "--json").stdout)
+    assert st["state"] == "completed", st
+    assert st["disk_bytes_sent"] > 1 << 20
+    copy = there / "vm.qcow2"
+    cfg = json.loads(vk(env, "ps", "--json").stdout)
+    assert [v["name"] for v in cfg] == ["dst"]
+    out = shell(env, "dst", "cat /tmp/mem /mnt/last", "there", timeout=120)
+    mem_now, disk_now = numbers(out)[-2:]
+    assert mem_now > before and abs(mem_now - disk_now) <= 1
+    shell(env, "dst", "kill %1; sync; umount /mnt", "end")
+    vk(env, "kill", "dst")
+    host_fsck(env, copy, tmp_path)  # the copy the guest went on with is consistent
+    assert subprocess.run(["qemu-img", "check", str(copy)], capture_output=True).returncode == 0

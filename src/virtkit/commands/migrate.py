@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--postcopy", action="store_true", help="after the first pass, run the guest on the target "
                    "at once and fetch the pages it has not got on demand (userfaultfd): a guest that dirties "
                    "memory faster than the link still moves, each page once")
+    p.add_argument("--copy-storage", action="store_true", help="copy the disks too, while the guest runs (for "
+                   "hosts that share no storage; the target creates them in its --disk-dir)")
     p.add_argument("--json", action="store_true", help="print the final status as JSON (nothing else on stdout)")
     p.set_defaults(func=cmd_migrate)
 
@@ -72,7 +74,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise ConfigError("--downtime must be positive and at most --max-downtime (at most 60 s)")
     bw = default_bandwidth(args.bandwidth)
     request(args.name, "migrate", wait=30, uri=args.uri, token=args.token, bandwidth=bw, downtime=down,
-            max_downtime=ceiling, auto_converge=not args.no_auto_converge, postcopy=args.postcopy)
+            max_downtime=ceiling, auto_converge=not args.no_auto_converge, postcopy=args.postcopy,
+            copy_storage=args.copy_storage)
     st = _follow(args.name, show=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(st))

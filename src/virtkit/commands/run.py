@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--restore", metavar="SNAPSHOT", help="start the VM as it was at SNAPSHOT (disks rolled back)")
     r.add_argument("--clone", action="store_true", help="with --restore: a new VM (own name, MACs, disk overlays)")
     r.add_argument("--template", metavar="T", help="deploy a clone of template T (virtkit template create)")
-    r.add_argument("--disk-dir", help="with --clone/--template: where the new disk overlays go")
+    r.add_argument("--disk-dir", help="with --clone/--template: where the new disk overlays go; with --incoming: "
+                   "where the disks of a migrate --copy-storage are created")
     r.add_argument("--no-verify", action="store_true", help="with --restore: do not hash the RAM file first")
     r.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait for a live migration (virtkit migrate) and "
                    "run the VM it brings; prints the token the source must give")
@@ -139,6 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_insns is not None and args.max_insns <= 0:
         raise ConfigError(f"--max-insns must be positive: {args.max_insns}")
     if args.incoming:
+        if args.clone or args.no_verify:
+            raise ConfigError("--clone and --no-verify go with --restore or --template")
         return _incoming(args)
     if args.restore or args.template:
         return _from_snapshot(args)
@@ -182,6 +185,8 @@ def _incoming(args: argparse.Namespace) -> int:
     if flags:
         raise ConfigError(f"{', '.join(flags)}: the machine comes from the migration")
     host, port = parse_uri(args.incoming, listen=True)
+    if args.disk_dir and not os.path.isdir(args.disk_dir):
+        raise ConfigError(f"--disk-dir {args.disk_dir}: no such directory")
     token = args.token or new_token()
     name = args.name or control.generate_name()
     if args.detach:
@@ -193,6 +198,8 @@ def _incoming(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "virtkit.cli", "run", "--incoming", args.incoming, "--incoming-fd",
                str(lsock.fileno()), "--token", token, "--name", name, "--serial", "none", "--console-log",
                str(control.run_dir() / f"{name}.console")]
+        if args.disk_dir:
+            cmd += ["--disk-dir", os.path.abspath(args.disk_dir)]
         bound = lsock.getsockname()[1]
         try:
             pid = spawn_detached(name, cmd, pass_fds=(lsock.fileno(),))  # returns once `ps` shows it
@@ -203,7 +210,7 @@ def _incoming(args: argparse.Namespace) -> int:
         else:
             print(f"{name}: waiting for a migration on {host or '*'}:{bound}, token {token}")
         return 0
-    target = Target(args.incoming, token, listener_fd=args.incoming_fd)
+    target = Target(args.incoming, token, listener_fd=args.incoming_fd, disk_dir=args.disk_dir)
     waiting = _incoming_server(name, target)
     from virtkit.commands import _terminal as term
 

@@ -50,8 +50,9 @@ CRC = struct.Struct("<I")
 MAX_PAYLOAD = 4 << 20
 RUN_PAGES = 256  # pages per PAGES frame at most (1 MiB)
 T_HELLO, T_READY, T_PAGES, T_ZERO, T_STATE, T_END, T_DONE, T_ERROR, T_POSTCOPY = 1, 2, 3, 4, 5, 6, 7, 8, 9
+T_DISK, T_DISKZERO = 10, 11
 NAMES = {T_HELLO: "HELLO", T_READY: "READY", T_PAGES: "PAGES", T_ZERO: "ZERO", T_STATE: "STATE", T_END: "END",
-         T_DONE: "DONE", T_ERROR: "ERROR", T_POSTCOPY: "POSTCOPY"}
+         T_DONE: "DONE", T_ERROR: "ERROR", T_POSTCOPY: "POSTCOPY", T_DISK: "DISK", T_DISKZERO: "DISKZERO"}
 DEFAULT_DOWNTIME = 0.05  # seconds: the first goal (QEMU's default is 0.3)
 DOWNTIME_CEILING = 1.0  # the goal grows to at most this
 MAX_ROUNDS = 60
@@ -189,6 +190,7 @@ class Status:
     state: str = "setup"  # setup, active, postcopy-active, completed, failed, cancelled
     postcopy: bool = False  # switched to post-copy
     postcopy_requests: int = 0  # pages the target faulted on and asked for
+    disk_bytes_sent: int = 0  # --copy-storage: disk data sent
     round: int = 0
     pages_sent: int = 0
     bytes_sent: int = 0
@@ -235,9 +237,11 @@ class Source:
     def __init__(self, machine: Any, uri: str, token: str, *, bandwidth: float | None = None,
                  downtime: float = DEFAULT_DOWNTIME, downtime_ceiling: float = DOWNTIME_CEILING,
                  auto_converge: bool = True, on_done: Callable[[Status], None] | None = None,
-                 connect_timeout: float = 10.0, postcopy: bool = False) -> None:
+                 connect_timeout: float = 10.0, postcopy: bool = False, copy_storage: bool = False) -> None:
         self.machine = machine
         self.postcopy = postcopy
+        self.copy_storage = copy_storage
+        self.mirror: Any = None
         self.vm = machine.vm
         self.host, self.port = parse_uri(uri)
         self.token = token
@@ -289,10 +293,17 @@ class Source:
             sock.sendall(MAGIC + struct.pack("<I", VERSION))
             from virtkit.devices.virtio.blk import VirtioBlk
 
-            disks = [{"size": d.backend.size, "read_only": bool(d.backend.read_only)}
-                     for d in self.machine.virtio if isinstance(d, VirtioBlk)]
+            if self.copy_storage:
+                from virtkit.machine.mirror import SourceMirror
+
+                self.mirror = self._paused(lambda: SourceMirror(self.machine))
+                disks = self.mirror.describe()
+            else:
+                disks = [{"size": d.backend.size, "read_only": bool(d.backend.read_only)}
+                         for d in self.machine.virtio if isinstance(d, VirtioBlk)]
             ch.send_json(T_HELLO, {"token": self.token, "machine": cfg, "ram_base": mem.base, "ram_size": mem.size,
-                                   "vm": self.vm.name, "disks": disks, "postcopy": self.postcopy})
+                                   "vm": self.vm.name, "disks": disks, "postcopy": self.postcopy,
+                                   "copy_storage": self.copy_storage})
             mtype, payload = ch.recv()
             if mtype == T_ERROR:
                 raise MigrationError(f"the target refused: {_json(payload, 'ERROR').get('error')}")
@@ -302,6 +313,12 @@ class Source:
             st.log.append(f"{time.monotonic() - t0:.3f} s: the target is ready")
             st.ram_pages = mem.size // PAGE
             ram = mem.array[: mem.size]
+            mirror = self.mirror
+            if mirror is not None:  # the disks' data first, while the guest runs (it marks what it rewrites)
+                mirror.send_bulk(ch, self._check_cancel)
+                st.disk_bytes_sent = mirror.sent
+                st.bytes_sent = ch.sent
+                st.log.append(f"{time.monotonic() - t0:.3f} s: disks copied ({mirror.sent / 2**20:.1f} MiB)")
             # round 0: start the dirty log, then send every non-zero page while the guest runs
             self._paused(eng.dirty_log_clear)
             last_fetch = time.monotonic()
@@ -327,7 +344,7 @@ class Source:
                 st.round += 1
                 st.dirty_pages = n
                 bw = st.bandwidth or self.bandwidth or 100e6
-                st.expected_downtime = n * PAGE / bw
+                st.expected_downtime = (n * PAGE + (mirror.dirty_bytes() if mirror is not None else 0)) / bw
                 converged = st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS
                 go_post = self.postcopy and not converged  # after the first pass: switch, fetch the rest later
                 if converged or go_post:
@@ -337,10 +354,12 @@ class Source:
                     # the guest stops only once the target's machine is built (the wait is not downtime):
                     # send this round, wait, then take what was dirtied meanwhile
                     self._send_pages(ch, ram, dirty, zero_too=True)
+                    self._send_disks(ch)
                     self._wait_built(ch)
                     target_built = True
                     continue
                 self._send_pages(ch, ram, dirty, zero_too=True)
+                self._send_disks(ch)
                 round_s = max(time.monotonic() - r0, 1e-6)
                 st.bandwidth = (ch.sent - b0) / round_s
                 if not self.postcopy:
@@ -362,8 +381,8 @@ class Source:
                 dirty = dirty | eng.dirty_log_fetch()
                 ch.bandwidth = None
                 self._send_pages(ch, ram, dirty, zero_too=True, stable=True)
+                self._final_disks(ch)
                 t_pages = time.monotonic()
-                self._release_disks()
                 ch.send_json(T_STATE, self.machine.save_state())
                 ch.send_json(T_END, {"pages": st.pages_sent, "rounds": st.round})
                 t_state = time.monotonic()
@@ -403,6 +422,8 @@ class Source:
             if self.vm.paused and self.vm.state == "paused":
                 self.vm.resume()
         finally:
+            if self.mirror is not None:
+                self.mirror.unwrap()
             st.total_seconds = st.total_seconds or time.monotonic() - t0
             if sock is not None:
                 try:
@@ -425,7 +446,7 @@ class Source:
         try:
             missing = dirty | self.machine.engine.dirty_log_fetch()
             bw, ch.bandwidth = ch.bandwidth, None  # the switch-over is downtime: no cap on it
-            self._release_disks()
+            self._final_disks(ch)
             ch.send_json(T_STATE, self.machine.save_state())
             ch.send(T_POSTCOPY, np.packbits(missing, bitorder="little").tobytes())
             mtype, payload = ch.recv()
@@ -595,6 +616,22 @@ class Source:
             if isinstance(getattr(d, "backend", None), SwitchPort):
                 d.backend.close()
 
+    def _send_disks(self, ch: Channel) -> None:
+        """--copy-storage: the disk chunks written since the last round."""
+        if self.mirror is not None:
+            self.mirror.send_dirty(ch, self._check_cancel)
+            self.status.disk_bytes_sent = self.mirror.sent
+            self.status.bytes_sent = ch.sent
+
+    def _final_disks(self, ch: Channel) -> None:
+        """At the switch-over (guest paused): the last disk chunks (copied disks), or the disks released
+        for the target to open (shared disks)."""
+        if self.mirror is None:
+            self._release_disks()
+            return
+        self.mirror.flush()
+        self._send_disks(ch)
+
     def _release_disks(self) -> None:
         """Flush and close every disk so the target can open (and lock) them."""
         from virtkit.devices.virtio.blk import VirtioBlk
@@ -622,8 +659,10 @@ class Target:
     """Waits on ``tcp:HOST:PORT`` for one migration and builds the machine it carries."""
 
     def __init__(self, uri: str, token: str | None = None, accept_timeout: float | None = None,
-                 listener_fd: int | None = None) -> None:
-        """Listen on ``uri`` (or on the inherited listening socket ``listener_fd``)."""
+                 listener_fd: int | None = None, disk_dir: str | None = None) -> None:
+        """Listen on ``uri`` (or on the inherited listening socket ``listener_fd``); ``disk_dir``: where the
+        disks of a ``--copy-storage`` migration are created (default: the source's paths)."""
+        self.disk_dir = disk_dir
         self.host, self.port = parse_uri(uri, listen=True)
         self.token = token or new_token()
         self.accept_timeout = accept_timeout
@@ -700,6 +739,7 @@ class Target:
         conn.settimeout(120)
         mem = None
         machine = None
+        mirror: Any = None
         builder: threading.Thread | None = None
         built: dict[str, Any] = {}
         try:
@@ -716,6 +756,10 @@ class Target:
                     or not all(isinstance(d, dict) and isinstance(d.get("size"), int) for d in disks)):
                 raise MigrationError("HELLO: the disks do not match the machine config")
             postcopy = hello.get("postcopy") is True
+            if hello.get("copy_storage") is True:
+                from virtkit.machine.mirror import TargetMirror
+
+                mirror = TargetMirror(cfg, disks, self.disk_dir)
             if postcopy:
                 from virtkit.machine import postcopy as pc
 
@@ -770,6 +814,19 @@ class Target:
                         crc = zlib.crc32(ramv[a:b], crc)
                     ch.finish(mtype, crc)
                     continue
+                if mtype in (T_DISK, T_DISKZERO):
+                    if mirror is None:
+                        raise MigrationError(f"unexpected {NAMES[mtype]} frame (the disks are shared)")
+                    if length < 13 or (mtype == T_DISKZERO) != (length == 13):
+                        raise MigrationError(f"malformed {NAMES[mtype]} frame")
+                    sub = ch._recv_exact(13)
+                    data = memoryview(ch._recv_exact(length - 13)) if mtype == T_DISK else None
+                    crc = zlib.crc32(sub, zlib.crc32(head))
+                    ch.finish(mtype, zlib.crc32(data, crc) if data is not None else crc)
+                    if data is not None and len(data) != struct.unpack_from("<I", sub, 9)[0]:
+                        raise MigrationError("DISK frame length does not match its header")
+                    mirror.frame(mtype == T_DISKZERO, sub, data)
+                    continue
                 payload = ch._recv_exact(length) if length else b""
                 ch.finish(mtype, zlib.crc32(payload, zlib.crc32(head)))
                 if mtype == T_STATE:
@@ -797,7 +854,10 @@ class Target:
             t_built = time.monotonic()
             machine.restore_state(state)
             t_restored = time.monotonic()
-            machine.open_deferred_disks()
+            if mirror is not None:
+                mirror.adopt(machine)
+            else:
+                machine.open_deferred_disks()
             if missing is not None:
                 return self._go_postcopy(machine, conn, ch, mem, missing, t_built, t_restored)
             ch.send_json(T_DONE, {"build_wait_ms": (t_built - t_end) * 1000,
@@ -817,6 +877,8 @@ class Target:
                 machine = built.get("machine")
             if machine is not None:
                 machine.vm.close()
+            if mirror is not None:
+                mirror.abort()
             if mem is not None:
                 try:
                     mem.close()

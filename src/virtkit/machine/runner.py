@@ -253,7 +253,8 @@ class RunningVm:
                     "paused_seconds": round(time.monotonic() - paused_at, 3)}
 
         def migrate(uri: str, token: str, bandwidth: float | None = None, downtime: float = 0.05,
-                    max_downtime: float = 1.0, auto_converge: bool = True, postcopy: bool = False) -> dict[str, Any]:
+                    max_downtime: float = 1.0, auto_converge: bool = True, postcopy: bool = False,
+                    copy_storage: bool = False) -> dict[str, Any]:
             """Start a live migration to ``uri`` in the background (``migration`` reports on it)."""
             from virtkit.machine.migration import Source, parse_uri
 
@@ -266,8 +267,8 @@ class RunningVm:
             if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float)
                                           or bandwidth <= 0):
                 raise ValueError("bandwidth must be bytes per second")
-            if not isinstance(postcopy, bool) or not isinstance(auto_converge, bool):
-                raise ValueError("postcopy and auto_converge must be true or false")
+            if not all(isinstance(v, bool) for v in (postcopy, auto_converge, copy_storage)):
+                raise ValueError("postcopy, auto_converge and copy_storage must be true or false")
             if vm.state != "running":
                 raise ValueError(f"VM {self.name!r} is {vm.state}: only a running VM migrates")
             if self.migration is not None and not self.migration.ended.is_set():
@@ -276,7 +277,7 @@ class RunningVm:
                 raise ValueError(f"VM {self.name!r}: {self.backups.busy()}")
             self.migration = Source(self.machine, uri, token, bandwidth=bandwidth, downtime=float(downtime),
                                     downtime_ceiling=float(max_downtime), auto_converge=auto_converge,
-                                    postcopy=postcopy)
+                                    postcopy=postcopy, copy_storage=copy_storage)
             self.migration.start()
             return {"state": "setup"}
 
