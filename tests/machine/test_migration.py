@@ -89,13 +89,55 @@ def test_migrated_guest_arrives_identical_and_goes_on(tmp_path):
         src.vm.close()
 
 
+class SlowLink:
+    """A TCP relay that carries at most ``rate`` bytes/s from the source to the target: a slow link, not a
+    cap the sender keeps (its sends block once the buffers are full, so the stop-and-copy is slow too)."""
+
+    def __init__(self, target_port, rate):
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 << 10)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.target_port, self.rate = target_port, rate
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        a, _ = self.lsock.accept()
+        b = socket.create_connection(("127.0.0.1", self.target_port))
+
+        def back():
+            try:
+                while data := b.recv(65536):
+                    a.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=back, daemon=True).start()
+        due = time.monotonic()
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+                due = max(due, time.monotonic() - 0.05) + len(data) / self.rate
+                time.sleep(max(0.0, due - time.monotonic()))
+        except OSError:
+            pass
+        for s_ in (a, b):
+            try:
+                s_.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s_.close()
+
+
 def test_busy_guest_on_a_slow_link_converges(tmp_path):
     src = machine(tmp_path, BUSY)
     src.vm.start()
     time.sleep(0.3)
     rx = Receiver()
-    # 16 MiB/s: the guest dirties pages faster than that; without a throttle pre-copy would not converge
-    mig = Source(src, rx.uri, "t0k3n", bandwidth=16 << 20, downtime=0.05, downtime_ceiling=0.2)
+    # a 16 MiB/s link: the guest dirties pages faster than that; without a throttle pre-copy would not converge
+    link = SlowLink(rx.target.port, 16 << 20)
+    mig = Source(src, f"tcp:127.0.0.1:{link.port}", "t0k3n", downtime=0.05, downtime_ceiling=0.2)
     mig.start()
     st = mig.wait(180)
     rx.join()

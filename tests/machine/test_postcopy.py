@@ -33,7 +33,7 @@ def test_busy_guest_on_a_slow_link_moves_by_postcopy(tmp_path):
     src.vm.start()
     time.sleep(0.3)
     rx = Receiver()
-    mig = Source(src, rx.uri, "t0k3n", bandwidth=16 << 20, postcopy=True)
+    mig = Source(src, rx.uri, "t0k3n", bandwidth=16 << 20, postcopy=True, downtime=0.001, downtime_ceiling=0.001)
     mig.start()
     rx.join()
     assert rx.error is None, rx.error
@@ -63,7 +63,7 @@ def test_counting_guest_goes_on_while_its_pages_arrive(tmp_path):
     src.vm.start()
     assert wait(lambda: counter(src) > 100_000)
     rx = Receiver()
-    mig = Source(src, rx.uri, "t0k3n", bandwidth=8 << 20, postcopy=True)
+    mig = Source(src, rx.uri, "t0k3n", bandwidth=8 << 20, postcopy=True, downtime=0.001, downtime_ceiling=0.001)
     mig.start()
     rx.join()
     dst = rx.machine
@@ -148,7 +148,8 @@ def test_a_stream_cut_after_the_switch_stops_both_sides_with_a_clear_error(tmp_p
     rx = Receiver()
     cut = threading.Event()
     px = Proxy(rx.target.port, lambda off, data: (data, cut.is_set()))
-    mig = Source(src, f"tcp:127.0.0.1:{px.port}", "t0k3n", bandwidth=4 << 20, postcopy=True)
+    mig = Source(src, f"tcp:127.0.0.1:{px.port}", "t0k3n", bandwidth=4 << 20, postcopy=True, downtime=0.001,
+                 downtime_ceiling=0.001)
     mig.start()
     rx.join()
     dst = rx.machine

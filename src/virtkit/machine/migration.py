@@ -99,11 +99,13 @@ class Channel:
         self.bandwidth = bandwidth
         self.sent = 0
         self.received = 0
+        self.busy = 0.0  # seconds spent sending (checksums and system calls), the cap's sleeps not counted
         self._t0 = time.monotonic()
         self._budget_sent = 0
 
     def send(self, mtype: int, *parts: bytes | memoryview) -> None:
         """One frame whose payload is ``parts`` one after the other (sent without joining them)."""
+        t = time.monotonic()
         length = sum(len(p) for p in parts)
         head = HDR.pack(mtype, 0, 0, length)
         crc = zlib.crc32(head)
@@ -112,7 +114,19 @@ class Channel:
         self._sendmsg([head, *(p for p in parts if len(p)), CRC.pack(crc)])
         n = HDR.size + length + CRC.size
         self.sent += n
+        self.busy += time.monotonic() - t
         self._throttle(n)
+
+    def mark(self) -> tuple[int, float]:
+        """Where the counters stand now (for :meth:`raw_rate` over what follows)."""
+        return self.sent, self.busy
+
+    def raw_rate(self, since: tuple[int, float]) -> float | None:
+        """Bytes per second the sender managed since ``since`` while it was not sleeping for the cap: the rate
+        of the switch-over, where the cap is lifted (a slow link blocks the sends and shows here too). None when
+        too little was sent to tell."""
+        sent, busy = self.sent - since[0], self.busy - since[1]
+        return sent / busy if busy > 0.005 and sent > 4 << 20 else None
 
     def _sendmsg(self, bufs: list) -> None:
         """All of ``bufs`` in as few system calls as the socket takes (one write per frame, not one per part:
@@ -325,6 +339,7 @@ class Source:
             target_built = False
             mask = _nonzero_pages(mem)
             t_r0, b_r0 = time.monotonic(), ch.sent
+            self._round_mark = ch.mark()
             unsent = self._send_pages(ch, ram, mask, zero_too=False, early=True)
             if time.monotonic() - t_r0 > 0.01:  # long enough to say what the link carries
                 st.bandwidth = (ch.sent - b_r0) / (time.monotonic() - t_r0)
@@ -334,6 +349,8 @@ class Source:
                 self._check_cancel()
                 r0 = time.monotonic()
                 b0 = ch.sent
+                last_round, round_mark = getattr(self, "_round_mark", None), ch.mark()
+                self._round_mark = round_mark
                 dirty = self._paused(eng.dirty_log_fetch)
                 if unsent is not None:  # the rest of the first pass
                     dirty, unsent = dirty | unsent, None
@@ -344,9 +361,13 @@ class Source:
                 st.round += 1
                 st.dirty_pages = n
                 bw = st.bandwidth or self.bandwidth or 100e6
-                st.expected_downtime = (n * PAGE + (mirror.dirty_bytes() if mirror is not None else 0)) / bw
-                converged = st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS
-                go_post = self.postcopy and not converged  # after the first pass: switch, fetch the rest later
+                # the stop-and-copy runs uncapped: its time is the dirty set at the uncapped rate
+                raw = ch.raw_rate(last_round) if last_round is not None else None
+                final_bw = max(bw, raw or 0) if ch.bandwidth else bw
+                st.expected_downtime = (n * PAGE + (mirror.dirty_bytes() if mirror is not None else 0)) / final_bw
+                fits = st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS
+                go_post = self.postcopy and not fits  # after the first pass: switch, fetch the rest later
+                converged = fits and not self._another_round(n, bw)
                 if converged or go_post:
                     if target_built or self._built_yet(ch):
                         target_built = True
@@ -433,6 +454,20 @@ class Source:
             self.ended.set()
             if self.on_done is not None:
                 self.on_done(st)
+
+    def _another_round(self, n: int, bw: float) -> bool:
+        """The dirty set fits the goal; is one more round worth it? The goal is a ceiling, not a target: while
+        a round is short (at most 50 ms at the measured bandwidth) and the set keeps shrinking (each round at
+        most 60% of the one before), another round costs little time and cuts the downtime. A guest that
+        dirties as fast as the link carries stops shrinking, and the switch happens at once."""
+        prev, self._prev_dirty = getattr(self, "_prev_dirty", None), n
+        extra = getattr(self, "_extra_rounds", 0)
+        if extra >= 4 or n * PAGE / bw < 0.003 or n * PAGE / bw > 0.05:
+            return False
+        if prev is not None and n > 0.6 * prev:
+            return False
+        self._extra_rounds = extra + 1
+        return True
 
     def _postcopy(self, ch: Channel, ram: np.ndarray, dirty: np.ndarray, t0: float) -> None:
         """Switch to post-copy: state and the bitmap of missing pages, the guest on at the target, then every
