@@ -19,7 +19,7 @@ from tests.helpers import private_switches
 from tests.helpers.guests import BUSY, COUNTING, Out, counter
 from tests.helpers.machines import virt
 from tests.helpers.opensbi import payload_image
-from virtkit.machine.migration import MAGIC, MigrationError, Source, Target
+from virtkit.machine.migration import MAGIC, VERSION, MigrationError, Source, Target
 
 
 def machine(tmp_path, body, name="src", **kw):
@@ -273,8 +273,8 @@ def test_a_stream_cut_anywhere_leaves_the_source_running(running_src, cut):
 @pytest.mark.parametrize("data,msg", [
     (b"GET / HTTP/1.0\r\n\r\n", "not a virtkit migration stream"),
     (MAGIC + struct.pack("<I", 99), "stream version 99"),
-    (MAGIC + struct.pack("<I", 1) + struct.pack("<BBHI", 77, 0, 0, 0) + b"\0\0\0\0", "unknown frame type 77"),
-    (MAGIC + struct.pack("<I", 1) + struct.pack("<BBHI", 1, 0, 0, 1 << 30), "exceeds"),
+    (MAGIC + struct.pack("<I", VERSION) + struct.pack("<BBHI", 77, 0, 0, 0) + b"\0\0\0\0", "unknown frame type 77"),
+    (MAGIC + struct.pack("<I", VERSION) + struct.pack("<BBHI", 1, 0, 0, 1 << 30), "exceeds"),
 ])
 def test_garbage_at_the_target_is_a_clear_error(data, msg):
     rx = Receiver()

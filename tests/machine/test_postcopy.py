@@ -8,10 +8,10 @@ from __future__ import annotations
 import socket
 import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
+from crc32c import crc32c
 
 from tests.helpers.guests import BUSY, COUNTING, counter
 from tests.machine.test_migration import Receiver, machine, wait
@@ -93,7 +93,7 @@ class Mem:
 
 def record(p, data, flip=False):
     head = struct.pack("<Q", p)
-    crc = zlib.crc32(data, zlib.crc32(head))
+    crc = crc32c(data, crc32c(head))
     out = bytearray(head + data + struct.pack("<I", crc))
     if flip:
         out[100] ^= 1

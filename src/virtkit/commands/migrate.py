@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="the token the target printed (required with URI)")
     p.add_argument("--cancel", action="store_true", help="cancel the VM's migration (it goes on running here)")
     p.add_argument("--status", action="store_true", help="show the VM's current or last migration")
-    p.add_argument("--bandwidth", help="cap the stream, e.g. 128M (MiB/s; default: unlimited)")
+    p.add_argument("--bandwidth", help="cap the stream while the guest runs, e.g. 128M (MiB/s; default: "
+                   "unlimited); the stop-and-copy runs uncapped, as QEMU's completion does")
     p.add_argument("--downtime", default="50ms", help="the first downtime goal (default 50ms; it grows, up to "
                    "--max-downtime, when the guest dirties memory fast)")
     p.add_argument("--max-downtime", default="1s", help="the ceiling of the downtime goal (default 1s)")

@@ -14,11 +14,11 @@ source (``virtkit migrate NAME tcp:HOST:PORT --token T``) sends, while its guest
 
 A guest that dirties memory faster than the link carries it is throttled (**auto-converge**: the vCPU
 sleeps a growing share of its time), and the downtime goal grows round by round up to a ceiling, so a busy
-guest still finishes. Every frame carries a CRC32; the stream starts with a version; a wrong token, a
+guest still finishes. Every frame carries a CRC-32C; the stream starts with a version; a wrong token, a
 corrupt or cut stream, a target that fails, anything before ``DONE`` leaves the source running as if
 nothing had happened (its disks reopened).
 
-Frame: ``type u8, flags u8, reserved u16, length u32, payload, crc32 u32`` (over header and payload).
+Frame: ``type u8, flags u8, reserved u16, length u32, payload, crc32c u32`` (over header and payload).
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ import struct
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from crc32c import crc32c as checksum  # CRC-32C in hardware (SSE 4.2, ARMv8): 14 GB/s here, zlib's CRC-32 3.9
 
 from virtkit.errors import VirtkitError
 from virtkit.machine.memory import page_runs
 
 MAGIC = b"VKMIGRT\x00"
-VERSION = 1
+VERSION = 2  # 2: frames are checksummed with CRC-32C (1: zlib's CRC-32)
 PAGE = 4096
 HDR = struct.Struct("<BBHI")
 CRC = struct.Struct("<I")
@@ -108,9 +108,9 @@ class Channel:
         t = time.monotonic()
         length = sum(len(p) for p in parts)
         head = HDR.pack(mtype, 0, 0, length)
-        crc = zlib.crc32(head)
+        crc = checksum(head)
         for p in parts:
-            crc = zlib.crc32(p, crc)
+            crc = checksum(p, crc)
         self._sendmsg([head, *(p for p in parts if len(p)), CRC.pack(crc)])
         n = HDR.size + length + CRC.size
         self.sent += n
@@ -182,7 +182,7 @@ class Channel:
         """One frame, checked: known type, bounded length, CRC."""
         mtype, length, head = self.head()
         payload = self._recv_exact(length) if length else b""
-        self.finish(mtype, zlib.crc32(payload, zlib.crc32(head)))
+        self.finish(mtype, checksum(payload, checksum(head)))
         return mtype, payload
 
     def send_json(self, mtype: int, obj: Any) -> None:
@@ -837,7 +837,7 @@ class Target:
                     if count == 0 or first + count > npages:
                         raise MigrationError(f"{NAMES[mtype]} frame for pages {first}+{count} outside RAM")
                     a, b = first * PAGE, (first + count) * PAGE
-                    crc = zlib.crc32(sub, zlib.crc32(head))
+                    crc = checksum(sub, checksum(head))
                     if mtype == T_ZERO:
                         if length != 12:
                             raise MigrationError("malformed ZERO frame")
@@ -846,7 +846,7 @@ class Target:
                         if length != 12 + count * PAGE:
                             raise MigrationError("PAGES frame length does not match its page count")
                         ch._recv_into(ramv[a:b])  # straight into RAM (a bad CRC fails the whole migration)
-                        crc = zlib.crc32(ramv[a:b], crc)
+                        crc = checksum(ramv[a:b], crc)
                     ch.finish(mtype, crc)
                     continue
                 if mtype in (T_DISK, T_DISKZERO):
@@ -856,14 +856,14 @@ class Target:
                         raise MigrationError(f"malformed {NAMES[mtype]} frame")
                     sub = ch._recv_exact(13)
                     data = memoryview(ch._recv_exact(length - 13)) if mtype == T_DISK else None
-                    crc = zlib.crc32(sub, zlib.crc32(head))
-                    ch.finish(mtype, zlib.crc32(data, crc) if data is not None else crc)
+                    crc = checksum(sub, checksum(head))
+                    ch.finish(mtype, checksum(data, crc) if data is not None else crc)
                     if data is not None and len(data) != struct.unpack_from("<I", sub, 9)[0]:
                         raise MigrationError("DISK frame length does not match its header")
                     mirror.frame(mtype == T_DISKZERO, sub, data)
                     continue
                 payload = ch._recv_exact(length) if length else b""
-                ch.finish(mtype, zlib.crc32(payload, zlib.crc32(head)))
+                ch.finish(mtype, checksum(payload, checksum(head)))
                 if mtype == T_STATE:
                     state = _json(payload, "STATE")
                 elif mtype == T_END:

@@ -13,7 +13,7 @@ The target's page server (:func:`_serve`) is compiled code that never takes the 
 faults while holding the GIL (device emulation in Python touches guest RAM) is served all the same.
 
 The stream after the switch-over: source to target, records of ``page index (u64) | 4096 bytes |
-CRC32 of both``; target to source, page indices it faults on, then ``ALL_HERE``. A bad CRC or an index
+CRC-32C of both``; target to source, page indices it faults on, then ``ALL_HERE``. A bad CRC or an index
 outside RAM stops the guest with a clear error: after the switch-over the source cannot take the guest
 back, the weakness every post-copy design has (QEMU's answer is a recovery protocol).
 """
@@ -26,11 +26,11 @@ import os
 import platform
 import struct
 import threading
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from crc32c import crc32c
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -39,7 +39,7 @@ from numba.extending import intrinsic
 from virtkit.errors import VirtkitError
 
 PAGE = 4096
-REC = 8 + PAGE + 4  # page index, page, CRC32
+REC = 8 + PAGE + 4  # page index, page, CRC-32C
 ALL_HERE = (1 << 64) - 1
 BATCH = 32  # pages per send on the source (a requested page waits behind at most this many)
 
@@ -108,14 +108,14 @@ def _crc_table() -> np.ndarray:  # pragma: no cover - compiled
     for i in range(256):
         c = np.uint32(i)
         for _ in range(8):
-            c = (c >> np.uint32(1)) ^ np.uint32(0xEDB88320) if c & np.uint32(1) else c >> np.uint32(1)
+            c = (c >> np.uint32(1)) ^ np.uint32(0x82F63B78) if c & np.uint32(1) else c >> np.uint32(1)
         t[i] = c
     return t
 
 
 @njit(nogil=True, cache=True)
 def _crc32(buf: np.ndarray, start: int, n: int, table: np.ndarray) -> int:  # pragma: no cover - compiled
-    """zlib's CRC-32 of ``buf[start:start+n]``."""
+    """CRC-32C (Castagnoli, the migration stream's checksum) of ``buf[start:start+n]``."""
     c = np.uint32(0xFFFFFFFF)
     for i in range(start, start + n):
         c = table[(c ^ np.uint32(buf[i])) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
@@ -351,7 +351,7 @@ def records(ram: np.ndarray, pages: list[int]) -> list[bytes]:
     for p in pages:
         head = struct.pack("<Q", p)
         page = ram[p * PAGE:(p + 1) * PAGE].tobytes()
-        out.append(head + page + struct.pack("<I", zlib.crc32(page, zlib.crc32(head))))
+        out.append(head + page + struct.pack("<I", crc32c(page, crc32c(head))))
     return out
 
 
