@@ -955,6 +955,9 @@ class Target:
         from virtkit.machine.builder import Builder
         from virtkit.machine.console import ConsoleHub
 
+        import virtkit.storage  # noqa: F401 - imported now, not while the guest waits at the switch-over
+        import virtkit.storage.backend  # noqa: F401
+
         hub = console if isinstance(console, ConsoleHub) else ConsoleHub()
         if callable(console) and not isinstance(console, ConsoleHub):
             hub.sinks.append(console)
