@@ -952,11 +952,10 @@ class Target:
 
     @staticmethod
     def _build(cfg: Any, mem: Any, console: Any, disks: list[dict]) -> Any:
-        from virtkit.machine.builder import Builder
-        from virtkit.machine.console import ConsoleHub
-
         import virtkit.storage  # noqa: F401 - imported now, not while the guest waits at the switch-over
         import virtkit.storage.backend  # noqa: F401
+        from virtkit.machine.builder import Builder
+        from virtkit.machine.console import ConsoleHub
 
         hub = console if isinstance(console, ConsoleHub) else ConsoleHub()
         if callable(console) and not isinstance(console, ConsoleHub):
