@@ -93,6 +93,11 @@ def test_clones_diverge_and_share_unchanged_memory(env, tmp_path):
     assert names == ["web-1", "web-2"]
     for n in names:  # each writes its own disk and memory
         shell(env, n, f"echo {n} > /mnt/who; echo {n} > /tmp/who; sync", "w")
+    draws = set()  # the entropy device gives each clone its own random bytes (the host's, not the snapshot's)
+    for n in names:
+        out = shell(env, n, "head -c 16 /dev/hwrng | hexdump -v -e '16/1 \"%02x\"'; echo", "r")
+        draws.update(re.findall(r"^([0-9a-f]{32})\r?$", out, re.M))
+    assert len(draws) == 2, draws
     for n in names:
         out = shell(env, n, "cat /mnt/who /tmp/who", "c")
         others = [o for o in names if o != n]

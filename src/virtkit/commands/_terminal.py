@@ -173,8 +173,7 @@ def print_stats(stats: dict[str, Any], title: str = "virtkit run", to_terminal_r
     insns, secs = stats.get("instructions", 0), stats.get("run_seconds", 0.0)
     t.add_row("instructions", f"{insns:,}")
     t.add_row("run seconds", f"{secs:.3f}")
-    if secs > 0:
-        t.add_row("MIPS", f"{insns / secs / 1e6:.1f}")
+    t.add_row("MIPS", f"{insns / secs / 1e6:.1f}" if secs > 0 else "-")  # a run too short to time: no rate
     if insns and stats.get("jit_instructions"):
         t.add_row("run by JIT code", f"{stats['jit_instructions'] / insns:.0%}")
     for h, n in enumerate(stats.get("per_hart", [])):

@@ -74,6 +74,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not 0 < down <= ceiling <= 60:
         raise ConfigError("--downtime must be positive and at most --max-downtime (at most 60 s)")
     bw = default_bandwidth(args.bandwidth)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C cancels, even if started with it ignored
     request(args.name, "migrate", wait=30, uri=args.uri, token=args.token, bandwidth=bw, downtime=down,
             max_downtime=ceiling, auto_converge=not args.no_auto_converge, postcopy=args.postcopy,
             copy_storage=args.copy_storage)

@@ -83,6 +83,7 @@ def cmd_serve_vm(args: argparse.Namespace) -> int:
     sock = os.path.abspath(args.socket) if args.socket else None
     port = args.port if args.port is not None or not sock else None
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rep = request(args.vm, "nbd-export", wait=30, disk=args.disk, bitmap=args.bitmap,
                   reset_bitmap=args.reset_bitmap, host=args.bind, port=port, socket=sock, name=args.name or "")
     try:
@@ -136,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.port is not None or not args.socket:
             server.listen_tcp(args.bind, 10809 if args.port is None else args.port)
         signal.signal(signal.SIGTERM, _interrupt)  # before announcing: a prompt SIGTERM must still clean up
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
         if args.json:
             print(json.dumps({"addresses": server.addresses, "exports": [e.name for e in exports]}), flush=True)
         else:

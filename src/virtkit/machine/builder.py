@@ -148,6 +148,17 @@ class Machine:
         for blk, real in opened:
             blk.backend = real
 
+    def taps(self) -> list[Any]:
+        """The TAP devices behind the NICs."""
+        from virtkit.network.tap import Tap
+
+        return [d.backend for d in self.virtio if isinstance(getattr(d, "backend", None), Tap)]
+
+    def attach_taps(self) -> None:
+        """The migration target takes the TAP queues over (the source has detached its own)."""
+        for t in self.taps():
+            t.attach()
+
     def announce(self, rounds: int = 5, first: float = 0.05, step: float = 0.1) -> None:
         """Each NIC announces its MAC ``rounds`` times (now, then after ``first``, ``first + step``...
         seconds, as QEMU's announce-self does after a migration or a restore), in the background: the
@@ -291,7 +302,9 @@ class Builder:
         else:
             from virtkit.network.tap import Tap
 
-            port = Tap(n.name)
+            # a migration target opens the TAP's queue detached: the source's queue serves the guest until the
+            # switch-over (Machine.attach_taps)
+            port = Tap(n.name, detached=self.deferred_disks is not None)
         self.add_closer(f"NIC {n.backend}:{n.name}", port.close)
         nic = VirtioNet(self.mem, port, n.mac_bytes())
         self.io_readers.append((port.fileno(), nic.poll_backend))

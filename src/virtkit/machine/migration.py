@@ -41,6 +41,7 @@ from crc32c import crc32c as checksum  # CRC-32C in hardware (SSE 4.2, ARMv8): 1
 
 from virtkit.errors import VirtkitError
 from virtkit.machine.memory import page_runs
+from virtkit.machine.mirror import T_DISK, T_DISKZERO
 
 MAGIC = b"VKMIGRT\x00"
 VERSION = 2  # 2: frames are checksummed with CRC-32C (1: zlib's CRC-32)
@@ -50,7 +51,6 @@ CRC = struct.Struct("<I")
 MAX_PAYLOAD = 4 << 20
 RUN_PAGES = 256  # pages per PAGES frame at most (1 MiB)
 T_HELLO, T_READY, T_PAGES, T_ZERO, T_STATE, T_END, T_DONE, T_ERROR, T_POSTCOPY = 1, 2, 3, 4, 5, 6, 7, 8, 9
-T_DISK, T_DISKZERO = 10, 11
 NAMES = {T_HELLO: "HELLO", T_READY: "READY", T_PAGES: "PAGES", T_ZERO: "ZERO", T_STATE: "STATE", T_END: "END",
          T_DONE: "DONE", T_ERROR: "ERROR", T_POSTCOPY: "POSTCOPY", T_DISK: "DISK", T_DISKZERO: "DISKZERO"}
 DEFAULT_DOWNTIME = 0.05  # seconds: the first goal (QEMU's default is 0.3)
@@ -268,6 +268,7 @@ class Source:
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._released: list[Any] = []
+        self._detached: list[Any] = []  # TAP queues detached at the switch-over
         #: set when the migration has ended (any way); a follower (``virtkit migrate`` polling the VM)
         #: sets ``delivered`` once it has the final status, before a migrated VM stops and goes away
         self.ended = threading.Event()
@@ -299,6 +300,7 @@ class Source:
             if not hasattr(eng, "dirty_log_clear"):
                 raise MigrationError(f"engine {self.machine.cfg.engine!r} keeps no dirty log: it cannot be "
                                      "migrated live")
+            self._check_taps()
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
             sock.settimeout(60)
             ch = Channel(sock, self.bandwidth)
@@ -403,6 +405,7 @@ class Source:
                 ch.bandwidth = None
                 self._send_pages(ch, ram, dirty, zero_too=True, stable=True)
                 self._final_disks(ch)
+                self._detach_taps()
                 t_pages = time.monotonic()
                 ch.send_json(T_STATE, self.machine.save_state())
                 ch.send_json(T_END, {"pages": st.pages_sent, "rounds": st.round})
@@ -422,6 +425,7 @@ class Source:
                               f"{(t_state - t_pages) * 1000:.1f}, target {(time.monotonic() - t_state) * 1000:.1f}")
             except BaseException:
                 self._reopen_disks()
+                self._reattach_taps()
                 self.vm.set_throttle(0.0)
                 self.vm.resume()
                 raise
@@ -482,6 +486,7 @@ class Source:
             missing = dirty | self.machine.engine.dirty_log_fetch()
             bw, ch.bandwidth = ch.bandwidth, None  # the switch-over is downtime: no cap on it
             self._final_disks(ch)
+            self._detach_taps()
             ch.send_json(T_STATE, self.machine.save_state())
             ch.send(T_POSTCOPY, np.packbits(missing, bitorder="little").tobytes())
             mtype, payload = ch.recv()
@@ -500,6 +505,7 @@ class Source:
         except BaseException as err:
             if not committed:
                 self._reopen_disks()
+                self._reattach_taps()
                 self.vm.set_throttle(0.0)
                 self.vm.resume()
                 raise
@@ -641,6 +647,28 @@ class Source:
                           f"{st.bandwidth / 1e6:.1f} MB/s link: vCPU throttled to {st.throttle:.0%}")
         if st.round % 3 == 0 and st.downtime_goal < self.downtime_ceiling:
             st.downtime_goal = min(self.downtime_ceiling, st.downtime_goal * 1.5)
+
+    def _check_taps(self) -> None:
+        """Every TAP must be multi-queue to be handed over (refused before anything starts)."""
+        for t in self.machine.taps():
+            if not t.multi_queue:
+                raise MigrationError(f"TAP {t.name} is not multi-queue, so the target cannot take it over on "
+                                     "this host (create it with `ip tuntap add ... multi_queue`, or let virtkit "
+                                     "create it)")
+
+    def _detach_taps(self) -> None:
+        """At the switch-over: the source's TAP queues stop, so the target's can start."""
+        for t in self.machine.taps():
+            t.detach()
+            self._detached.append(t)
+
+    def _reattach_taps(self) -> None:
+        for t in self._detached:
+            try:
+                t.attach()
+            except VirtkitError as err:  # the VM runs on; its NIC reports nothing more
+                self.status.log.append(str(err))
+        self._detached.clear()
 
     def _release_switch_ports(self) -> None:
         """Unplug the NICs from their switches: the guest's ports now belong to the target, which has
@@ -893,6 +921,7 @@ class Target:
                 mirror.adopt(machine)
             else:
                 machine.open_deferred_disks()
+            machine.attach_taps()
             if missing is not None:
                 return self._go_postcopy(machine, conn, ch, mem, missing, t_built, t_restored)
             ch.send_json(T_DONE, {"build_wait_ms": (t_built - t_end) * 1000,

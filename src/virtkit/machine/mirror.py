@@ -26,6 +26,7 @@ import numpy as np
 from virtkit.errors import VirtkitError
 from virtkit.storage.bitmap import DirtyBitmap
 
+T_DISK, T_DISKZERO = 10, 11  # their frame types in the migration stream
 DISK_HDR = struct.Struct("<BQI")
 PIECE = 1 << 20  # bytes per DISK frame at most
 GRANULARITY = 64 << 10
@@ -114,8 +115,6 @@ class SourceMirror:
 
     def _send_runs(self, ch: Any, i: int, t: TrackedDisk, runs: list[tuple[int, int]], zeros: bool,
                    check: Any) -> None:
-        from virtkit.machine.migration import T_DISK, T_DISKZERO
-
         buf = bytearray(PIECE)
         for off, n in runs:
             pos, end = off, off + n
