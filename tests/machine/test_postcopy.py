@@ -14,7 +14,7 @@ import pytest
 from crc32c import crc32c
 
 from tests.helpers.guests import BUSY, COUNTING, counter
-from tests.machine.test_migration import Receiver, machine, wait
+from tests.helpers.migration import Receiver, machine, wait
 from virtkit.machine import postcopy as pc
 from virtkit.machine.migration import Source
 
@@ -140,7 +140,7 @@ def test_page_server_installs_pages_and_zero_fills_the_rest():
 def test_a_stream_cut_after_the_switch_stops_both_sides_with_a_clear_error(tmp_path):
     import threading
 
-    from tests.machine.test_migration import Proxy
+    from tests.helpers.migration import Proxy
 
     src = machine(tmp_path, BUSY)
     src.vm.start()

@@ -117,7 +117,7 @@ def test_auto_converge_moves_a_guest_that_outruns_a_slow_link(env, tmp_path):
     relay: a real slow link, which the sends feel): pre-copy alone would never converge; auto-converge
     throttles the vCPU until it does, and the guest goes on on the target with RAM and disk agreeing."""
     require_tool("mkfs.ext4", "e2fsck", "debugfs", "qemu-img")
-    from tests.machine.test_migration import SlowLink
+    from tests.helpers.migration import SlowLink
 
     disk = tmp_path / "vm.qcow2"
     ext4_qcow2(env, disk)
