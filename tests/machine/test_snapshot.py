@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from tests.helpers.guests import COUNTING, Out, counter
@@ -268,3 +269,28 @@ def test_restores_and_clones_are_new_generations_the_guest_reads(tmp_path):
             other.vm.close()
     finally:
         m.vm.close()
+
+
+def test_untouched_ram_is_neither_read_nor_written_and_touched_pages_all_are(tmp_path):
+    """``GuestMemory.resident_pages`` (pagemap: present or swapped) tells which pages the guest ever wrote;
+    the sparse memory file holds exactly the non-zero ones among them, and restores equal."""
+    from virtkit.machine.memory import GuestMemory
+
+    mem = GuestMemory(8 << 20)
+    try:
+        res = mem.resident_pages()
+        if res is None:
+            pytest.skip("/proc/self/pagemap is not readable here")
+        assert not res.any()
+        for page, value in ((0, 1), (7, 2), (1500, 3), (2047, 4)):
+            mem.array[page * 4096 + 100] = value
+        mem.array[300 * 4096] = 0  # touched (written), but zero: resident, not in the file
+        res = mem.resident_pages()
+        assert set(np.flatnonzero(res)) == {0, 7, 300, 1500, 2047}
+        path = tmp_path / "mem"
+        written, _, _ = snapshot.write_memory(mem.array[: mem.size], path, resident=res)
+        assert written == 4
+        data = np.fromfile(path, dtype=np.uint8)
+        assert np.array_equal(data, mem.array[: mem.size])
+    finally:
+        mem.close()

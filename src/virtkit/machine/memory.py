@@ -79,17 +79,27 @@ class GuestMemory:
             self.on_write(0, self.size)
 
     def resident_pages(self) -> np.ndarray | None:
-        """Which pages of RAM are in memory (``mincore``): a page of anonymous RAM that is not has never been
-        written and reads as zero. None when that does not hold (RAM mapped from a file) or is unknown."""
+        """Which pages of RAM the guest has touched: in memory or in swap (``/proc/self/pagemap``'s present and
+        swapped bits). A page of anonymous RAM that is neither has never been written and reads as zero.
+        None when that does not hold (RAM mapped from a file) or cannot be known (then every page must be
+        read); ``mincore`` is not enough, it does not see pages in swap."""
         if self._file_backed:
             return None
         npages = self.size // mmap.PAGESIZE
-        vec = (ctypes.c_ubyte * npages)()
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-        if libc.mincore(ctypes.c_void_p(self.address), ctypes.c_size_t(self.size), vec) != 0:
+        try:
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        except OSError:
             return None
-        return (np.frombuffer(vec, np.uint8) & 1).astype(bool)
+        try:
+            raw = os.pread(fd, npages * 8, (self.address // mmap.PAGESIZE) * 8)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(raw) != npages * 8:
+            return None
+        e = np.frombuffer(raw, dtype=np.uint64)
+        return ((e >> np.uint64(62)) & np.uint64(3)) != 0
 
     def contains(self, gpa: int, n: int = 1) -> bool:
         """True when ``[gpa, gpa+n)`` lies entirely inside RAM."""

@@ -127,10 +127,12 @@ class PageDigest:
         return "sha256-pages:" + self.h.hexdigest()
 
 
-def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None
-                 ) -> tuple[int, np.ndarray | None, str]:
+def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None,
+                 resident: np.ndarray | None = None) -> tuple[int, np.ndarray | None, str]:
     """Write RAM sparsely to ``path``: only non-zero pages (and, with ``parent``, only pages that differ from
-    it). Returns the number of pages written, for a diff the page mask, and the :class:`PageDigest`."""
+    it). ``resident`` (``GuestMemory.resident_pages``): pages of anonymous RAM that are not resident were never
+    written and are zero, so they are not even read (reading would fault each one in). Returns the number
+    of pages written, for a diff the page mask, and the :class:`PageDigest`."""
     npages = ram.size // PAGE
     mask_all = np.zeros(npages, dtype=bool) if parent is not None else None
     written = 0
@@ -146,6 +148,11 @@ def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None
                 assert mask_all is not None
                 mask_all[off // PAGE: off // PAGE + mask.size] = mask
                 keep = mask & _nonzero_pages(block)  # changed to zero: the mask says so, the hole reads zero
+            elif resident is not None:  # look only at the pages the guest has touched
+                res = np.flatnonzero(resident[off // PAGE: off // PAGE + block.size // PAGE])
+                keep = np.zeros(block.size // PAGE, dtype=bool)
+                if res.size:
+                    keep[res] = block.view(np.uint64).reshape(-1, PAGE // 8)[res].any(axis=1)
             else:
                 keep = _nonzero_pages(block)
             for first, count in page_runs(keep):
@@ -248,7 +255,7 @@ def save(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
             csize = write_memory_zstd(ram, tmp / MEMORY_ZST)
             mem_info.update(encoding="zstd", file=MEMORY_ZST, compressed=csize)
         else:
-            written, _, mdigest = write_memory(ram, tmp / MEMORY)
+            written, _, mdigest = write_memory(ram, tmp / MEMORY, resident=mem.resident_pages())
             mem_info.update(encoding="sparse", file=MEMORY, pages=written, digest=mdigest)
         # the memory file is checked by its page digest (only its data is read), the others whole
         files = {f.name: _sha256_file(f) for f in sorted(tmp.iterdir()) if f.name != MEMORY}
