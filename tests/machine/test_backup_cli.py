@@ -127,3 +127,28 @@ def test_a_snapshot_carries_the_disks_bitmaps_on(tmp_path):
         assert show["backing_file"] and [(b["name"], b["enabled"], b["dirty_bytes"]) for b in show["bitmaps"]] == [
             ("daily", True, 128 << 10), ("frozen", False, 0)]
         assert subprocess.run(["qemu-img", "check", str(img)], capture_output=True).returncode == 0
+
+
+def test_a_vm_on_a_pool_volume_backs_up_into_its_own_pool(tmp_path):
+    """The VM's process holds the pool open (its disk is a volume of it); the backup's new volume is created
+    through that same open pool, while the guest runs."""
+    import os
+
+    for env in counting_env(tmp_path):
+        env["VIRTKIT_POOLS_DIR"] = str(tmp_path / "pools")
+        devs = []
+        for i in range(2):
+            d = tmp_path / f"pv{i}.img"
+            with open(d, "wb") as f:
+                f.truncate(96 * MiB)
+            devs.append(str(d))
+        vk(env, "pool", "create", "vault", *devs)
+        vk(env, "volume", "create", "vault/vm0", "--size", "16M")
+        start(env, tmp_path, "p1", "--disk", "vault/vm0")
+        st = json.loads(vk(env, "backup", "p1", "--to", "vault/bk0", "--json").stdout)
+        assert st["state"] == "completed" and st["target"] == os.path.realpath(tmp_path / "pools" / "vault") + "/bk0"
+        p = vk(env, "backup", "p1", "--to", "vault/bk1", "--incremental", check=False)
+        assert p.returncode == 1 and "kept in qcow2 images" in p.stderr  # a volume keeps no dirty bitmap
+        vols = json.loads(vk(env, "volume", "list", "vault", "--json").stdout)
+        assert {v["name"] for v in vols} >= {"vm0", "bk0"} and "bk1" not in {v["name"] for v in vols}
+        assert running(env, "p1")

@@ -205,3 +205,44 @@ def test_a_target_that_fills_up_fails_the_backup_and_keeps_the_bitmap(tmp_path, 
         qcompare(d, str(tmp_path / "inc.qcow2"))
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_backups_to_pool_volumes_full_and_incremental(tmp_path, env):
+    """``--to POOL/VOL``: a full backup becomes a new thin volume, an incremental a writable snapshot of the
+    previous backup volume with the changed chunks written over it; both read as the disk at their instant."""
+    env = dict(env, VIRTKIT_POOLS_DIR=str(tmp_path / "pools"))
+    devs = []
+    for i in range(2):
+        d = tmp_path / f"pv{i}.img"
+        with open(d, "wb") as f:
+            f.truncate(128 * MiB)
+        devs.append(str(d))
+    vk(env, "pool", "create", "vault", *devs)
+    disk = str(tmp_path / "d.qcow2")
+    vk(env, "disk", "create", "-f", "qcow2", disk, "32M")
+    qio(disk, "write -P 1 0 4M", "write -P 2 20M 1M")
+    st = json.loads(vk(env, "backup", disk, "--to", "vault/full", "--json").stdout)
+    assert st["state"] == "completed" and st["format"] == "volume" and st["target"].endswith("/vault/full")
+
+    def volume_bytes(name: str) -> bytes:
+        p = virtkit("volume", "show", f"vault/{name}", "--json", env=env)
+        assert p.returncode == 0, p.stderr
+        out = tmp_path / f"{name}.raw"
+        vk(env, "disk", "convert", "-q", "-O", "raw", f"vault/{name}", str(out))
+        return out.read_bytes()
+
+    def disk_bytes() -> bytes:
+        out = tmp_path / "disk.raw"
+        out.unlink(missing_ok=True)
+        subprocess.run(["qemu-img", "convert", "-O", "raw", disk, str(out)], check=True)
+        return out.read_bytes()
+
+    assert volume_bytes("full") == disk_bytes()
+    qio(disk, "write -P 3 1M 64k", "write -z 20M 64k")
+    st = json.loads(vk(env, "backup", disk, "--to", "vault/inc1", "--incremental", "--json").stdout)
+    assert st["state"] == "completed" and st["total"] == 2 * 65536
+    assert volume_bytes("inc1") == disk_bytes()
+    full_before = volume_bytes("full")
+    assert full_before != disk_bytes()  # the older backup kept its own instant
+    p = vk(env, "backup", disk, "--to", "vault/inc1", "--incremental", ok=False)
+    assert "exists already" in p.stderr
