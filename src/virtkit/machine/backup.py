@@ -182,6 +182,16 @@ class Target:
         return f"{self.pool_dir}/{self.volume}" if self.kind == "volume" else os.path.abspath(self.spec)
 
 
+def scratch_dir(backend: Any) -> str | None:
+    """Where the copy-before-write scratch file goes: beside the disk (the same storage, not a RAM-backed
+    /tmp), else the default temporary directory."""
+    p = getattr(backend, "path", None)
+    d = os.path.dirname(os.path.abspath(p)) if isinstance(p, str) and os.path.exists(p) else None
+    if d is None and getattr(backend, "pool", None) is not None:
+        d = str(backend.pool.path)
+    return d if d and os.access(d, os.W_OK) else None
+
+
 # ------------------------------------------------------------------------------------------------ the instant
 class Instant:
     """Stops the world for the backup's instant: the VM paused (if any) and its disk flushed."""
@@ -285,9 +295,7 @@ class LiveBackup:
         return self.job
 
     def _scratch_dir(self) -> str | None:
-        p = getattr(self.source, "path", None)
-        d = os.path.dirname(os.path.abspath(p)) if isinstance(p, str) and os.path.exists(p) else None
-        return d if d and os.access(d, os.W_OK) else None
+        return scratch_dir(self.source)
 
     def _undo_bitmap(self) -> None:
         if self.image is not None and self.frozen is not None:
@@ -351,7 +359,7 @@ class PullExport:
                 frozen[bitmap] = live.copy()
                 if reset_bitmap:
                     image.bitmap_clear(bitmap)
-            self.pit = PointInTime(source, bm.DEFAULT_GRANULARITY, None, scratch_dir=None)
+            self.pit = PointInTime(source, bm.DEFAULT_GRANULARITY, None, scratch_dir=scratch_dir(source))
             blk.backend = self.pit
         self.source = source
         self.view = ViewBackend(self.pit, frozen)
