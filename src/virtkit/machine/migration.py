@@ -421,7 +421,8 @@ class Source:
                     st.log.append("target: " + ", ".join(f"{k} {v:.1f}" for k, v in done.items()
                                                          if isinstance(v, (int, float))))
                 st.log.append(f"downtime {st.downtime * 1000:.1f} ms: pause {(t_paused - stop_t) * 1000:.1f}, "
-                              f"{int(dirty.sum())} pages {(t_pages - t_paused) * 1000:.1f}, disks and state "
+                              f"{int(dirty.sum())} pages in {len(page_runs(dirty, RUN_PAGES))} runs "
+                              f"{(t_pages - t_paused) * 1000:.1f}, disks and state "
                               f"{(t_state - t_pages) * 1000:.1f}, target {(time.monotonic() - t_state) * 1000:.1f}")
             except BaseException:
                 self._reopen_disks()
