@@ -238,3 +238,24 @@ def test_bitmap_runs_extents_and_encoding_agree(size, gbits, writes):
     coarse.merge(b)
     for off, n in b.runs():
         assert coarse.bits[off >> coarse.gbits] and coarse.bits[(off + n - 1) >> coarse.gbits]
+
+
+def test_convert_with_bitmaps_copies_them_like_qemu_img(tmp_path):
+    src, dst, qdst = (str(tmp_path / n) for n in ("s.qcow2", "d.qcow2", "q.qcow2"))
+    Qcow2.create(src, 16 * MiB)
+    with Qcow2(src) as q:
+        q.bitmap_add("on")
+        q.bitmap_add("off", granularity=MiB, enabled=False)
+        q.write(3 * MiB, b"x" * 5000)
+        q.bitmap_merge(q.bitmap("on").copy(), "off")
+    p = virtkit("disk", "convert", "-q", "--bitmaps", src, dst)
+    assert p.returncode == 0, p.stderr
+    assert run("qemu-img", "convert", "--bitmaps", "-O", "qcow2", src, qdst).returncode == 0
+    assert [(b["name"], b["flags"], b["granularity"]) for b in qemu_bitmaps(dst)] == \
+        [(b["name"], b["flags"], b["granularity"]) for b in qemu_bitmaps(qdst)]
+    with Qcow2(dst, read_only=True) as a, Qcow2(qdst, read_only=True) as b:
+        for name in ("on", "off"):
+            assert a.bitmap(name).runs() == b.bitmap(name).runs() == [(3 * MiB, 65536 if name == "on" else MiB)]
+    qemu_check_clean(dst)
+    p = virtkit("disk", "convert", "-q", "--bitmaps", "-O", "raw", src, str(tmp_path / "r.raw"))
+    assert p.returncode == 1 and "qcow2 image to a qcow2 image" in p.stderr

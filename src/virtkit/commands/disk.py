@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _fmt(v)
     v.add_argument("-O", "--output-format", default="qcow2", choices=["qcow2", "raw"])
     v.add_argument("--cluster-size", default="64K", metavar="SIZE")
+    v.add_argument("--bitmaps", action="store_true", help="copy the persistent dirty bitmaps too (qcow2 to qcow2)")
     _share(v)
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.add_argument("-p", "--progress", action="store_true", help="show a progress bar (the default on a terminal)")
@@ -385,7 +386,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     cs = parse_size(args.cluster_size, what="cluster size")
     t0 = time.perf_counter()
     res = _with_progress(args, f"{args.src} -> {args.dst}", lambda cb: convert(
-        args.src, args.dst, args.output_format, cs, progress=cb, src_format=args.fmt, force_share=args.force_share))
+        args.src, args.dst, args.output_format, cs, progress=cb, src_format=args.fmt, force_share=args.force_share,
+        bitmaps=args.bitmaps))
     res["seconds"] = round(time.perf_counter() - t0, 3)
     if args.json:
         print(json.dumps(res))

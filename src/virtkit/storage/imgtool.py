@@ -117,13 +117,16 @@ def _nonzero_runs(buf: memoryview, gran: int) -> list[tuple[int, int]]:
 
 
 def convert(src: str, dst: str, out_format: str = "qcow2", cluster_size: int = 65536,
-            progress=None, chunk: int = 8 << 20, src_format: str | None = None, force_share: bool = False) -> dict:
+            progress=None, chunk: int = 8 << 20, src_format: str | None = None, force_share: bool = False,
+            bitmaps: bool = False) -> dict:
     """Copy ``src`` (raw, qcow2 or a pool volume, flattening its backing chain) into a new ``dst`` image.
 
     The new image is written beside ``dst`` and renamed over it only when complete and flushed, and an existing
     ``dst`` another VM or process holds is refused before anything is written: killed at any point, ``dst`` is
     either as it was (absent, or the old image) or the complete copy. Zero regions are skipped, so qcow2->qcow2
-    compacts. ``progress(done, total)`` is called after each chunk. Returns ``{"bytes", "written"}``.
+    compacts. ``progress(done, total)`` is called after each chunk. ``bitmaps`` (qemu-img convert
+    ``--bitmaps``) copies the source's persistent dirty bitmaps into a qcow2 ``dst``. Returns ``{"bytes",
+    "written"}``.
     """
     from virtkit.storage.backend import replacing
 
@@ -132,6 +135,16 @@ def convert(src: str, dst: str, out_format: str = "qcow2", cluster_size: int = 6
     if os.path.exists(dst) and os.path.realpath(dst) == os.path.realpath(src):
         raise Qcow2Error("source and destination are the same file")
     s = open_disk(src, read_only=True, fmt=src_format, force_share=force_share)
+    carried: list = []
+    if bitmaps:
+        if out_format != "qcow2" or not isinstance(s, Qcow2):
+            s.close()
+            raise Qcow2Error("--bitmaps copies dirty bitmaps from a qcow2 image to a qcow2 image")
+        try:
+            carried = [s.bitmap(b["name"]) for b in s.bitmap_list()]  # an inconsistent one is an error, as in QEMU
+        except BaseException:
+            s.close()
+            raise
     written = 0
     try:
         size = s.size
@@ -150,6 +163,8 @@ def convert(src: str, dst: str, out_format: str = "qcow2", cluster_size: int = 6
                 gran = 4096
             try:
                 written = _copy_data(s, d, size, gran, chunk, progress)
+                for b in carried:  # after the data: the copy's own writes must not mark them
+                    d.bitmap_add(b.name, b.granularity, b.enabled).merge(b)
                 d.flush()
             finally:
                 d.close()
