@@ -152,3 +152,39 @@ def test_a_vm_on_a_pool_volume_backs_up_into_its_own_pool(tmp_path):
         vols = json.loads(vk(env, "volume", "list", "vault", "--json").stdout)
         assert {v["name"] for v in vols} >= {"vm0", "bk0"} and "bk1" not in {v["name"] for v in vols}
         assert running(env, "p1")
+
+
+def test_every_disk_of_a_vm_into_a_directory_at_one_instant(tmp_path):
+    """``--to DIR/``: both disks of a VM, one pause for both, the VM's config beside them; an incremental
+    into another directory builds each disk on its own previous backup."""
+    require_tool("qemu-img", "qemu-io")
+    for env in counting_env(tmp_path):
+        disks = []
+        for i in range(2):
+            d = tmp_path / f"d{i}.qcow2"
+            vk(env, "disk", "create", str(d), "8M")
+            subprocess.run(["qemu-io", "-c", f"write -P {i + 1} 0 1M", str(d)], check=True, capture_output=True)
+            disks += ["--disk", str(d)]
+        start(env, tmp_path, "g1", *disks)
+        p = vk(env, "backup", "g1", "--to", str(tmp_path / "mon") + "/", "--json")
+        st = json.loads(p.stdout)
+        assert st["state"] == "completed" and st["disk"] == "all" and len(st["disks"]) == 2, st
+        files = sorted(x.name for x in (tmp_path / "mon").iterdir())
+        assert files == ["disk0-d0.qcow2", "disk1-d1.qcow2", "vm.json"]
+        cfg = json.loads((tmp_path / "mon" / "vm.json").read_text())
+        assert [d["path"] for d in cfg["machine"]["disks"]] == [str(tmp_path / "d0.qcow2"), str(tmp_path / "d1.qcow2")]
+        for i in range(2):
+            assert subprocess.run(["qemu-img", "compare", "-U", str(tmp_path / f"d{i}.qcow2"),
+                                   str(tmp_path / "mon" / f"disk{i}-d{i}.qcow2")], capture_output=True).returncode == 0
+        (tmp_path / "tue").mkdir()  # an existing directory needs no trailing slash
+        st = json.loads(vk(env, "backup", "g1", "--to", str(tmp_path / "tue"), "--incremental", "--json").stdout)
+        assert st["state"] == "completed" and st["kind"] == "incremental" and st["total"] == 0
+        for i in range(2):
+            info = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
+                                              str(tmp_path / "tue" / f"disk{i}-d{i}.qcow2")],
+                                             capture_output=True, text=True, check=True).stdout)
+            assert info["backing-filename"].endswith(f"mon/disk{i}-d{i}.qcow2")
+        p = vk(env, "backup", "g1", "--to", str(tmp_path / "mon") + "/", check=False)
+        assert p.returncode == 1 and "exists already" in p.stderr  # a backup never overwrites
+        assert sorted(x.name for x in (tmp_path / "mon").iterdir()) == files
+        assert running(env, "g1")

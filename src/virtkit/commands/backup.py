@@ -29,11 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "  virtkit backup web1 --to /backup/web1-tue.qcow2 --incremental\n"
                               "  virtkit backup web1 --to vault/web1-full --disk 1     (a pool volume)\n"
                               "  virtkit backup vm0.qcow2 --to copy.qcow2              (offline)\n"
+                              "  virtkit backup web1 --to /backup/web1-mon/             (every disk, one instant)\n"
                               "  virtkit backup web1 --status | --cancel\n"
                               "  pull mode: virtkit nbd serve --vm web1 --bitmap virtkit-backup",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help="a running VM (virtkit ps), or a disk image / POOL/VOL")
-    p.add_argument("--to", metavar="TARGET", help="new file (qcow2 unless .raw/.img) or POOL/VOLUME to create")
+    p.add_argument("--to", metavar="TARGET", help="new file (qcow2 unless .raw/.img) or POOL/VOLUME to create, or "
+                   "DIR/: every disk of the VM as of one instant, with its config (vm.json)")
     p.add_argument("--incremental", action="store_true",
                    help="copy only what changed since the last backup (a qcow2 overlay on it)")
     p.add_argument("--base", metavar="BACKUP", help="the previous backup to build on (default: the last one "
@@ -77,7 +79,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return 0
     if not args.to:
         raise ConfigError("backup needs --to FILE or --to POOL/VOLUME (or --status / --cancel)")
-    to = _abs_target(args.to)
+    into_dir = args.to.endswith("/") or os.path.isdir(args.to)
+    to = os.path.abspath(args.to) if into_dir else _abs_target(args.to)
     base = _abs_target(args.base) if args.base else None
     if args.base and not args.incremental:
         raise ConfigError("--base is for --incremental backups")
@@ -91,14 +94,19 @@ def cmd_backup(args: argparse.Namespace) -> int:
             raise ConfigError("--speed must be positive")
     if running:
         request(args.name, "backup", wait=30, to=to, disk=args.disk, incremental=args.incremental, base=base,
-                bitmap=args.bitmap, format=args.fmt, speed=speed)
+                bitmap=args.bitmap, format=args.fmt, speed=speed, into_dir=into_dir)
         st = _follow(args.name, show)
     else:
+        if into_dir:  # an image is one disk: a file of its name in the directory
+            os.makedirs(to, exist_ok=True)
+            stem = os.path.splitext(os.path.basename(args.name.rstrip("/")))[0] or "disk"
+            to = os.path.join(to, stem + (".raw" if args.fmt == "raw" else ".qcow2"))
         st = _offline(args, to, base, show, speed)
     if args.json:
         print(json.dumps(st))
     elif st.get("state") == "completed":
-        print(f"{args.name}: {st['kind']} backup of {st['disk']} to {args.to}: {_mib(st['done'])} read, "
+        what = "every disk" if st["disk"] == "all" else st["disk"]
+        print(f"{args.name}: {st['kind']} backup of {what} to {args.to}: {_mib(st['done'])} read, "
               f"{_mib(st['written'])} written in {st['seconds']:.2f} s"
               + (f" ({_mib(st['saved_by_cbw'])} saved before guest writes)" if st.get("saved_by_cbw") else ""))
     if st.get("state") != "completed":

@@ -257,42 +257,66 @@ class LiveBackup:
 
     def start(self) -> BackupJob:
         """Take the instant and start copying in the background."""
-        b = self.source
         try:
             with Instant(self.vm):
-                if not b.read_only:
-                    b.flush()
-                chunk = bm.DEFAULT_GRANULARITY
-                if self.image is not None:
-                    live = self.image.bitmap(self.bitmap_name) if any(
-                        x["name"] == self.bitmap_name for x in self.image.bitmap_list()) else None
-                    if live is None:
-                        live = self.image.bitmap_add(self.bitmap_name)
-                        self.frozen = live.copy()
-                        self.frozen.bits[:] = 1  # nothing was known before: a failed full backup leaves all dirty
-                    else:
-                        self.frozen = live.copy()
-                    if self.incremental:
-                        chunk = live.granularity
-                    self.image.bitmap_clear(self.bitmap_name)
-                if self.incremental:
-                    runs = self.frozen.runs()
-                else:
-                    runs = allocated_runs(b)
-                protect = runs_to_chunks(runs, b.size, chunk)
-                runs = chunk_runs(protect, b.size, chunk)
-                self.pit = PointInTime(b, chunk, protect, scratch_dir=self._scratch_dir())
-                self.pit.before_close = self._undo_bitmap  # the VM stops mid-backup: its bitmap is stored whole
-                if self.blk is not None:
-                    self.blk.backend = self.pit
+                self.arm()
         except BaseException:
-            self._undo_bitmap()
-            self.target.remove()
+            self.disarm()
             raise
-        self.job = BackupJob(self.pit, self.target.backend, runs, on_end=self._end, speed=self.speed,
+        return self.launch()
+
+    def arm(self) -> None:
+        """At the instant (the VM paused by the caller): flush, start the bitmap again, put the filter in."""
+        b = self.source
+        if not b.read_only:
+            b.flush()
+        chunk = bm.DEFAULT_GRANULARITY
+        if self.image is not None:
+            live = self.image.bitmap(self.bitmap_name) if any(
+                x["name"] == self.bitmap_name for x in self.image.bitmap_list()) else None
+            if live is None:
+                live = self.image.bitmap_add(self.bitmap_name)
+                self.frozen = live.copy()
+                self.frozen.bits[:] = 1  # nothing was known before: a failed full backup leaves all dirty
+            else:
+                self.frozen = live.copy()
+            if self.incremental:
+                chunk = live.granularity
+            self.image.bitmap_clear(self.bitmap_name)
+        if self.incremental:
+            runs = self.frozen.runs()
+        else:
+            runs = allocated_runs(b)
+        protect = runs_to_chunks(runs, b.size, chunk)
+        runs = chunk_runs(protect, b.size, chunk)
+        self.pit = PointInTime(b, chunk, protect, scratch_dir=self._scratch_dir())
+        self.pit.before_close = self._undo_bitmap  # the VM stops mid-backup: its bitmap is stored whole
+        if self.blk is not None:
+            self.blk.backend = self.pit
+        self._runs = runs
+
+    def disarm(self) -> None:
+        """Undo :meth:`arm` (another disk of the same instant failed, or arming did): nothing is kept."""
+        self._undo_bitmap()
+        if self.pit is not None:
+            if self.blk is not None and self.blk.backend is self.pit:
+                self.blk.backend = self.source
+            self.pit.release_scratch()
+        self.target.remove()
+
+    def launch(self) -> BackupJob:
+        """Start copying (after :meth:`arm`)."""
+        assert self.pit is not None
+        self.job = BackupJob(self.pit, self.target.backend, self._runs, on_end=self._end, speed=self.speed,
                              over_older=self.incremental)
         self.job.start()
         return self.job
+
+    def running(self) -> bool:
+        return self.job is not None and not self.job.ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.job is None or self.job.wait(timeout)
 
     def _scratch_dir(self) -> str | None:
         return scratch_dir(self.source)
@@ -328,6 +352,90 @@ class LiveBackup:
                "base": self.base}
         if self.job is not None:
             out.update(self.job.status)
+        return out
+
+
+class GroupBackup:
+    """Every disk of a VM backed up as of one instant (one pause for all, so the disks agree with each
+    other), into a directory, with the VM's config beside them (``vm.json``), as Proxmox's vzdump."""
+
+    def __init__(self, machine: Any, vm: Any, to_dir: str, *, incremental: bool = False, bitmap: str = DEFAULT_BITMAP,
+                 fmt: str | None = None, speed: float | None = None) -> None:
+        if os.path.exists(to_dir) and not os.path.isdir(to_dir):
+            raise BackupError(f"backup target {to_dir} is a file, not a directory")
+        os.makedirs(to_dir, exist_ok=True)
+        self.dir, self.machine, self.vm, self.incremental = to_dir, machine, vm, incremental
+        self.backups: list[LiveBackup] = []
+        try:
+            for i, (blk, dc) in enumerate(zip(blk_devices(machine), machine.cfg.disks, strict=True)):
+                stem = os.path.splitext(os.path.basename(dc.path.rstrip("/")))[0] or f"disk{i}"
+                ext = ".raw" if fmt == "raw" else ".qcow2"
+                self.backups.append(LiveBackup(blk.backend, os.path.join(to_dir, f"disk{i}-{stem}{ext}"),
+                                               incremental=incremental, bitmap=bitmap, fmt=fmt, blk=blk, vm=vm,
+                                               label=f"disk {i} ({dc.path})", speed=speed))
+        except BaseException:
+            for b in self.backups:
+                b.target.remove()
+            raise
+        if not self.backups:
+            raise BackupError("the VM has no disks")
+
+    def start(self) -> None:
+        armed: list[LiveBackup] = []
+        try:
+            with Instant(self.vm):
+                for b in self.backups:
+                    b.arm()
+                    armed.append(b)
+        except BaseException:
+            for b in self.backups:
+                b.disarm() if b in armed else b.target.remove()
+            raise
+        for b in self.backups:
+            b.launch()
+        threading.Thread(target=self._finish, name="virtkit-backup-group", daemon=True).start()
+
+    def _finish(self) -> None:
+        for b in self.backups:
+            b.wait()
+        if all(b.job is not None and b.job.state == "completed" for b in self.backups):
+            cfg = self.machine.cfg.to_dict()
+            tmp = os.path.join(self.dir, f".vm.json.{os.getpid()}.tmp")
+            with open(tmp, "w") as f:
+                json.dump({"machine": cfg, "disks": [b.target.name for b in self.backups], "time": time.time(),
+                           "kind": "incremental" if self.incremental else "full"}, f, indent=1)
+            os.replace(tmp, os.path.join(self.dir, "vm.json"))
+        self.finished = True
+
+    def running(self) -> bool:
+        return any(b.running() for b in self.backups) or not getattr(self, "finished", False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def cancel(self) -> None:
+        for b in self.backups:
+            if b.job is not None:
+                b.job.cancel()
+
+    def status(self) -> dict[str, Any]:
+        parts = [b.status() for b in self.backups]
+        states = [p.get("state") for p in parts]
+        state = ("running" if self.running() else "failed" if "failed" in states else
+                 "cancelled" if "cancelled" in states else "completed")
+        errors = [f"{p['disk']}: {p['error']}" for p in parts if p.get("error")]
+        out: dict[str, Any] = {"state": state, "disk": "all", "target": self.dir, "format": parts[0]["format"],
+                               "kind": "incremental" if self.incremental else "full", "bitmap": parts[0]["bitmap"],
+                               "base": None, "error": "; ".join(errors) or None, "disks": parts}
+        for k in ("total", "done", "written", "saved_by_cbw"):
+            out[k] = sum(p.get(k, 0) for p in parts)
+        out["seconds"] = max(p.get("seconds", 0) for p in parts)
+        out["rate"] = round(out["done"] / max(out["seconds"], 1e-9))
         return out
 
 
@@ -417,14 +525,14 @@ class BackupOps:
 
     def __init__(self, machine: Any, vm: Any, migrating: Any = lambda: False) -> None:
         self.machine, self.vm, self.migrating = machine, vm, migrating
-        self.backup: LiveBackup | None = None
+        self.backup: LiveBackup | GroupBackup | None = None
         self.exports: dict[int, PullExport] = {}
         self.delivered = threading.Event()
         vm.closers.insert(0, ("nbd exports", self.stop_exports))
 
     def busy(self) -> str | None:
         """Why a snapshot or a migration must wait now, or None."""
-        if self.backup is not None and self.backup.job is not None and not self.backup.job.ended.is_set():
+        if self.backup is not None and self.backup.running():
             return "a backup is running (wait for it or cancel it: virtkit backup NAME --cancel)"
         if self.exports:
             return "a point-in-time NBD export of its disk is open (stop the virtkit nbd serve --vm first)"
@@ -443,7 +551,7 @@ class BackupOps:
     def handlers(self) -> dict[str, Any]:
         def start(to: str, disk: int | None = None, incremental: bool = False, base: str | None = None,
                   bitmap: str = DEFAULT_BITMAP, format: str | None = None,  # noqa: A002
-                  speed: float | None = None) -> dict[str, Any]:
+                  speed: float | None = None, into_dir: bool = False) -> dict[str, Any]:
             if not isinstance(to, str) or not (os.path.isabs(to)):
                 raise ValueError("to must be an absolute path (or POOL_DIR/VOLUME)")
             if base is not None and (not isinstance(base, str) or not os.path.isabs(base)):
@@ -454,11 +562,27 @@ class BackupOps:
                 raise ValueError("speed must be bytes per second")
             if self.vm.state not in ("running", "paused"):
                 raise ValueError(f"the VM is {self.vm.state}")
-            if self.backup is not None and self.backup.job is not None and not self.backup.job.ended.is_set():
+            if not isinstance(into_dir, bool):
+                raise ValueError("into_dir must be true or false")
+            if self.backup is not None and self.backup.running():
                 raise ValueError("a backup of this VM is running already")
             if self.migrating():
                 raise ValueError("the VM is migrating: back it up where it lands")
+            if into_dir and disk is None:  # every disk, one instant, into a directory
+                if base is not None:
+                    raise ValueError("--base names one previous backup: with a directory, each disk builds on its own")
+                if any(isinstance(b.backend, PointInTime) for b in blk_devices(self.machine)):
+                    raise ValueError("a point-in-time export of a disk of this VM is open")
+                group = GroupBackup(self.machine, self.vm, to, incremental=incremental, bitmap=bitmap, fmt=format,
+                                    speed=speed)
+                group.start()
+                self.backup = group
+                return group.status()
             blk, label = self._disk(disk)
+            if into_dir:
+                stem = os.path.splitext(os.path.basename(self.machine.cfg.disks[disk].path.rstrip("/")))[0]
+                os.makedirs(to, exist_ok=True)
+                to = os.path.join(to, f"disk{disk}-{stem or 'disk'}{'.raw' if format == 'raw' else '.qcow2'}")
             if isinstance(blk.backend, PointInTime):
                 raise ValueError(f"{label}: a point-in-time export of it is open")
             self.backup = LiveBackup(blk.backend, to, incremental=incremental, base=base, bitmap=bitmap,
@@ -470,15 +594,18 @@ class BackupOps:
             b = self.backup
             if b is None:
                 raise ValueError("no backup has been taken of this VM")
-            if until_end and b.job is not None:
-                b.job.wait(min(max(float(timeout), 0.0), 10.0))
+            if until_end:
+                b.wait(min(max(float(timeout), 0.0), 10.0))
             return b.status()
 
         def cancel() -> dict[str, Any]:
             b = self.backup
-            if b is None or b.job is None or b.job.ended.is_set():
+            if b is None or not b.running():
                 raise ValueError("no backup is running")
-            b.job.cancel()
+            if isinstance(b, GroupBackup):
+                b.cancel()
+            elif b.job is not None:
+                b.job.cancel()
             return {"state": "cancelling"}
 
         def export(disk: int | None = None, bitmap: str | None = None, reset_bitmap: bool = False,
@@ -492,7 +619,7 @@ class BackupOps:
                 raise ValueError("bitmap and name must be strings")
             if self.vm.state not in ("running", "paused"):
                 raise ValueError(f"the VM is {self.vm.state}")
-            if self.backup is not None and self.backup.job is not None and not self.backup.job.ended.is_set():
+            if self.backup is not None and self.backup.running():
                 raise ValueError("a backup of this VM is running: wait for it first")
             blk, label = self._disk(disk)
             e = PullExport(blk, self.vm, label, bitmap=bitmap, reset_bitmap=bool(reset_bitmap), export_name=name)
