@@ -99,6 +99,18 @@ def numbers(out: str) -> list[int]:
     return [int(x) for x in re.findall(r"^(\d+)\r?$", out, re.M)]
 
 
+def loop_count(env: dict, name: str) -> int:
+    """The number :data:`LOOP` last wrote to /tmp/mem (it runs in the background: wait for its first one)."""
+    got: list[int] = []
+
+    def read() -> bool:
+        got[:] = numbers(shell(env, name, "cat /tmp/mem 2>/dev/null", "mem"))
+        return bool(got)
+
+    wait_for(read, 120, f"the loop's first number on {name}")
+    return got[-1]
+
+
 def ext4_qcow2(env: dict, path: Path) -> None:
     """A 64 MiB qcow2 image holding an empty ext4 file system."""
     raw = path.with_suffix(".raw")

@@ -10,7 +10,19 @@ import subprocess
 import pytest
 
 from tests.helpers import require_tool
-from tests.helpers.vmcli import LOOP, console_log, ext4_qcow2, guest, host_fsck, linux_env, numbers, shell, vk, wait_for
+from tests.helpers.vmcli import (
+    LOOP,
+    console_log,
+    ext4_qcow2,
+    guest,
+    host_fsck,
+    linux_env,
+    loop_count,
+    numbers,
+    shell,
+    vk,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +39,7 @@ def test_a_guest_writing_its_disk_migrates_and_goes_on(env, tmp_path):
     vk(env, "run", "-d", "--name", "src", "--mem", "192M", *guest(env), "--disk", str(disk))
     wait_for(lambda: "virtkit:/#" in console_log(env, "src"), 300, "the shell")
     shell(env, "src", LOOP, "loop")
-    before = numbers(shell(env, "src", "cat /tmp/mem", "n"))[-1]
+    before = loop_count(env, "src")
     tgt = json.loads(vk(env, "run", "--incoming", "tcp:127.0.0.1:0", "-d", "--name", "dst", "--json").stdout)
     assert tgt["name"] == "dst" and tgt["port"] > 0 and len(tgt["token"]) >= 16
     # a wrong token is refused and the source goes on as before
@@ -66,7 +78,7 @@ def test_postcopy_moves_a_guest_writing_memory_and_disk(env, tmp_path):
     wait_for(lambda: "virtkit:/#" in console_log(env, "src"), 300, "the shell")
     shell(env, "src", LOOP + " (while :; do dd if=/dev/zero of=/tmp/big bs=1M count=24 2>/dev/null; done) &",
           "loop")  # and rewrite 24 MiB of page cache over and over: faster than the 16 MiB/s link
-    before = numbers(shell(env, "src", "cat /tmp/mem", "n"))[-1]
+    before = loop_count(env, "src")
     tgt = json.loads(vk(env, "run", "--incoming", "tcp:127.0.0.1:0", "-d", "--name", "dst", "--json").stdout)
     st = json.loads(vk(env, "migrate", "src", f"tcp:127.0.0.1:{tgt['port']}", "--token", tgt["token"],
                        "--bandwidth", "16M", "--postcopy", "--downtime", "1ms", "--max-downtime", "1ms",
@@ -93,7 +105,7 @@ def test_copy_storage_moves_the_disk_with_the_guest(env, tmp_path):
     vk(env, "run", "-d", "--name", "src", "--mem", "192M", *guest(env), "--disk", str(disk))
     wait_for(lambda: "virtkit:/#" in console_log(env, "src"), 300, "the shell")
     shell(env, "src", LOOP, "loop")
-    before = numbers(shell(env, "src", "cat /tmp/mem", "n"))[-1]
+    before = loop_count(env, "src")
     tgt = json.loads(vk(env, "run", "--incoming", "tcp:127.0.0.1:0", "-d", "--name", "dst", "--disk-dir",
                         str(there), "--json").stdout)
     st = json.loads(vk(env, "migrate", "src", f"tcp:127.0.0.1:{tgt['port']}", "--token", tgt["token"],
