@@ -367,7 +367,7 @@ class GroupBackup:
         self.dir, self.machine, self.vm, self.incremental = to_dir, machine, vm, incremental
         self.backups: list[LiveBackup] = []
         try:
-            for i, (blk, dc) in enumerate(zip(blk_devices(machine), machine.cfg.disks, strict=True)):
+            for i, (blk, dc) in enumerate(zip(machine.disks(), machine.cfg.disks, strict=True)):
                 stem = os.path.splitext(os.path.basename(dc.path.rstrip("/")))[0] or f"disk{i}"
                 ext = ".raw" if fmt == "raw" else ".qcow2"
                 self.backups.append(LiveBackup(blk.backend, os.path.join(to_dir, f"disk{i}-{stem}{ext}"),
@@ -494,16 +494,9 @@ class PullExport:
         self.pit.release_scratch()
 
 
-def blk_devices(machine: Any) -> list[Any]:
-    """The VM's virtio-blk devices, in --disk order."""
-    from virtkit.devices.virtio.blk import VirtioBlk
-
-    return [d for d in machine.virtio if isinstance(d, VirtioBlk)]
-
-
 def pick_disk(machine: Any, index: int | None) -> tuple[Any, str]:
     """Disk ``index`` (default: the only one) as (virtio-blk device, label)."""
-    blks = blk_devices(machine)
+    blks = machine.disks()
     if not blks:
         raise BackupError("the VM has no disks")
     if index is None:
@@ -571,7 +564,7 @@ class BackupOps:
             if into_dir and disk is None:  # every disk, one instant, into a directory
                 if base is not None:
                     raise ValueError("--base names one previous backup: with a directory, each disk builds on its own")
-                if any(isinstance(b.backend, PointInTime) for b in blk_devices(self.machine)):
+                if any(isinstance(b.backend, PointInTime) for b in self.machine.disks()):
                     raise ValueError("a point-in-time export of a disk of this VM is open")
                 group = GroupBackup(self.machine, self.vm, to, incremental=incremental, bitmap=bitmap, fmt=format,
                                     speed=speed)

@@ -125,17 +125,21 @@ class Machine:
             if fn is not None:
                 fn()
 
+    def disks(self) -> list[Any]:
+        """The virtio-blk devices, in ``cfg.disks`` order (each holds its backend in ``.backend``)."""
+        from virtkit.devices.virtio.blk import VirtioBlk
+
+        return [d for d in self.virtio if isinstance(d, VirtioBlk)]
+
     def open_deferred_disks(self) -> None:
         """Open the disks built as stand-ins (see ``Builder(deferred_disks=...)``); on failure the ones
         opened are closed again and the stand-ins stay."""
-        from virtkit.devices.virtio.blk import VirtioBlk
         from virtkit.storage import open_disk
         from virtkit.storage.backend import DeferredDisk
 
-        blks = [d for d in self.virtio if isinstance(d, VirtioBlk)]
         opened: list[tuple[Any, Any]] = []
         try:
-            for blk, dc in zip(blks, self.cfg.disks, strict=True):
+            for blk, dc in zip(self.disks(), self.cfg.disks, strict=True):
                 if isinstance(blk.backend, DeferredDisk):
                     real = open_disk(dc.path, read_only=dc.read_only, fmt=dc.format, owner=self.cfg.name)
                     opened.append((blk, real))

@@ -307,8 +307,6 @@ class Source:
             mem = self.machine.mem
             cfg = self.machine.cfg.to_dict()
             sock.sendall(MAGIC + struct.pack("<I", VERSION))
-            from virtkit.devices.virtio.blk import VirtioBlk
-
             if self.copy_storage:
                 from virtkit.machine.mirror import SourceMirror
 
@@ -316,7 +314,7 @@ class Source:
                 disks = self.mirror.describe()
             else:
                 disks = [{"size": d.backend.size, "read_only": bool(d.backend.read_only)}
-                         for d in self.machine.virtio if isinstance(d, VirtioBlk)]
+                         for d in self.machine.disks()]
             ch.send_json(T_HELLO, {"token": self.token, "machine": cfg, "ram_base": mem.base, "ram_size": mem.size,
                                    "vm": self.vm.name, "disks": disks, "postcopy": self.postcopy,
                                    "copy_storage": self.copy_storage})
@@ -698,14 +696,11 @@ class Source:
 
     def _release_disks(self) -> None:
         """Flush and close every disk so the target can open (and lock) them."""
-        from virtkit.devices.virtio.blk import VirtioBlk
-
-        for d in self.machine.virtio:
-            if isinstance(d, VirtioBlk):
-                if not d.backend.read_only:
-                    d.backend.flush()
-                d.backend.close()
-                self._released.append(d)
+        for d in self.machine.disks():
+            if not d.backend.read_only:
+                d.backend.flush()
+            d.backend.close()
+            self._released.append(d)
 
     def _reopen_disks(self) -> None:
         from virtkit.storage import open_disk

@@ -94,14 +94,11 @@ class SourceMirror:
     """The source's side: tracks every disk of ``machine`` and sends what the target lacks."""
 
     def __init__(self, machine: Any) -> None:
-        from virtkit.devices.virtio.blk import VirtioBlk
-
         self.disks: list[tuple[Any, TrackedDisk]] = []
-        for blk in machine.virtio:
-            if isinstance(blk, VirtioBlk):
-                t = TrackedDisk(blk.backend)
-                blk.backend = t
-                self.disks.append((blk, t))
+        for blk in machine.disks():
+            t = TrackedDisk(blk.backend)
+            blk.backend = t
+            self.disks.append((blk, t))
         self.names = [os.path.basename(dc.path.rstrip("/")) or f"disk{i}" for i, dc in enumerate(machine.cfg.disks)]
         self.sent = 0
 
@@ -209,11 +206,9 @@ class TargetMirror:
 
     def adopt(self, machine: Any) -> None:
         """The copies become the guest's disks (replacing the stand-ins the machine was built with)."""
-        from virtkit.devices.virtio.blk import VirtioBlk
         from virtkit.storage import open_disk
 
-        blks = [d for d in machine.virtio if isinstance(d, VirtioBlk)]
-        for k, (blk, b) in enumerate(zip(blks, self.backends, strict=True)):
+        for k, (blk, b) in enumerate(zip(machine.disks(), self.backends, strict=True)):
             b.flush()
             if self.info[k].get("read_only"):
                 b.close()

@@ -31,19 +31,13 @@ from virtkit.machine import snapshot as snap_mod
 from virtkit.machine.snapshot import SnapshotError
 
 
-def _blk_devices(machine: Any) -> list[Any]:
-    from virtkit.devices.virtio.blk import VirtioBlk
-
-    return [d for d in machine.virtio if isinstance(d, VirtioBlk)]
-
-
 def _plan(machine: Any, name: str) -> list[dict]:
     """What each disk becomes in the snapshot (checked before anything changes)."""
     from virtkit.storage.pool import VolumeBackend
     from virtkit.storage.qcow2 import Qcow2
 
     plans = []
-    for i, (d, blk) in enumerate(zip(machine.cfg.disks, _blk_devices(machine), strict=True)):
+    for i, (d, blk) in enumerate(zip(machine.cfg.disks, machine.disks(), strict=True)):
         b = blk.backend
         entry: dict[str, Any] = {"index": i, "path": d.path, "serial": d.serial, "werror": d.werror,
                                  "rerror": d.rerror, "read_only": d.read_only}
@@ -72,7 +66,7 @@ def take(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
     if machine.vm.state not in ("created", "paused", "stopped"):
         raise ConfigError(f"the VM is {machine.vm.state}: pause it first")
     plans = _plan(machine, sname)
-    blks = _blk_devices(machine)
+    blks = machine.disks()
     for blk in blks:
         if not blk.backend.read_only:
             blk.backend.flush()
