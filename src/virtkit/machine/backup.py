@@ -78,18 +78,12 @@ def _remember(backend: Any, bitmap: str, target: str, kind: str) -> None:
 # ------------------------------------------------------------------------------------------------ targets
 def _volume_target(spec: str) -> tuple[str, str] | None:
     """``(pool dir, volume)`` when ``spec`` names a volume in an existing pool, else None (a file)."""
-    from virtkit.storage.pool import NAME_RE, PoolError, resolve_pool_dir
+    from virtkit.storage.pool import is_volume_spec, resolve_pool_dir
 
-    if os.path.exists(spec) or "/" not in spec:
+    if not is_volume_spec(spec):
         return None
     pool_part, _, vol = spec.rpartition("/")
-    try:
-        path = resolve_pool_dir(pool_part)
-    except PoolError:
-        return None
-    if not NAME_RE.match(vol) or not ((path / "metadata.0").exists() or (path / "metadata.1").exists()):
-        return None
-    return str(path.resolve()), vol
+    return str(resolve_pool_dir(pool_part).resolve()), vol
 
 
 @contextlib.contextmanager
@@ -109,7 +103,8 @@ class Target:
 
     def __init__(self, spec: str, size: int, fmt: str | None, base: str | None) -> None:
         from virtkit.storage import open_disk
-        from virtkit.storage.qcow2 import Qcow2
+        from virtkit.storage.backend import create_raw
+        from virtkit.storage.qcow2 import Qcow2, backing_ref
 
         self.spec, self.kind = spec, "file"
         vol = _volume_target(spec)
@@ -120,7 +115,8 @@ class Target:
                     raise BackupError(f"backup target {spec} exists already: give a new volume name")
                 if base is not None:
                     bvol = base.rpartition("/")[2]
-                    if _volume_target(base) is None or _volume_target(base)[0] != self.pool_dir:
+                    based = _volume_target(base)
+                    if based is None or based[0] != self.pool_dir:
                         raise BackupError(f"an incremental backup to {spec} needs the previous backup ({base}) "
                                           "in the same pool")
                     if p.volume(bvol).size != size:
@@ -143,19 +139,12 @@ class Target:
             raise BackupError("an incremental backup is a qcow2 overlay on the previous one: use -O qcow2")
         try:
             if self.fmt == "qcow2":
-                ref = None
-                if base is not None:
-                    ref = os.path.relpath(os.path.abspath(base), parent) if \
-                        os.stat(parent).st_dev == os.stat(base).st_dev else os.path.abspath(base)
                 from virtkit.storage.formats import probe
 
-                Qcow2.create(spec, size, backing=ref, backing_fmt=None if base is None else probe(base).name)
+                Qcow2.create(spec, size, backing=None if base is None else backing_ref(spec, base),
+                             backing_fmt=None if base is None else probe(base).name)
             else:
-                fd = os.open(spec, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                try:
-                    os.ftruncate(fd, size)
-                finally:
-                    os.close(fd)
+                create_raw(spec, size)
             self.backend = open_disk(spec, fmt=self.fmt)
         except BaseException:
             with contextlib.suppress(OSError):

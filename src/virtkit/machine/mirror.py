@@ -163,6 +163,7 @@ class TargetMirror:
 
     def __init__(self, cfg: Any, disks: list[dict], disk_dir: str | None) -> None:
         from virtkit.storage import open_disk
+        from virtkit.storage.backend import create_raw
         from virtkit.storage.qcow2 import Qcow2
 
         self.created: list[str] = []
@@ -182,11 +183,7 @@ class TargetMirror:
                 if fmt == "qcow2":
                     Qcow2.create(path, size)
                 else:
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                    try:
-                        os.ftruncate(fd, size)
-                    finally:
-                        os.close(fd)
+                    create_raw(path, size)
                 self.created.append(path)
                 self.backends.append(open_disk(path, fmt=fmt))
                 dc.path, dc.format = path, fmt

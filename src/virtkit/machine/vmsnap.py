@@ -111,23 +111,13 @@ def take(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
     return manifest
 
 
-def _backing_ref(live: str, base: Path) -> str:
-    """How an overlay at ``live`` names ``base``: relative when both are on one filesystem."""
-    try:
-        if os.stat(os.path.dirname(os.path.abspath(live))).st_dev == os.stat(base).st_dev:
-            return os.path.relpath(os.path.abspath(base), os.path.dirname(os.path.abspath(live)))
-    except OSError:
-        pass
-    return str(Path(base).resolve())
-
-
 def _overlay(live: str, base: Path, p: dict) -> None:
     """A new empty qcow2 at ``live`` (written beside it and renamed in) backed by ``base``."""
     from virtkit.storage.backend import replacing
-    from virtkit.storage.qcow2 import Qcow2
+    from virtkit.storage.qcow2 import Qcow2, backing_ref
 
     with replacing(live) as tmp:
-        Qcow2.create(tmp, p["size"], cluster_size=p["cluster_size"], backing=_backing_ref(live, base),
+        Qcow2.create(tmp, p["size"], cluster_size=p["cluster_size"], backing=backing_ref(live, base),
                      backing_fmt="qcow2")
 
 

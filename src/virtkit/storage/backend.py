@@ -159,6 +159,21 @@ def start_writeback(fd: int) -> None:
         _SYNC_FILE_RANGE(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE over the whole file
 
 
+def create_raw(path: str, size: int) -> None:
+    """A new sparse raw image of ``size`` bytes at ``path``; a file there already is refused, never replaced."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except OSError as err:
+        raise BlockError(f"cannot create disk image {path!r}: {err.strerror}", err.errno or errno.EIO) from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as err:
+        os.close(fd)
+        os.unlink(path)
+        raise BlockError(f"cannot create disk image {path!r}: {err.strerror}", err.errno or errno.EIO) from None
+    os.close(fd)
+
+
 class DeferredDisk:
     """A disk that will be opened later (a migration target builds its machine before the source lets go
     of the disks): it has a size and a mode; any I/O before it is replaced is an error."""

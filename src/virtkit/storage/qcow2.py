@@ -122,6 +122,18 @@ def open_backing(path: str, fmt: str | None, chain: list[str], force_share: bool
     raise Qcow2Error(f"backing file {path!r} has unsupported format {fmt!r} (qcow2 or raw)")
 
 
+def backing_ref(image: str, backing: str | os.PathLike[str]) -> str:
+    """How an overlay at ``image`` names its ``backing`` file: relative when both are on one filesystem (the
+    pair can move together), else the backing file's absolute path."""
+    parent = os.path.dirname(os.path.abspath(image))
+    try:
+        if os.stat(parent).st_dev == os.stat(backing).st_dev:
+            return os.path.relpath(os.path.abspath(backing), parent)
+    except OSError:
+        pass
+    return os.path.realpath(backing)
+
+
 class Qcow2:
     """An open qcow2 v3 image: a :class:`BlockBackend` that QEMU's tools can read back."""
 
