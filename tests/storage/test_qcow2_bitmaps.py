@@ -259,3 +259,21 @@ def test_convert_with_bitmaps_copies_them_like_qemu_img(tmp_path):
     qemu_check_clean(dst)
     p = virtkit("disk", "convert", "-q", "--bitmaps", "-O", "raw", src, str(tmp_path / "r.raw"))
     assert p.returncode == 1 and "qcow2 image to a qcow2 image" in p.stderr
+
+
+def test_a_bitmap_removed_and_added_again_in_one_session_is_the_new_one(tmp_path):
+    path = str(tmp_path / "again.qcow2")
+    Qcow2.create(path, 16 * MiB)
+    with Qcow2(path) as q:
+        q.bitmap_add("b")
+        q.write(0, b"1")
+    with Qcow2(path) as q:
+        q.bitmap_remove("b")
+        assert not q.has_bitmap("b") and q.bitmap_list() == []
+        q.bitmap_add("b", granularity=MiB)
+        q.write(5 * MiB, b"2")
+        assert q.bitmap_names() == ["b"]
+    assert [(b["name"], b["granularity"]) for b in qemu_bitmaps(path)] == [("b", MiB)]
+    qemu_check_clean(path)
+    with Qcow2(path, read_only=True) as q:
+        assert q.bitmap("b").runs() == [(5 * MiB, MiB)]

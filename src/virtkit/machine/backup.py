@@ -207,7 +207,7 @@ def _bitmap_for(backend: Any, name: str) -> tuple[Any, bm.DirtyBitmap | None]:
 
     if not isinstance(backend, Qcow2):
         return None, None
-    if any(b["name"] == name for b in backend.bitmap_list()):
+    if backend.has_bitmap(name):
         return backend, backend.bitmap(name)  # BitmapError when inconsistent
     return backend, None
 
@@ -261,8 +261,7 @@ class LiveBackup:
             b.flush()
         chunk = bm.DEFAULT_GRANULARITY
         if self.image is not None:
-            live = self.image.bitmap(self.bitmap_name) if any(
-                x["name"] == self.bitmap_name for x in self.image.bitmap_list()) else None
+            live = self.image.bitmap(self.bitmap_name) if self.image.has_bitmap(self.bitmap_name) else None
             if live is None:
                 live = self.image.bitmap_add(self.bitmap_name)
                 self.frozen = live.copy()

@@ -89,9 +89,7 @@ def take(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
             carried: dict[int, list] = {}  # dirty bitmaps go on counting in the new overlay (incremental backups)
             for p in qcow:
                 blk = blks[p["index"]]
-                carried[p["index"]] = [b.copy() for b in getattr(blk.backend, "_live_bitmaps", {}).values()]
-                for b, live in zip(carried[p["index"]], blk.backend._live_bitmaps.values(), strict=True):
-                    b.enabled = live.enabled
+                carried[p["index"]] = blk.backend.bitmap_copies(skip_inconsistent=True)
                 blk.backend.close()
                 target = dest / p["base"]
                 os.rename(p["path"], target)
@@ -100,8 +98,7 @@ def take(machine: Any, dest: str | os.PathLike[str], *, name: str | None = None,
             for p in qcow:
                 _overlay(p["path"], dest / p["base"], p)
                 new = _open(p["path"])
-                for b in carried[p["index"]]:
-                    new.bitmap_add(b.name, b.granularity, b.enabled).merge(b)
+                new.add_bitmaps(carried[p["index"]])
                 blks[p["index"]].backend = new
             tmp_dest.rmdir()
     except BaseException as err:

@@ -141,7 +141,7 @@ def convert(src: str, dst: str, out_format: str = "qcow2", cluster_size: int = 6
             s.close()
             raise Qcow2Error("--bitmaps copies dirty bitmaps from a qcow2 image to a qcow2 image")
         try:
-            carried = [s.bitmap(b["name"]) for b in s.bitmap_list()]  # an inconsistent one is an error, as in QEMU
+            carried = s.bitmap_copies()  # an inconsistent one is an error, as in QEMU
         except BaseException:
             s.close()
             raise
@@ -163,8 +163,8 @@ def convert(src: str, dst: str, out_format: str = "qcow2", cluster_size: int = 6
                 gran = 4096
             try:
                 written = _copy_data(s, d, size, gran, chunk, progress)
-                for b in carried:  # after the data: the copy's own writes must not mark them
-                    d.bitmap_add(b.name, b.granularity, b.enabled).merge(b)
+                if carried:  # after the data: the copy's own writes must not mark them
+                    d.add_bitmaps(carried)
                 d.flush()
             finally:
                 d.close()

@@ -173,6 +173,7 @@ class Qcow2:
         self._live_bitmaps: dict[str, bm.DirtyBitmap] = {}  # loaded for writing (stored at close)
         self._tracking: list[bm.DirtyBitmap] = []  # the enabled ones: every write marks them
         self._bitmaps_changed = False
+        self._bitmaps_removed: set[str] = set()  # removed since the directory was last stored
         self._bitmap_dir = (0, 0)
         try:
             lock_image(self.fd, path, read_only, force_share)
@@ -1408,7 +1409,7 @@ class Qcow2:
         the old clusters: a crash at any point leaves either the old or the new directory (and leaks)."""
         cs = self.cluster_size
         kept = [e for e in self.bitmap_entries if e.name not in self._live_bitmaps and e.in_use
-                and e.name not in getattr(self, "_bitmaps_removed", set())]
+                and e.name not in self._bitmaps_removed]
         entries = list(kept)
         for b in self._live_bitmaps.values():
             data = b.to_bytes()
@@ -1456,28 +1457,53 @@ class Qcow2:
             b.resize(self.size)
         if self.bitmap_entries:
             self._bitmaps_changed = True
-            self._bitmaps_removed = {e.name for e in self.bitmap_entries if e.name not in self._live_bitmaps}
-            if self._bitmaps_removed:  # an inconsistent bitmap of the old size cannot stay: QEMU drops it too
-                self._bitmaps_changed = True
+            # an inconsistent bitmap of the old size cannot stay: QEMU drops it too
+            self._bitmaps_removed |= {e.name for e in self.bitmap_entries if e.name not in self._live_bitmaps}
+
+    def bitmap_names(self) -> list[str]:
+        """The image's bitmaps, in directory order (added ones last, removed ones gone): cheap, reads no data."""
+        names = [e.name for e in self.bitmap_entries if e.name not in self._bitmaps_removed]
+        return names + [n for n in self._live_bitmaps if n not in names]
+
+    def has_bitmap(self, name: str) -> bool:
+        return name in self.bitmap_names()
 
     def bitmap_list(self) -> list[dict]:
         """Each bitmap: name, granularity, flags (QEMU's names), enabled, consistent, dirty bytes if readable."""
+        entries = {e.name: e for e in self.bitmap_entries}
         out = []
-        for e in self.bitmap_entries:
-            live = self._live_bitmaps.get(e.name)
-            consistent = live is not None or not e.in_use
-            flags = e.flag_names() if live is None else (["auto"] if live.enabled else [])
-            item = {"name": e.name, "granularity": e.granularity, "flags": flags,
-                    "enabled": live.enabled if live else e.enabled, "consistent": consistent}
-            if consistent:
-                item["dirty_bytes"] = (live or self._read_bitmap(e)).dirty_bytes()
+        for name in self.bitmap_names():
+            live = self._live_bitmaps.get(name)
+            if live is not None:
+                out.append({"name": name, "granularity": live.granularity, "flags": ["auto"] if live.enabled else [],
+                            "enabled": live.enabled, "consistent": True, "dirty_bytes": live.dirty_bytes()})
+                continue
+            e = entries[name]
+            item = {"name": name, "granularity": e.granularity, "flags": e.flag_names(), "enabled": e.enabled,
+                    "consistent": not e.in_use}
+            if not e.in_use:
+                item["dirty_bytes"] = self._read_bitmap(e).dirty_bytes()
             out.append(item)
-        names = {e.name for e in self.bitmap_entries}
-        for b in self._live_bitmaps.values():
-            if b.name not in names:
-                out.append({"name": b.name, "granularity": b.granularity, "flags": ["auto"] if b.enabled else [],
-                            "enabled": b.enabled, "consistent": True, "dirty_bytes": b.dirty_bytes()})
         return out
+
+    def bitmap_copies(self, skip_inconsistent: bool = False) -> list[bm.DirtyBitmap]:
+        """A copy of every bitmap, each still enabled or not (to carry them into another image); an inconsistent
+        one is an error unless ``skip_inconsistent``."""
+        in_use = {e.name for e in self.bitmap_entries if e.in_use}
+        out = []
+        for name in self.bitmap_names():
+            if skip_inconsistent and name not in self._live_bitmaps and name in in_use:
+                continue
+            b = self.bitmap(name)
+            c = b.copy()
+            c.enabled = b.enabled
+            out.append(c)
+        return out
+
+    def add_bitmaps(self, bitmaps: list[bm.DirtyBitmap]) -> None:
+        """New bitmaps with the names, granularity, state and dirty chunks of ``bitmaps``."""
+        for b in bitmaps:
+            self.bitmap_add(b.name, b.granularity, b.enabled).merge(b)
 
     def bitmap(self, name: str) -> bm.DirtyBitmap:
         """The bitmap ``name``: the live one of an image open for writing, else a copy read from the file."""
@@ -1485,7 +1511,7 @@ class Qcow2:
         if live is not None:
             return live
         for e in self.bitmap_entries:
-            if e.name == name:
+            if e.name == name and name not in self._bitmaps_removed:
                 if e.in_use:
                     why = ("another program has the image open and keeps it in memory" if self.force_share else
                            "the program that used it ended without storing it: remove it and take a full backup")
@@ -1502,9 +1528,9 @@ class Qcow2:
         --add``). Stored when the image is closed."""
         self._writable_bitmaps()
         bm.check_name(name)
-        if name in self._live_bitmaps or any(e.name == name for e in self.bitmap_entries):
+        if self.has_bitmap(name):
             raise bm.BitmapError(f"{self.path}: bitmap {name!r} exists already")
-        if len(self.bitmap_entries) + len(self._live_bitmaps) >= bm.MAX_BITMAPS:
+        if len(self.bitmap_names()) >= bm.MAX_BITMAPS:
             raise bm.BitmapError(f"{self.path}: too many bitmaps")
         b = bm.DirtyBitmap(name, self.size, granularity, enabled)
         self._live_bitmaps[name] = b
@@ -1515,10 +1541,10 @@ class Qcow2:
     def bitmap_remove(self, name: str) -> None:
         """Delete a bitmap (an inconsistent one too)."""
         self._writable_bitmaps()
-        if name not in self._live_bitmaps and not any(e.name == name for e in self.bitmap_entries):
+        if not self.has_bitmap(name):
             raise bm.BitmapError(f"{self.path}: no bitmap {name!r}")
         self._live_bitmaps.pop(name, None)
-        self._bitmaps_removed = getattr(self, "_bitmaps_removed", set()) | {name}
+        self._bitmaps_removed.add(name)
         self._retrack()
         self._bitmaps_changed = True
 
