@@ -41,7 +41,7 @@ from crc32c import crc32c as checksum  # CRC-32C in hardware (SSE 4.2, ARMv8): 1
 
 from virtkit.errors import VirtkitError
 from virtkit.machine.memory import page_runs
-from virtkit.machine.mirror import T_DISK, T_DISKZERO
+from virtkit.machine.mirror import DISK_HDR, T_DISK, T_DISKZERO
 
 MAGIC = b"VKMIGRT\x00"
 VERSION = 2  # 2: frames are checksummed with CRC-32C (1: zlib's CRC-32)
@@ -116,6 +116,20 @@ class Channel:
         self.sent += n
         self.busy += time.monotonic() - t
         self._throttle(n)
+
+    def send_raw(self, bufs: list) -> None:
+        """Bytes outside any frame (post-copy records, which carry their own checksum), counted and capped like
+        frames."""
+        t = time.monotonic()
+        self._sendmsg(bufs)
+        n = sum(len(b) for b in bufs)
+        self.sent += n
+        self.busy += time.monotonic() - t
+        self._throttle(n)
+
+    def restart_cap(self) -> None:
+        """The cap counts from now (after a stretch where it was lifted)."""
+        self._t0, self._budget_sent = time.monotonic(), 0
 
     def mark(self) -> tuple[int, float]:
         """Where the counters stand now (for :meth:`raw_rate` over what follows)."""
@@ -226,9 +240,20 @@ class Status:
         return d
 
 
+def _expect(ch: Channel, want: int, failed: str = "failed") -> bytes:
+    """The target's next frame, which must be ``want``; its ERROR (``the target <failed>: why``) or anything
+    else is a MigrationError. Returns the payload."""
+    mtype, payload = ch.recv()
+    if mtype == T_ERROR:
+        raise MigrationError(f"the target {failed}: {_json(payload, 'ERROR').get('error')}")
+    if mtype != want:
+        raise MigrationError(f"the target answered {NAMES[mtype]} instead of {NAMES[want]}")
+    return payload
+
+
 def _nonzero_pages(mem: Any) -> np.ndarray:
-    """Which pages of RAM hold anything but zeros; pages of anonymous RAM the guest never touched (not
-    resident, ``mincore``) are not even read (reading them would fault each one in)."""
+    """Which pages of RAM hold anything but zeros; pages of anonymous RAM the guest never touched (neither
+    present nor swapped, ``GuestMemory.resident_pages``) are not even read (reading would fault each one in)."""
     npages = mem.size // PAGE
     ram = mem.array[: mem.size]
     resident = mem.resident_pages()
@@ -269,6 +294,8 @@ class Source:
         self._thread: threading.Thread | None = None
         self._released: list[Any] = []
         self._detached: list[Any] = []  # TAP queues detached at the switch-over
+        self._prev_dirty: int | None = None  # the dirty set of the round before (see _another_round)
+        self._extra_rounds = 0
         #: set when the migration has ended (any way); a follower (``virtkit migrate`` polling the VM)
         #: sets ``delivered`` once it has the final status, before a migrated VM stops and goes away
         self.ended = threading.Event()
@@ -318,11 +345,7 @@ class Source:
             ch.send_json(T_HELLO, {"token": self.token, "machine": cfg, "ram_base": mem.base, "ram_size": mem.size,
                                    "vm": self.vm.name, "disks": disks, "postcopy": self.postcopy,
                                    "copy_storage": self.copy_storage})
-            mtype, payload = ch.recv()
-            if mtype == T_ERROR:
-                raise MigrationError(f"the target refused: {_json(payload, 'ERROR').get('error')}")
-            if mtype != T_READY:
-                raise MigrationError(f"the target answered {NAMES[mtype]} instead of READY")
+            _expect(ch, T_READY, "refused")
             st.state = "active"
             st.log.append(f"{time.monotonic() - t0:.3f} s: the target is ready")
             st.ram_pages = mem.size // PAGE
@@ -339,7 +362,7 @@ class Source:
             target_built = False
             mask = _nonzero_pages(mem)
             t_r0, b_r0 = time.monotonic(), ch.sent
-            self._round_mark = ch.mark()
+            round_mark = ch.mark()
             unsent = self._send_pages(ch, ram, mask, zero_too=False, early=True)
             if time.monotonic() - t_r0 > 0.01:  # long enough to say what the link carries
                 st.bandwidth = (ch.sent - b_r0) / (time.monotonic() - t_r0)
@@ -349,8 +372,7 @@ class Source:
                 self._check_cancel()
                 r0 = time.monotonic()
                 b0 = ch.sent
-                last_round, round_mark = getattr(self, "_round_mark", None), ch.mark()
-                self._round_mark = round_mark
+                last_round, round_mark = round_mark, ch.mark()
                 dirty = self._paused(eng.dirty_log_fetch)
                 if unsent is not None:  # the rest of the first pass
                     dirty, unsent = dirty | unsent, None
@@ -362,7 +384,7 @@ class Source:
                 st.dirty_pages = n
                 bw = st.bandwidth or self.bandwidth or 100e6
                 # the stop-and-copy runs uncapped: its time is the dirty set at the uncapped rate
-                raw = ch.raw_rate(last_round) if last_round is not None else None
+                raw = ch.raw_rate(last_round)
                 final_bw = max(bw, raw or 0) if ch.bandwidth else bw
                 st.expected_downtime = (n * PAGE + (mirror.dirty_bytes() if mirror is not None else 0)) / final_bw
                 fits = st.expected_downtime <= st.downtime_goal or st.round >= MAX_ROUNDS
@@ -408,11 +430,7 @@ class Source:
                 ch.send_json(T_STATE, self.machine.save_state())
                 ch.send_json(T_END, {"pages": st.pages_sent, "rounds": st.round})
                 t_state = time.monotonic()
-                mtype, payload = ch.recv()
-                if mtype == T_ERROR:
-                    raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
-                if mtype != T_DONE:
-                    raise MigrationError(f"the target answered {NAMES[mtype]} instead of DONE")
+                payload = _expect(ch, T_DONE)
                 st.downtime = time.monotonic() - stop_t
                 done = _json(payload, "DONE") if payload else {}
                 if isinstance(done, dict) and done:
@@ -423,19 +441,9 @@ class Source:
                               f"{(t_pages - t_paused) * 1000:.1f}, disks and state "
                               f"{(t_state - t_pages) * 1000:.1f}, target {(time.monotonic() - t_state) * 1000:.1f}")
             except BaseException:
-                self._reopen_disks()
-                self._reattach_taps()
-                self.vm.set_throttle(0.0)
-                self.vm.resume()
+                self._give_back()
                 raise
-            st.state = "completed"
-            st.total_seconds = time.monotonic() - t0
-            self.vm.set_throttle(0.0)
-            self.ended.set()
-            if self.followers:
-                self.delivered.wait(2.0)
-            self.vm.stop("migrated", f"migrated to {self.host}:{self.port}")
-            self._release_switch_ports()
+            self._finish(t0, "")
         except _Lost as err:  # post-copy broke after the switch-over: there is no guest to go back to
             st.state, st.error = "failed", str(err)
             self.vm.stop("failed", str(err))
@@ -463,13 +471,12 @@ class Source:
         a round is short (at most 50 ms at the measured bandwidth) and the set keeps shrinking (each round at
         most 60% of the one before), another round costs little time and cuts the downtime. A guest that
         dirties as fast as the link carries stops shrinking, and the switch happens at once."""
-        prev, self._prev_dirty = getattr(self, "_prev_dirty", None), n
-        extra = getattr(self, "_extra_rounds", 0)
-        if extra >= 4 or n * PAGE / bw < 0.003 or n * PAGE / bw > 0.05:
+        prev, self._prev_dirty = self._prev_dirty, n
+        if self._extra_rounds >= 4 or not 0.003 <= n * PAGE / bw <= 0.05:
             return False
         if prev is not None and n > 0.6 * prev:
             return False
-        self._extra_rounds = extra + 1
+        self._extra_rounds += 1
         return True
 
     def _postcopy(self, ch: Channel, ram: np.ndarray, dirty: np.ndarray, t0: float) -> None:
@@ -488,36 +495,42 @@ class Source:
             self._detach_taps()
             ch.send_json(T_STATE, self.machine.save_state())
             ch.send(T_POSTCOPY, np.packbits(missing, bitorder="little").tobytes())
-            mtype, payload = ch.recv()
-            if mtype == T_ERROR:
-                raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
-            if mtype != T_DONE:
-                raise MigrationError(f"the target answered {NAMES[mtype]} instead of DONE")
+            _expect(ch, T_DONE)
             committed = True
             st.downtime = time.monotonic() - stop_t
             st.state, st.postcopy = "postcopy-active", True
             st.log.append(f"the guest runs on the target after {st.downtime * 1000:.1f} ms; "
                           f"{int(missing.sum())} pages to fetch")
             ch.bandwidth = bw
-            ch._t0, ch._budget_sent = time.monotonic(), 0
+            ch.restart_cap()
             self._push_pages(ch, ram, missing)
         except BaseException as err:
             if not committed:
-                self._reopen_disks()
-                self._reattach_taps()
-                self.vm.set_throttle(0.0)
-                self.vm.resume()
+                self._give_back()
                 raise
             msg = str(err) if isinstance(err, (VirtkitError, OSError)) else f"{type(err).__name__}: {err}"
             raise _Lost(f"post-copy broke after the switch-over ({msg}): the guest had started on the target "
                         "and cannot go on here or there") from err
+        st.log.append(f"post-copy done: {st.postcopy_requests} pages fetched on demand")
+        self._finish(t0, " (post-copy)")
+
+    def _give_back(self) -> None:
+        """The switch-over failed before the target took the guest: everything back, the guest runs on here."""
+        self._reopen_disks()
+        self._reattach_taps()
+        self.vm.set_throttle(0.0)
+        self.vm.resume()
+
+    def _finish(self, t0: float, how: str) -> None:
+        """The guest lives on the target: report, let a follower read the status, stop, unplug."""
+        st = self.status
         st.state = "completed"
         st.total_seconds = time.monotonic() - t0
-        st.log.append(f"post-copy done: {st.postcopy_requests} pages fetched on demand")
+        self.vm.set_throttle(0.0)
         self.ended.set()
         if self.followers:
             self.delivered.wait(2.0)
-        self.vm.stop("migrated", f"migrated to {self.host}:{self.port} (post-copy)")
+        self.vm.stop("migrated", f"migrated to {self.host}:{self.port}{how}")
         self._release_switch_ports()
 
     def _push_pages(self, ch: Channel, ram: np.ndarray, missing: np.ndarray) -> None:
@@ -564,13 +577,9 @@ class Source:
                     batch.append(p)
                     sent[p] = True
             if batch:
-                recs = records(ram, batch)
-                ch._sendmsg(recs)
-                n = sum(len(x) for x in recs)
-                ch.sent += n
+                ch.send_raw(records(ram, batch))
                 st.pages_sent += len(batch)
                 st.bytes_sent = ch.sent
-                ch._throttle(n)
 
     def _built_yet(self, ch: Channel) -> bool:
         """Whether the target's word that its machine is built has arrived (then it is read), not waiting."""
@@ -583,11 +592,8 @@ class Source:
     def _wait_built(self, ch: Channel) -> None:
         """The target says its machine is built (or why not)."""
         ch.sock.settimeout(120)
-        mtype, payload = ch.recv()
-        if mtype == T_ERROR:
-            raise MigrationError(f"the target failed: {_json(payload, 'ERROR').get('error')}")
-        if mtype != T_READY or not _json(payload, "READY").get("built"):
-            raise MigrationError(f"the target answered {NAMES[mtype]} instead of READY (built)")
+        if not _json(_expect(ch, T_READY), "READY").get("built"):
+            raise MigrationError("the target answered READY instead of READY (built)")
         self.status.log.append("the target's machine is built")
 
     def _check_cancel(self) -> None:
@@ -876,15 +882,14 @@ class Target:
                 if mtype in (T_DISK, T_DISKZERO):
                     if mirror is None:
                         raise MigrationError(f"unexpected {NAMES[mtype]} frame (the disks are shared)")
-                    if length < 13 or (mtype == T_DISKZERO) != (length == 13):
+                    hs = DISK_HDR.size
+                    if length < hs or (mtype == T_DISKZERO) != (length == hs):
                         raise MigrationError(f"malformed {NAMES[mtype]} frame")
-                    sub = ch._recv_exact(13)
-                    data = memoryview(ch._recv_exact(length - 13)) if mtype == T_DISK else None
+                    sub = ch._recv_exact(hs)
+                    data = memoryview(ch._recv_exact(length - hs)) if mtype == T_DISK else None
                     crc = checksum(sub, checksum(head))
                     ch.finish(mtype, checksum(data, crc) if data is not None else crc)
-                    if data is not None and len(data) != struct.unpack_from("<I", sub, 9)[0]:
-                        raise MigrationError("DISK frame length does not match its header")
-                    mirror.frame(mtype == T_DISKZERO, sub, data)
+                    mirror.frame(sub, data)
                     continue
                 payload = ch._recv_exact(length) if length else b""
                 ch.finish(mtype, checksum(payload, checksum(head)))

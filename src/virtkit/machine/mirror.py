@@ -191,12 +191,14 @@ class TargetMirror:
             self.abort()
             raise
 
-    def frame(self, zero: bool, sub: bytes, data: memoryview | None) -> None:
-        """A DISK or DISKZERO frame (header checked here)."""
+    def frame(self, sub: bytes, data: memoryview | None) -> None:
+        """A DISK frame (``data``) or a DISKZERO frame (``data`` None): header and length checked here."""
         i, off, n = DISK_HDR.unpack(sub)
         if i >= len(self.backends) or n == 0 or n > PIECE or off + n > self.backends[i].size:
             raise MirrorError(f"DISK frame for disk {i} at {off}+{n} is outside the disks")
-        if zero:
+        if data is not None and len(data) != n:
+            raise MirrorError("DISK frame length does not match its header")
+        if data is None:
             self.backends[i].write_zeroes(off, n)
         else:
             self.backends[i].write(off, data)
