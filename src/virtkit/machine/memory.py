@@ -158,19 +158,3 @@ class GuestMemory:
         del self.array
         del self.dirty
         self._mmap.close()
-
-
-def page_runs(mask: np.ndarray, max_len: int | None = None) -> list[tuple[int, int]]:
-    """``(first, count)`` of each run of True in a per-page ``mask`` (snapshots write them, migration sends
-    them); with ``max_len``, longer runs are cut into pieces of at most that many pages."""
-    if not mask.any():
-        return []
-    d = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    if max_len is None:
-        return [(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
-    out = []
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        for first in range(a, b, max_len):
-            out.append((first, min(max_len, b - first)))
-    return out

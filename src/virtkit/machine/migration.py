@@ -40,8 +40,8 @@ import numpy as np
 from crc32c import crc32c as checksum  # CRC-32C in hardware (SSE 4.2, ARMv8): 14 GB/s here, zlib's CRC-32 3.9
 
 from virtkit.errors import VirtkitError
-from virtkit.machine.memory import page_runs
 from virtkit.machine.mirror import DISK_HDR, T_DISK, T_DISKZERO
+from virtkit.storage.bitmap import true_runs
 
 MAGIC = b"VKMIGRT\x00"
 VERSION = 2  # 2: frames are checksummed with CRC-32C (1: zlib's CRC-32)
@@ -437,7 +437,7 @@ class Source:
                     st.log.append("target: " + ", ".join(f"{k} {v:.1f}" for k, v in done.items()
                                                          if isinstance(v, (int, float))))
                 st.log.append(f"downtime {st.downtime * 1000:.1f} ms: pause {(t_paused - stop_t) * 1000:.1f}, "
-                              f"{int(dirty.sum())} pages in {len(page_runs(dirty, RUN_PAGES))} runs "
+                              f"{int(dirty.sum())} pages in {len(true_runs(dirty, RUN_PAGES))} runs "
                               f"{(t_pages - t_paused) * 1000:.1f}, disks and state "
                               f"{(t_state - t_pages) * 1000:.1f}, target {(time.monotonic() - t_state) * 1000:.1f}")
             except BaseException:
@@ -617,7 +617,7 @@ class Source:
         downtime goal at the bandwidth measured so far, and return those pages (they join the next round:
         on a capped link the first pass need not finish before the switch, as in QEMU)."""
         st = self.status
-        runs = page_runs(mask, RUN_PAGES)
+        runs = true_runs(mask, RUN_PAGES)
         left = int(mask.sum())
         t0, b0 = time.monotonic(), ch.sent
         for i, (first, count) in enumerate(runs):

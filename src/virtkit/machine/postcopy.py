@@ -37,6 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from virtkit.errors import VirtkitError
+from virtkit.storage.bitmap import true_runs
 
 PAGE = 4096
 REC = 8 + PAGE + 4  # page index, page, CRC-32C
@@ -292,10 +293,8 @@ class Incoming:
         """Pages the source changed after sending them: drop our copies so that touching them faults."""
         madvise = _libc.madvise
         madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-        m = self.missing.view(np.int8)
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], m, [0]))))
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-            if madvise(self.base + a * PAGE, (b - a) * PAGE, MADV_DONTNEED) != 0:
+        for a, k in true_runs(self.missing):
+            if madvise(self.base + a * PAGE, k * PAGE, MADV_DONTNEED) != 0:
                 raise PostcopyError(f"madvise(MADV_DONTNEED) failed: {os.strerror(ctypes.get_errno())}")
 
     def start(self) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from virtkit.errors import VirtkitError
-from virtkit.machine.memory import page_runs
+from virtkit.storage.bitmap import true_runs
 
 FORMAT = "virtkit-snapshot"
 VERSION = 1
@@ -155,7 +155,7 @@ def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None,
                     keep[res] = block.view(np.uint64).reshape(-1, PAGE // 8)[res].any(axis=1)
             else:
                 keep = _nonzero_pages(block)
-            for first, count in page_runs(keep):
+            for first, count in true_runs(keep):
                 data = block[first * PAGE:(first + count) * PAGE]
                 os.pwrite(fd, data, off + first * PAGE)
                 digest.add(off // PAGE + first, data)
@@ -190,7 +190,7 @@ def memory_digest(path: Path) -> str:
                 if len(buf) % PAGE:
                     buf += bytes(PAGE - len(buf) % PAGE)
                 block = np.frombuffer(buf, np.uint8)
-                for first, count in page_runs(_nonzero_pages(block)):
+                for first, count in true_runs(_nonzero_pages(block)):
                     digest.add(off // PAGE + first, block[first * PAGE:(first + count) * PAGE])
             pos = end
     finally:
@@ -446,7 +446,7 @@ def _apply_diff(lp: Path, mem: Any) -> None:
         mm = mmap.mmap(src.fileno(), mem.size, prot=mmap.PROT_READ)
         try:
             layer = np.frombuffer(mm, np.uint8)
-            for first, count in page_runs(mask):
+            for first, count in true_runs(mask):
                 a, b = first * PAGE, (first + count) * PAGE
                 mem.array[a:b] = layer[a:b]
             del layer

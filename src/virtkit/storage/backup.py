@@ -30,6 +30,7 @@ import numpy as np
 
 from virtkit.errors import VirtkitError
 from virtkit.storage.backend import BlockBackend, BlockError
+from virtkit.storage.bitmap import true_runs
 
 COPY_BYTES = 1 << 20  # the copy reads the view in pieces of at most this (the guest waits at most one piece)
 
@@ -72,8 +73,8 @@ class PointInTime:
         need = self.protect[c0:c1] & ~self.saved[c0:c1]
         if not need.any():
             return
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], need.view(np.int8), [0]))))
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        for a, k in true_runs(need):
+            b = a + k
             lo = (c0 + a) << self.shift
             hi = min(self.size, (c0 + b) << self.shift)
             buf = bytearray(hi - lo)
@@ -243,9 +244,7 @@ def runs_to_chunks(runs: list[tuple[int, int]], size: int, chunk: int) -> np.nda
 def chunk_runs(chunks: np.ndarray, size: int, chunk: int) -> list[tuple[int, int]]:
     """Inverse of :func:`runs_to_chunks`: byte runs of the set chunks (the last one ends at ``size``)."""
     shift = chunk.bit_length() - 1
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], chunks.view(np.int8), [0]))))
-    return [(a << shift, min(size, b << shift) - (a << shift))
-            for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True)]
+    return [(a << shift, min(size, (a + k) << shift) - (a << shift)) for a, k in true_runs(chunks)]
 
 
 class BackupJob:

@@ -30,6 +30,21 @@ MAX_DIRECTORY = 64 << 20
 DEFAULT_GRANULARITY = 64 << 10
 
 
+def true_runs(mask: np.ndarray, max_len: int | None = None) -> list[tuple[int, int]]:
+    """``(first, count)`` of each run of set entries in a per-page or per-chunk ``mask``; with ``max_len``,
+    longer runs are cut into pieces of at most that many (the one run finder of snapshots, migration,
+    backups and bitmaps)."""
+    m = np.asarray(mask).astype(bool, copy=False)
+    if not m.any():
+        return []
+    d = np.diff(np.concatenate(([0], m.view(np.int8), [0])))
+    starts, ends = np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()
+    if max_len is None:
+        return [(a, b - a) for a, b in zip(starts, ends, strict=True)]
+    return [(first, min(max_len, b - first)) for a, b in zip(starts, ends, strict=True)
+            for first in range(a, b, max_len)]
+
+
 class BitmapError(VirtkitError):
     """A bitmap that cannot be created, found, read or stored."""
 
@@ -109,11 +124,10 @@ class DirtyBitmap:
             return []
         c0, c1 = offset >> self.gbits, ((end - 1) >> self.gbits) + 1
         seg = (self.bits[c0:c1] != 0) if dirty else (self.bits[c0:c1] == 0)
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], seg.view(np.int8), [0]))))
         out = []
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        for a, k in true_runs(seg):
             lo = max(offset, (c0 + a) << self.gbits)
-            hi = min(end, (c0 + b) << self.gbits)
+            hi = min(end, (c0 + a + k) << self.gbits)
             out.append((lo, hi - lo))
         return out
 

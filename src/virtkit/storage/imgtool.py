@@ -13,6 +13,7 @@ import numpy as np
 
 from virtkit.storage import open_disk
 from virtkit.storage.backend import BlockBackend, BlockError, RawFile
+from virtkit.storage.bitmap import true_runs
 from virtkit.storage.qcow2 import (
     COMPAT_LAZY_REFCOUNTS,
     INCOMPAT_CORRUPT,
@@ -105,9 +106,7 @@ def _nonzero_runs(buf: memoryview, gran: int) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     if whole:
         arr = np.frombuffer(buf[:whole], dtype=np.uint64 if gran % 8 == 0 else np.uint8).reshape(whole // gran, -1)
-        nz = arr.any(axis=1)
-        idx = np.flatnonzero(np.diff(np.concatenate(([0], nz.view(np.int8), [0]))))
-        runs = [(int(a) * gran, int(b) * gran) for a, b in zip(idx[::2], idx[1::2], strict=True)]
+        runs = [(a * gran, (a + k) * gran) for a, k in true_runs(arr.any(axis=1))]
     if whole < n and any(buf[whole:]):
         if runs and runs[-1][1] == whole:
             runs[-1] = (runs[-1][0], n)
