@@ -258,6 +258,28 @@ class RawFile:
             os.pwrite(self.fd, chunk[:n], pos)
             pos += n
 
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """``(start, length, has_data)`` runs of ``[offset, offset+length)`` from the file system's holes
+        (``SEEK_DATA``/``SEEK_HOLE``): a hole reads as zeros; where the file system cannot tell, data."""
+        out: list[tuple[int, int, bool]] = []
+        pos, end = offset, min(offset + length, self.size)
+        while pos < end:
+            try:
+                data = min(os.lseek(self.fd, pos, os.SEEK_DATA), end)
+            except OSError:  # ENXIO: no data after pos
+                data = end
+            if data > pos:
+                out.append((pos, data - pos, False))
+                pos = data
+                continue
+            try:
+                hole = min(os.lseek(self.fd, pos, os.SEEK_HOLE), end)
+            except OSError:
+                hole = end
+            out.append((pos, hole - pos, True))
+            pos = hole
+        return out
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

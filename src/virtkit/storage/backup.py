@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from virtkit.errors import VirtkitError
-from virtkit.storage.backend import BlockBackend, BlockError
+from virtkit.storage.backend import BlockBackend, BlockError, RawFile
 from virtkit.storage.bitmap import true_runs
 
 COPY_BYTES = 1 << 20  # the copy reads the view in pieces of at most this (the guest waits at most one piece)
@@ -214,20 +214,8 @@ def allocated_runs(backend: BlockBackend) -> list[tuple[int, int]]:
             else:
                 out.append((off, n))
         return out
-    fd = getattr(backend, "fd", -1)
-    if isinstance(fd, int) and fd >= 0 and hasattr(backend, "path") and os.path.isfile(backend.path):
-        out, pos = [], 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            if data >= size:
-                break
-            hole = min(size, os.lseek(fd, data, os.SEEK_HOLE))
-            out.append((data, hole - data))
-            pos = hole
-        return out
+    if isinstance(backend, RawFile) and os.path.isfile(backend.path):
+        return [(pos, n) for pos, n, data in backend.extents(0, size) if data]
     return [(0, size)] if size else []
 
 

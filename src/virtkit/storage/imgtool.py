@@ -257,28 +257,9 @@ def _extents_here(b: BlockBackend, offset: int, length: int) -> list[tuple[int, 
             out.append((pos, n, kind, where))
             pos += n
         return out
-    fd = getattr(b, "fd", -1)
-    if fd < 0:  # a pool volume: everything it has is data
+    if not isinstance(b, RawFile):  # a pool volume: everything it has is data
         return [(offset, end - offset, "data", None)]
-    pos = offset
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            data = end
-        if data > pos:
-            n = min(data, end) - pos
-            out.append((pos, n, "zero", pos))
-            pos += n
-            continue
-        try:
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-        except OSError:
-            hole = end
-        n = min(hole, end) - pos
-        out.append((pos, n, "data", pos))
-        pos += n
-    return out
+    return [(pos, n, "data" if data else "zero", pos) for pos, n, data in b.extents(offset, end - offset)]
 
 
 def image_map(b: BlockBackend, start: int = 0, length: int | None = None) -> list[dict]:

@@ -727,19 +727,7 @@ class NbdServer:
                     ext = status(offset, length)
             raw = [(n, STATE_HOLE | STATE_ZERO if kind == "zero" else 0) for _, n, kind in ext]
         elif isinstance(backend, RawFile):
-            pos, end, fd = offset, offset + length, backend.fd
-            while pos < end:
-                try:
-                    data = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:
-                    data = end  # no data after pos
-                if data > pos:
-                    raw.append((min(data, end) - pos, STATE_HOLE | STATE_ZERO))
-                    pos = min(data, end)
-                    continue
-                hole = os.lseek(fd, pos, os.SEEK_HOLE)
-                raw.append((min(hole, end) - pos, 0))
-                pos = min(hole, end)
+            raw = [(n, 0 if data else STATE_HOLE | STATE_ZERO) for _, n, data in backend.extents(offset, length)]
         else:
             raw = [(length, 0)]
         merged: list[tuple[int, int]] = []
