@@ -98,9 +98,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
         st = _follow(args.name, show)
     else:
         if into_dir:  # an image is one disk: a file of its name in the directory
+            from virtkit.machine.backup import dir_target
+
             os.makedirs(to, exist_ok=True)
-            stem = os.path.splitext(os.path.basename(args.name.rstrip("/")))[0] or "disk"
-            to = os.path.join(to, stem + (".raw" if args.fmt == "raw" else ".qcow2"))
+            to = dir_target(to, args.name, args.fmt)
         st = _offline(args, to, base, show, speed)
     if args.json:
         print(json.dumps(st))

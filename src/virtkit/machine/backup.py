@@ -171,6 +171,14 @@ class Target:
         return f"{self.pool_dir}/{self.volume}" if self.kind == "volume" else os.path.abspath(self.spec)
 
 
+def dir_target(to_dir: str, disk_path: str, fmt: str | None, index: int | None = None) -> str:
+    """The file a backup into directory ``to_dir`` writes for a disk: ``disk<index>-<name>.qcow2`` (a VM's
+    disk) or ``<name>.qcow2`` (an image backed up offline); ``.raw`` for ``fmt`` raw."""
+    stem = os.path.splitext(os.path.basename(disk_path.rstrip("/")))[0] or "disk"
+    return os.path.join(to_dir, ("" if index is None else f"disk{index}-") + stem + (".raw" if fmt == "raw" else
+                                                                                  ".qcow2"))
+
+
 def scratch_dir(backend: Any) -> str | None:
     """Where the copy-before-write scratch file goes: beside the disk (the same storage, not a RAM-backed
     /tmp), else the default temporary directory."""
@@ -356,9 +364,7 @@ class GroupBackup:
         self.backups: list[LiveBackup] = []
         try:
             for i, (blk, dc) in enumerate(zip(machine.disks(), machine.cfg.disks, strict=True)):
-                stem = os.path.splitext(os.path.basename(dc.path.rstrip("/")))[0] or f"disk{i}"
-                ext = ".raw" if fmt == "raw" else ".qcow2"
-                self.backups.append(LiveBackup(blk.backend, os.path.join(to_dir, f"disk{i}-{stem}{ext}"),
+                self.backups.append(LiveBackup(blk.backend, dir_target(to_dir, dc.path, fmt, i),
                                                incremental=incremental, bitmap=bitmap, fmt=fmt, blk=blk, vm=vm,
                                                label=f"disk {i} ({dc.path})", speed=speed))
         except BaseException:
@@ -561,9 +567,8 @@ class BackupOps:
                 return group.status()
             blk, label = self._disk(disk)
             if into_dir:
-                stem = os.path.splitext(os.path.basename(self.machine.cfg.disks[disk].path.rstrip("/")))[0]
                 os.makedirs(to, exist_ok=True)
-                to = os.path.join(to, f"disk{disk}-{stem or 'disk'}{'.raw' if format == 'raw' else '.qcow2'}")
+                to = dir_target(to, self.machine.cfg.disks[disk].path, format, disk)
             if isinstance(blk.backend, PointInTime):
                 raise ValueError(f"{label}: a point-in-time export of it is open")
             self.backup = LiveBackup(blk.backend, to, incremental=incremental, base=base, bitmap=bitmap,
