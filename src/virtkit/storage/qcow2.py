@@ -1390,13 +1390,13 @@ class Qcow2:
                 data[i * cs:(i + 1) * cs] = b"\xff" * cs
         return bm.DirtyBitmap.from_bytes(e.name, self.size, e.granularity, bytes(data), enabled=e.enabled)
 
-    def _bitmap_clusters(self) -> list[tuple[int, int, str]]:
-        """Host ranges the bitmap directory, tables and data use (for ``check``)."""
+    def _bitmap_clusters(self, entries: list[bm.Entry] | None = None) -> list[tuple[int, int, str]]:
+        """Host ranges the bitmap directory and the tables and data of ``entries`` (default: all) use."""
         out = []
         doff, dsize = self._bitmap_dir
         if self.bitmap_entries and dsize:
             out.append((doff, dsize, "bitmap directory"))
-        for e in self.bitmap_entries:
+        for e in self.bitmap_entries if entries is None else entries:
             if e.table_size:
                 out.append((e.table_offset, e.table_size * 8, f"bitmap {e.name!r} table"))
                 for t in self._bitmap_table(e).tolist():
@@ -1442,12 +1442,10 @@ class Qcow2:
             autoclear |= bm.AUTOCLEAR_BITMAPS
         self._put_header(exts, self.backing_file, autoclear)
         os.fdatasync(self.fd)
-        old = [r for r in self._bitmap_clusters() if not any(r[0] == e.table_offset for e in kept)]
-        keep_data = {int(t) & OFFSET_MASK for e in kept for t in self._bitmap_table(e).tolist()}
+        old = self._bitmap_clusters([e for e in self.bitmap_entries if e not in kept])  # and the old directory
         self.bitmap_entries, self._bitmap_dir = entries, (doff, len(dirb))
         for off, length, _ in old:
-            if off not in keep_data:
-                self._unref_range(off, length)
+            self._unref_range(off, length)
         self._flush_metadata()
         self._bitmaps_changed = False
         self._bitmaps_removed = set()
