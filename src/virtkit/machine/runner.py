@@ -236,8 +236,8 @@ class RunningVm:
                 raise ValueError("compress must be true or false, parent a path")
             if vm.state not in ("running", "paused"):
                 raise ValueError(f"VM {self.name!r} is {vm.state}")
-            if self.backups.busy():
-                raise ValueError(f"VM {self.name!r}: {self.backups.busy()}")
+            if why := self.backups.busy():
+                raise ValueError(f"VM {self.name!r}: {why}")
             was_running = vm.state == "running"
             t0 = time.monotonic()
             if was_running and not vm.pause("taking a snapshot"):
@@ -273,8 +273,8 @@ class RunningVm:
                 raise ValueError(f"VM {self.name!r} is {vm.state}: only a running VM migrates")
             if self.migration is not None and not self.migration.ended.is_set():
                 raise ValueError(f"VM {self.name!r} is migrating already")
-            if self.backups.busy():
-                raise ValueError(f"VM {self.name!r}: {self.backups.busy()}")
+            if why := self.backups.busy():
+                raise ValueError(f"VM {self.name!r}: {why}")
             self.migration = Source(self.machine, uri, token, bandwidth=bandwidth, downtime=float(downtime),
                                     downtime_ceiling=float(max_downtime), auto_converge=auto_converge,
                                     postcopy=postcopy, copy_storage=copy_storage)
