@@ -158,3 +158,17 @@ class GuestMemory:
         del self.array
         del self.dirty
         self._mmap.close()
+
+
+def nonzero_pages(ram: np.ndarray, resident: np.ndarray | None = None) -> np.ndarray:
+    """Which 4 KiB pages of ``ram`` hold anything but zeros. With ``resident``
+    (:meth:`GuestMemory.resident_pages`) the pages the guest never touched are not even read: reading
+    them would fault each one in (snapshots and migration both scan RAM this way)."""
+    npages = ram.size // 4096
+    pages = ram.view(np.uint64).reshape(npages, 512)
+    mask = np.zeros(npages, dtype=bool)
+    idx = np.flatnonzero(resident) if resident is not None else np.arange(npages)
+    for i in range(0, idx.size, 4096):  # a few thousand pages at a time: a bounded temporary copy
+        sel = idx[i:i + 4096]
+        mask[sel] = pages[sel].any(axis=1)
+    return mask

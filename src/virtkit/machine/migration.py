@@ -40,6 +40,7 @@ import numpy as np
 from crc32c import crc32c as checksum  # CRC-32C in hardware (SSE 4.2, ARMv8): 14 GB/s here, zlib's CRC-32 3.9
 
 from virtkit.errors import VirtkitError
+from virtkit.machine.memory import nonzero_pages
 from virtkit.machine.mirror import DISK_HDR, T_DISK, T_DISKZERO
 from virtkit.storage.bitmap import true_runs
 
@@ -251,24 +252,6 @@ def _expect(ch: Channel, want: int, failed: str = "failed") -> bytes:
     return payload
 
 
-def _nonzero_pages(mem: Any) -> np.ndarray:
-    """Which pages of RAM hold anything but zeros; pages of anonymous RAM the guest never touched (neither
-    present nor swapped, ``GuestMemory.resident_pages``) are not even read (reading would fault each one in)."""
-    npages = mem.size // PAGE
-    ram = mem.array[: mem.size]
-    resident = mem.resident_pages()
-    mask = np.zeros(npages, dtype=bool)
-    idx = np.flatnonzero(resident) if resident is not None else np.arange(npages)
-    if idx.size == 0:
-        return mask
-    pages = ram.view(np.uint64).reshape(npages, PAGE // 8)
-    step = 4096
-    for i in range(0, idx.size, step):
-        sel = idx[i:i + step]
-        mask[sel] = pages[sel].any(axis=1)
-    return mask
-
-
 class Source:
     """Migrates ``machine`` (a running VM) to a target: :meth:`start` runs it in a thread, :attr:`status`
     reports, ``on_done(status)`` is called at the end."""
@@ -360,7 +343,7 @@ class Source:
             self._paused(eng.dirty_log_clear)
             last_fetch = time.monotonic()
             target_built = False
-            mask = _nonzero_pages(mem)
+            mask = nonzero_pages(ram, mem.resident_pages())
             t_r0, b_r0 = time.monotonic(), ch.sent
             round_mark = ch.mark()
             unsent = self._send_pages(ch, ram, mask, zero_too=False, early=True)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from virtkit.errors import VirtkitError
+from virtkit.machine.memory import nonzero_pages
 from virtkit.storage.bitmap import true_runs
 
 FORMAT = "virtkit-snapshot"
@@ -135,6 +136,7 @@ def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None,
     of pages written, for a diff the page mask, and the :class:`PageDigest`."""
     npages = ram.size // PAGE
     mask_all = np.zeros(npages, dtype=bool) if parent is not None else None
+    nonzero = nonzero_pages(ram, resident) if parent is None else None
     written = 0
     digest = PageDigest()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -148,13 +150,9 @@ def write_memory(ram: np.ndarray, path: Path, parent: np.ndarray | None = None,
                 assert mask_all is not None
                 mask_all[off // PAGE: off // PAGE + mask.size] = mask
                 keep = mask & _nonzero_pages(block)  # changed to zero: the mask says so, the hole reads zero
-            elif resident is not None:  # look only at the pages the guest has touched
-                res = np.flatnonzero(resident[off // PAGE: off // PAGE + block.size // PAGE])
-                keep = np.zeros(block.size // PAGE, dtype=bool)
-                if res.size:
-                    keep[res] = block.view(np.uint64).reshape(-1, PAGE // 8)[res].any(axis=1)
             else:
-                keep = _nonzero_pages(block)
+                assert nonzero is not None
+                keep = nonzero[off // PAGE: off // PAGE + block.size // PAGE]
             for first, count in true_runs(keep):
                 data = block[first * PAGE:(first + count) * PAGE]
                 os.pwrite(fd, data, off + first * PAGE)
