@@ -253,9 +253,11 @@ def test_restores_and_clones_are_new_generations_the_guest_reads(tmp_path):
                 assert c.mem.read(COUNTER, 16) == seen["original"]  # RAM as it was at the snapshot...
                 c.vm.start()
                 deadline = time.monotonic() + 30
-                while c.mem.read(COUNTER, 16) == seen["original"] and time.monotonic() < deadline:
+                # ...then the guest copies its new ID (wait for the whole of it: the guest may resume between
+                # its two stores, and a read in between sees half the old ID and half the new)
+                while c.mem.read(COUNTER, 16) != c.device("vmgenid").guid and time.monotonic() < deadline:
                     time.sleep(0.01)
-                seen[i] = c.mem.read(COUNTER, 16)  # ...then the guest reads its new ID
+                seen[i] = c.mem.read(COUNTER, 16)
                 assert seen[i] == c.device("vmgenid").guid
             finally:
                 c.vm.close()
