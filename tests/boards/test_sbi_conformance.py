@@ -1,9 +1,10 @@
 """The project's SBI conformance probe (``tests/sbi/``): an S-mode program that calls every SBI extension it
 finds, checks return codes and errors for bad arguments (unknown extensions and functions, hart masks
 beyond the harts, a started hart started again, an unknown reset type), HSM state changes on a second
-hart, timer and IPI delivery, and ends with SRST. It runs on virtkit's riscv64-virt and on
-``qemu-system-riscv64 -M virt``, both with Debian's OpenSBI, and both must pass every check: the suite is
-proven on QEMU, and it is the yardstick for an SBI implemented by the VMM itself."""
+hart, timer and IPI delivery, retentive suspend, garbage calls, and ends with SRST; DBCN and SUSP where the
+SBI has them. It runs on virtkit's riscv64-virt and on ``qemu-system-riscv64 -M virt``, both with Debian's
+OpenSBI, and both must pass every check: the suite is proven on QEMU, and it is the yardstick for the SBI
+virtkit implements itself (``--bios builtin``), which must pass the same checks and those of DBCN and SUSP."""
 
 from __future__ import annotations
 
@@ -52,3 +53,15 @@ def test_sbi_probe_passes_on_virtkit_and_on_qemu(probe):
     theirs, m = results(q.stdout)
     assert mine == theirs and int(n) >= 30  # the same checks, all passed, on both
     assert {"hsm: hart_start", "time: the timer interrupt arrives", "ipi: the software interrupt arrives"} <= set(mine)
+
+
+def test_the_builtin_sbi_passes_the_probe_and_more(probe):
+    p = virtkit("run", "--bios", "builtin", "--kernel", str(probe), "--mem", "64M", "--cpus", "2", timeout=120)
+    assert p.returncode == 0, p.stderr
+    mine, _ = results(p.stdout)
+    q = virtkit("run", "--bios", str(FW), "--kernel", str(probe), "--mem", "64M", "--cpus", "2", timeout=120)
+    theirs, _ = results(q.stdout)
+    assert set(theirs) < set(mine)  # every check OpenSBI passes, and DBCN's and SUSP's
+    assert {"dbcn: console_write", "susp: refused while another hart runs",
+            "susp: resumed at resume_addr with a0 = hart id, a1 = opaque"} <= set(mine)
+    assert "SBI-DBCN written through the debug console" in p.stdout

@@ -9,6 +9,11 @@ second_entry:
     la sp, stacks + 8192
     tail second
 
+.globl resume_entry
+resume_entry:
+    la sp, stacks + 4096
+    tail resumed
+
 .align 4
 .globl trap_entry
 trap_entry:

@@ -49,6 +49,9 @@ class RiscvSpikeBoard:
         cfg = self.cfg
         if not cfg.kernel:
             raise ConfigError("kernel: board riscv64-spike runs a bare-metal ELF: give it with --kernel PROGRAM.elf")
+        if cfg.firmware == "builtin":
+            raise ConfigError(f"firmware: the builtin SBI needs an S-mode kernel on riscv64-virt; board {self.name} "
+                              "runs bare-metal programs in M-mode")
         if cfg.initrd:
             raise ConfigError("initrd: board riscv64-spike loads no initrd")
         if not 1 <= cfg.cpus <= self.max_cpus:

@@ -8,6 +8,10 @@ Memory map (as QEMU 7.2 ``hw/riscv/virt.c``)::
     0x0200_0000  CLINT (inside the CPU engine)        0x1000_1000 + 0x1000*i  virtio-mmio slot i (irq 1+i)
     0x8000_0000  RAM
 
+With ``--bios builtin`` there is no firmware: the kernel is loaded at the start of RAM and starts in S-mode
+on hart 0 (the other harts STOPPED until SBI HSM starts them), and virtkit itself answers the kernel's SBI
+calls (:mod:`virtkit.devices.sbi`), as KVM does for its RISC-V guests.
+
 Boot (like ``qemu-system-riscv64 -M virt -bios fw_jump.bin -kernel Image -initrd ...``): the
 firmware is loaded at the start of RAM, the kernel at the next 2 MiB boundary (0x8020_0000, where
 OpenSBI fw_jump jumps), the initrd half-way into RAM (at most 128 MiB after the kernel) and the
@@ -309,7 +313,7 @@ class RiscvVirtBoard:
             firmware = str(firmware_path())
         self.images = (kernel, initrd, firmware)
         fw_segs = None
-        if firmware != "none":
+        if firmware not in ("none", "builtin"):
             fw = read_image(firmware, "firmware")
             check_firmware(fw, firmware, 2 * MiB)
             fw_segs = parse_elf(fw, f"firmware {firmware!r}")[1] if is_elf(fw) else [Segment(RAM_BASE, fw, len(fw))]
@@ -329,12 +333,19 @@ class RiscvVirtBoard:
                                                  if self.initrd_data else None, len(probe), f"kernel {kernel!r}")
         self._fdt_size = len(probe)
 
+    @property
+    def builtin_sbi(self) -> bool:
+        """``--bios builtin``: no firmware in the guest, the kernel starts in S-mode and the VMM is the SBI."""
+        return self.cfg.firmware == "builtin"
+
     def engine_args(self) -> dict[str, Any]:
-        """Every hart starts at the firmware (or the kernel's entry), with the CLINT inside the engine."""
+        """Every hart starts at the firmware (or the kernel's entry), with the CLINT inside the engine; with the
+        builtin SBI the harts start in S-mode and S-mode ECALLs are hypercalls."""
+        sbi = {"sbi": True} if self.builtin_sbi else {}
         if self.restoring:
-            return {"reset_pc": RAM_BASE, "clint_base": CLINT_BASE}
+            return {"reset_pc": RAM_BASE, "clint_base": CLINT_BASE, **sbi}
         assert self.layout is not None
-        return {"reset_pc": self.layout.entry, "clint_base": CLINT_BASE}
+        return {"reset_pc": self.layout.entry, "clint_base": CLINT_BASE, **sbi}
 
     # -- devices ---------------------------------------------------------------------------------------
     def attach_platform(self, b: Builder) -> None:
@@ -355,6 +366,12 @@ class RiscvVirtBoard:
         b.attach_mmio(UART0_BASE, UART0_SIZE, self.uart, "uart0")
         b.attach_serial(self.uart)
         _fast_console(b.engine, self.uart)
+        if self.builtin_sbi:
+            from virtkit.devices.sbi import Sbi
+
+            self.sbi = Sbi(b.engine, self.uart, vm.power_event)
+            vm.hypercall = self.sbi.hypercall
+            b.add_device("sbi", self.sbi)
 
     def virtio_slot(self, b: Builder, index: int) -> tuple[int, int, Callable[[bool], None]]:
         """Slot ``index``: a 4 KiB window from 0x1000_1000 on, PLIC source 1 + index."""

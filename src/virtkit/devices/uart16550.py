@@ -164,6 +164,26 @@ class Uart16550:
         self._host.extend(key)
         self.on_input()
 
+    def take_input(self, n: int) -> bytes:
+        """Up to ``n`` bytes of console input, taken past the registers (the SBI debug console shares the
+        console with this UART): what the receive FIFO holds first, then what waits on the host side."""
+        out = bytearray()
+        with self._lock:
+            for q in (self._rx, self._host):
+                while q and len(out) < n:
+                    b = q.popleft()
+                    if b != BREAK:
+                        out.append(b)
+            self._update()
+            self.publish()
+        return bytes(out)
+
+    def emit(self, data: bytes) -> None:
+        """Output that did not go through the registers (the SBI console), after what the UART buffered."""
+        self.flush()
+        self.tx_bytes += len(data)
+        self.sink(data)
+
     def _ready(self) -> bool:
         return bool(self.ier & IER_RDI) or self._lsr_polls >= POLLED_READER or bool(self.mcr & MCR_LOOP)
 

@@ -317,7 +317,8 @@ class MachineConfig(_Section):
     engine: str = "riscv"
     cpus: int = 1
     memory: int = 128 * MiB
-    #: "default" (the board's usual firmware), "none" (the kernel starts at reset, in M-mode) or a path
+    #: "default" (the board's usual firmware), "none" (the kernel starts at reset, in M-mode), "builtin" (no
+    #: firmware: the kernel starts in S-mode and the VMM itself is the SBI) or a path
     firmware: str = "default"
     #: None: the default guest (built from Debian packages on first use)
     kernel: str | None = None
@@ -433,7 +434,7 @@ class MachineConfig(_Section):
                 raise ConfigError(f"{where + ': ' if where else ''}{key}: file {v!r} does not exist")
             return str(p.absolute()) if p.exists() or must_exist else v
 
-        if self.firmware not in ("default", "none"):
+        if self.firmware not in ("default", "none", "builtin"):
             self.firmware = fix(self.firmware, "firmware") or "default"
         self.kernel = fix(self.kernel, "kernel")
         self.initrd = fix(self.initrd, "initrd")

@@ -229,6 +229,8 @@ class Vm:
         self.halt_is_stuck = False
         #: ``handler(vcpu, args) -> result`` for HYPERCALL exits (a board or a paravirtual interface sets it)
         self.hypercall: Callable[[int, tuple[int, ...]], tuple[int, ...]] | None = None
+        #: ``on_debug(vcpu)`` for DEBUG exits (a debugger's breakpoint; the GDB stub sets it)
+        self.on_debug: Callable[[int], None] | None = None
         #: Called on the vCPU thread between runs (e.g. RTC alarm polling, console input delivery).
         self.periodic: list[Callable[[], None]] = []
         #: Called on the vCPU thread whenever the guest stops running for a while (budget spent, every
@@ -324,6 +326,38 @@ class Vm:
         if threading.current_thread() in self._threads:
             return True
         return self._paused.wait(wait)
+
+    def hold_at_start(self, reason: str = "") -> None:
+        """Before :meth:`start`: the vCPUs pause before the first instruction (QEMU's ``-S``) until :meth:`resume`."""
+        self._pending_reason = reason
+        self._resume.clear()
+        self._pause_req = True
+
+    def debug_step(self, vcpu: int) -> str:
+        """Run one instruction of ``vcpu`` while the VM is paused (a debugger's single step) and service the exit
+        it makes; returns ``stepped``, ``breakpoint`` (it stopped at an ``ebreak``), ``waiting`` (the vCPU waits
+        for an interrupt: nothing ran) or ``ended`` (the guest powered off)."""
+        if not self._paused.is_set():
+            raise RuntimeError("debug_step needs the VM paused")
+        ex = self.engine.step(vcpu)
+        r = ex.reason
+        if r is _MMIO_READ or r is _MMIO_WRITE:
+            reg = self.bus.find(ex.addr)
+            if r is _MMIO_READ:
+                self.engine.complete_read(ex.vcpu, reg.device.read(ex.addr - reg.base, ex.size) if reg else 0)
+            elif reg is not None:
+                reg.device.write(ex.addr - reg.base, ex.size, ex.value)
+        elif r is ExitReason.HYPERCALL and self.hypercall is not None:
+            v = ex.vcpu
+            self.engine.complete_hypercall(v, self.hypercall(v, self.engine.hypercall_args(v)))
+        elif r is ExitReason.SHUTDOWN or r is ExitReason.RESET:
+            self.power_event("poweroff" if r is ExitReason.SHUTDOWN else "reset")
+        elif r is ExitReason.DEBUG:
+            return "breakpoint"
+        elif r is ExitReason.HALT:
+            return "waiting"
+        self._flush()
+        return "ended" if self._stop.is_set() else "stepped"
 
     def resume(self, catch_up: bool = False) -> bool:
         """Let a paused VM run again; guest time goes on from where it stopped (``catch_up``: it jumps)."""
@@ -541,10 +575,14 @@ class Vm:
             if self.hypercall is None:
                 self.power_event("error", 1, "the guest made a hypercall and this machine has no hypercall interface")
                 return
-            self.engine.complete_hypercall(index, self.hypercall(index, self.engine.hypercall_args(index)))
+            v = ex.vcpu  # the vCPU that called (an engine running every vCPU on one thread names it in the exit)
+            self.engine.complete_hypercall(v, self.hypercall(v, self.engine.hypercall_args(v)))
             return
         elif r is ExitReason.INTERNAL_ERROR:
             self.power_event("error", 1, ex.message or "internal engine error")
+            return
+        elif r is ExitReason.DEBUG and self.on_debug is not None:
+            self.on_debug(ex.vcpu)
             return
         # BUDGET (and DEBUG until a debugger is attached)
         for p in self.periodic:

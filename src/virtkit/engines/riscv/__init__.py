@@ -15,13 +15,14 @@ from __future__ import annotations
 from virtkit.engines.riscv import corecache as _corecache  # noqa: F401  (installs the Numba cache hook)
 
 
-def create_engine(mem, cfg, *, reset_pc: int, clint_base: int = 0x0200_0000):  # noqa: ANN001, ANN201
+def create_engine(mem, cfg, *, reset_pc: int, clint_base: int = 0x0200_0000, sbi: bool = False):  # noqa: ANN001, ANN201
     """The engine contract's factory (:mod:`virtkit.machine.engine`): a :class:`RiscvEngine` for ``cfg``
-    (harts, deterministic time, JIT threshold) over ``mem``; the board gives the reset address and CLINT base."""
+    (harts, deterministic time, JIT threshold) over ``mem``; the board gives the reset address and CLINT base,
+    and ``sbi`` when the VMM is the SBI (``--bios builtin``)."""
     from virtkit.engines.riscv.engine import RiscvEngine
 
     return RiscvEngine(mem, cfg.cpus, reset_pc=reset_pc, clint_base=clint_base, deterministic=cfg.deterministic,
-                       jit=cfg.jit)
+                       jit=cfg.jit, sbi=sbi)
 
 
 def describe() -> dict:

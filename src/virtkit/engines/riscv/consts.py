@@ -13,11 +13,13 @@ EXIT_MMIO_WRITE = 2
 EXIT_WFI = 3
 EXIT_HTIF = 4
 EXIT_SHUTDOWN = 5
+EXIT_DEBUG = 11  # an ebreak while a debugger is attached (machine.engine.ExitReason.DEBUG), pc at the ebreak
+EXIT_HYPERCALL = 9  # an SBI call the core does not serve itself (machine.engine.ExitReason.HYPERCALL)
 
 # ---- hart state columns (hs[h, k]) -----------------------------------------
 HS_PC = 0
 HS_PRIV = 1
-HS_WFI = 2
+HS_WFI = 2  # 0 running, 1 waiting for an interrupt (WFI, SBI retentive suspend), 2 stopped (SBI HSM)
 HS_RESV = 3  # RAM offset of the reserved 64-byte granule, -1 when none
 HS_MMIO_RD = 4
 HS_MMIO_KIND = 5
@@ -50,7 +52,14 @@ CF_JIT_SYNC = 12  # 1: run_harts returns when a region is queued (translated in 
 CF_NFAST = 13  # fast MMIO cells in use (rows FAST0.. of the mmio table)
 CF_FCOUNT = 14  # buffered MMIO writes waiting in the ring (rows FRING0.. of the mmio table)
 CF_FREADS = 15  # loads answered from a read shadow (statistics)
-CF_N = 16
+CF_SBI = 16  # 1: the VMM is the SBI (--bios builtin): S-mode ECALLs are served by the core or exit as hypercalls
+CF_SBI_TIME = 17  # SBI calls the core served itself, by extension (statistics): TIME (and legacy set_timer)
+CF_SBI_IPI = 18  # IPI
+CF_SBI_RFENCE = 19  # RFENCE
+CF_DEBUG = 21  # 1: guest debug (a debugger is attached): ebreak exits as EXIT_DEBUG instead of trapping
+CF_STEP_HART = 22  # h + 1: only hart h runs (a debugger's single step); 0: every hart
+CF_NEXT_HART = 20  # the hart run_harts runs first on its next call (round robin across calls: no hart starves)
+CF_N = 24
 
 # ---- the mmio table (int64, MMIO_COLS columns): regions, then fast cells, then the write ring ----------
 MAX_MMIO = 64  # rows 0..: (base, size) of the regions whose accesses exit to the device model
@@ -71,6 +80,15 @@ TLB_BITS = 9
 TLB_SIZE = 1 << TLB_BITS
 TLB_MASK = TLB_SIZE - 1
 NPMP = 16
+
+# ---- the SBI (--bios builtin): extension IDs and error codes (SBI specification 2.0) ----
+SBI_EXT_TIME = 0x54494D45
+SBI_EXT_IPI = 0x735049
+SBI_EXT_RFENCE = 0x52464E43
+SBI_SUCCESS = 0
+SBI_ERR_NOT_SUPPORTED = -2
+SBI_ERR_INVALID_PARAM = -3
+HART_STOPPED = 2  # hs[h, HS_WFI]: a hart the SBI's HSM has stopped (never woken by an interrupt)
 
 # ---- CSR numbers -------------------------------------------------------------
 FFLAGS = 0x001

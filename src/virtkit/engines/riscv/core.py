@@ -33,23 +33,30 @@ from virtkit.engines.riscv.alu import (
     ult,
 )
 from virtkit.engines.riscv.consts import (
+    CF_DEBUG,
     CF_DETERMINISTIC,
     CF_JIT,
     CF_JIT_SYNC,
+    CF_NEXT_HART,
     CF_NHARTS,
     CF_NRESV,
     CF_RAM_BASE,
     CF_RAM_SIZE,
     CF_RATE,
+    CF_SBI,
     CF_SLICE,
+    CF_STEP_HART,
     CF_STOP,
     CSHIFT,
     CT_FRAC,
     CT_MTIME,
     EXIT_BUDGET,
+    EXIT_DEBUG,
+    EXIT_HYPERCALL,
     EXIT_WFI,
     FFLAGS,
     FRM,
+    HART_STOPPED,
     HS_EXC_CAUSE,
     HS_EXC_TVAL,
     HS_INSTRET,
@@ -114,6 +121,7 @@ from virtkit.engines.riscv.native import (
     jit_inval,
     unmanaged,
 )
+from virtkit.engines.riscv.sbicore import sbi_fast
 
 
 @njit(cache=True, nogil=True)
@@ -533,8 +541,32 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         elif op == 0x73:  # SYSTEM
             if f3 == 0:
                 if ins == 0x00000073:
-                    exc = 8 + priv
+                    if priv == 1 and cfg[CF_SBI]:  # the VMM is the SBI: a hypercall
+                        if sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all):
+                            update_timer_bits(csr, cfg, msip, mtcmp, ctime)
+                            fvpn = -1
+                            irq_check = True
+                        else:
+                            out[0] = EXIT_HYPERCALL
+                            out[1] = h
+                            out[2] = 0
+                            out[3] = 0
+                            out[4] = 0
+                            pc = npc
+                            n += 1
+                            ex = 1
+                            break
+                    else:
+                        exc = 8 + priv
                 elif ins == 0x00100073:
+                    if cfg[CF_DEBUG]:  # a debugger's breakpoint (or the guest's own, which it re-injects)
+                        out[0] = EXIT_DEBUG
+                        out[1] = h
+                        out[2] = pc
+                        out[3] = 0
+                        out[4] = 0
+                        ex = 1
+                        break
                     exc = 3
                     tval = pc
                 elif ins == 0x30200073:
@@ -825,12 +857,18 @@ def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt
             break
         update_timer_bits(csr, cfg, msip, mtcmp, ctime)
         ran = 0
-        for h in range(nh):
+        first = cfg[CF_NEXT_HART]
+        for i in range(nh):
             if total >= budget:
                 break
+            h = first + i
+            if h >= nh:
+                h -= nh
+            if cfg[CF_STEP_HART] and h != cfg[CF_STEP_HART] - 1:
+                continue
             c = csr[h]
             if hs[h, HS_WFI]:
-                if ((c[MIP] | irq[h]) & c[MIE]) == 0:
+                if hs[h, HS_WFI] == HART_STOPPED or ((c[MIP] | irq[h]) & c[MIE]) == 0:
                     continue
                 hs[h, HS_WFI] = 0
             ran += 1
@@ -841,6 +879,7 @@ def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt
             ctime[CT_MTIME] += fr >> 16
             ctime[CT_FRAC] = fr & 0xFFFF
             if ex:
+                cfg[CF_NEXT_HART] = h + 1 if h + 1 < nh else 0  # the others run before this hart again
                 return total
             if cfg[CF_JIT_SYNC] and jt[2][0] != jt[2][1]:
                 return total  # the engine translates the queued regions now and calls again
@@ -848,8 +887,9 @@ def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt
             if cfg[CF_DETERMINISTIC]:
                 best = -1
                 mt = ctime[CT_MTIME]
+                tbit = 5 if cfg[CF_SBI] else 7  # the SBI's timer drives STIP, the CLINT's MTIP
                 for h in range(nh):
-                    if (csr[h, MIE] >> 7) & 1 and ult(mt, mtcmp[h]):
+                    if (csr[h, MIE] >> tbit) & 1 and hs[h, HS_WFI] != HART_STOPPED and ult(mt, mtcmp[h]):
                         if best == -1 or ult(mtcmp[h], best):
                             best = mtcmp[h]
                 if best != -1:

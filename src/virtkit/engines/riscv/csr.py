@@ -8,6 +8,7 @@ from numba import njit
 from virtkit.engines.riscv.alu import srl, ult
 from virtkit.engines.riscv.consts import (
     CF_NHARTS,
+    CF_SBI,
     CT_MTIME,
     CYCLE,
     FCSR,
@@ -314,8 +315,16 @@ def pending_irq(c, priv, ext):
 
 @njit(cache=True, nogil=True)
 def update_timer_bits(csr, cfg, msip, mtcmp, ctime):
-    """Drive MTIP/MSIP in each hart's mip from the CLINT."""
+    """Drive MTIP/MSIP in each hart's mip from the CLINT; when the VMM is the SBI, the timer compare is the
+    one SBI set_timer armed and drives STIP instead (the supervisor's timer, as KVM gives its guests)."""
     mt = ctime[CT_MTIME]
+    if cfg[CF_SBI]:
+        for h in range(cfg[CF_NHARTS]):
+            v = csr[h, MIP] & ~(1 << 5)
+            if not ult(mt, mtcmp[h]):
+                v |= 1 << 5
+            csr[h, MIP] = v
+        return
     for h in range(cfg[CF_NHARTS]):
         v = csr[h, MIP] & ~((1 << 7) | (1 << 3))
         if not ult(mt, mtcmp[h]):

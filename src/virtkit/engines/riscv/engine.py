@@ -53,7 +53,8 @@ MAX_MMIO = consts.MAX_MMIO
 #: core exit code -> shared exit reason (the core's HTIF code becomes an MMIO_WRITE at ``tohost``)
 _REASONS = {core.EXIT_BUDGET: ExitReason.BUDGET, core.EXIT_MMIO_READ: ExitReason.MMIO_READ,
             core.EXIT_MMIO_WRITE: ExitReason.MMIO_WRITE, core.EXIT_WFI: ExitReason.HALT,
-            core.EXIT_HTIF: ExitReason.MMIO_WRITE, core.EXIT_SHUTDOWN: ExitReason.SHUTDOWN}
+            core.EXIT_HTIF: ExitReason.MMIO_WRITE, core.EXIT_SHUTDOWN: ExitReason.SHUTDOWN,
+            core.EXIT_HYPERCALL: ExitReason.HYPERCALL, core.EXIT_DEBUG: ExitReason.DEBUG}
 
 
 
@@ -91,6 +92,7 @@ class RiscvEngine:
         deterministic: bool = False,
         slice_len: int = 1000,
         jit: int | None = None,
+        sbi: bool = False,
     ) -> None:
         if not 1 <= nharts <= 64:
             raise ConfigError(f"number of harts must be 1..64: {nharts}")
@@ -161,6 +163,22 @@ class RiscvEngine:
         self.cfg[core.CF_JIT] = thr
         mem.on_write = self.jit.invalidate
         self.compile_seconds = coresel.ensure_compiled(self)
+        self.sbi = sbi
+        if sbi:
+            self._sbi_reset()
+
+    def _sbi_reset(self) -> None:
+        """The VMM is the SBI (``--bios builtin``): every hart starts in S-mode with the machine level set up as
+        an SBI implementation leaves it (OpenSBI's choices): exceptions a supervisor handles and the S-level
+        interrupts delegated, counters readable, one PMP entry granting all memory; only hart 0 runs, the
+        others are STOPPED until the SBI's HSM starts them. An S-mode ECALL is then a hypercall."""
+        self.cfg[core.CF_SBI] = 1
+        for h in range(self.nharts):
+            self.hs[h, core.HS_PRIV] = 1
+            for num, value in ((core.MEDELEG, 0xB1FF), (core.MIDELEG, 0x222), (core.MCOUNTEREN, 7),
+                               (core.PMPADDR0, (1 << 54) - 1), (core.PMPCFG0, 0x1F)):
+                self.write_csr(h, num, value)
+            self.hs[h, core.HS_WFI] = core.HART_STOPPED if h else 0
 
     # ---- configuration -----------------------------------------------------------------
     def add_mmio_region(self, base: int, size: int) -> None:
@@ -259,7 +277,7 @@ class RiscvEngine:
         return record(self, nharts=self.nharts, ram_base=self.mem.base, ram_size=self.mem.size,
                       mtime=_u64(self.ctime[core.CT_MTIME]), mtime_frac=int(self.ctime[core.CT_FRAC]),
                       rate=int(self.cfg[core.CF_RATE]), tohost=int(self.cfg[core.CF_TOHOST]),
-                      fromhost=self.fromhost, harts=harts)
+                      fromhost=self.fromhost, sbi=int(self.sbi), harts=harts)
 
     def restore(self, state: dict) -> None:
         """Take a saved state (same harts and RAM layout). Guest time goes on from the saved ``mtime``;
@@ -271,6 +289,11 @@ class RiscvEngine:
         mtime = f.int("mtime", 0, (1 << 64) - 1)
         frac, rate = f.int("mtime_frac", *_I64), f.int("rate", 1, 1 << 40)
         tohost, fromhost = f.int("tohost", -1, (1 << 64) - 1), f.opt_int("fromhost")
+        sbi = f.opt_int("sbi") or 0
+        if sbi != int(self.sbi):
+            raise StateError("riscv-engine state: saved with the SBI " + ("in the VMM (--bios builtin)" if sbi else
+                             "in guest firmware") + ", restored into a machine " + ("with" if self.sbi else
+                             "without") + " --bios builtin")
         harts = f.list("harts", self.nharts)
         x = np.zeros_like(self.x)
         fr = np.zeros_like(self.f)
@@ -292,6 +315,8 @@ class RiscvEngine:
                 csr[h, pair[0]] = pair[1]
             for k, i in _HS_SAVED.items():
                 hs[h, i] = hf.int(k, *_I64)
+            if hs[h, core.HS_WFI] not in (0, 1, core.HART_STOPPED):
+                raise StateError(f"riscv-engine state: hart {h} has wait state {int(hs[h, core.HS_WFI])}")
             if hs[h, core.HS_PRIV] not in (0, 1, 3):
                 raise StateError(f"riscv-engine state: hart {h} in privilege mode {int(hs[h, core.HS_PRIV])}")
             if not -1 <= hs[h, core.HS_RESV] < self.mem.size:
@@ -456,11 +481,14 @@ class RiscvEngine:
         self.ctime[core.CT_MTIME] = max(int(self.ctime[core.CT_MTIME]) + int(seconds * TIMEBASE_HZ), self._host_mtime())
 
     def next_timer_deadline(self) -> float | None:
-        """Seconds from now until the earliest mtimecmp of a hart with MTIE set, or None."""
+        """Seconds from now until the earliest timer compare of a running hart with its timer interrupt enabled
+        (MTIE; STIE when the VMM is the SBI), or None."""
         best = None
         mt = _u64(self.ctime[core.CT_MTIME])
+        bit = 5 if self.sbi else 7
         for h in range(self.nharts):
-            if (int(self.csr[h, core.MIE]) >> 7) & 1 and self.mtimecmp[h] != -1:
+            if ((int(self.csr[h, core.MIE]) >> bit) & 1 and self.mtimecmp[h] != -1
+                    and self.hs[h, core.HS_WFI] != core.HART_STOPPED):
                 d = max(0, _u64(self.mtimecmp[h]) - mt)
                 best = d if best is None else min(best, d)
         return None if best is None else best / TIMEBASE_HZ
@@ -508,6 +536,105 @@ class RiscvEngine:
                        int(self.hs[hart, core.HS_INSTRET]))
         self.tlbt[hart] = 0
 
+    # ---- the SBI in the VMM: hypercalls and hart states ------------------------------
+    def hypercall_args(self, vcpu: int) -> tuple[int, ...]:
+        """The SBI call ``vcpu`` made: (a0, ..., a5, FID in a6, extension ID in a7), unsigned."""
+        return tuple(_u64(v) for v in self.x[vcpu, 10:18])
+
+    def complete_hypercall(self, vcpu: int, result: tuple[int, ...]) -> None:
+        """Return from the SBI call: ``(error, value)`` into a0/a1, ``(value,)`` into a0 only (legacy calls),
+        ``()`` leaves the registers alone (the call moved the hart elsewhere: hart_stop, a non-retentive suspend)."""
+        for i, v in enumerate(result[:2]):
+            self.x[vcpu, 10 + i] = _s64(v)
+
+    def hart_state(self, hart: int) -> str:
+        """``running``, ``waiting`` (WFI or a retentive suspend) or ``stopped`` (SBI HSM)."""
+        w = int(self.hs[hart, core.HS_WFI])
+        return "stopped" if w == core.HART_STOPPED else "waiting" if w else "running"
+
+    def start_hart(self, hart: int, pc: int, a0: int, a1: int) -> None:
+        """Start a hart in S-mode at ``pc`` as SBI hart_start (and a non-retentive resume) leave it: a0, a1 set,
+        ``satp`` = 0, ``sstatus.SIE`` = 0, its TLB empty."""
+        self.hs[hart, core.HS_PC] = _s64(pc)
+        self.hs[hart, core.HS_PRIV] = 1
+        self.x[hart, 10] = _s64(a0)
+        self.x[hart, 11] = _s64(a1)
+        self.csr[hart, core.SATP] = 0
+        self.csr[hart, core.MSTATUS] &= ~2
+        self.tlbt[hart] = 0
+        self.hs[hart, core.HS_WFI] = 0
+
+    def stop_hart(self, hart: int) -> None:
+        """Stop a hart until :meth:`start_hart` (no interrupt wakes it)."""
+        self.hs[hart, core.HS_WFI] = core.HART_STOPPED
+
+    def suspend_hart(self, hart: int) -> None:
+        """Let a hart wait until an enabled interrupt is pending (as WFI; SBI's retentive suspend)."""
+        self.hs[hart, core.HS_WFI] = 1
+
+    def translate(self, hart: int, va: int) -> int | None:
+        """The physical address of ``va`` through ``hart``'s current ``satp`` (Sv39/Sv48; identity in M-mode or
+        with translation off), or None when no valid leaf maps it. For the VMM and debuggers: it walks the
+        guest's tables in RAM, sets no A/D bits and checks no permissions."""
+        satp = _u64(self.csr[hart, core.SATP])
+        mode = satp >> 60
+        if self.priv(hart) == 3 or mode == 0:
+            return va & _M64
+        levels = {8: 3, 9: 4}.get(mode)
+        if levels is None:
+            return None
+        table = (satp & ((1 << 44) - 1)) << 12
+        for i in range(levels - 1, -1, -1):
+            a = table + ((va >> (12 + 9 * i)) & 0x1FF) * 8
+            if not self.mem.contains(a, 8):
+                return None
+            pte = self.mem.read_u64(a)
+            if not pte & 1 or (pte & 6) == 4:
+                return None
+            ppn = (pte >> 10) & ((1 << 44) - 1)
+            if pte & 0xA:  # R or X: a leaf (a superpage above level 0)
+                shift = 12 + 9 * i
+                return ((ppn << 12) & ~((1 << shift) - 1)) | (va & ((1 << shift) - 1))
+            table = ppn << 12
+        return None
+
+    # ---- debugging (the GDB stub) -----------------------------------------------------
+    def gdb_target(self) -> object:
+        """Registers, memory and breakpoint instructions as the GDB stub sees them."""
+        from virtkit.engines.riscv.gdb import RiscvGdbTarget
+
+        return RiscvGdbTarget(self)
+
+    def set_guest_debug(self, enabled: bool) -> None:
+        """Guest debug mode (KVM_GUESTDBG_USE_SW_BP): an ``ebreak`` exits as DEBUG, at the ebreak, instead of
+        raising the breakpoint exception."""
+        self.cfg[core.CF_DEBUG] = int(enabled)
+
+    def step(self, hart: int) -> RawExit:
+        """Run exactly one instruction of ``hart`` (or take the interrupt pending there) with the JIT off; the
+        other harts do not run. A hart waiting for an interrupt runs nothing (HALT)."""
+        cfg = self.cfg
+        thr = int(cfg[core.CF_JIT])
+        cfg[core.CF_JIT] = 0
+        cfg[core.CF_STEP_HART] = hart + 1
+        try:
+            return self.run_raw(1)
+        finally:
+            cfg[core.CF_JIT] = thr
+            cfg[core.CF_STEP_HART] = 0
+
+    def set_priv(self, hart: int, priv: int) -> None:
+        """Move ``hart`` to privilege ``priv`` (0, 1, 3) as a debugger may; its TLB is dropped."""
+        if priv not in (0, 1, 3):
+            raise ValueError(f"no privilege mode {priv}")
+        self.hs[hart, core.HS_PRIV] = priv
+        self.tlbt[hart] = 0
+
+    def sbi_counts(self) -> dict[str, int]:
+        """SBI calls served inside the core, by extension."""
+        return {"TIME": int(self.cfg[core.CF_SBI_TIME]), "IPI": int(self.cfg[core.CF_SBI_IPI]),
+                "RFENCE": int(self.cfg[core.CF_SBI_RFENCE])}
+
     @property
     def mtime(self) -> int:
         """The CLINT mtime (10 MHz ticks)."""
@@ -536,6 +663,7 @@ class RiscvEngine:
             "fast_mmio_reads": int(self.cfg[core.CF_FREADS]),
             "fast_mmio_writes": self.fast_writes,
             "guest_time": _u64(self.ctime[core.CT_MTIME]) / TIMEBASE_HZ,
+            **({"sbi_in_core": self.sbi_counts()} if self.sbi else {}),
         }
 
     # ---- the run loop's fast path (machine/vm.py) -----------------------------------------------

@@ -1,0 +1,155 @@
+"""``--bios builtin``: no firmware in the guest, virtkit itself is the SBI (paravirtualization, KVM's model).
+
+The kernel starts in S-mode on hart 0; the other harts are STOPPED until the kernel starts them through
+HSM; set_timer, IPIs and remote fences are served inside the compiled core, every other call is a
+HYPERCALL exit answered by ``virtkit.devices.sbi``; the guest powers off through SRST.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_guest_exec, virtkit
+from virtkit.devices.sbi import Sbi
+from virtkit.engines.riscv.engine import RiscvEngine
+from virtkit.machine.memory import GuestMemory
+from virtkit.machine.state import StateError
+
+
+@pytest.mark.slow
+def test_linux_boots_on_the_builtin_sbi_with_two_harts_and_powers_off_through_srst(guest_images):
+    p = run_guest_exec(guest_images, "nproc; dmesg | grep -o 'SBI implementation ID=0x766b'; "
+                       "dmesg | grep -c 'SBI HSM extension detected'", "--bios", "builtin", "--cpus", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["reason"] == "poweroff" and out["exit_status"] == 0, out["message"]
+    assert out["output"].split("\n")[:3] == ["2", "SBI implementation ID=0x766b", "1"], out["output"]
+    assert "OpenSBI" not in out["console"]
+    calls, inside = out["stats"]["sbi_calls"], out["stats"]["sbi_in_core"]
+    assert calls["HSM"] >= 1 and calls["SRST"] == 1  # hart 1 started through HSM; the power-off was SRST's
+    assert inside["TIME"] > 0 and inside["IPI"] > 0 and inside["RFENCE"] > 0  # the hot calls never left the core
+    assert out["stats"]["exits"]["HYPERCALL"] == sum(v for k, v in calls.items() if k not in inside)
+    assert out["stats"]["per_hart"][1] > 0
+
+
+def test_builtin_sbi_needs_the_virt_board(tmp_path):
+    prog = tmp_path / "p.elf"
+    prog.write_bytes(b"\x7fELF")
+    p = virtkit("run", "--board", "riscv64-spike", "--bios", "builtin", "--kernel", str(prog))
+    assert p.returncode != 0 and "builtin SBI needs an S-mode kernel on riscv64-virt" in p.stderr
+
+
+def _engine(sbi: bool, harts: int = 2) -> RiscvEngine:
+    return RiscvEngine(GuestMemory(1 << 20, 0x8000_0000), harts, sbi=sbi)
+
+
+def test_builtin_sbi_harts_start_in_s_mode_with_the_others_stopped():
+    eng = _engine(True, 3)
+    assert [eng.priv(h) for h in range(3)] == [1, 1, 1]
+    assert [eng.hart_state(h) for h in range(3)] == ["running", "stopped", "stopped"]
+    assert eng.read_csr(0, 0x303) == 0x222 and eng.read_csr(0, 0x302) & (1 << 9) == 0  # S ecalls stay with the VMM
+
+
+def test_a_snapshot_keeps_whether_the_vmm_is_the_sbi():
+    a = _engine(True)
+    state = json.loads(json.dumps(a.save()))
+    b = _engine(True)
+    b.restore(state)
+    again = b.save()
+    assert b.hart_state(1) == "stopped" and again["harts"] == state["harts"] and again["sbi"] == 1
+    with pytest.raises(StateError, match="restored into a machine without --bios builtin"):
+        _engine(False).restore(state)
+    bad = json.loads(json.dumps(state))
+    bad["harts"][1]["wfi"] = 7
+    with pytest.raises(StateError, match="wait state 7"):
+        _engine(True).restore(bad)
+
+
+class _Console:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.input = bytearray(b"hi")
+
+    def emit(self, data: bytes) -> None:
+        self.out += data
+
+    def take_input(self, n: int) -> bytes:
+        data, self.input[:] = bytes(self.input[:n]), self.input[n:]
+        return data
+
+
+def _sbi(harts: int = 2) -> tuple[Sbi, RiscvEngine, list]:
+    eng = _engine(True, harts)
+    events: list = []
+    return Sbi(eng, _Console(), lambda kind, code: events.append((kind, code))), eng, events
+
+
+M64 = (1 << 64) - 1
+
+
+def call(sbi: Sbi, ext: int, fid: int, *a: int, hart: int = 0) -> tuple[int, ...]:
+    args = (list(a) + [0] * 6)[:6]
+    return sbi.hypercall(hart, (*[v & M64 for v in args], fid, ext))
+
+
+def test_hsm_calls_move_harts_and_refuse_bad_ones():
+    sbi, eng, _ = _sbi()
+    assert call(sbi, 0x48534D, 2, 1) == (0, 1)  # STOPPED
+    assert call(sbi, 0x48534D, 0, 1, 0x8000_1000, 0x5EED) == (0, 0)
+    assert eng.hart_state(1) == "running" and eng.pc(1) == 0x8000_1000 and eng.get_reg(1, 11) == 0x5EED
+    assert call(sbi, 0x48534D, 0, 1, 0x8000_1000, 0) == (-6, 0)  # already started
+    assert call(sbi, 0x48534D, 0, 5, 0x8000_1000, 0) == (-3, 0)  # no such hart
+    assert call(sbi, 0x48534D, 0, M64, 0x8000_1000, 0) == (-3, 0)
+    assert call(sbi, 0x48534D, 1, hart=1) == ()  # hart_stop: no return value, the hart stops
+    assert eng.hart_state(1) == "stopped"
+    assert call(sbi, 0x48534D, 0, 1, 0x1000, 0) == (-5, 0)  # start address outside RAM
+    assert call(sbi, 0x48534D, 0, 1, 0x8000_1001, 0) == (-5, 0)  # misaligned
+    assert call(sbi, 0x48534D, 3, 0x1234) == (-3, 0)  # reserved suspend type
+    assert call(sbi, 0x48534D, 3, 1 << 40) == (-3, 0)
+    assert call(sbi, 0x48534D, 9) == (-2, 0)
+    assert call(sbi, 0x48534D, 3, 0) == (0, 0) and call(sbi, 0x48534D, 2, 0, hart=1) == (0, 4)  # SUSPENDED
+    a, b = Sbi(eng, _Console(), lambda *e: None), Sbi(eng, _Console(), lambda *e: None)
+    b.restore(json.loads(json.dumps(sbi.save())))
+    assert b.save() == sbi.save() and a.save() != sbi.save()
+    with pytest.raises(StateError):
+        b.restore({**sbi.save(), "suspended": [2, 0]})
+
+
+def test_srst_dbcn_and_legacy_calls():
+    sbi, eng, events = _sbi()
+    assert call(sbi, 0x53525354, 0, 3, 0) == (-3, 0)  # unknown reset type
+    assert call(sbi, 0x53525354, 0, 0, 2) == (-3, 0)  # reserved reason
+    assert call(sbi, 0x53525354, 0, 0, 1) == (0, 0) and events == [("fail", 1)]  # shutdown, system failure
+    assert call(sbi, 0x53525354, 0, 1, 0) == (0, 0) and events[-1] == ("reset", 0)
+    eng.mem.write(0x8000_2000, b"paravirtual\n")
+    assert call(sbi, 0x4442434E, 0, 12, 0x8000_2000, 0) == (0, 12)
+    assert call(sbi, 0x4442434E, 0, 12, 0x8000_2000, 1) == (-3, 0)
+    assert call(sbi, 0x4442434E, 0, 1 << 40, 0x8000_2000, 0) == (-3, 0)  # runs past RAM
+    assert call(sbi, 0x4442434E, 0, 16, M64 - 4, 0) == (-3, 0)
+    assert call(sbi, 0x4442434E, 1, 8, 0x8000_3000, 0) == (0, 2) and eng.mem.read(0x8000_3000, 2) == b"hi"
+    assert call(sbi, 0x4442434E, 2, ord("!")) == (0, 0)
+    assert call(sbi, 0x01, 0, ord("?")) == (0,)
+    assert sbi.console.out == b"paravirtual\n!?"
+    assert call(sbi, 0x02, 0) == (M64,)  # no input left
+    eng.csr[1, 0x344] = 0
+    eng.mem.write_u64(0x8000_4000, 2)  # legacy send_ipi's hart mask lives in guest memory (here: no paging)
+    assert call(sbi, 0x04, 0, 0x8000_4000) == (0,) and eng.csr[1, 0x344] & 2
+    assert call(sbi, 0x04, 0, 0x10) == ((-5) & M64,)  # the mask pointer is not in RAM
+    assert call(sbi, 0x10, 3, 0x735049) == (0, 1) and call(sbi, 0x10, 3, 0x504D55) == (0, 0)
+    assert call(sbi, 0x54494D45, 1) == (-2, 0)
+    assert sbi.stats()["SRST"] == 4
+
+
+def test_garbage_hypercalls_get_sbi_errors_and_change_nothing():
+    sbi, eng, events = _sbi(4)
+    rng = np.random.default_rng(7)
+    before = eng.save()["harts"]
+    for _ in range(3000):
+        ext = int(rng.choice([0x10, 0x48534D, 0x4442434E, 0x53555350, int(rng.integers(0, 1 << 62))]))
+        fid = int(rng.integers(4, 1 << 32)) if ext != 0x10 else int(rng.integers(7, 1 << 32))
+        r = call(sbi, ext, fid, *[int(v) for v in rng.integers(0, 1 << 63, 6)])
+        assert r == (-2, 0), (hex(ext), fid)
+    assert eng.save()["harts"] == before and not events and not sbi.console.out
