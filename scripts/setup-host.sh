@@ -40,6 +40,7 @@ TEST_PKGS=(
   "tshark:reads the switch's pcapng captures"
   "iputils-ping:ping between namespaces"
   "ethtool:veth offloads"
+  "gdb-multiarch:the debugger the GDB stub is tested with"
 )
 
 case "$what" in

@@ -35,6 +35,8 @@ examples:
   virtkit run --detach --name web1                 boot in the background (virtkit console web1)
   virtkit run --cpus 2 --dump-config > vm.toml     the flags as a config file; virtkit run --config vm.toml
   virtkit run --bios none --kernel prog.elf        a bare-metal ELF (HTIF exit code: 0 = pass)
+  virtkit run --bios builtin                       no firmware in the guest: virtkit itself is the SBI
+  virtkit run -s -S                                wait for gdb-multiarch (target remote :1234) before booting
 """
 
 
@@ -53,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--kernel", help="kernel Image or ELF (default: the default guest's), or the bare-metal ELF")
     m.add_argument("--initrd", help="initramfs (cpio, gzip/zstd/xz cpio)")
     m.add_argument("--append", help="kernel command line (default: console=ttyS0 earlycon=sbi)")
-    m.add_argument("--bios", help="firmware: default (OpenSBI fw_jump), none (bare-metal: --board riscv64-spike), "
-                   "or a file")
+    m.add_argument("--bios", help="firmware: default (OpenSBI fw_jump), builtin (no firmware: virtkit is the SBI, "
+                   "the kernel starts in S-mode), none (bare-metal: --board riscv64-spike), or a file")
     m.add_argument("--disk", action="append", metavar="PATH[,ro][,format=raw|qcow2][,werror=stop]",
                    help="virtio-blk disk: a file, block device or POOL/VOLUME (repeatable; first is /dev/vda)")
     m.add_argument("--net", action="append", metavar="tap:NAME|switch:NAME[,vlan=N]",
@@ -87,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--dump-config", nargs="?", const="toml", choices=["toml", "json"],
                    help="print the config the flags describe and exit")
     o.add_argument("--dump-dtb", metavar="FILE", help="write the guest's device tree (rng-seed zeroed) and exit")
+    o.add_argument("--gdb", metavar="tcp::PORT", help="wait for gdb on this address (QEMU's -gdb: tcp::PORT, "
+                   "tcp:HOST:PORT, unix:PATH): registers with CSRs and privilege, memory, breakpoints, steps")
+    o.add_argument("-s", dest="gdb", action="store_const", const="tcp::1234", help="--gdb tcp::1234 (as QEMU)")
+    o.add_argument("--gdb-wait", "-S", action="store_true", help="with --gdb: hold the guest before its first "
+                   "instruction until gdb continues it")
     o.add_argument("--stats", action="store_true", help="print instructions, MIPS and exits by reason at the end")
     o.add_argument("--json", action="store_true", help="print one JSON document on stdout (console inside)")
     o.add_argument("--console-log", metavar="FILE", help=argparse.SUPPRESS)  # detached VMs: console to a file
@@ -139,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Boot (or dump, or detach) the machine the flags describe."""
     if args.max_insns is not None and args.max_insns <= 0:
         raise ConfigError(f"--max-insns must be positive: {args.max_insns}")
+    if args.gdb_wait and not args.gdb:
+        raise ConfigError("--gdb-wait (-S) goes with --gdb ADDRESS (or -s)")
     if args.incoming:
         if args.clone or args.no_verify:
             raise ConfigError("--clone and --no-verify go with --restore or --template")
@@ -400,6 +409,7 @@ def run_board(cfg: Any, args: argparse.Namespace, make: Any = None, notes: list[
         term.stderr_line(f"virtkit: warning: {msg}", raw=is_raw)
 
     rv = _start(cfg, hub, warn, make)
+    attach_gdb(rv, args)
     vm = rv.vm
     for n in notes or []:
         term.stderr_line(f"virtkit: {n}", raw=False)
@@ -447,6 +457,24 @@ def run_board(cfg: Any, args: argparse.Namespace, make: Any = None, notes: list[
     if logfile is not None:
         logfile.close()
     return _report_board(cfg, args, rv, res, exec_filter, log, sigs.received)
+
+
+def attach_gdb(rv: Any, args: argparse.Namespace) -> None:
+    """``--gdb``/``-s`` and ``--gdb-wait``/``-S``: a GDB remote stub for the machine, closed with the VM."""
+    addr = getattr(args, "gdb", None)
+    if addr is None:
+        return
+    from virtkit.machine.gdbstub import GdbStub
+
+    try:
+        stub = GdbStub(rv.machine, addr, wait=args.gdb_wait)
+    except BaseException:
+        rv.vm.close()
+        raise
+    rv.vm.closers.append(("gdb stub", stub.close))
+    where = stub.address if isinstance(stub.address, str) else f"{stub.address[0]}:{stub.address[1]}"
+    print(f"virtkit: gdb stub listening on {where}" + (" (the guest waits for gdb)" if args.gdb_wait else ""),
+          file=sys.stderr)
 
 
 class _Null:
@@ -515,6 +543,7 @@ def run_bare_metal(cfg: Any, args: argparse.Namespace) -> int:
     if not args.json:
         hub.sinks.append(term.stdout_write)
     rv = _start(cfg, hub, lambda msg: term.stderr_line(f"virtkit: warning: {msg}"))
+    attach_gdb(rv, args)
     with term.StopSignals(lambda name: rv.vm.stop("stopped", f"stopped by {name}")):
         res = rv.run()
     st = _stats(rv)
