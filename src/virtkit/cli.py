@@ -28,7 +28,7 @@ COMMANDS = {
     "run": "run", "ps": "vm", "console": "vm", "pause": "vm", "resume": "vm", "stop": "vm", "kill": "vm",
     "images": "images", "engine": "engine", "disk": "disk", "pool": "pool", "volume": "volume", "nbd": "nbd",
     "net": "net", "snapshot": "snapshot", "clone": "snapshot", "template": "snapshot",
-    "migrate": "migrate", "backup": "backup",
+    "migrate": "migrate", "backup": "backup", "modes": "modes",
 }
 
 DESCRIPTION = """\

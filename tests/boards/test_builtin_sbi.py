@@ -31,7 +31,9 @@ def test_linux_boots_on_the_builtin_sbi_with_two_harts_and_powers_off_through_sr
     calls, inside = out["stats"]["sbi_calls"], out["stats"]["sbi_in_core"]
     assert calls["HSM"] >= 1 and calls["SRST"] == 1  # hart 1 started through HSM; the power-off was SRST's
     assert inside["TIME"] > 0 and inside["IPI"] > 0 and inside["RFENCE"] > 0  # the hot calls never left the core
-    assert out["stats"]["exits"]["HYPERCALL"] == sum(v for k, v in calls.items() if k not in inside)
+    assert inside["legacy"] > 1000  # earlycon=sbi's putchar: a store to the UART's THR inside the core
+    assert out["stats"]["exits"]["HYPERCALL"] == sum(v - inside.get(k, 0) for k, v in calls.items())
+    assert out["stats"]["exits"]["HYPERCALL"] < 100
     assert out["stats"]["per_hart"][1] > 0
 
 

@@ -365,12 +365,14 @@ class RiscvVirtBoard:
         b.attach_mmio(PLIC_BASE, self.plic.size, self.plic, "plic")
         b.attach_mmio(UART0_BASE, UART0_SIZE, self.uart, "uart0")
         b.attach_serial(self.uart)
-        _fast_console(b.engine, self.uart)
+        thr = _fast_console(b.engine, self.uart)
         if self.builtin_sbi:
             from virtkit.devices.sbi import Sbi
 
             self.sbi = Sbi(b.engine, self.uart, vm.power_event)
             vm.hypercall = self.sbi.hypercall
+            if thr is not None:
+                b.engine.sbi_console(thr)  # legacy putchar: a THR store inside the core
             b.add_device("sbi", self.sbi)
 
     def virtio_slot(self, b: Builder, index: int) -> tuple[int, int, Callable[[bool], None]]:
@@ -402,12 +404,13 @@ class RiscvVirtBoard:
         return build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, rng_seed=bytes(32), cmdline=self.cmdline)
 
 
-def _fast_console(engine: Any, uart: Uart16550) -> None:
+def _fast_console(engine: Any, uart: Uart16550) -> int | None:
     """Coalesced MMIO for the console (when the engine has it): the LSR polls and THR writes of the
-    guest's console output (two exits per character) are served by the engine, THR bytes in order."""
+    guest's console output (two exits per character) are served by the engine, THR bytes in order.
+    Returns the THR's fast cell (None without coalesced MMIO)."""
     add = getattr(engine, "add_fast_mmio", None)
     if add is None:
-        return
+        return None
     thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v))
     lsr = add(UART0_BASE + 5, 1)
     setf = engine.set_fast_mmio
@@ -418,6 +421,7 @@ def _fast_console(engine: Any, uart: Uart16550) -> None:
 
     uart.fast_hook = hook
     uart.publish()
+    return thr
 
 
 BOARD = RiscvVirtBoard

@@ -185,8 +185,7 @@ def print_stats(stats: dict[str, Any], title: str = "virtkit run", to_terminal_r
     inside = stats.get("sbi_in_core", {})
     for ext, n in stats.get("sbi_calls", {}).items():  # the builtin SBI: calls by extension
         if n:
-            where = "in the core" if ext in inside else "hypercall exits"
-            t.add_row(f"SBI calls: {ext}", f"{n:,} ({where})")
+            t.add_row(f"SBI calls: {ext}", f"{n:,} ({inside.get(ext, 0):,} in the core)")
     for dev, n in sorted(stats.get("mmio", {}).items()):
         t.add_row(f"MMIO: {dev}", f"{n:,}")
     if stats.get("fast_mmio_reads") or stats.get("fast_mmio_writes"):

@@ -78,7 +78,7 @@ class Sbi:
     def stats(self) -> dict[str, int]:
         """Every SBI call so far by extension: those the VMM answered and those the core served."""
         c = Counter(self.calls)
-        c.update(self.engine.sbi_counts())
+        c.update(self.engine.sbi_counts())  # (legacy calls: putchar in the core, the rest here)
         return dict(sorted(c.items()))
 
     # -- the hypercall ------------------------------------------------------------------------------

@@ -179,10 +179,20 @@ class Uart16550:
         return bytes(out)
 
     def emit(self, data: bytes) -> None:
-        """Output that did not go through the registers (the SBI console), after what the UART buffered."""
-        self.flush()
-        self.tx_bytes += len(data)
-        self.sink(data)
+        """Output that did not come through the registers (the SBI console shares this UART): it leaves
+        through the transmitter as THR writes would, in order with the UART's own output (and, as after any
+        THR write, THRE is pending: the engine may then take further bytes without an exit); while the
+        divisor latch or loopback is on, straight to the console."""
+        with self._lock:
+            if self.lcr & LCR_DLAB or self.mcr & MCR_LOOP:
+                self.flush()
+                self.tx_bytes += len(data)
+                self.sink(data)
+                return
+            for b in data:
+                self._write(THR, b)
+            self._update()
+            self.publish()
 
     def _ready(self) -> bool:
         return bool(self.ier & IER_RDI) or self._lsr_polls >= POLLED_READER or bool(self.mcr & MCR_LOOP)

@@ -223,6 +223,8 @@ class Vm:
         self._idle: Callable[[float], None] | None = getattr(engine, "idle", None)  # guest time moves while idle
         self._progress: Callable[[], int] | None = getattr(engine, "progress", None)
         self.irq_changes = 0
+        #: nanoseconds the VMM spent per exit reason (handling it until the next run; HALT includes the sleep)
+        self.exit_ns: Counter[Any] = Counter()
         #: instruction limit (bare-metal runs): stop with reason "budget" once the engine has done this much
         self.max_insns: int | None = None
         #: a HALT with no timer armed ends the run as "stuck" (boards without interrupt sources set it)
@@ -466,8 +468,16 @@ class Vm:
         name = ""
         until_flush = FLUSH_EVERY
         cpu0 = time.thread_time()
+        # the VMM's time per exit reason (from the exit to the next run): what an exit costs on this side
+        clock = time.perf_counter_ns
+        exit_ns = self.exit_ns
+        last: Any = None
+        t_exit = 0
         try:
             while not stop.is_set():
+                if last is not None:
+                    exit_ns[last] += clock() - t_exit
+                    last = None
                 if self._pause_req:
                     self._park()
                     limit = self.max_insns  # may have been changed while paused
@@ -483,9 +493,11 @@ class Vm:
                     ex = run(min(budget, left), index)
                 else:
                     ex = run(budget, index)
+                t_exit = clock()
                 if th:
                     time.sleep((time.monotonic() - t_run) * th / (1 - th))
                 r = ex.reason
+                last = r
                 if r is not _MMIO_READ and r is not _MMIO_WRITE:
                     self._other_exit(ex, index)
                     continue
@@ -604,4 +616,5 @@ class Vm:
         s["wfi_seconds"] = round(self.wfi_seconds, 3)
         s["vcpu_cpu_seconds"] = round(self.vcpu_cpu_seconds, 3)
         s["irq_changes"] = self.irq_changes
+        s["exit_seconds"] = {getattr(r, "name", str(r)): round(ns / 1e9, 6) for r, ns in self.exit_ns.items()}
         return s

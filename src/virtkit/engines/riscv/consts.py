@@ -59,7 +59,9 @@ CF_SBI_RFENCE = 19  # RFENCE
 CF_DEBUG = 21  # 1: guest debug (a debugger is attached): ebreak exits as EXIT_DEBUG instead of trapping
 CF_STEP_HART = 22  # h + 1: only hart h runs (a debugger's single step); 0: every hart
 CF_NEXT_HART = 20  # the hart run_harts runs first on its next call (round robin across calls: no hart starves)
-CF_N = 24
+CF_SBI_CONSOLE = 23  # 1 + the fast MMIO cell of the console's THR: legacy putchar goes through it (0: none)
+CF_SBI_PUTCHAR = 24  # legacy console_putchar calls served in the core through that cell (statistics)
+CF_N = 32
 
 # ---- the mmio table (int64, MMIO_COLS columns): regions, then fast cells, then the write ring ----------
 MAX_MMIO = 64  # rows 0..: (base, size) of the regions whose accesses exit to the device model

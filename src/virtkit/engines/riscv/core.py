@@ -542,7 +542,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             if f3 == 0:
                 if ins == 0x00000073:
                     if priv == 1 and cfg[CF_SBI]:  # the VMM is the SBI: a hypercall
-                        if sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all):
+                        if sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all, mmio):
                             update_timer_bits(csr, cfg, msip, mtcmp, ctime)
                             fvpn = -1
                             irq_check = True

@@ -633,7 +633,14 @@ class RiscvEngine:
     def sbi_counts(self) -> dict[str, int]:
         """SBI calls served inside the core, by extension."""
         return {"TIME": int(self.cfg[core.CF_SBI_TIME]), "IPI": int(self.cfg[core.CF_SBI_IPI]),
-                "RFENCE": int(self.cfg[core.CF_SBI_RFENCE])}
+                "RFENCE": int(self.cfg[core.CF_SBI_RFENCE]), "legacy": int(self.cfg[core.CF_SBI_PUTCHAR])}
+
+    def sbi_console(self, cell: int | None) -> None:
+        """The fast MMIO cell (:meth:`add_fast_mmio`) of the console's transmit register: SBI legacy putchar
+        stores its byte there, inside the core, whenever the device has the cell enabled."""
+        if cell is not None and not 0 <= cell < len(self._fast_sinks):
+            raise ValueError(f"no fast MMIO cell {cell}")
+        self.cfg[core.CF_SBI_CONSOLE] = 0 if cell is None else cell + 1
 
     @property
     def mtime(self) -> int:

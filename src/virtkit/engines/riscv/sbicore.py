@@ -12,10 +12,17 @@ from __future__ import annotations
 from numba import njit
 
 from virtkit.engines.riscv.consts import (
+    CF_FCOUNT,
     CF_NHARTS,
+    CF_SBI_CONSOLE,
     CF_SBI_IPI,
+    CF_SBI_PUTCHAR,
     CF_SBI_RFENCE,
     CF_SBI_TIME,
+    FAST0,
+    FAST_BUFFER,
+    FRING0,
+    FRING_N,
     MIP,
     SBI_ERR_INVALID_PARAM,
     SBI_ERR_NOT_SUPPORTED,
@@ -50,10 +57,12 @@ def _targets(mask, base, nh, t):
 
 
 @njit(cache=True, nogil=True)
-def sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all):
+def sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all, mmio):
     """Serve hart ``h``'s SBI call if it is a hot one: returns 1 when done (a0/a1 written), 0 when the
     VMM must answer it (a HYPERCALL exit). Hart masks are checked as the specification says: a hart that
-    does not exist makes the whole call INVALID_PARAM, and nothing is done."""
+    does not exist makes the whole call INVALID_PARAM, and nothing is done. The legacy console_putchar
+    (Linux's ``earlycon=sbi``) is a store to the console UART's transmit register when that register is a
+    buffered fast MMIO cell at the moment: the byte joins the UART's own output, in order, without an exit."""
     ext = xr[17]
     fid = xr[16]
     nh = cfg[CF_NHARTS]
@@ -67,6 +76,17 @@ def sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all):
             xr[11] = 0
         xr[10] = SBI_SUCCESS
         return 1
+    if ext == 1 and cfg[CF_SBI_CONSOLE]:
+        cell = cfg[CF_SBI_CONSOLE] - 1
+        q = cfg[CF_FCOUNT]
+        if mmio[FAST0 + cell, 2] == FAST_BUFFER and q < FRING_N:
+            mmio[FRING0 + q, 0] = cell
+            mmio[FRING0 + q, 1] = xr[10] & 0xFF
+            cfg[CF_FCOUNT] = q + 1
+            cfg[CF_SBI_PUTCHAR] += 1
+            xr[10] = 0
+            return 1
+        return 0
     if ext == SBI_EXT_IPI:
         if fid != 0:
             xr[10] = SBI_ERR_NOT_SUPPORTED
