@@ -155,3 +155,29 @@ def test_garbage_hypercalls_get_sbi_errors_and_change_nothing():
         r = call(sbi, ext, fid, *[int(v) for v in rng.integers(0, 1 << 63, 6)])
         assert r == (-2, 0), (hex(ext), fid)
     assert eng.save()["harts"] == before and not events and not sbi.console.out
+
+
+@pytest.mark.slow
+def test_virtkit_modes_compares_emulation_and_the_builtin_sbi(guest_images):
+    p = virtkit("modes", "--json", "--cpus", "2", "--kernel", str(guest_images.kernel), "--initrd",
+                str(guest_images.initrd), "--exec", "nproc", timeout=900)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    rows = {r["mode"]: r for r in doc["modes"]}
+    assert set(rows) == {"emulation", "paravirt"} and all(r["output"] == "2\n" for r in rows.values())
+    emu, para = rows["emulation"], rows["paravirt"]
+    assert emu["sbi_calls"] == {} and emu["exits"].get("HYPERCALL", 0) == 0  # OpenSBI answers inside the guest
+    assert para["exits"]["HYPERCALL"] == para["exits_total"] - para["exits"].get("MMIO_READ", 0) - \
+        para["exits"].get("MMIO_WRITE", 0)
+    assert para["traps"] < emu["traps"] and para["instructions"] < emu["instructions"]  # no firmware traps
+    assert all(v > 0 for v in para["exit_cost_us"].values())
+    table = virtkit("modes", "--mode", "paravirt", "--kernel", str(guest_images.kernel), "--initrd",
+                    str(guest_images.initrd), timeout=900)
+    assert table.returncode == 0 and "SBI TIME" in table.stdout and "in the core" in table.stdout, table.stderr
+
+
+def test_virtkit_modes_refuses_bad_arguments():
+    p = virtkit("modes", "--mode", "warp")
+    assert p.returncode != 0 and "unknown mode 'warp' (known: emulation, paravirt)" in p.stderr
+    p = virtkit("modes", "--cpus", "0")
+    assert p.returncode != 0 and "--cpus 0: out of range 1..8" in p.stderr

@@ -1,0 +1,82 @@
+"""Virtualization modes benchmark: the ``virtkit modes`` table, with QEMU booting the same guest beside it.
+
+Every mode boots the default guest (Linux 6.1 + busybox initramfs), runs ``--exec`` (default ``true``) and
+powers off; QEMU (``qemu-system-riscv64 -M virt`` with Debian's OpenSBI) boots the same kernel, initramfs
+and command line (the initramfs runs the command and powers off there too). Wall time from process start
+to exit, the median of ``--runs`` (modes and QEMU take turns). Goal of issue 15: the builtin SBI boots
+faster than OpenSBI's.
+
+    .venv/bin/python bench/modes.py [--runs 5] [--cpus 2] [--exec CMD] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from virtkit.images import default_guest
+from virtkit.images.initramfs import exec_command_line
+from virtkit.images.qemu import qemu_argv
+from virtkit.machine.modes import MODES, run_mode
+
+
+def qemu_once(cmd: str, cpus: int) -> float:
+    """Seconds for QEMU to boot the default guest, run ``cmd`` and power off."""
+    g = default_guest(progress=False)
+    argv = qemu_argv(g.kernel, g.initrd, f"console=ttyS0 earlycon=sbi {exec_command_line(cmd)}", g.firmware,
+                     smp=cpus, memory="128M")
+    t0 = time.monotonic()
+    p = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    wall = time.monotonic() - t0
+    if "virtkit-exit-status: 0" not in p.stdout:
+        raise RuntimeError(f"QEMU's guest did not finish the command: {p.stdout[-300:]}")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--exec", dest="cmd", default="true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows: dict[str, list[dict]] = {m.name: [] for m in MODES}
+    qemu: list[float] = []
+    run_mode(MODES[0], args.cmd, args.cpus)  # warm-up: page cache, JIT cache
+    for _ in range(args.runs):
+        for m in MODES:
+            rows[m.name].append(run_mode(m, args.cmd, args.cpus))
+        qemu.append(qemu_once(args.cmd, args.cpus))
+    med = {name: sorted(rs, key=lambda r: r["wall_seconds"])[len(rs) // 2] for name, rs in rows.items()}
+    q = statistics.median(qemu)
+    result = {"runs": args.runs, "cpus": args.cpus, "command": args.cmd, "qemu_seconds": round(q, 3),
+              "modes": {n: {k: r[k] for k in ("wall_seconds", "instructions", "traps", "exits_total", "exits",
+                                            "exit_cost_us", "sbi_calls", "sbi_in_core")} for n, r in med.items()}}
+    emu, para = med["emulation"]["wall_seconds"], med["paravirt"]["wall_seconds"]
+    result["paravirt_over_emulation"] = round(para / emu, 3)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"boot + `{args.cmd}` + power off, {args.cpus} harts, median of {args.runs}")
+    for c in ("", "wall", "/ QEMU", "instructions", "traps in guest", "exits to VMM", "hypercall exits"):
+        t.add_column(c, justify="right" if c else "left")
+    t.add_row("qemu-system-riscv64 + OpenSBI", f"{q:.2f} s", "1.00x", "", "", "", "")
+    for n, r in med.items():
+        t.add_row(f"virtkit {n}", f"{r['wall_seconds']:.2f} s", f"{r['wall_seconds'] / q:.2f}x",
+                  f"{r['instructions']:,}", f"{r['traps']:,}", f"{r['exits_total']:,}",
+                  f"{r['exits'].get('HYPERCALL', 0):,}")
+    Console(width=140).print(t)
+    verdict = "met" if para < emu else "NOT met"
+    print(f"paravirt / emulation = {para / emu:.2f}x (goal: the builtin SBI boots faster than OpenSBI: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
