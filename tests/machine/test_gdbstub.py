@@ -64,7 +64,8 @@ def test_gdb_breaks_on_the_trap_entry_reads_scause_steps_and_continues(probe):  
         _listening(vm)
         entry = _symbol(probe, "trap_entry")
         out = _gdb(probe, port, "info threads", "p/x $pc", "break *trap_entry", "continue", "p/x $scause",
-                   "p $priv", "p/x $pc", "stepi", "p/x $pc", "p/x $sp", "delete", "continue")
+                   "p $priv", "p/x $pc", "stepi", "p/x $pc", "p/x $sp", "delete", "watch *(long *)&timer_irqs",
+                   "continue", "p *(long *)&timer_irqs", "delete", "continue")
         stdout, stderr = vm.communicate(timeout=120)
     finally:
         vm.kill()
@@ -75,6 +76,7 @@ def test_gdb_breaks_on_the_trap_entry_reads_scause_steps_and_continues(probe):  
     assert pcs[1] == (1 << 63) | 5, out  # scause: the supervisor timer interrupt the probe armed
     assert re.search(r"^\$\d+ = prv:1 \[Supervisor\]$|^\$\d+ = 1$", out, re.M), out
     assert pcs[2] == entry and pcs[3] in (entry + 2, entry + 4), out  # stepped over one instruction
+    assert "Hardware watchpoint 2: *(long *)&timer_irqs" in out and "Old value = 0" in out and "New value = 1" in out, out
     assert "exited normally" in out, out  # the guest ran to its end: SRST power-off
     assert vm.returncode == 0 and "SBI-SUITE done" in stdout and "0 failed" in stdout, stderr
 
@@ -136,7 +138,11 @@ def test_malformed_packets_get_errors_and_the_guest_runs_on(probe):  # noqa: F81
         assert _ask(s, b"P20=12") == b"E45"  # a register value of the wrong size
         assert _ask(s, b"Z0,10,4") == b"E14"
         assert _ask(s, b"M80200000,8:0011") == b"E22"  # the length and the data disagree
-        assert _ask(s, b"Z2,80200000,8") == b""  # watchpoints: not offered, GDB single-steps instead
+        assert _ask(s, b"Z2,80200000,0") == b"E22"  # a watchpoint of no bytes
+        for i in range(4):
+            assert _ask(s, b"Z2,%x,8" % (0x80200000 + 8 * i)) == b"OK"  # one debug trigger each
+        assert _ask(s, b"Z3,80201000,8") == b"E01"  # none left
+        assert _ask(s, b"z2,80200000,8") == b"OK" and _ask(s, b"Z3,80201000,8") == b"OK"
         assert _ask(s, b"qUnknownThing") == b""
         assert _ask(s, b"qXfer:features:read:nosuch.xml:0,100") == b"E00"
         assert _ask(s, b"qXfer:features:read:target.xml:0,ffff").startswith(b"l<?xml")

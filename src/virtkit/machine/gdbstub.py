@@ -4,16 +4,19 @@
 sees the guest as a multi-threaded program: one thread per vCPU. What it can do, as with QEMU's stub:
 read and write registers (the integer and FP registers, the CSRs and the privilege mode, described to GDB
 in a target description), read and write memory through the selected vCPU's current address translation,
-set software breakpoints (``Z0``; ``Z1`` hardware breakpoints are served the same way), single-step one
-vCPU (``s``, ``vCont``), continue, interrupt with Ctrl-C, detach and kill.
+set software breakpoints (``Z0``; ``Z1`` hardware breakpoints are served the same way) and watchpoints
+(``Z2``-``Z4``: write, read, access, on the CPU's debug triggers), single-step one vCPU (``s``,
+``vCont``), continue, interrupt with Ctrl-C, detach and kill.
 
 How it works: breakpoints are ``ebreak`` instructions written into guest memory while the guest runs
 (GDB removes them whenever it stops); the engine runs in *guest debug* mode, where an ``ebreak`` exits to
 the VMM instead of trapping (KVM's ``KVM_GUESTDBG_USE_SW_BP``). An ``ebreak`` that is not one of ours is
 handed back to the guest as the breakpoint exception it would have been. A single step runs exactly one
 instruction of one vCPU with the JIT off (an interrupt pending there is taken: the step lands on the trap
-vector, as on hardware). The engine-specific part (register numbering, the target description) comes
-from the engine's ``gdb_target()``.
+vector, as on hardware). A watchpoint is a debug trigger (Sdtrig) armed in "enter Debug Mode" mode: the
+watched access exits to the VMM before it happens; the stub lets it happen (one step with the triggers
+off) and then reports the stop, so GDB sees the new value. The engine-specific part (register numbering,
+the target description) comes from the engine's ``gdb_target()``.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class GdbStub:
         self.noack = False
         self.breakpoints: dict[int, tuple[int, bytes]] = {}  # guest virtual address -> (physical, original)
         self.thread = 0  # the vCPU g/p/m/s talk about (Hg)
+        self.watchpoints: dict[tuple[int, int, int], int] = {}  # (Z type, address, length) -> trigger
+        self._watch_hit = ""  # the stop reply's "watch:ADDR;" part after a watchpoint
         self._stop_event = threading.Event()
         self._stop_info: tuple[int, int, bool] = (0, SIGTRAP, False)  # (vcpu, signal, at our breakpoint)
         self._closed = False
@@ -103,8 +108,21 @@ class GdbStub:
         self._server.start()
 
     # -- the guest side (vCPU thread) --------------------------------------------------------------------
-    def _on_debug(self, vcpu: int) -> None:
-        """An ``ebreak`` exited to the VMM: stop for the debugger if it is one of ours, else let it trap."""
+    def _on_debug(self, ex: Any) -> None:
+        """An ``ebreak`` or a watchpoint exited to the VMM: stop for the debugger if it is one of ours (after the
+        watched access has happened), else let the guest's own ``ebreak`` trap."""
+        vcpu = ex.vcpu
+        if ex.size == 1:  # a trigger: the access has not happened yet; step over it, then report
+            self.engine.set_triggers_enabled(False)
+            try:
+                self.vm.step_vcpu(vcpu)
+            finally:
+                self.engine.set_triggers_enabled(True)
+            self._stop_info = (vcpu, SIGTRAP, False)
+            self._watch_hit = self._watch_reason(ex.addr)
+            self.vm.pause("gdb: watchpoint")
+            self._stop_event.set()
+            return
         pc = self.target.pc(vcpu)
         if self.conn is None or pc not in self.breakpoints:
             self.engine.set_guest_debug(False)
@@ -114,6 +132,7 @@ class GdbStub:
                 self.engine.set_guest_debug(self.conn is not None)
             return
         self._stop_info = (vcpu, SIGTRAP, True)
+        self._watch_hit = ""
         self.vm.pause("gdb: breakpoint")
         self._stop_event.set()
 
@@ -272,8 +291,10 @@ class GdbStub:
                 return "OK" if self.target.write_mem(self.thread, addr, data) else "E14"
             if cmd in (b"Z", b"z"):
                 kind, addr, size = rest.split(b",")[:3]
+                if kind in (b"2", b"3", b"4"):
+                    return self._watchpoint(cmd == b"Z", int(kind), int(addr, 16), int(size, 16))
                 if kind not in (b"0", b"1"):
-                    return ""  # watchpoints: GDB falls back to single-stepping
+                    return ""
                 return self._breakpoint(cmd == b"Z", int(addr, 16), int(size, 16))
             if pkt == b"vCont?":
                 return "vCont;c;C;s;S"
@@ -308,8 +329,8 @@ class GdbStub:
         chunk = doc[off : off + n]
         return ("m" if off + n < len(doc) else "l") + chunk
 
-    def _stop_reply(self, vcpu: int, sig: int, swbreak: bool) -> str:
-        return f"T{sig:02x}thread:{vcpu + 1:x};" + ("swbreak:;" if swbreak else "")
+    def _stop_reply(self, vcpu: int, sig: int, swbreak: bool, watch: str = "") -> str:
+        return f"T{sig:02x}thread:{vcpu + 1:x};" + ("swbreak:;" if swbreak else "") + watch
 
     def _breakpoint(self, insert: bool, addr: int, size: int) -> str:
         if not insert:
@@ -330,6 +351,37 @@ class GdbStub:
     def _remove_all(self) -> None:
         for addr in list(self.breakpoints):
             self._breakpoint(False, addr, 0)
+        for key in list(self.watchpoints):
+            self._watchpoint(False, *key)
+
+    WATCH = {2: "write", 3: "read", 4: "access"}
+    WATCH_REPLY = {2: "watch", 3: "rwatch", 4: "awatch"}
+
+    def _watchpoint(self, insert: bool, kind: int, addr: int, length: int) -> str:
+        """Z2/Z3/Z4: a debug trigger per watchpoint (E01 when the hart has no trigger left)."""
+        key = (kind, addr, length)
+        if not insert:
+            slot = self.watchpoints.pop(key, None)
+            if slot is not None:
+                self.engine.clear_watchpoint(slot)
+            return "OK"
+        if key in self.watchpoints:
+            return "OK"
+        if not 0 < length <= 1 << 20:
+            return "E22"
+        free = [s for s in self.engine.watchpoint_slots() if s not in self.watchpoints.values()]
+        if not free:
+            return "E01"
+        self.engine.set_watchpoint(free[0], addr, length, self.WATCH[kind])
+        self.watchpoints[key] = free[0]
+        return "OK"
+
+    def _watch_reason(self, addr: int) -> str:
+        """The stop reply's part naming the watchpoint an access at ``addr`` hit."""
+        for (kind, a, n) in self.watchpoints:
+            if a <= addr < a + max(n, 1) or addr <= a < addr + 8:
+                return f"{self.WATCH_REPLY[kind]}:{a:x};"
+        return ""
 
     def _vcont(self, actions: bytes) -> str | None:
         for act in actions.split(b";"):
@@ -354,7 +406,7 @@ class GdbStub:
                 self._wait_paused()
                 vcpu, sig, ours = self._stop_info
                 self.thread = vcpu
-                return self._stop_reply(vcpu, sig, ours)
+                return self._stop_reply(vcpu, sig, ours, self._watch_hit)
             if self.vm.wait(0) is not None:
                 return self._ended()
             pkt = self._read(timeout=0.05)

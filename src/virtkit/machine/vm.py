@@ -231,8 +231,8 @@ class Vm:
         self.halt_is_stuck = False
         #: ``handler(vcpu, args) -> result`` for HYPERCALL exits (a board or a paravirtual interface sets it)
         self.hypercall: Callable[[int, tuple[int, ...]], tuple[int, ...]] | None = None
-        #: ``on_debug(vcpu)`` for DEBUG exits (a debugger's breakpoint; the GDB stub sets it)
-        self.on_debug: Callable[[int], None] | None = None
+        #: ``on_debug(exit)`` for DEBUG exits (a debugger's breakpoint or watchpoint; the GDB stub sets it)
+        self.on_debug: Callable[[Any], None] | None = None
         #: Called on the vCPU thread between runs (e.g. RTC alarm polling, console input delivery).
         self.periodic: list[Callable[[], None]] = []
         #: Called on the vCPU thread whenever the guest stops running for a while (budget spent, every
@@ -341,6 +341,10 @@ class Vm:
         for an interrupt: nothing ran) or ``ended`` (the guest powered off)."""
         if not self._paused.is_set():
             raise RuntimeError("debug_step needs the VM paused")
+        return self.step_vcpu(vcpu)
+
+    def step_vcpu(self, vcpu: int) -> str:
+        """:meth:`debug_step` without the pause check: for a debugger's handler on the vCPU thread itself."""
         ex = self.engine.step(vcpu)
         r = ex.reason
         if r is _MMIO_READ or r is _MMIO_WRITE:
@@ -594,7 +598,7 @@ class Vm:
             self.power_event("error", 1, ex.message or "internal engine error")
             return
         elif r is ExitReason.DEBUG and self.on_debug is not None:
-            self.on_debug(ex.vcpu)
+            self.on_debug(ex)
             return
         # BUDGET (and DEBUG until a debugger is attached)
         for p in self.periodic:

@@ -61,6 +61,7 @@ CF_STEP_HART = 22  # h + 1: only hart h runs (a debugger's single step); 0: ever
 CF_NEXT_HART = 20  # the hart run_harts runs first on its next call (round robin across calls: no hart starves)
 CF_SBI_CONSOLE = 23  # 1 + the fast MMIO cell of the console's THR: legacy putchar goes through it (0: none)
 CF_SBI_PUTCHAR = 24  # legacy console_putchar calls served in the core through that cell (statistics)
+CF_TRIG_OFF = 25  # 1: debug triggers do not fire (a debugger stepping over the access its watchpoint caught)
 CF_N = 32
 
 # ---- the mmio table (int64, MMIO_COLS columns): regions, then fast cells, then the write ring ----------

@@ -122,6 +122,17 @@ from virtkit.engines.riscv.native import (
     unmanaged,
 )
 from virtkit.engines.riscv.sbicore import sbi_fast
+from virtkit.engines.riscv.trigger import CAUSE_DEBUG
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _debug_exit(out, h, addr):
+    """A debugger's trigger fired on hart h (out[3] = 1 tells it from an ebreak, whose out[3] is 0)."""
+    out[0] = EXIT_DEBUG
+    out[1] = h
+    out[2] = addr
+    out[3] = 1
+    out[4] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -195,6 +206,10 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             foff = fetch_page(h, pc, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs)
             if foff < 0:
                 fvpn = -1
+                if hs[h, HS_EXC_CAUSE] == CAUSE_DEBUG:  # a debugger's execute trigger: exit before the fetch
+                    _debug_exit(out, h, pc)
+                    ex = 1
+                    break
                 pc, priv = take_trap(c, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
                 ctx_dirty = True
                 ntrap += 1
@@ -248,6 +263,10 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             else:
                 o2 = fetch_page(h, pc + 2, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs)
                 if o2 < 0:
+                    if hs[h, HS_EXC_CAUSE] == CAUSE_DEBUG:
+                        _debug_exit(out, h, pc)
+                        ex = 1
+                        break
                     pc, priv = take_trap(c, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
                     ctx_dirty = True
                     ntrap += 1
@@ -639,7 +658,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             flush_tlb(tlbt)
                         if num <= 3:
                             c[MSTATUS] |= 3 << 13
-                        if num == MSTATUS or num == SSTATUS or num == SATP or 0x3A0 <= num <= 0x3EF:
+                        if (num == MSTATUS or num == SSTATUS or num == SATP or 0x3A0 <= num <= 0x3EF
+                                or 0x7A0 <= num <= 0x7A2):  # (the triggers: which pages may be cached)
                             ctx_dirty = True  # privilege context of loads/stores/fetch may have changed
                         if (num == MSTATUS or num == SSTATUS or num == MIE or num == SIE or num == MIP or num == SIP
                                 or num == MIDELEG):
@@ -807,6 +827,10 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             exc = 2
         xr[0] = 0
         if exc >= 0:
+            if exc == CAUSE_DEBUG:  # a debugger's load/store trigger: exit before the access, pc unchanged
+                _debug_exit(out, h, tval)
+                ex = 1
+                break
             if exc == 2:
                 tval = raw
             pc, priv = take_trap(c, priv, pc, exc, tval)

@@ -66,6 +66,7 @@ from virtkit.engines.riscv.consts import (
     STVEC,
     TIME,
 )
+from virtkit.engines.riscv.trigger import TINFO, TSELECT, trig_read, trig_write
 
 
 @njit(cache=True, nogil=True)
@@ -139,6 +140,8 @@ def csr_read(h, num, priv, c, hs, irq, ctime, retired):
         return True, c[num]
     if 0x3B0 <= num <= 0x3EF:
         return True, c[num]
+    if TSELECT <= num <= TINFO:
+        return True, trig_read(c, num)
     if (num == STVEC or num == SCOUNTEREN or num == SENVCFG or num == SSCRATCH or num == SEPC or num == SCAUSE
             or num == STVAL or num == MEDELEG or num == MIDELEG or num == MIE or num == MTVEC
             or num == MCOUNTEREN or num == MENVCFG or num == MCOUNTINHIBIT or num == MSCRATCH or num == MEPC
@@ -253,6 +256,8 @@ def csr_write(h, num, val, priv, c, hs, ctime, retired):
             if not locked:
                 c[num] = val & ((1 << 54) - 1)
             return 1
+    elif TSELECT <= num <= TINFO:
+        return trig_write(c, num, val)
     elif num == MSCRATCH or num == SSCRATCH or num == MCAUSE or num == SCAUSE or num == MTVAL or num == STVAL:
         c[num] = val
     return 0

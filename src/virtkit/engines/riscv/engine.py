@@ -623,6 +623,52 @@ class RiscvEngine:
             cfg[core.CF_JIT] = thr
             cfg[core.CF_STEP_HART] = 0
 
+    #: what a debugger's watchpoint watches -> the trigger's load/store/execute bits
+    WATCH_KINDS = {"read": 1, "write": 2, "access": 3, "exec": 4}
+
+    def set_watchpoint(self, slot: int, addr: int, length: int, kind: str) -> None:
+        """Arm debug trigger ``slot`` on every hart for a debugger (dmode set, action "enter Debug Mode": the
+        access exits as DEBUG before it happens, the guest cannot change the trigger): ``length`` bytes at
+        ``addr`` (a NAPOT range when it is a power of two and aligned, else the first byte)."""
+        from virtkit.engines.riscv import trigger as tr
+
+        if not 0 <= slot < tr.NTRIG:
+            raise ValueError(f"no trigger {slot} (there are {tr.NTRIG})")
+        bits = self.WATCH_KINDS[kind]
+        match, t2 = 0, addr
+        if length > 1 and length & (length - 1) == 0 and addr % length == 0:
+            match, t2 = 1, addr | (length // 2 - 1)
+        t1 = tr.MC6 | tr.DMODE | (1 << 12) | (match << 7) | (1 << 6) | (1 << 4) | (1 << 3) | bits
+        self.csr[:, tr.T1 + slot] = t1
+        self.csr[:, tr.T2 + slot] = _s64(t2)
+        self._trigger_summary()
+
+    def clear_watchpoint(self, slot: int) -> None:
+        """Disarm a trigger :meth:`set_watchpoint` armed."""
+        from virtkit.engines.riscv import trigger as tr
+
+        self.csr[:, tr.T1 + slot] = tr.DISABLED
+        self.csr[:, tr.T2 + slot] = 0
+        self._trigger_summary()
+
+    def watchpoint_slots(self) -> list[int]:
+        """The triggers a debugger may take (the highest first; the guest tends to use the low ones)."""
+        from virtkit.engines.riscv import trigger as tr
+
+        return list(range(tr.NTRIG - 1, -1, -1))
+
+    def set_triggers_enabled(self, enabled: bool) -> None:
+        """Triggers off lets a debugger step over the access its watchpoint stopped."""
+        self.cfg[core.CF_TRIG_OFF] = 0 if enabled else 1
+
+    def _trigger_summary(self) -> None:
+        from virtkit.engines.riscv import trigger as tr
+
+        t1 = self.csr[:, tr.T1 : tr.T1 + tr.NTRIG]
+        on = ((t1 >> 60) & 0xF) == 6
+        self.csr[:, tr.TARMED] = np.bitwise_or.reduce(np.where(on, t1 & 7, 0), axis=1)
+        self.tlbt[:] = 0  # watched pages are never cached
+
     def set_priv(self, hart: int, priv: int) -> None:
         """Move ``hart`` to privilege ``priv`` (0, 1, 3) as a debugger may; its TLB is dropped."""
         if priv not in (0, 1, 3):

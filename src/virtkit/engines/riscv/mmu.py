@@ -18,6 +18,7 @@ from virtkit.engines.riscv.consts import (
     CF_RAM_BASE,
     CF_RAM_SIZE,
     CF_TOHOST,
+    CF_TRIG_OFF,
     CLINT_SIZE,
     CSHIFT,
     CT_MTIME,
@@ -40,6 +41,7 @@ from virtkit.engines.riscv.consts import (
     TLB_MASK,
 )
 from virtkit.engines.riscv.native import jit_inval
+from virtkit.engines.riscv.trigger import CAUSE_DEBUG, TARMED, trig_hit, trig_page
 
 
 @njit(cache=True, nogil=True)
@@ -188,6 +190,13 @@ def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
     tag = vpn ^ ctx_tag(0, priv, 0)
     if tlbt[0, idx] == tag:
         return tlbo[0, idx]
+    watched = False
+    if c[TARMED] & 4:  # an execute trigger: every fetch of its page comes here (the page is never cached)
+        if cfg[CF_TRIG_OFF] == 0:
+            a = trig_hit(c, vaddr, 2, 4, priv)
+            if a >= 0:
+                return _fault(hs, h, 3 if a == 0 else CAUSE_DEBUG, vaddr)
+        watched = trig_page(c, vaddr, 4)
     pa = translate(h, vaddr, 0, priv, c, r64, rb, rsz, hs)
     if pa < 0:
         return -1
@@ -195,9 +204,11 @@ def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
     if pa < rb or pa >= rb + rsz:
         return _fault(hs, h, 1, vaddr)
     p = pmp_check(c, page, 4096, priv, 4)
-    if p == 1:
+    if p == 1 and not watched:
         tlbt[0, idx] = tag
         tlbo[0, idx] = page - rb
+        return page - rb
+    if p == 1:
         return page - rb
     if p == 0 or pmp_check(c, pa, 2, priv, 4) != 1:
         return _fault(hs, h, 1, vaddr)
@@ -296,6 +307,12 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
     eff = eff_priv(priv, ms)
     perm = 1 if (acc == 1 or acc == 4) else 2
     tl = 1 if perm == 1 else 2
+    kind = perm if acc != 3 else 3  # debug triggers: 1 load, 2 store, 3 AMO/SC (both)
+    armed = c[TARMED] & (1 if perm == 1 else 3)
+    if armed and (c[TARMED] & kind) and cfg[CF_TRIG_OFF] == 0:
+        a = trig_hit(c, vaddr, size, kind, eff)
+        if a >= 0:  # an address breakpoint: before the access and before its page fault
+            return 1, _fault(hs, h, 3 if a == 0 else CAUSE_DEBUG, vaddr)
     if (vaddr & 0xFFF) + size > 4096:
         # page-crossing (misaligned) access: translate both pages first, then go byte by byte in RAM
         pa1 = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
@@ -337,7 +354,8 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
                 p = 0
         elif p == 1:
             th = cfg[CF_TOHOST]
-            if not (perm == 2 and th >= 0 and (th & ~0xFFF) == page):
+            if not (perm == 2 and th >= 0 and (th & ~0xFFF) == page) and not (
+                    armed and trig_page(c, vaddr, 1 if perm == 1 else 3)):  # a watched page: never cached
                 vpn = vaddr >> 12
                 idx = vpn & TLB_MASK
                 tlbt[tl, idx] = vpn ^ ctx_tag(tl, eff, ms)
