@@ -170,13 +170,14 @@ class RiscvEngine:
     def _sbi_reset(self) -> None:
         """The VMM is the SBI (``--bios builtin``): every hart starts in S-mode with the machine level set up as
         an SBI implementation leaves it (OpenSBI's choices): exceptions a supervisor handles and the S-level
-        interrupts delegated, counters readable, one PMP entry granting all memory; only hart 0 runs, the
+        interrupts delegated, the cycle, time and instret counters readable in S- and U-mode (Linux 6.1 does
+        not set scounteren itself), one PMP entry granting all memory; only hart 0 runs, the
         others are STOPPED until the SBI's HSM starts them. An S-mode ECALL is then a hypercall."""
         self.cfg[core.CF_SBI] = 1
         for h in range(self.nharts):
             self.hs[h, core.HS_PRIV] = 1
             for num, value in ((core.MEDELEG, 0xB1FF), (core.MIDELEG, 0x222), (core.MCOUNTEREN, 7),
-                               (core.PMPADDR0, (1 << 54) - 1), (core.PMPCFG0, 0x1F)):
+                               (core.SCOUNTEREN, 7), (core.PMPADDR0, (1 << 54) - 1), (core.PMPCFG0, 0x1F)):
                 self.write_csr(h, num, value)
             self.hs[h, core.HS_WFI] = core.HART_STOPPED if h else 0
 
