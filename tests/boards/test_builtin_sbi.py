@@ -183,3 +183,21 @@ def test_virtkit_modes_refuses_bad_arguments():
     assert p.returncode != 0 and "unknown mode 'warp' (known: emulation, paravirt)" in p.stderr
     p = virtkit("modes", "--cpus", "0")
     assert p.returncode != 0 and "--cpus 0: out of range 1..8" in p.stderr
+
+
+def test_random_arguments_to_every_call_never_raise():
+    """Hostile guests: any extension and function with any arguments gets an answer, never a Python error."""
+    sbi, eng, events = _sbi(3)
+    rng = np.random.default_rng(11)
+    exts = [0x10, 0x54494D45, 0x735049, 0x52464E43, 0x48534D, 0x53525354, 0x4442434E, 0x53555350, *range(9)]
+    for _ in range(20000):
+        ext = int(rng.choice(exts))
+        fid = int(rng.integers(0, 8))
+        args = [int(v) for v in rng.choice([0, 1, 2, 0x8000_0000, 0x8000_2000, M64, 1 << 40], 6)]
+        args = [a if rng.random() < 0.7 else int(rng.integers(0, 1 << 63)) for a in args]
+        r = call(sbi, ext, fid, *args, hart=int(rng.integers(0, 3)))
+        assert isinstance(r, tuple) and len(r) <= 2 and all(isinstance(v, int) for v in r), (hex(ext), fid, args, r)
+        for h in range(3):  # a hart the fuzz stopped or suspended starts again, as a guest's other harts would
+            if eng.hart_state(h) != "running":
+                eng.start_hart(h, 0x8000_0000, h, 0)
+    assert all(kind in ("poweroff", "reset", "fail") for kind, _ in events)
