@@ -107,3 +107,41 @@ def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images, monkeypat
         for ns in made:
             ns.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_guest_pings_a_namespace_through_an_emulated_ethoc_nic(guest_images, monkeypatch):
+    """`--net switch:NAME,model=ethoc`: Linux's own ethoc driver on virtkit's emulated OpenCores MAC; its PHY
+    brings the link up at 100 Mbit/s full duplex, frames cross the switch both ways."""
+    require_root()
+    require_tool("ip", "ping")
+    from virtkit.network import control
+    from virtkit.network.netns import Netns
+
+    tag = f"{os.getpid() % 10000}"
+    d = tempfile.mkdtemp(prefix="vke")
+    monkeypatch.setenv("VIRTKIT_NET_DIR", d)
+    ns = Netns(f"vke{tag}")
+    try:
+        control.create("esw")
+        outside = ns.veth("eth0", f"vke{tag}h", "10.79.0.1/24")
+        control.request("esw", "port_add", spec=f"host:{outside}", access=5)
+        p = run_guest_exec(guest_images, "readlink /sys/class/net/eth0/device/driver; "
+                           "cat /sys/class/net/eth0/address; ip addr add 10.79.0.2/24 "
+                           "dev eth0 && ip link set eth0 up && sleep 1 && cat /sys/class/net/eth0/speed "
+                           "/sys/class/net/eth0/duplex && ping -c 3 -W 10 10.79.0.1 | tail -2",
+                           "--net", "switch:esw,vlan=5,model=ethoc,mac=52:54:00:e7:0c:01", "--json",
+                           env=dict(os.environ))
+        assert p.returncode == 0, p.stderr
+        import json
+
+        out = json.loads(p.stdout)
+        lines = out["output"].splitlines()
+        assert lines[0].endswith("/ethoc") and lines[1:4] == ["52:54:00:e7:0c:01", "100", "full"], out["output"]
+        assert "3 packets received" in out["output"], out["output"]
+        assert out["stats"]["mmio"].get("ethoc0", 0) > 0 and not any("virtio-net" in k for k in out["stats"]["mmio"])
+    finally:
+        for row in control.list_switches():
+            if row["running"]:
+                control.stop(row["name"])
+        ns.close()
+        shutil.rmtree(d, ignore_errors=True)

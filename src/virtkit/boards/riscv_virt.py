@@ -4,7 +4,7 @@ Memory map (as QEMU 7.2 ``hw/riscv/virt.c``)::
 
     0x0010_0000  sifive_test (poweroff / reboot)      0x0c00_0000  PLIC
     0x0010_1000  goldfish RTC (irq 11)                0x1000_0000  NS16550A UART0 (irq 10)
-    0x0010_2000  VM generation ID (irq 12)
+    0x0010_2000  VM generation ID (irq 12)         0x1010_0000 + 0x1000*i  ethoc NIC i (irq 13+i; model=ethoc)
     0x0200_0000  CLINT (inside the CPU engine)        0x1000_1000 + 0x1000*i  virtio-mmio slot i (irq 1+i)
     0x8000_0000  RAM
 
@@ -54,6 +54,7 @@ PLIC_BASE = 0x0C00_0000
 UART0_BASE, UART0_SIZE, UART0_IRQ = 0x1000_0000, 0x100, 10
 VIRTIO_BASE, VIRTIO_COUNT = 0x1000_1000, 8
 PLIC_NDEV = 96
+ETHOC_BASE, ETHOC_SIZE, ETHOC_IRQ, MAX_ETHOC = 0x1010_0000, 0x1000, 13, 4  # --net ...,model=ethoc (not in QEMU's map)
 TIMEBASE_HZ = 10_000_000
 UART_CLOCK_HZ = 3_686_400
 ISA = "rv64imafdc"
@@ -99,7 +100,7 @@ def kernel_image_size(data: bytes, what: str = "kernel") -> int:
 
 # -- the device tree --------------------------------------------------------------------------
 def build_fdt(cfg: MachineConfig, ram_size: int, initrd: tuple[int, int] | None = None,
-              rng_seed: bytes | None = None, cmdline: str = "") -> bytes:
+              rng_seed: bytes | None = None, cmdline: str = "", ethoc_macs: tuple[bytes, ...] = ()) -> bytes:
     """The board's device tree (what QEMU's ``virt`` generates, minus PCI, flash and fw_cfg)."""
     f = Fdt()
     root = f.root
@@ -166,6 +167,13 @@ def build_fdt(cfg: MachineConfig, ram_size: int, initrd: tuple[int, int] | None 
     rtc = f.node(f"/soc/rtc@{RTC_BASE:x}")
     rtc.set_str("compatible", "google,goldfish-rtc").set_reg("reg", (RTC_BASE, RTC_SIZE))
     rtc.set_u32("interrupt-parent", plic_ph).set_u32("interrupts", RTC_IRQ)
+
+    for i, mac in enumerate(ethoc_macs):
+        base = ETHOC_BASE + ETHOC_SIZE * i
+        eth = f.node(f"/soc/ethernet@{base:x}")
+        eth.set_str("compatible", "opencores,ethoc").set_reg("reg", (base, ETHOC_SIZE))
+        eth.set_u32("interrupt-parent", plic_ph).set_u32("interrupts", ETHOC_IRQ + i)
+        eth.set_bytes("local-mac-address", mac)
 
     gen = f.node(f"/soc/vmgenid@{VMGENID_BASE:x}")
     gen.set_str("compatible", "microsoft,vmgenid").set_reg("reg", (VMGENID_BASE, VMGENID_SIZE))
@@ -295,6 +303,13 @@ class RiscvVirtBoard:
         if not self.min_memory <= cfg.memory <= self.max_memory or cfg.memory % MiB:
             raise ConfigError(f"memory: {format_size(cfg.memory)} is out of range: board {self.name} takes "
                               f"{format_size(self.min_memory)} to {format_size(self.max_memory)}, in whole MiB")
+        from virtkit.devices.virtio.net import random_mac
+
+        legacy = [n for n in cfg.nics if n.model == "ethoc"]
+        if len(legacy) > MAX_ETHOC:
+            raise ConfigError(f"nics: {len(legacy)} ethoc NICs; board {self.name} has room for {MAX_ETHOC}")
+        self.ethoc = [(n, n.mac_bytes() or random_mac()) for n in legacy]
+        self.ethoc_macs = tuple(mac for _, mac in self.ethoc)
         if self.restoring:  # RAM and registers come from a snapshot: no image is read
             return
         kernel, initrd, firmware = cfg.kernel, cfg.initrd, cfg.firmware
@@ -328,7 +343,8 @@ class RiscvVirtBoard:
             cmdline = f"{cmdline} {exec_command_line(cfg.exec)}".strip()
         self.cmdline = cmdline
         ram = cfg.memory
-        probe = build_fdt(cfg, ram, (0, 0) if self.initrd_data else None, rng_seed=bytes(32), cmdline=cmdline)
+        probe = build_fdt(cfg, ram, (0, 0) if self.initrd_data else None, rng_seed=bytes(32), cmdline=cmdline,
+                          ethoc_macs=self.ethoc_macs)
         self.layout, self.segments = plan_layout(ram, fw_segs, kdata, len(self.initrd_data)
                                                  if self.initrd_data else None, len(probe), f"kernel {kernel!r}")
         self._fdt_size = len(probe)
@@ -366,6 +382,13 @@ class RiscvVirtBoard:
         b.attach_mmio(UART0_BASE, UART0_SIZE, self.uart, "uart0")
         b.attach_serial(self.uart)
         thr = _fast_console(b.engine, self.uart)
+        for i, (n, mac) in enumerate(self.ethoc):  # emulated legacy NICs on the platform bus
+            from virtkit.devices.ethoc import Ethoc
+
+            port = b.open_net_backend(n)
+            eth = Ethoc(b.mem, port, mac, self.plic.line(ETHOC_IRQ + i))
+            b.attach_mmio(ETHOC_BASE + ETHOC_SIZE * i, ETHOC_SIZE, eth, f"ethoc{i}")
+            b.io_readers.append((port.fileno(), eth.poll_backend))
         if self.builtin_sbi:
             from virtkit.devices.sbi import Sbi
 
@@ -384,7 +407,8 @@ class RiscvVirtBoard:
         if self.restoring:
             return
         assert self.layout is not None
-        self.fdt = build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, cmdline=self.cmdline)
+        self.fdt = build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, cmdline=self.cmdline,
+                             ethoc_macs=self.ethoc_macs)
         assert len(self.fdt) == self._fdt_size
         mem = b.mem
         for s in self.segments:
@@ -401,7 +425,8 @@ class RiscvVirtBoard:
         """The device tree the guest gets, with the random ``rng-seed`` zeroed (so dumps compare; QEMU's
         ``-machine dumpdtb``)."""
         assert self.layout is not None
-        return build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, rng_seed=bytes(32), cmdline=self.cmdline)
+        return build_fdt(self.cfg, self.cfg.memory, self.layout.initrd, rng_seed=bytes(32), cmdline=self.cmdline,
+                         ethoc_macs=self.ethoc_macs)
 
 
 def _fast_console(engine: Any, uart: Uart16550) -> int | None:

@@ -299,9 +299,8 @@ class Builder:
         self.closers.insert(0, (f"flush disk {d.path}", lambda: _flusher(blk.backend)()))
         return blk
 
-    def _open_nic(self, n: NicConfig) -> Any:
-        from virtkit.devices.virtio.net import VirtioNet
-
+    def open_net_backend(self, n: NicConfig) -> Any:
+        """The wire a NIC sends on (a switch port or a TAP device), closed with the VM."""
         if n.backend == "switch":
             from virtkit.network.switchport import SwitchPort
 
@@ -313,6 +312,12 @@ class Builder:
             # switch-over (Machine.attach_taps)
             port = Tap(n.name, detached=self.deferred_disks is not None)
         self.add_closer(f"NIC {n.backend}:{n.name}", port.close)
+        return port
+
+    def _open_nic(self, n: NicConfig) -> Any:
+        from virtkit.devices.virtio.net import VirtioNet
+
+        port = self.open_net_backend(n)
         nic = VirtioNet(self.mem, port, n.mac_bytes())
         self.io_readers.append((port.fileno(), nic.poll_backend))
         return nic
@@ -320,7 +325,8 @@ class Builder:
     def _virtio_devices(self) -> list[Any]:
         """Disks (vda, vdb, ...), NICs, rng, console: host resources that can fail, opened before the engine."""
         cfg = self.cfg
-        count = (len(cfg.disks) + len(cfg.nics) + int(cfg.console.virtio)
+        nics = [n for n in cfg.nics if n.model == "virtio"]  # the others are the board's platform devices
+        count = (len(cfg.disks) + len(nics) + int(cfg.console.virtio)
                  + int(bool(cfg.rng and self.board.virtio_slots)))
         if count > self.board.virtio_slots:
             raise ConfigError(f"too many virtio devices ({count}: disks, NICs, rng, console): board "
@@ -335,7 +341,7 @@ class Builder:
         out: list[Any] = []
         for i, d in enumerate(cfg.disks):
             out.append(self._open_disk(i, d))
-        for n in cfg.nics:
+        for n in nics:
             out.append(self._open_nic(n))
         if cfg.rng and self.board.virtio_slots:  # the entropy device is a default: boards without slots skip it
             from virtkit.devices.virtio.rng import VirtioRng

@@ -47,6 +47,7 @@ MiB = 1 << 20
 DISK_FORMATS = ("raw", "qcow2")
 ERROR_POLICIES = ("report", "stop", "ignore")
 NIC_BACKENDS = ("tap", "switch")
+NIC_MODELS = ("virtio", "ethoc")
 SERIAL_MODES = ("stdio", "none")
 #: ``name`` of a VM: also a file name under the runtime directory and a switch-port label.
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -235,7 +236,8 @@ class DiskConfig(_Section):
 
 @dataclass
 class NicConfig(_Section):
-    """One virtio-net NIC: ``--net tap:NAME[,mac=M]`` or ``--net switch:NAME[,vlan=N|port=ID][,group=G][,mac=M]``."""
+    """One NIC: ``--net tap:NAME[,mac=M]`` or ``--net switch:NAME[,vlan=N|port=ID][,group=G][,mac=M]``, and
+    ``model=ethoc`` for an emulated OpenCores Ethernet MAC instead of virtio-net (QEMU's ``-nic ...,model=``)."""
 
     backend: str
     name: str
@@ -243,9 +245,12 @@ class NicConfig(_Section):
     vlan: int | None = None
     port: str | None = None
     group: str | None = None
+    #: the device: virtio-net (paravirtual, the default) or ethoc (an emulated legacy MAC)
+    model: str = "virtio"
 
     def check(self, where: str) -> None:
         _one_of(self.backend, NIC_BACKENDS, _join(where, "backend"))
+        _one_of(self.model, NIC_MODELS, _join(where, "model"))
         if not self.name:
             raise ConfigError(f"{_join(where, 'name')}: empty")
         if self.mac is not None:
@@ -272,7 +277,7 @@ class NicConfig(_Section):
             raise ConfigError(f"{where}: expected tap:NAME[,mac=52:54:00:12:34:56] "
                               "or switch:NAME[,vlan=N][,port=ID][,group=G][,mac=...]")
         kw: dict[str, Any] = {"backend": backend, "name": name}
-        known = ("mac",) if backend == "tap" else ("mac", "vlan", "port", "group")
+        known = ("mac", "model") if backend == "tap" else ("mac", "vlan", "port", "group", "model")
         for k, v in opts:
             if k not in known or not v:
                 raise ConfigError(f"{where}: unknown option {k!r} (known: {', '.join(o + '=' for o in known)})")
@@ -291,6 +296,8 @@ class NicConfig(_Section):
         """The ``--net`` text that parses back to this NIC."""
         out = [f"{self.backend}:{self.name}"]
         out += [f"{k}={getattr(self, k)}" for k in ("vlan", "port", "group", "mac") if getattr(self, k) is not None]
+        if self.model != "virtio":
+            out.append(f"model={self.model}")
         return ",".join(out)
 
 
