@@ -140,3 +140,14 @@ def test_state_round_trip_and_bad_state():
         other.restore({**saved, "tx_cur": 500})
     with pytest.raises(StateError):
         other.restore({**saved, "phy": [[40, 1]]})
+
+
+def test_nic_model_flag():
+    from virtkit.errors import ConfigError
+    from virtkit.machine.config import NicConfig
+
+    n = NicConfig.parse("switch:lab,vlan=7,model=ethoc")
+    assert n.model == "ethoc" and NicConfig.parse(n.to_flag()) == n
+    assert NicConfig.parse("tap:tap0").model == "virtio" and "model" not in NicConfig.parse("tap:tap0").to_flag()
+    with pytest.raises(ConfigError, match="'e1000' is not one of virtio, ethoc"):
+        NicConfig.parse("switch:lab,model=e1000")
