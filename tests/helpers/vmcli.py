@@ -111,6 +111,19 @@ def loop_count(env: dict, name: str) -> int:
     return got[-1]
 
 
+def mem_and_disk(env: dict, name: str, tag: str, timeout: float = 120) -> tuple[int, int]:
+    """The numbers :data:`LOOP` last wrote to /tmp/mem and /mnt/last. Asked again while one is missing: the
+    loop keeps running and ``echo > file`` truncates before it writes, so a read can catch a file empty."""
+    got: list[int] = []
+
+    def read() -> bool:
+        got[:] = numbers(shell(env, name, "cat /tmp/mem /mnt/last", tag, timeout=timeout))
+        return len(got) >= 2
+
+    wait_for(read, timeout, f"both of the loop's numbers on {name}")
+    return got[-2], got[-1]
+
+
 def ext4_qcow2(env: dict, path: Path) -> None:
     """A 64 MiB qcow2 image holding an empty ext4 file system."""
     raw = path.with_suffix(".raw")

@@ -18,6 +18,7 @@ from tests.helpers.vmcli import (
     host_fsck,
     linux_env,
     loop_count,
+    mem_and_disk,
     numbers,
     shell,
     vk,
@@ -53,8 +54,7 @@ def test_a_guest_writing_its_disk_migrates_and_goes_on(env, tmp_path):
     assert st["bytes_sent"] > 4 << 20 and 0 < st["downtime"] < st["total_seconds"]
     ps = {v["name"]: v for v in json.loads(vk(env, "ps", "--json").stdout)}
     assert "src" not in ps and ps["dst"]["state"] == "running"
-    out = shell(env, "dst", "cat /tmp/mem /mnt/last", "there", timeout=120)
-    mem_now, disk_now = numbers(out)[-2:]
+    mem_now, disk_now = mem_and_disk(env, "dst", "there")
     assert mem_now > before and abs(mem_now - disk_now) <= 1  # RAM and disk went on together
     later = numbers(shell(env, "dst", "cat /tmp/mem", "later"))[-1]
     assert later > mem_now  # the loop runs on the target
@@ -86,8 +86,7 @@ def test_postcopy_moves_a_guest_writing_memory_and_disk(env, tmp_path):
     assert st["state"] == "completed" and st["postcopy"], st
     assert st["throttle"] == 0 and st["downtime"] < 1.0
     assert st["postcopy_requests"] > 0  # the guest touched pages that had not arrived: fetched on demand
-    out = shell(env, "dst", "cat /tmp/mem /mnt/last", "there", timeout=120)
-    mem_now, disk_now = numbers(out)[-2:]
+    mem_now, disk_now = mem_and_disk(env, "dst", "there")
     assert mem_now > before and abs(mem_now - disk_now) <= 1
     shell(env, "dst", "kill %1 %2; sync; umount /mnt", "end")
     vk(env, "kill", "dst")
@@ -115,8 +114,7 @@ def test_copy_storage_moves_the_disk_with_the_guest(env, tmp_path):
     copy = there / "vm.qcow2"
     cfg = json.loads(vk(env, "ps", "--json").stdout)
     assert [v["name"] for v in cfg] == ["dst"]
-    out = shell(env, "dst", "cat /tmp/mem /mnt/last", "there", timeout=120)
-    mem_now, disk_now = numbers(out)[-2:]
+    mem_now, disk_now = mem_and_disk(env, "dst", "there")
     assert mem_now > before and abs(mem_now - disk_now) <= 1
     shell(env, "dst", "kill %1; sync; umount /mnt", "end")
     vk(env, "kill", "dst")
@@ -143,8 +141,7 @@ def test_auto_converge_moves_a_guest_that_outruns_a_slow_link(env, tmp_path):
                        "--max-downtime", "500ms", "--json", timeout=600).stdout)
     assert st["state"] == "completed", st
     assert st["throttle"] > 0 and any("throttled" in line for line in st["log"]), st["log"]
-    out = shell(env, "dst", "cat /tmp/mem /mnt/last", "there", timeout=120)
-    mem_now, disk_now = numbers(out)[-2:]
+    mem_now, disk_now = mem_and_disk(env, "dst", "there")
     assert abs(mem_now - disk_now) <= 1
     shell(env, "dst", "kill %1 %2; sync; umount /mnt", "end")
     vk(env, "kill", "dst")
