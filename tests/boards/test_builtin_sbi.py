@@ -201,3 +201,40 @@ def test_random_arguments_to_every_call_never_raise():
             if eng.hart_state(h) != "running":
                 eng.start_hart(h, 0x8000_0000, h, 0)
     assert all(kind in ("poweroff", "reset", "fail") for kind, _ in events)
+
+
+ECALL, EBREAK = (0x00000073).to_bytes(4, "little"), (0x00100073).to_bytes(4, "little")
+
+
+def test_random_s_mode_code_making_sbi_calls_never_hurts_the_host():
+    """Hostile guests: random instruction words with ECALLs sprinkled in, random registers, S-mode under the
+    builtin SBI, hypercalls answered as the machine does; also with a debugger's guest-debug mode on."""
+    from virtkit.machine.engine import ExitReason
+
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        sbi, eng, events = _sbi(2)
+        words = bytearray(rng.bytes(256))
+        for at in rng.choice(64, 12, replace=False):
+            words[4 * at: 4 * at + 4] = ECALL
+        eng.mem.write(0x8000_0000, bytes(words))
+        eng.mem.write(0x8000_1000, (0x0000006F).to_bytes(4, "little"))  # j .
+        eng.write_csr(0, 0x105, 0x8000_1000)  # stvec
+        for i in range(1, 32):
+            eng.set_reg(0, i, int(rng.integers(0, 1 << 63)) if rng.random() < 0.7 else
+                        int(rng.choice([0, 1, 0x10, 0x735049, 0x48534D, 0x4442434E, 0x8000_0000])))
+        eng.set_guest_debug(bool(trial % 3 == 0))
+        for _ in range(40):
+            ex = eng.run(64)
+            if ex.reason is ExitReason.HYPERCALL:
+                eng.complete_hypercall(ex.vcpu, sbi.hypercall(ex.vcpu, eng.hypercall_args(ex.vcpu)))
+            elif ex.reason is ExitReason.MMIO_READ:
+                eng.complete_read(ex.vcpu, 0)
+            elif ex.reason is ExitReason.DEBUG:
+                eng.set_pc(ex.vcpu, eng.pc(ex.vcpu) + 4)
+            elif ex.reason is ExitReason.HALT:
+                for h in range(2):
+                    if eng.hart_state(h) == "stopped" and h == 0:
+                        eng.start_hart(0, 0x8000_0000, 0, 0)
+        assert all(eng.priv(h) in (0, 1, 3) for h in range(2)) and eng.get_reg(0, 0) == 0
+        assert all(kind in ("poweroff", "reset", "fail") for kind, _ in events)

@@ -240,3 +240,21 @@ def test_csrrs_on_mip_does_not_latch_the_external_seip_line():
     assert eng.pc(0) == 0x8000_000C
     eng.set_irq(0, 9, False)
     assert eng.read_csr(0, 0x344) & ((1 << 9) | (1 << 5)) == 0
+
+
+def test_guest_debug_ebreak_exits_and_step_runs_one_hart():
+    """The debugger's engine hooks: with guest debug on, ebreak exits as DEBUG at the ebreak (off: it traps);
+    step(h) runs exactly one instruction of hart h and none of the others."""
+    prog = _asm(_i(0x13, 5, 0, 5, 1), _i(0x13, 5, 0, 5, 1), 0x00100073, 0x0000006F)  # addi t0,t0,1 x2; ebreak; j .
+    mem, eng = _engine(prog, nharts=2)
+    eng.write_csr(0, 0x305, 0x8000_0000 + 12)
+    eng.write_csr(1, 0x305, 0x8000_0000 + 12)
+    assert eng.step(1).reason is ExitReason.BUDGET
+    assert (eng.pc(0), eng.pc(1), eng.get_reg(0, 5), eng.get_reg(1, 5)) == (0x8000_0000, 0x8000_0004, 0, 1)
+    eng.set_guest_debug(True)
+    ex = eng.run(100)
+    assert ex.reason is ExitReason.DEBUG and ex.addr == 0x8000_0008 and ex.size == 0
+    assert eng.pc(ex.vcpu) == 0x8000_0008  # not executed
+    eng.set_guest_debug(False)
+    eng.run(5000)  # (more than a slice: both harts run)
+    assert eng.read_csr(0, 0x342) == 3 and eng.read_csr(1, 0x342) == 3  # both took the breakpoint exception
