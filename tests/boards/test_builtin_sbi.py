@@ -172,6 +172,8 @@ def test_virtkit_modes_compares_emulation_and_the_builtin_sbi(guest_images):
     assert para["exits"]["HYPERCALL"] == para["exits_total"] - para["exits"].get("MMIO_READ", 0) - \
         para["exits"].get("MMIO_WRITE", 0)
     assert para["traps"] < emu["traps"] and para["instructions"] < emu["instructions"]  # no firmware traps
+    assert emu["traps_by_cause"]["ecall from S"] > 1000 and "ecall from S" not in para["traps_by_cause"]
+    assert emu["traps_by_cause"].get("M timer interrupt", 0) > 0 and "M timer interrupt" not in para["traps_by_cause"]
     assert all(v > 0 for v in para["exit_cost_us"].values())
     table = virtkit("modes", "--mode", "paravirt", "--kernel", str(guest_images.kernel), "--initrd",
                     str(guest_images.initrd), timeout=900)

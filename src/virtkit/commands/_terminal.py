@@ -179,6 +179,8 @@ def print_stats(stats: dict[str, Any], title: str = "virtkit run", to_terminal_r
     for h, n in enumerate(stats.get("per_hart", [])):
         t.add_row(f"hart {h} instructions", f"{n:,}")
     t.add_row("traps", f"{stats.get('traps', 0):,}")
+    for cause, n in stats.get("traps_by_cause", {}).items():
+        t.add_row(f"  {cause}", f"{n:,}")
     for reason, n in stats.get("exits", {}).items():
         if n:
             t.add_row(f"exits: {reason}", f"{n:,}")

@@ -70,6 +70,8 @@ def print_table(rows: list[dict[str, Any]], command: str) -> None:
     row("wall time", lambda r: f"{r['wall_seconds']:.2f} s")
     row("guest instructions", lambda r: f"{r['instructions']:,}")
     row("traps inside the guest", lambda r: f"{r['traps']:,}")
+    for cause in sorted({k for r in rows for k in r["traps_by_cause"]}):
+        row(f"  {cause}", lambda r, k=cause: f"{r['traps_by_cause'].get(k, 0):,}")
     row("exits to the VMM", lambda r: f"{r['exits_total']:,}")
     for reason in sorted({k for r in rows for k in r["exits"] if k not in ("HALT", "BUDGET")}):
         row(f"  {reason}", lambda r, k=reason: _with_cost(r["exits"].get(k, 0), r["exit_cost_us"].get(k)))

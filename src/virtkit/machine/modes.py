@@ -81,7 +81,8 @@ def measures(m: Mode, out: dict[str, Any], wall: float) -> dict[str, Any]:
     handled = sum(n for k, n in exits.items() if k not in ("HALT", "BUDGET"))
     return {
         "mode": m.name, "what": m.what, "wall_seconds": round(wall, 3), "run_seconds": st.get("run_seconds"),
-        "instructions": st.get("instructions", 0), "traps": st.get("traps", 0), "exits": exits,
+        "instructions": st.get("instructions", 0), "traps": st.get("traps", 0),
+        "traps_by_cause": st.get("traps_by_cause", {}), "exits": exits,
         "exits_total": handled, "exit_cost_us": cost, "sbi_calls": st.get("sbi_calls", {}),
         "sbi_in_core": st.get("sbi_in_core", {}), "mmio": st.get("mmio", {}),
         "mmio_without_exit": st.get("fast_mmio_reads", 0) + st.get("fast_mmio_writes", 0),

@@ -93,6 +93,10 @@ SBI_ERR_NOT_SUPPORTED = -2
 SBI_ERR_INVALID_PARAM = -3
 HART_STOPPED = 2  # hs[h, HS_WFI]: a hart the SBI's HSM has stopped (never woken by an interrupt)
 
+# ---- statistics kept in CSR slots no instruction reaches (csr_read refuses them): traps taken, by cause
+TRAPS_EXC = 0x7E0  # + exception code (15 at most here: the higher codes belong to extensions not built)
+TRAPS_INT = 0x7F0  # + interrupt code
+
 # ---- CSR numbers -------------------------------------------------------------
 FFLAGS = 0x001
 FRM = 0x002

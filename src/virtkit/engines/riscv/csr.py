@@ -65,6 +65,8 @@ from virtkit.engines.riscv.consts import (
     STVAL,
     STVEC,
     TIME,
+    TRAPS_EXC,
+    TRAPS_INT,
 )
 from virtkit.engines.riscv.trigger import TINFO, TSELECT, trig_read, trig_write
 
@@ -268,6 +270,10 @@ def take_trap(c, priv, pc, cause, tval):
     """Enter the trap handler for ``cause`` (bit 63 set for interrupts); returns (new_pc, new_priv)."""
     intr = cause < 0
     code = cause & 0xFF
+    if intr:  # statistics: traps by cause (virtkit modes, --stats)
+        c[TRAPS_INT + (code & 15)] += 1
+    else:
+        c[TRAPS_EXC + (code if code < 15 else 15)] += 1
     deleg = c[MIDELEG] if intr else c[MEDELEG]
     ms = c[MSTATUS]
     if priv <= 1 and (deleg >> code) & 1:

@@ -68,6 +68,14 @@ def _s64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
+#: trap causes as ``traps_by_cause`` names them (the privileged spec's mcause table)
+EXCEPTIONS = {0: "misaligned fetch", 1: "fetch access fault", 2: "illegal instruction", 3: "breakpoint",
+              4: "misaligned load", 5: "load access fault", 6: "misaligned store/AMO", 7: "store/AMO access fault",
+              8: "ecall from U", 9: "ecall from S", 11: "ecall from M", 12: "fetch page fault",
+              13: "load page fault", 15: "store/AMO page fault"}
+INTERRUPTS = {1: "S software interrupt", 3: "M software interrupt", 5: "S timer interrupt", 7: "M timer interrupt",
+              9: "S external interrupt", 11: "M external interrupt"}
+
 #: the per-hart words of ``hs`` a snapshot keeps (the others describe an exit in progress or are statistics)
 _HS_SAVED = {"pc": core.HS_PC, "priv": core.HS_PRIV, "wfi": core.HS_WFI, "resv": core.HS_RESV,
              "instret": core.HS_INSTRET, "cyc_off": core.HS_CYC_OFF, "iret_off": core.HS_IRET_OFF,
@@ -703,13 +711,27 @@ class RiscvEngine:
             "build_ctab": (),
         }
 
+    def traps_by_cause(self) -> dict[str, int]:
+        """Traps the harts took (into the guest's own handlers), by cause, over all harts."""
+        out = {}
+        exc = self.csr[:, core.TRAPS_EXC:core.TRAPS_EXC + 16].sum(axis=0)
+        intr = self.csr[:, core.TRAPS_INT:core.TRAPS_INT + 16].sum(axis=0)
+        for code, n in enumerate(exc):
+            if n:
+                out[EXCEPTIONS.get(code, f"exception {code}")] = int(n)
+        for code, n in enumerate(intr):
+            if n:
+                out[INTERRUPTS.get(code, f"interrupt {code}")] = int(n)
+        return out
+
     def stats(self) -> dict:
-        """Instructions retired (total, per hart), traps taken and exits by reason."""
+        """Instructions retired (total, per hart), traps taken (and by cause) and exits by reason."""
         per = [int(v) for v in self.hs[:, core.HS_INSTRET]]
         return {
             "instructions": sum(per),
             "per_hart": per,
             "traps": int(self.hs[:, core.HS_TRAPS].sum()),
+            "traps_by_cause": self.traps_by_cause(),
             "jit_instructions": int(self.hs[:, core.HS_JIT].sum()),
             "jit_calls": int(self.hs[:, core.HS_JIT_CALLS].sum()),
             "jit": self.jit.stats(),
