@@ -202,3 +202,22 @@ def test_a_killed_process_leaves_no_running_entry(env):
         time.sleep(0.05)
     assert "beta" not in ps(env)
     assert not os.path.exists(os.path.join(env["VIRTKIT_RUN_DIR"], "beta.json"))
+
+
+def test_the_keyboard_passes_on_when_its_typist_hung_up_before_the_vm_noticed():
+    """A typist whose connection has closed does not hold the keyboard, even before the thread reading it sees
+    the end (the race a second `virtkit console` right after the first one's exit used to lose)."""
+    from virtkit.machine.console import ConsoleHub, Viewer
+    from virtkit.machine.runner import _hung_up
+
+    hub = ConsoleHub()
+    a, b = socket.socketpair()
+    first = Viewer(lambda data: None, name="first", hung_up=lambda: _hung_up(a))
+    hub.attach(first, write=True)
+    with pytest.raises(ValueError, match="keyboard is held by first"):
+        hub.attach(Viewer(lambda data: None, name="second"), write=True)
+    b.close()  # the first typist's process exits; nobody has read its end yet
+    second = Viewer(lambda data: None, name="second")
+    hub.attach(second, write=True)
+    assert hub.typist is second
+    a.close()

@@ -24,8 +24,11 @@ class Viewer:
     """One attached viewer: a ``send(bytes)`` that may block (a socket), fed through its own thread."""
 
     def __init__(self, send: Callable[[bytes], None], name: str = "viewer", on_close: Callable[[], None] | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, hung_up: Callable[[], bool] | None = None) -> None:
         self.send = send
+        #: whether the far end has gone (checked before refusing the keyboard to someone else: the thread that
+        #: reads this viewer may not have seen its end yet)
+        self.hung_up = hung_up or (lambda: False)
         self.name = name
         self.on_close = on_close
         self._q: queue.Queue[bytes | None] = queue.Queue()
@@ -131,7 +134,7 @@ class ConsoleHub:
         ``force`` takes it from the current one). ValueError when the keyboard is taken."""
         with self._lock:
             if write:
-                if self.typist is not None and not self.typist.closed and not force:
+                if self.typist is not None and not self.typist.closed and not force and not self.typist.hung_up():
                     raise ValueError(f"the console's keyboard is held by {self.typist.name} "
                                      "(attach read-only, or force to take it)")
                 self.typist = viewer

@@ -316,7 +316,8 @@ class RunningVm:
         import json
 
         conn.settimeout(None)
-        viewer = Viewer(conn.sendall, name=f"viewer-{conn.fileno()}", on_close=lambda: _close(conn), start=False)
+        viewer = Viewer(conn.sendall, name=f"viewer-{conn.fileno()}", on_close=lambda: _close(conn), start=False,
+                        hung_up=lambda: _hung_up(conn))
         hub.attach(viewer, write=write, force=force, replay=True)  # ValueError when the keyboard is taken
         try:
             conn.sendall(json.dumps({"ok": True, "console": True, "write": write}).encode() + b"\n")
@@ -338,6 +339,18 @@ class RunningVm:
             _close(conn)
 
         threading.Thread(target=reader, name="virtkit-console-in", daemon=True).start()
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the peer of ``conn`` has closed its end (without reading anything from the socket)."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(conn, select.POLLRDHUP | select.POLLHUP)
+        return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLNVAL) for _, ev in p.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def _close(conn: socket.socket) -> None:
