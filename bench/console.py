@@ -9,6 +9,11 @@ times it with busybox ``time``:
   default firmware and QEMU's) a trap into firmware that writes the UART;
 - ``hvc1``: virtio-console (buffers handed over through a virtqueue).
 
+A second table takes Linux out of the way: a bare-metal S-mode program (``bench/guest/consoles.c``) writes
+64 KiB through the UART's registers, through SBI legacy ``console_putchar`` (a call per byte) and through
+SBI DBCN ``console_write`` (a call per 4 KiB buffer, where the SBI has it: virtkit's builtin SBI does,
+Debian's OpenSBI 1.1 does not), on virtkit ``--bios builtin`` and on QEMU with OpenSBI.
+
     .venv/bin/python bench/console.py [--kib 512] [--json]
 """
 
@@ -19,6 +24,8 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from virtkit.images import default_guest
 from virtkit.images.initramfs import exec_command_line
@@ -55,6 +62,32 @@ def run_qemu(cmd: str) -> dict[str, float]:
     return parse(p.stdout)
 
 
+GUEST = Path(__file__).resolve().parent / "guest"
+LINK = Path(__file__).resolve().parent.parent / "tests" / "sbi" / "link.ld"
+FW = "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin"
+
+
+def bare_metal() -> dict[str, dict[str, float]]:
+    """MiB/s per method of the bare-metal S-mode program, on virtkit (builtin SBI) and QEMU (OpenSBI)."""
+    out = Path(tempfile.mkdtemp(prefix="vkcons")) / "consoles.elf"
+    subprocess.run(["riscv64-linux-gnu-gcc", "-march=rv64gc", "-mabi=lp64d", "-mcmodel=medany", "-O2",
+                    "-ffreestanding", "-nostdlib", "-nostartfiles", "-fno-pic", "-static", "-Wl,--no-relax",
+                    "-Wl,--build-id=none", "-T", str(LINK), str(GUEST / "start.S"), str(GUEST / "consoles.c"),
+                    "-o", str(out)], check=True, capture_output=True)
+    runs = {
+        "virtkit --bios builtin": [sys.executable, "-m", "virtkit.cli", "run", "--bios", "builtin", "--kernel",
+                                   str(out), "--mem", "64M", "--timeout", "120"],
+        "qemu-system-riscv64 (OpenSBI)": ["qemu-system-riscv64", "-M", "virt", "-m", "64M", "-bios", FW, "-kernel",
+                                          str(out), "-nographic", "-monitor", "none"],
+    }
+    res: dict[str, dict[str, float]] = {}
+    for name, argv in runs.items():
+        p = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+        res[name] = {m: int(n) / (1 << 20) / (int(t) / 10e6)
+                     for m, n, t in re.findall(r"^RESULT (\S+) (\d+) (\d+)", p.stdout, re.M)}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kib", type=int, default=512)
@@ -63,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = guest_command(args.kib)
     rows = {"virtkit --bios builtin": run_virtkit(cmd, "builtin"), "virtkit (OpenSBI)": run_virtkit(cmd, "default"),
             "qemu-system-riscv64 (OpenSBI)": run_qemu(cmd)}
+    bm = bare_metal()
     if args.json:
-        print(json.dumps({"kib": args.kib, "seconds": rows}, indent=2))
+        print(json.dumps({"kib": args.kib, "seconds": rows, "bare_metal_mib_per_s": bm}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -86,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{rate:.1f}{ratio}")
         t.add_row(name, *cells)
     Console(width=140).print(t)
+    b = Table(title="bare-metal S-mode program, 64 KiB per method (MiB/s)")
+    methods = ("uart16550", "sbi-putchar", "sbi-dbcn")
+    b.add_column("")
+    for m in methods:
+        b.add_column(m, justify="right")
+    for name, r in bm.items():
+        b.add_row(name, *[f"{r[m]:.2f}" if m in r else "not offered" for m in methods])
+    Console(width=140).print(b)
     return 0
 
 

@@ -189,8 +189,15 @@ class Uart16550:
                 self.tx_bytes += len(data)
                 self.sink(data)
                 return
-            for b in data:
-                self._write(THR, b)
+            self.tx_bytes += len(data)  # (as len(data) THR writes would, in one go)
+            self._lsr_polls = 0
+            if self.buffered:
+                self._tx.extend(data)
+                if len(self._tx) >= TX_BATCH:
+                    self.flush()
+            else:
+                self.sink(bytes(data))
+            self.thr_ipending = True
             self._update()
             self.publish()
 
