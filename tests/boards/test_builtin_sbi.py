@@ -240,3 +240,30 @@ def test_random_s_mode_code_making_sbi_calls_never_hurts_the_host():
                         eng.start_hart(0, 0x8000_0000, 0, 0)
         assert all(eng.priv(h) in (0, 1, 3) for h in range(2)) and eng.get_reg(0, 0) == 0
         assert all(kind in ("poweroff", "reset", "fail") for kind, _ in events)
+
+
+@pytest.fixture
+def vm_env(tmp_path, guest_images):
+    from tests.helpers.vmcli import linux_env
+
+    yield from linux_env(tmp_path, guest_images)
+
+
+@pytest.mark.slow
+def test_a_snapshot_of_a_two_hart_guest_on_the_builtin_sbi_restores_and_goes_on(vm_env):
+    """The SBI's state (which harts are suspended) and the engine's (the SBI mode, STOPPED harts) travel in the
+    snapshot: the restored guest has both harts and answers on its console."""
+    from tests.helpers.vmcli import console_log, guest, shell, vk, wait_for
+
+    env = vm_env
+    flags = [f for f in guest(env)]
+    flags[flags.index("--bios") + 1] = "builtin"
+    vk(env, "run", "-d", "--name", "p1", *flags, "--cpus", "2")
+    wait_for(lambda: "virtkit:/#" in console_log(env, "p1"), 300, "the shell")
+    assert "2" in shell(env, "p1", "nproc", "n").split()
+    vk(env, "snapshot", "create", "p1", "ps1")
+    vk(env, "kill", "p1")
+    vk(env, "snapshot", "restore", "ps1", "-d", "--name", "p2")
+    out = shell(env, "p2", "nproc; cat /proc/interrupts | grep -c IPI; echo $((40+2))", "after")
+    assert "42" in out.split() and "2" in out.split(), out
+    vk(env, "kill", "p2")
