@@ -68,6 +68,7 @@ class RiscvGdbTarget:
         return _XML.get(annex)
 
     def pc(self, hart: int) -> int:
+        """The hart's program counter."""
         return self.engine.pc(hart)
 
     def describe(self, hart: int) -> str:
@@ -76,6 +77,7 @@ class RiscvGdbTarget:
         return f"hart {hart}, {PRIV_NAMES.get(e.priv(hart), '?')}, {e.hart_state(hart)}"
 
     def translate(self, hart: int, va: int) -> int | None:
+        """The physical address of ``va`` through the hart's current page tables (None: not mapped)."""
         return self.engine.translate(hart, va)
 
     def breakpoint_insn(self, size: int) -> bytes:
@@ -89,6 +91,7 @@ class RiscvGdbTarget:
         return struct.pack("<33Q", *[e.get_reg(hart, i) for i in range(32)], e.pc(hart))
 
     def write_gp(self, hart: int, data: bytes) -> None:
+        """The ``G`` packet: x1-x31 and pc (x0 stays zero)."""
         if len(data) < 33 * 8:
             raise ValueError("short G packet")
         vals = struct.unpack_from("<33Q", data)
@@ -97,6 +100,7 @@ class RiscvGdbTarget:
         self.engine.set_pc(hart, vals[32])
 
     def read_reg(self, hart: int, n: int) -> bytes | None:
+        """Register ``n`` in GDB's numbering, 8 bytes little-endian (None: no such register)."""
         e = self.engine
         if n < 32:
             v = e.get_reg(hart, n)
@@ -113,6 +117,7 @@ class RiscvGdbTarget:
         return struct.pack("<Q", v)
 
     def write_reg(self, hart: int, n: int, data: bytes) -> bool:
+        """Set register ``n`` (False: no such register, or a value it cannot take)."""
         if len(data) != 8:
             return False
         (v,) = struct.unpack("<Q", data)
@@ -147,12 +152,14 @@ class RiscvGdbTarget:
         return out
 
     def read_mem(self, hart: int, addr: int, n: int) -> bytes | None:
+        """``n`` bytes at virtual ``addr`` (None when a page is not mapped or not RAM)."""
         pieces = self._pieces(hart, addr, n)
         if pieces is None:
             return None
         return b"".join(self.engine.mem.read(pa, k) for pa, k in pieces)
 
     def write_mem(self, hart: int, addr: int, data: bytes) -> bool:
+        """Write at virtual ``addr`` (False when a page is not mapped or not RAM; nothing is written then)."""
         pieces = self._pieces(hart, addr, len(data))
         if pieces is None:
             return False
