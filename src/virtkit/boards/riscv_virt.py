@@ -436,7 +436,7 @@ def _fast_console(engine: Any, uart: Uart16550) -> int | None:
     add = getattr(engine, "add_fast_mmio", None)
     if add is None:
         return None
-    thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v))
+    thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v), bulk=uart.transmit_run)
     lsr = add(UART0_BASE + 5, 1)
     setf = engine.set_fast_mmio
 

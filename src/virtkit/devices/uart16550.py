@@ -314,6 +314,22 @@ class Uart16550:
         else:
             self.sink(bytes((value,)))
 
+    def transmit_run(self, data: bytes) -> None:
+        """THR writes the engine buffered while THR was a plain transmit (its fast cell is on only then): the
+        same as ``write(THR, b)`` for each byte, in one call."""
+        if self.thr_ipending and not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP):
+            self.tx_bytes += len(data)
+            self._lsr_polls = 0
+            if self.buffered:
+                self._tx.extend(data)
+                if len(self._tx) >= TX_BATCH:
+                    self.flush()
+            else:
+                self.sink(bytes(data))
+            return
+        for b in data:  # (the state changed after all: register by register)
+            self.write(THR, 1, b)
+
     def write(self, offset: int, size: int, value: int) -> None:
         """Guest register write (only the low byte of the value is used)."""
         value &= 0xFF
