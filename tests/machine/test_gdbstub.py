@@ -155,3 +155,80 @@ def test_malformed_packets_get_errors_and_the_guest_runs_on(probe):  # noqa: F81
     finally:
         vm.kill()
     assert vm.returncode == 0 and "0 failed" in stdout, stderr
+
+
+def test_random_packets_never_break_the_stub_or_the_guest(probe):  # noqa: F811
+    """Hostile debuggers: random but well-framed packets (commands with garbage arguments) get some reply,
+    the stub keeps serving, and the guest still runs to its end once the client leaves."""
+    import random
+
+    port = _port()
+    vm = _start("--bios", "builtin", "--kernel", str(probe), "--mem", "64M", "--cpus", "2", "--gdb",
+                f"tcp::{port}", "--gdb-wait", "--timeout", "300")
+    rnd = random.Random(3)
+    try:
+        _listening(vm)
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        # (no kill or detach, and no memory or register writes: a debugger may legitimately wreck its guest;
+        # malformed writes are in the test above)
+        cmds = [b"g", b"p", b"m", b"Z0,", b"z0,", b"Z2,", b"z3,", b"H", b"T", b"qXfer:features:read:",
+                b"qThreadExtraInfo,", b"vCont;s:", b"?", b"qC", b"qfThreadInfo"]
+        for _ in range(400):
+            c = rnd.choice(cmds)
+            junk = bytes(rnd.choice(b"0123456789abcdefxyz,:;=-") for _ in range(rnd.randrange(0, 40)))
+            reply = _ask(s, c + junk)
+            assert isinstance(reply, bytes)
+        assert len(_ask(s, b"g")) == 33 * 16  # still answering: x0-x31 and pc
+        s.close()
+        stdout, stderr = vm.communicate(timeout=120)
+    finally:
+        vm.kill()
+    assert "0 failed" in stdout, stderr
+
+
+def test_bad_gdb_addresses_are_refused():
+    from tests.helpers import virtkit
+
+    for addr, msg in (("tcp::99999", "expected tcp::PORT"), ("unix:", "unix: needs a path"), ("bogus", "expected")):
+        p = virtkit("run", "--gdb", addr, "--exec", "true", timeout=120)
+        assert p.returncode != 0 and msg in p.stderr, (addr, p.stderr)
+    p = virtkit("run", "--gdb-wait", "--exec", "true")
+    assert p.returncode != 0 and "--gdb-wait (-S) goes with --gdb" in p.stderr
+
+
+STORE_LOOP = r"""
+    .globl _start
+_start:
+    la s1, counter
+1:  ld t0, 0(s1)
+    addi t0, t0, 1
+    sd t0, 0(s1)
+    j 1b
+.data
+.align 12
+counter: .dword 0
+"""
+
+
+def test_single_steps_pass_over_a_watched_store(tmp_path):
+    """A step whose own store is watched lets the store happen (it would otherwise stop before it forever)."""
+    require_tool("riscv64-linux-gnu-gcc")
+    from virtkit.engines.riscv.asm import build
+
+    elf = build(STORE_LOOP, tmp_path, "loop")
+    counter = _symbol(elf, "counter")
+    port = _port()
+    vm = _start("--bios", "none", "--kernel", str(elf), "--gdb", f"tcp::{port}", "--gdb-wait", "--timeout", "120")
+    try:
+        _listening(vm)
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        assert _ask(s, b"Z2,%x,8" % counter) == b"OK"
+        for _ in range(12):  # three trips round the loop
+            assert _ask(s, b"vCont;s:1").startswith(b"T05")
+        value = int.from_bytes(bytes.fromhex(_ask(s, b"m%x,8" % counter).decode()), "little")
+        assert value >= 2, value
+        s.sendall(_packet(b"k"))
+        s.close()
+        vm.wait(timeout=60)
+    finally:
+        vm.kill()

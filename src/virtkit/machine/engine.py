@@ -58,7 +58,7 @@ class ExitReason(IntEnum):
     PIO_WRITE = 8
     HYPERCALL = 9
     INTERNAL_ERROR = 10
-    DEBUG = 11
+    DEBUG = 11  # a debugger's stop: size 0 = a breakpoint instruction at addr, 1 = a watched access to addr
 
 
 @dataclass(frozen=True)

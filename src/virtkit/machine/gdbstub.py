@@ -392,6 +392,12 @@ class GdbStub:
 
     def _step(self, vcpu: int) -> str:
         outcome = self.vm.debug_step(vcpu)
+        if outcome == "watchpoint":  # the step's own access is watched: let it happen, then say so
+            self.engine.set_triggers_enabled(False)
+            try:
+                outcome = self.vm.debug_step(vcpu)
+            finally:
+                self.engine.set_triggers_enabled(True)
         if outcome == "ended":
             return self._ended()
         return self._stop_reply(vcpu, SIGTRAP, outcome == "breakpoint" and self.target.pc(vcpu) in self.breakpoints)

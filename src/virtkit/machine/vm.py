@@ -337,8 +337,9 @@ class Vm:
 
     def debug_step(self, vcpu: int) -> str:
         """Run one instruction of ``vcpu`` while the VM is paused (a debugger's single step) and service the exit
-        it makes; returns ``stepped``, ``breakpoint`` (it stopped at an ``ebreak``), ``waiting`` (the vCPU waits
-        for an interrupt: nothing ran) or ``ended`` (the guest powered off)."""
+        it makes; returns ``stepped``, ``breakpoint`` (it stopped at an ``ebreak``), ``watchpoint`` (a watched
+        access stopped it before it happened), ``waiting`` (the vCPU waits for an interrupt: nothing ran) or
+        ``ended`` (the guest powered off)."""
         if not self._paused.is_set():
             raise RuntimeError("debug_step needs the VM paused")
         return self.step_vcpu(vcpu)
@@ -359,7 +360,7 @@ class Vm:
         elif r is ExitReason.SHUTDOWN or r is ExitReason.RESET:
             self.power_event("poweroff" if r is ExitReason.SHUTDOWN else "reset")
         elif r is ExitReason.DEBUG:
-            return "breakpoint"
+            return "watchpoint" if ex.size == 1 else "breakpoint"
         elif r is ExitReason.HALT:
             return "waiting"
         self._flush()
