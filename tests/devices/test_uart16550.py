@@ -235,7 +235,8 @@ def test_fast_hook_says_when_thr_writes_only_transmit_and_what_lsr_reads():
 
     seen = []
     u = Uart16550(lambda b: None)
-    u.fast_hook = lambda plain, lsr: seen.append((plain, lsr))
+    msrs = []
+    u.fast_hook = lambda plain, lsr, msr: (seen.append((plain, lsr)), msrs.append(msr))
     u.publish()
     assert seen[-1] == (False, LSR_IDLE)  # after reset THRE is not pending yet: the first write must exit
     u.write(0, 1, ord("x"))
@@ -256,6 +257,13 @@ def test_fast_hook_says_when_thr_writes_only_transmit_and_what_lsr_reads():
     u.lsr_errors = 0x02  # an overrun: reading LSR has a side effect now
     u.publish()
     assert seen[-1][1] is None
+    assert msrs[-1] is None  # the loopback above changed the modem lines: deltas wait for an MSR read
+    u.read(6, 1)
+    assert msrs[-1] == 0xB0  # DCD, DSR, CTS: what an MSR read returns, with no delta to clear
+    u.msr_delta = 0x01  # a CTS change to report: a read has a side effect again
+    u.publish()
+    assert msrs[-1] is None
+    assert u.read(6, 1) & 0x01 and msrs[-1] == 0xB0  # the read took the delta: a shadow again
 
 
 def test_polling_reader_gets_input_and_nothing_arrives_before_the_driver_is_ready():

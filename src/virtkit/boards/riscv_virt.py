@@ -430,19 +430,21 @@ class RiscvVirtBoard:
 
 
 def _fast_console(engine: Any, uart: Uart16550) -> int | None:
-    """Coalesced MMIO for the console (when the engine has it): the LSR polls and THR writes of the
-    guest's console output (two exits per character) are served by the engine, THR bytes in order.
+    """Coalesced MMIO for the console (when the engine has it): the LSR polls, MSR reads and THR writes of
+    the guest's console output (two exits per character) are served by the engine, THR bytes in order.
     Returns the THR's fast cell (None without coalesced MMIO)."""
     add = getattr(engine, "add_fast_mmio", None)
     if add is None:
         return None
     thr = add(UART0_BASE + 0, 1, lambda v: uart.write(0, 1, v), bulk=uart.transmit_run)
     lsr = add(UART0_BASE + 5, 1)
+    msr = add(UART0_BASE + 6, 1)
     setf = engine.set_fast_mmio
 
-    def hook(thr_plain: bool, lsr_value: int | None) -> None:
+    def hook(thr_plain: bool, lsr_value: int | None, msr_value: int | None) -> None:
         setf(thr, thr_plain)
         setf(lsr, lsr_value is not None, lsr_value or 0)
+        setf(msr, msr_value is not None, msr_value or 0)
 
     uart.fast_hook = hook
     uart.publish()

@@ -77,10 +77,10 @@ class Uart16550:
         self._tx = bytearray()  # buffered output not yet handed to the sink
         self.tx_bytes = 0
         self.rx_bytes = 0
-        #: ``fast_hook(thr_plain, lsr)``, when set, hears after every state change whether a THR write
-        #: would only transmit (so an engine may buffer THR writes) and the value an LSR read would
-        #: return without side effects (None when a read would clear error bits): coalesced MMIO.
-        self.fast_hook: Callable[[bool, int | None], None] | None = None
+        #: ``fast_hook(thr_plain, lsr, msr)``, when set, hears after every state change whether a THR write
+        #: would only transmit (so an engine may buffer THR writes) and the values LSR and MSR reads would
+        #: return without side effects (None when a read would clear error or delta bits): coalesced MMIO.
+        self.fast_hook: Callable[[bool, int | None, int | None], None] | None = None
         self.reset()
 
     def publish(self) -> None:
@@ -91,7 +91,9 @@ class Uart16550:
             # no shadow while LSR reads have side effects: error bits, a break, or a polling reader to detect
             lsr = (None if self.lsr_errors or self._rx and self._rx[0] == BREAK or self._host and not self._rx
                    else (LSR_IDLE | LSR_DR if self._rx else LSR_IDLE))
-            self.fast_hook(plain, lsr)
+            # (Linux's 8250 driver reads MSR in every interrupt: a shadow saves an exit per 16 bytes sent)
+            msr = None if self.msr_delta else self._modem_status()
+            self.fast_hook(plain, lsr, msr)
 
     def flush(self) -> None:
         """Hand buffered output to the sink (a no-op when nothing is buffered). Called on the vCPU thread."""
