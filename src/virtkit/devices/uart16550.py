@@ -77,8 +77,9 @@ class Uart16550:
         self._tx = bytearray()  # buffered output not yet handed to the sink
         self.tx_bytes = 0
         self.rx_bytes = 0
-        #: ``fast_hook(thr_plain, lsr, msr)``, when set, hears after every state change whether a THR write
-        #: would only transmit (so an engine may buffer THR writes) and the values LSR and MSR reads would
+        #: ``fast_hook(thr_plain, lsr, msr)``, when set, hears after every state change whether THR writes
+        #: may be buffered (they transmit, and re-assert THRE when the engine hands them over, which it does
+        #: before any other device access: no DLAB, no loopback) and the values LSR and MSR reads would
         #: return without side effects (None when a read would clear error or delta bits): coalesced MMIO.
         self.fast_hook: Callable[[bool, int | None, int | None], None] | None = None
         self.reset()
@@ -87,7 +88,7 @@ class Uart16550:
         """Tell :attr:`fast_hook` the current fast-path state (called after every state change)."""
         self._shadow_host = bool(self._host)
         if self.fast_hook is not None:
-            plain = self.thr_ipending and not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP)
+            plain = not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP)
             # no shadow while LSR reads have side effects: error bits, a break, or a polling reader to detect
             lsr = (None if self.lsr_errors or self._rx and self._rx[0] == BREAK or self._host and not self._rx
                    else (LSR_IDLE | LSR_DR if self._rx else LSR_IDLE))
@@ -317,9 +318,10 @@ class Uart16550:
             self.sink(bytes((value,)))
 
     def transmit_run(self, data: bytes) -> None:
-        """THR writes the engine buffered while THR was a plain transmit (its fast cell is on only then): the
-        same as ``write(THR, b)`` for each byte, in one call."""
-        if self.thr_ipending and not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP):
+        """THR writes the engine buffered while THR writes could be (its fast cell is on only then): the same
+        as ``write(THR, b)`` for each byte, in one call: the bytes go out, THRE is pending again (an
+        interrupt if enabled: the driver sees it at its next device access, as after a character time)."""
+        if not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP):
             self.tx_bytes += len(data)
             self._lsr_polls = 0
             if self.buffered:
@@ -328,6 +330,11 @@ class Uart16550:
                     self.flush()
             else:
                 self.sink(bytes(data))
+            if not self.thr_ipending:
+                with self._lock:
+                    self.thr_ipending = True
+                    self._update()
+                    self.publish()
             return
         for b in data:  # (the state changed after all: register by register)
             self.write(THR, 1, b)
