@@ -126,12 +126,13 @@ from virtkit.engines.riscv.trigger import CAUSE_DEBUG
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _debug_exit(out, h, addr):
-    """A debugger's trigger fired on hart h (out[3] = 1 tells it from an ebreak, whose out[3] is 0)."""
-    out[0] = EXIT_DEBUG
+def _exit(out, code, h, addr, size):
+    """Describe an exit the core makes itself (not an MMIO access): a hypercall, or a debugger's stop (size 1:
+    a trigger on the access to addr; 0: an ebreak at addr)."""
+    out[0] = code
     out[1] = h
     out[2] = addr
-    out[3] = 1
+    out[3] = size
     out[4] = 0
 
 
@@ -207,7 +208,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
             if foff < 0:
                 fvpn = -1
                 if hs[h, HS_EXC_CAUSE] == CAUSE_DEBUG:  # a debugger's execute trigger: exit before the fetch
-                    _debug_exit(out, h, pc)
+                    _exit(out, EXIT_DEBUG, h, pc, 1)
                     ex = 1
                     break
                 pc, priv = take_trap(c, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
@@ -264,7 +265,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 o2 = fetch_page(h, pc + 2, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs)
                 if o2 < 0:
                     if hs[h, HS_EXC_CAUSE] == CAUSE_DEBUG:
-                        _debug_exit(out, h, pc)
+                        _exit(out, EXIT_DEBUG, h, pc, 1)
                         ex = 1
                         break
                     pc, priv = take_trap(c, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
@@ -566,11 +567,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             fvpn = -1
                             irq_check = True
                         else:
-                            out[0] = EXIT_HYPERCALL
-                            out[1] = h
-                            out[2] = 0
-                            out[3] = 0
-                            out[4] = 0
+                            _exit(out, EXIT_HYPERCALL, h, 0, 0)
                             pc = npc
                             n += 1
                             ex = 1
@@ -579,11 +576,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         exc = 8 + priv
                 elif ins == 0x00100073:
                     if cfg[CF_DEBUG]:  # a debugger's breakpoint (or the guest's own, which it re-injects)
-                        out[0] = EXIT_DEBUG
-                        out[1] = h
-                        out[2] = pc
-                        out[3] = 0
-                        out[4] = 0
+                        _exit(out, EXIT_DEBUG, h, pc, 0)
                         ex = 1
                         break
                     exc = 3
@@ -828,7 +821,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         xr[0] = 0
         if exc >= 0:
             if exc == CAUSE_DEBUG:  # a debugger's load/store trigger: exit before the access, pc unchanged
-                _debug_exit(out, h, tval)
+                _exit(out, EXIT_DEBUG, h, tval, 1)
                 ex = 1
                 break
             if exc == 2:

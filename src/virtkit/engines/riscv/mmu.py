@@ -204,11 +204,10 @@ def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
     if pa < rb or pa >= rb + rsz:
         return _fault(hs, h, 1, vaddr)
     p = pmp_check(c, page, 4096, priv, 4)
-    if p == 1 and not watched:
-        tlbt[0, idx] = tag
-        tlbo[0, idx] = page - rb
-        return page - rb
     if p == 1:
+        if not watched:
+            tlbt[0, idx] = tag
+            tlbo[0, idx] = page - rb
         return page - rb
     if p == 0 or pmp_check(c, pa, 2, priv, 4) != 1:
         return _fault(hs, h, 1, vaddr)
@@ -308,7 +307,8 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
     perm = 1 if (acc == 1 or acc == 4) else 2
     tl = 1 if perm == 1 else 2
     kind = perm if acc != 3 else 3  # debug triggers: 1 load, 2 store, 3 AMO/SC (both)
-    armed = c[TARMED] & (1 if perm == 1 else 3)
+    tkind = 1 if perm == 1 else 3  # what keeps this access's TLB from caching a page (the store TLB serves AMOs)
+    armed = c[TARMED] & tkind
     if armed and (c[TARMED] & kind) and cfg[CF_TRIG_OFF] == 0:
         a = trig_hit(c, vaddr, size, kind, eff)
         if a >= 0:  # an address breakpoint: before the access and before its page fault
@@ -355,7 +355,7 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
         elif p == 1:
             th = cfg[CF_TOHOST]
             if not (perm == 2 and th >= 0 and (th & ~0xFFF) == page) and not (
-                    armed and trig_page(c, vaddr, 1 if perm == 1 else 3)):  # a watched page: never cached
+                    armed and trig_page(c, vaddr, tkind)):  # a watched page: never cached
                 vpn = vaddr >> 12
                 idx = vpn & TLB_MASK
                 tlbt[tl, idx] = vpn ^ ctx_tag(tl, eff, ms)
