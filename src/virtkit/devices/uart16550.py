@@ -192,17 +192,7 @@ class Uart16550:
                 self.tx_bytes += len(data)
                 self.sink(data)
                 return
-            self.tx_bytes += len(data)  # (as len(data) THR writes would, in one go)
-            self._lsr_polls = 0
-            if self.buffered:
-                self._tx.extend(data)
-                if len(self._tx) >= TX_BATCH:
-                    self.flush()
-            else:
-                self.sink(bytes(data))
-            self.thr_ipending = True
-            self._update()
-            self.publish()
+            self._send(data)
 
     def _ready(self) -> bool:
         return bool(self.ier & IER_RDI) or self._lsr_polls >= POLLED_READER or bool(self.mcr & MCR_LOOP)
@@ -322,22 +312,27 @@ class Uart16550:
         as ``write(THR, b)`` for each byte, in one call: the bytes go out, THRE is pending again (an
         interrupt if enabled: the driver sees it at its next device access, as after a character time)."""
         if not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP):
-            self.tx_bytes += len(data)
-            self._lsr_polls = 0
-            if self.buffered:
-                self._tx.extend(data)
-                if len(self._tx) >= TX_BATCH:
-                    self.flush()
-            else:
-                self.sink(bytes(data))
-            if not self.thr_ipending:
-                with self._lock:
-                    self.thr_ipending = True
-                    self._update()
-                    self.publish()
+            with self._lock:
+                self._send(data)
             return
         for b in data:  # (the state changed after all: register by register)
             self.write(THR, 1, b)
+
+    def _send(self, data: bytes) -> None:
+        """``data`` out of the transmitter as that many THR writes would send it, and THRE pending again after
+        them (the SBI console's output and the engine's buffered THR runs; the lock is held)."""
+        self.tx_bytes += len(data)
+        self._lsr_polls = 0
+        if self.buffered:
+            self._tx.extend(data)
+            if len(self._tx) >= TX_BATCH:
+                self.flush()
+        else:
+            self.sink(bytes(data))
+        if not self.thr_ipending:
+            self.thr_ipending = True
+            self._update()
+            self.publish()
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Guest register write (only the low byte of the value is used)."""
