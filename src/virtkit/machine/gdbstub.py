@@ -113,11 +113,7 @@ class GdbStub:
         watched access has happened), else let the guest's own ``ebreak`` trap."""
         vcpu = ex.vcpu
         if ex.size == 1:  # a trigger: the access has not happened yet; step over it, then report
-            self.engine.set_triggers_enabled(False)
-            try:
-                self.vm.step_vcpu(vcpu)
-            finally:
-                self.engine.set_triggers_enabled(True)
+            self._step_unwatched(vcpu)
             self._stop_info = (vcpu, SIGTRAP, False)
             self._watch_hit = self._watch_reason(ex.addr)
             self.vm.pause("gdb: watchpoint")
@@ -393,14 +389,18 @@ class GdbStub:
     def _step(self, vcpu: int) -> str:
         outcome = self.vm.debug_step(vcpu)
         if outcome == "watchpoint":  # the step's own access is watched: let it happen, then say so
-            self.engine.set_triggers_enabled(False)
-            try:
-                outcome = self.vm.debug_step(vcpu)
-            finally:
-                self.engine.set_triggers_enabled(True)
+            outcome = self._step_unwatched(vcpu)
         if outcome == "ended":
             return self._ended()
         return self._stop_reply(vcpu, SIGTRAP, outcome == "breakpoint" and self.target.pc(vcpu) in self.breakpoints)
+
+    def _step_unwatched(self, vcpu: int) -> str:
+        """One step of ``vcpu`` with the triggers off: the watched access a trigger stopped happens."""
+        self.engine.set_triggers_enabled(False)
+        try:
+            return self.vm.step_vcpu(vcpu)
+        finally:
+            self.engine.set_triggers_enabled(True)
 
     def _continue(self) -> str | None:
         """Run until a breakpoint, a Ctrl-C from the debugger, or the end of the guest."""

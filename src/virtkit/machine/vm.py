@@ -355,8 +355,7 @@ class Vm:
             elif reg is not None:
                 reg.device.write(ex.addr - reg.base, ex.size, ex.value)
         elif r is ExitReason.HYPERCALL and self.hypercall is not None:
-            v = ex.vcpu
-            self.engine.complete_hypercall(v, self.hypercall(v, self.engine.hypercall_args(v)))
+            self._answer_hypercall(ex)
         elif r is ExitReason.SHUTDOWN or r is ExitReason.RESET:
             self.power_event("poweroff" if r is ExitReason.SHUTDOWN else "reset")
         elif r is ExitReason.DEBUG:
@@ -592,8 +591,7 @@ class Vm:
             if self.hypercall is None:
                 self.power_event("error", 1, "the guest made a hypercall and this machine has no hypercall interface")
                 return
-            v = ex.vcpu  # the vCPU that called (an engine running every vCPU on one thread names it in the exit)
-            self.engine.complete_hypercall(v, self.hypercall(v, self.engine.hypercall_args(v)))
+            self._answer_hypercall(ex)
             return
         elif r is ExitReason.INTERNAL_ERROR:
             self.power_event("error", 1, ex.message or "internal engine error")
@@ -604,6 +602,12 @@ class Vm:
         # BUDGET (and DEBUG until a debugger is attached)
         for p in self.periodic:
             p()
+
+    def _answer_hypercall(self, ex: Any) -> None:
+        """Hand a HYPERCALL exit to :attr:`hypercall` and its answer back to the vCPU that called (the exit names
+        it: an engine running every vCPU on one thread does not call from the thread's own)."""
+        v = ex.vcpu
+        self.engine.complete_hypercall(v, self.hypercall(v, self.engine.hypercall_args(v)))  # type: ignore[misc]
 
     def stats(self) -> dict[str, Any]:
         """Engine statistics plus device accesses, HALT sleeps and interrupt-line changes."""
