@@ -21,7 +21,7 @@ import time
 from virtkit.images import default_guest
 from virtkit.images.initramfs import exec_command_line
 from virtkit.images.qemu import qemu_argv
-from virtkit.machine.modes import MODES, run_mode
+from virtkit.machine.modes import MODES, median_run, run_mode
 
 
 def qemu_once(cmd: str, cpus: int) -> float:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in MODES:
             rows[m.name].append(run_mode(m, args.cmd, args.cpus))
         qemu.append(qemu_once(args.cmd, args.cpus))
-    med = {name: sorted(rs, key=lambda r: r["wall_seconds"])[len(rs) // 2] for name, rs in rows.items()}
+    med = {name: median_run(rs) for name, rs in rows.items()}
     q = statistics.median(qemu)
     result = {"runs": args.runs, "cpus": args.cpus, "command": args.cmd, "qemu_seconds": round(q, 3),
               "modes": {n: {k: r[k] for k in ("wall_seconds", "instructions", "traps", "exits_total", "exits",

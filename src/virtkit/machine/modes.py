@@ -98,8 +98,9 @@ def compare(names: list[str] | None = None, command: str = "true", cpus: int = 1
     for _ in range(max(1, runs)):
         for m in chosen:
             results[m.name].append(run_mode(m, command, cpus, **images))
-    out = []
-    for m in chosen:
-        rs = sorted(results[m.name], key=lambda r: r["wall_seconds"])
-        out.append(rs[len(rs) // 2])
-    return out
+    return [median_run(results[m.name]) for m in chosen]
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run (of :func:`run_mode`'s) with the median wall time."""
+    return sorted(runs, key=lambda r: r["wall_seconds"])[len(runs) // 2]
