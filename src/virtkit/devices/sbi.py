@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from virtkit import __version__
+from virtkit.engines.riscv.consts import MIP, MVENDORID
 from virtkit.machine.state import StateError, fields, record
 
 SPEC_VERSION = 2 << 24  # 2.0
@@ -38,6 +39,7 @@ SUCCESS, FAILED, NOT_SUPPORTED, INVALID_PARAM, DENIED, INVALID_ADDRESS, ALREADY_
 STARTED, STOPPED, SUSPENDED = 0, 1, 4
 RETENTIVE, NON_RETENTIVE = 0x0000_0000, 0x8000_0000
 M64 = (1 << 64) - 1
+SSIP = 1 << 1  # mip's supervisor software interrupt: an IPI
 
 
 def _version_number() -> int:
@@ -105,7 +107,7 @@ class Sbi:
         if fid == 3:
             return (SUCCESS, int(a[0] in SUPPORTED))
         if fid in (4, 5, 6):  # mvendorid, marchid, mimpid
-            return (SUCCESS, self.engine.read_csr(hart, 0xF11 + fid - 4))
+            return (SUCCESS, self.engine.read_csr(hart, MVENDORID + fid - 4))
         return (NOT_SUPPORTED, 0)
 
     def _time(self, hart: int, fid: int, a: tuple[int, ...]) -> tuple[int, ...]:
@@ -211,7 +213,7 @@ class Sbi:
             data = self.console.take_input(1)
             return (data[0] if data else M64,)
         if ext == 0x03:  # clear_ipi
-            self.engine.csr[hart, 0x344] &= ~2
+            self.engine.csr[hart, MIP] &= ~SSIP
             return (0,)
         if ext == 0x08:  # shutdown
             self.power("poweroff", 0)
@@ -223,11 +225,11 @@ class Sbi:
             if ext == 0x04:
                 for t in range(self.nharts):
                     if mask >> t & 1:
-                        self.engine.csr[t, 0x344] |= 2
+                        self.engine.csr[t, MIP] |= SSIP
             elif ext != 0x05:
                 for t in range(self.nharts):
                     if mask >> t & 1:
-                        self.engine.tlbt[t] = 0
+                        self.engine.flush_tlb(t)
             return (0,)
         return (NOT_SUPPORTED & M64,)  # 0x00 (set_timer) is served in the core
 

@@ -584,6 +584,10 @@ class RiscvEngine:
         self.tlbt[hart] = 0
         self.hs[hart, core.HS_WFI] = 0
 
+    def flush_tlb(self, hart: int) -> None:
+        """Empty a hart's software TLB (a remote sfence.vma)."""
+        self.tlbt[hart] = 0
+
     def stop_hart(self, hart: int) -> None:
         """Stop a hart until :meth:`start_hart` (no interrupt wakes it)."""
         self.hs[hart, core.HS_WFI] = core.HART_STOPPED
