@@ -165,3 +165,32 @@ def test_a_stream_cut_after_the_switch_stops_both_sides_with_a_clear_error(tmp_p
     finally:
         dst.vm.close()
         src.vm.close()
+
+
+
+WARM_SCAN = """
+import socket, numpy as np
+from virtkit.machine.memory import GuestMemory
+from virtkit.machine import postcopy as pc
+from virtkit.engines.riscv.engine import RiscvEngine
+mem = GuestMemory(8 << 20, 0x8000_0000)
+mem.array[:mem.size] = 1
+a, b = socket.socketpair()  # a source that is there and sends nothing
+missing = np.zeros(mem.size // 4096, dtype=bool)
+missing[::2] = True
+inc = pc.Incoming(mem, b, missing, print)
+inc.start()
+eng = RiscvEngine(mem, 1, jit=1)
+print("pages", len(eng.jit._loaded_pages()))
+"""
+
+
+def test_the_jit_warm_start_does_not_read_a_post_copy_targets_missing_pages():
+    """The JIT's warm start scans RAM filled before the engine existed for loaded pages. On a post-copy target
+    it must look at touched pages only: reading a missing one waits for the source (forever if the link broke,
+    and with the GIL held, so the page server's Python side could not even notice: it hung CI once)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", WARM_SCAN], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "pages 1024" in p.stdout, (p.stdout, p.stderr)  # the 1024 pages that are there

@@ -166,6 +166,7 @@ class RiscvEngine:
         self.jit = Jit(ram, nharts, self._ctab, thr, background=not deterministic)
         self.cfg[core.CF_JIT_SYNC] = int(deterministic)
         self.jit.bind(self.x, ram, self.tlbt, self.tlbo, self.cfg)
+        self.jit.resident = mem.resident_pages
         hs = self.hs
         self.jit.clock = lambda: int(hs[:, core.HS_INSTRET].sum())
         self._jt = (self.jit.jtab, self.jit.jhot, self.jit.jreq, self.jit.cmap, self.jit.jctx)

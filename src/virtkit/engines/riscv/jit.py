@@ -97,6 +97,7 @@ from virtkit.engines.riscv.jitcache import (
 )
 from virtkit.engines.riscv.jitcodegen import Job, Result, _llvm_engine
 from virtkit.errors import ConfigError
+from virtkit.machine.memory import nonzero_pages
 
 MAX_INVALIDATIONS = 4
 DEFAULT_THRESHOLD = 64
@@ -218,6 +219,9 @@ class Jit:
         self._installed_plan: list[tuple[int, int, str, str]] = []  # plan items already taken
         self._deferred: list[int] = []  # entries to translate once the preload is done
         self._written: list[tuple[int, int]] = []  # RAM written from outside before the first run (images)
+        #: which RAM pages the guest has touched (GuestMemory.resident_pages; None: unknown): the warm start's
+        #: scan of RAM filled before the engine existed reads only those
+        self.resident: Callable[[], np.ndarray | None] = lambda: None
         self.preload_enabled = preload_from_env()
         self._thread: threading.Thread | None = None
         self._backlog: list[int] = []  # requested entries not translated yet
@@ -386,9 +390,11 @@ class Jit:
         if self._loaded is None:
             pages = sorted({p for off, n in self._written for p in range(off >> 12, ((off + n - 1) >> 12) + 1)})
             ram = self._ram
-            if not pages and ram.size <= PRELOAD_SCAN_MAX:  # RAM filled before the engine existed: look at it all
+            if not pages and ram.size <= PRELOAD_SCAN_MAX:  # RAM filled before the engine existed: look at it
+                # (touched pages only: a post-copy target's missing pages must not be read here, with the GIL
+                # held, while only a Python thread can notice that they will never come)
                 npages = ram.size >> 12
-                pages = np.flatnonzero(ram[: npages << 12].view(np.uint64).reshape(npages, 512).any(axis=1)).tolist()
+                pages = np.flatnonzero(nonzero_pages(ram[: npages << 12], self.resident())).tolist()
             self._loaded = pages
         return self._loaded
 
