@@ -89,7 +89,11 @@ def shell(env: dict, name: str, line: str, marker: str, timeout: float = 120) ->
     before = len(console_log(env, name))
     vk(env, "console", name, input=f"{line}\necho {marker}-$((1+1))\n", timeout=60)
     want = f"{marker}-2"
-    wait_for(lambda: want in console_log(env, name)[before:], timeout, f"{want} on {name}")
+    try:
+        wait_for(lambda: want in console_log(env, name)[before:], timeout, f"{want} on {name}")
+    except AssertionError as err:  # say what the console showed instead: a failure in CI has only this
+        raise AssertionError(f"{err}; the console since the line was typed:\n"
+                             f"{console_log(env, name)[before:][-1500:]}") from None
     out = console_log(env, name)[before:]
     return out[: out.index(want)]
 

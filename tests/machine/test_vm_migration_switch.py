@@ -79,7 +79,7 @@ def test_a_tcp_stream_through_the_switch_survives_migration(env):
         assert nums == list(range(1, len(nums) + 1))  # nothing lost, nothing twice, in order
         ps = {v["name"]: v for v in json.loads(vk(env, "ps", "--json").stdout)}
         assert "src" not in ps and ps["dst"]["state"] == "running"
-        show = control.request("msw", "show")
+        show = control.request("msw", "show")  # the source had the switch drop its port before "completed"
         vm_ports = [p["name"] for p in show["ports"] if outside not in p["name"]]
         assert len(vm_ports) == 1, show["ports"]  # the source's port is gone, the target's is there
         assert any(m["port"] == vm_ports[0] for m in show["macs"]), show["macs"]  # the guest's MAC learned on it

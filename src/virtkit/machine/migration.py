@@ -428,11 +428,13 @@ class Source:
                 raise
             self._finish(t0, "")
         except _Lost as err:  # post-copy broke after the switch-over: there is no guest to go back to
-            st.state, st.error = "failed", str(err)
+            st.total_seconds = time.monotonic() - t0
+            st.error, st.state = str(err), "failed"
             self.vm.stop("failed", str(err))
         except BaseException as err:  # the source goes on as if nothing happened
-            st.state = "cancelled" if self._cancel.is_set() else "failed"
+            st.total_seconds = time.monotonic() - t0
             st.error = str(err) if isinstance(err, (VirtkitError, OSError)) else f"{type(err).__name__}: {err}"
+            st.state = "cancelled" if self._cancel.is_set() else "failed"
             self.vm.set_throttle(0.0)
             if self.vm.paused and self.vm.state == "paused":
                 self.vm.resume()
@@ -507,8 +509,9 @@ class Source:
     def _finish(self, t0: float, how: str) -> None:
         """The guest lives on the target: report, let a follower read the status, stop, unplug."""
         st = self.status
-        st.state = "completed"
+        self._release_switch_ports(unplug=True)  # before "completed": the switch has the target's port only
         st.total_seconds = time.monotonic() - t0
+        st.state = "completed"  # last: a follower polling the status may read it at any moment
         self.vm.set_throttle(0.0)
         self.ended.set()
         if self.followers:
@@ -658,14 +661,16 @@ class Source:
                 self.status.log.append(str(err))
         self._detached.clear()
 
-    def _release_switch_ports(self) -> None:
+    def _release_switch_ports(self, unplug: bool = False) -> None:
         """Unplug the NICs from their switches: the guest's ports now belong to the target, which has
-        announced the MACs there."""
+        announced the MACs there. ``unplug``: have the switches drop the ports (sockets stay open), else
+        close the sockets."""
         from virtkit.network.switchport import SwitchPort
 
         for d in self.machine.virtio:
-            if isinstance(getattr(d, "backend", None), SwitchPort):
-                d.backend.close()
+            b = getattr(d, "backend", None)
+            if isinstance(b, SwitchPort):
+                b.unplug() if unplug else b.close()
 
     def _send_disks(self, ch: Channel) -> None:
         """--copy-storage: the disk chunks written since the last round."""

@@ -14,9 +14,9 @@ import os
 import socket
 from collections.abc import Callable
 
-from virtkit.errors import ConfigError
+from virtkit.errors import ConfigError, VirtkitError
 from virtkit.network import config as cfgmod
-from virtkit.network.control import SwitchError, request_fd
+from virtkit.network.control import SwitchError, request, request_fd
 from virtkit.network.switch import parse_vlan
 
 
@@ -45,6 +45,8 @@ class SwitchPort:
             reply, fd = request_fd(switch_name, "attach", **args)
             sock = socket.socket(fileno=fd)
             self.port_name = reply["port"]
+        #: an attached port (``vm-autoN``) exists only while this NIC holds it; a ``vm:`` port persists
+        self.attached = port is None
         sock.setblocking(False)
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
@@ -112,6 +114,16 @@ class SwitchPort:
             self._receiver(frame)
             n += 1
         return n
+
+    def unplug(self) -> None:
+        """Ask the switch to remove an attached port now (closing the socket alone is noticed by the switch a
+        moment later); the switch closes its end and this NIC sees a pulled cable. The socket stays open
+        for the caller to :meth:`close`."""
+        if self.attached and self.connected:
+            try:
+                request(self.switch_name, "port_remove", name=self.port_name)
+            except VirtkitError:
+                pass  # the switch is gone or already dropped the port: closing is all that is left
 
     def close(self) -> None:
         """Unplug from the switch."""
