@@ -284,6 +284,9 @@ class Source:
         self.ended = threading.Event()
         self.delivered = threading.Event()
         self.followers = 0
+        #: a follower has asked for the status at least once: it polls, so between two of its requests
+        #: ``followers`` is 0; the end waits for its delivery all the same
+        self.followed = False
 
     def start(self) -> None:
         """Run the migration in the background."""
@@ -514,7 +517,7 @@ class Source:
         st.state = "completed"  # last: a follower polling the status may read it at any moment
         self.vm.set_throttle(0.0)
         self.ended.set()
-        if self.followers:
+        if self.followers or self.followed:
             self.delivered.wait(2.0)
         self.vm.stop("migrated", f"migrated to {self.host}:{self.port}{how}")
         self._release_switch_ports()

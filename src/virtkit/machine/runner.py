@@ -287,6 +287,7 @@ class RunningVm:
             if src is None:
                 raise ValueError(f"VM {self.name!r} has not been migrated")
             if until_end:
+                src.followed = True
                 src.followers += 1
                 try:
                     src.ended.wait(min(max(float(timeout), 0.0), 10.0))
