@@ -79,10 +79,11 @@ def harts_for(name: str) -> int:
     return 2 if Path(name).name.startswith("smp_") else 1
 
 
-def run_qemu(elf: Path, timeout: float = 120, machine: str = "spike", harts: int = 1) -> RunResult:
-    """Run ``elf`` on qemu-system-riscv64 (TCG, -bios none) and collect the HTIF result."""
+def run_qemu(elf: Path, timeout: float = 120, machine: str = "spike", harts: int = 1,
+             cpu: str | None = None) -> RunResult:
+    """Run ``elf`` on qemu-system-riscv64 (TCG, -bios none; ``cpu``: its -cpu) and collect the HTIF result."""
     cmd = [QEMU, "-M", machine, "-smp", str(harts), "-bios", "none", "-kernel", str(elf), "-display", "none",
-           "-serial", "stdio", "-monitor", "none", "-m", "256M"]
+           "-serial", "stdio", "-monitor", "none", "-m", "256M", *(["-cpu", cpu] if cpu else [])]
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:

@@ -35,7 +35,7 @@ from virtkit.devices.virtio.mmio import WINDOW
 from virtkit.devices.vmgenid import VmGenId
 from virtkit.errors import ConfigError, ImageError
 from virtkit.fdt import Fdt
-from virtkit.machine.config import MachineConfig
+from virtkit.machine.config import MachineConfig, parse_cpu
 from virtkit.machine.elf import is_elf
 from virtkit.machine.elf import parse_elf as _parse_elf
 from virtkit.machine.images import check_firmware, check_initrd, read_image
@@ -123,7 +123,8 @@ def build_fdt(cfg: MachineConfig, ram_size: int, initrd: tuple[int, int] | None 
     for h in range(cfg.cpus):
         cpu = f.node(f"/cpus/cpu@{h}")
         cpu.set_str("device_type", "cpu").set_u32("reg", h).set_str("status", "okay")
-        cpu.set_str("compatible", "riscv").set_str("riscv,isa", ISA).set_str("mmu-type", "riscv,sv48")
+        isa = ISA + ("h" if parse_cpu(cfg.cpu)["h"] else "")  # Linux (KVM) reads the extensions here
+        cpu.set_str("compatible", "riscv").set_str("riscv,isa", isa).set_str("mmu-type", "riscv,sv48")
         f.phandle(cpu)
         intc = f.node(f"/cpus/cpu@{h}/interrupt-controller")
         intc.set_u32("#interrupt-cells", 1).set_empty("interrupt-controller").set_str("compatible", "riscv,cpu-intc")

@@ -26,7 +26,7 @@ A file (TOML)::
     vlan = 7
 
 A bad file gets one error that names the key and the problem: ``vm.toml: disks[0].format: 'vmdk' is not
-one of raw, qcow2``; ``vm.toml: unknown key 'cpu' (did you mean 'cpus'?)``.
+one of raw, qcow2``; ``vm.toml: memroy: unknown key (did you mean 'memory'?)``.
 """
 
 from __future__ import annotations
@@ -315,6 +315,32 @@ class ConsoleConfig(_Section):
         return {k: v for k, v in super().to_dict().items() if v != getattr(ConsoleConfig, k)}
 
 
+#: the CPU models and the options each takes (QEMU's names); an option's value is on/off (true/false, yes/no)
+CPU_MODELS = {"rv64": {"h": "the hypervisor extension (misa.H): HS/VS/VU modes, two-stage translation"}}
+
+
+def parse_cpu(spec: str, where: str = "cpu") -> dict[str, bool]:
+    """The options of a ``-cpu`` string (``rv64,h=on``) as booleans, every option of the model present;
+    ConfigError naming the part that is wrong."""
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"{where}: expected a CPU model such as rv64 or rv64,h=on, got {spec!r}")
+    model, *opts = spec.split(",")
+    if model not in CPU_MODELS:
+        raise ConfigError(f"{where}: unknown CPU model {model!r} (models: {', '.join(CPU_MODELS)})")
+    known = CPU_MODELS[model]
+    out = dict.fromkeys(known, False)
+    for opt in opts:
+        key, eq, val = opt.partition("=")
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, 1)
+            raise ConfigError(f"{where}: {model} has no option {key!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else f" (options: {', '.join(known)})"))
+        if not eq or val.lower() not in ("on", "off", "true", "false", "yes", "no"):
+            raise ConfigError(f"{where}: {key}={val}: want {key}=on or {key}=off")
+        out[key] = val.lower() in ("on", "true", "yes")
+    return out
+
+
 @dataclass
 class MachineConfig(_Section):
     """A whole machine. Paths are kept as given; :meth:`resolve_paths` makes them absolute."""
@@ -322,6 +348,9 @@ class MachineConfig(_Section):
     name: str | None = None
     board: str = "riscv64-virt"
     engine: str = "riscv"
+    #: the CPU model and its options, QEMU's ``-cpu`` syntax: ``rv64`` (the default), ``rv64,h=on`` (with the
+    #: hypervisor extension)
+    cpu: str = "rv64"
     cpus: int = 1
     memory: int = 128 * MiB
     #: "default" (the board's usual firmware), "none" (the kernel starts at reset, in M-mode), "builtin" (no
@@ -377,6 +406,7 @@ class MachineConfig(_Section):
                 raise ConfigError(f"{_join(where, key)}: bad name {v!r}")
         if not 1 <= self.cpus <= 64:
             raise ConfigError(f"{_join(where, 'cpus')}: {self.cpus} is out of range 1..64")
+        parse_cpu(self.cpu, _join(where, "cpu"))
         if self.memory <= 0 or self.memory % 4096:
             raise ConfigError(f"{_join(where, 'memory')}: must be a positive multiple of 4K")
         for key in ("timeout", "boot_timeout"):

@@ -17,12 +17,13 @@ from virtkit.engines.riscv import corecache as _corecache  # noqa: F401  (instal
 
 def create_engine(mem, cfg, *, reset_pc: int, clint_base: int = 0x0200_0000, sbi: bool = False):  # noqa: ANN001, ANN201
     """The engine contract's factory (:mod:`virtkit.machine.engine`): a :class:`RiscvEngine` for ``cfg``
-    (harts, deterministic time, JIT threshold) over ``mem``; the board gives the reset address and CLINT base,
-    and ``sbi`` when the VMM is the SBI (``--bios builtin``)."""
+    (harts, CPU options, deterministic time, JIT threshold) over ``mem``; the board gives the reset address
+    and CLINT base, and ``sbi`` when the VMM is the SBI (``--bios builtin``)."""
     from virtkit.engines.riscv.engine import RiscvEngine
+    from virtkit.machine.config import parse_cpu
 
     return RiscvEngine(mem, cfg.cpus, reset_pc=reset_pc, clint_base=clint_base, deterministic=cfg.deterministic,
-                       jit=cfg.jit, sbi=sbi)
+                       jit=cfg.jit, sbi=sbi, h=parse_cpu(cfg.cpu)["h"])
 
 
 def describe() -> dict:

@@ -41,17 +41,18 @@ class BareMetalResult:
 
 def run_elf(path: str | Path, *, mem_size: int = 128 << 20, nharts: int = 1, max_instructions: int | None = None,
             deterministic: bool = False, console: Callable[[bytes], None] | None = None,
-            jit: int | None = None) -> BareMetalResult:
+            jit: int | None = None, cpu: str = "rv64") -> BareMetalResult:
     """Load ``path`` into fresh RAM, run it until it reports through HTIF (or the budget ends).
 
-    ``jit``: the JIT's hotness threshold (0 = interpreter only; None = the default or $VIRTKIT_JIT).
+    ``jit``: the JIT's hotness threshold (0 = interpreter only; None = the default or $VIRTKIT_JIT); ``cpu``:
+    the CPU model and options (``rv64,h=on``).
     """
     from virtkit.machine.builder import build
     from virtkit.machine.config import MachineConfig
 
     if mem_size <= 0 or mem_size % 4096:
         raise ConfigError(f"memory size must be a positive multiple of 4 KiB: {mem_size}")
-    cfg = MachineConfig(board="riscv64-spike", kernel=str(path), memory=mem_size, cpus=nharts,
+    cfg = MachineConfig(board="riscv64-spike", kernel=str(path), memory=mem_size, cpu=cpu, cpus=nharts,
                         max_insns=max_instructions, deterministic=deterministic, jit=jit, rng=False)
     out = bytearray()
 

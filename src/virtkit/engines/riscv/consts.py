@@ -33,7 +33,12 @@ HS_CY_FROZEN = 12
 HS_IR_FROZEN = 13
 HS_JIT = 14  # instructions retired by native (JIT) code
 HS_JIT_CALLS = 15  # calls into native code
-HS_N = 16
+HS_V = 16  # the virtualization mode (H extension): 1 in VS- and VU-mode
+HS_HLV = 17  # an HLV/HSV in progress: 1 (access as V=1 at hstatus.SPVP), 2 HLVX (execute permission reads)
+HS_EXC_TVAL2 = 18  # with HS_EXC_CAUSE: the guest physical address >> 2 of a guest-page fault (htval, mtval2)
+HS_EXC_GVA = 19  # with HS_EXC_CAUSE: 1 when the tval is a guest virtual address (hstatus.GVA, mstatus.GVA);
+#                  2 | that: the fault was an implicit access for VS-stage translation (htinst pseudoinstruction)
+HS_N = 20
 
 # ---- configuration / shared scalars (cfg[k]) -------------------------------
 CF_RAM_BASE = 0
@@ -62,6 +67,7 @@ CF_NEXT_HART = 20  # the hart run_harts runs first on its next call (round robin
 CF_SBI_CONSOLE = 23  # 1 + the fast MMIO cell of the console's THR: legacy putchar goes through it (0: none)
 CF_SBI_PUTCHAR = 24  # legacy console_putchar calls served in the core through that cell (statistics)
 CF_TRIG_OFF = 25  # 1: debug triggers do not fire (a debugger stepping over the access its watchpoint caught)
+CF_H = 26  # 1: the hypervisor extension is on (misa.H; --cpu rv64,h=on)
 CF_N = 32
 
 # ---- the mmio table (int64, MMIO_COLS columns): regions, then fast cells, then the write ring ----------
@@ -94,8 +100,52 @@ SBI_ERR_INVALID_PARAM = -3
 HART_STOPPED = 2  # hs[h, HS_WFI]: a hart the SBI's HSM has stopped (never woken by an interrupt)
 
 # ---- statistics kept in CSR slots no instruction reaches (csr_read refuses them): traps taken, by cause
-TRAPS_EXC = 0x7E0  # + exception code (15 at most here: the higher codes belong to extensions not built)
+TRAPS_EXC = 0x7E0  # + exception code (15: 15 and above; the H extension's 20-23 count at TRAPS_H)
+TRAPS_H = 0x7DA  # + 0..3: guest-page faults (20 fetch, 21 load, 23 store at +3) and virtual-instruction (22)
 TRAPS_INT = 0x7F0  # + interrupt code
+
+# ---- the hypervisor extension (privileged spec, "Hypervisor Extension") ------------------------------------
+HSTATUS = 0x600
+HEDELEG = 0x602
+HIDELEG = 0x603
+HIE = 0x604
+HTIMEDELTA = 0x605
+HCOUNTEREN = 0x606
+HGEIE = 0x607
+HENVCFG = 0x60A
+HTVAL = 0x643
+HIP = 0x644
+HVIP = 0x645
+HTINST = 0x64A
+HGATP = 0x680
+HGEIP = 0xE12
+VSSTATUS = 0x200
+VSIE = 0x204
+VSTVEC = 0x205
+VSSCRATCH = 0x240
+VSEPC = 0x241
+VSCAUSE = 0x242
+VSTVAL = 0x243
+VSIP = 0x244
+VSATP = 0x280
+MTINST = 0x34A
+MTVAL2 = 0x34B
+MISA_H = 1 << 7
+VS_IRQ = 0x444  # VSSIP, VSTIP, VSEIP (mip/hip/hvip bits 2, 6, 10): delegated to HS for good (mideleg reads 1)
+MIDELEG_H = VS_IRQ | (1 << 12)  # and SGEIP (GEILEN = 0: never pending)
+HSTATUS_WMASK = (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 20) | (1 << 21) | (1 << 22)  # GVA SPV SPVP HU
+#                                                              VTVM VTW VTSR (VGEIN: GEILEN = 0, VSBE: little)
+HSTATUS_FIXED = 2 << 32  # VSXL = 64-bit
+HEDELEG_MASK = 0xB1FF  # never: ecalls from HS/VS/M (9-11), guest-page faults and virtual instruction (20-23)
+MEDELEG_H = (1 << 10) | (0xF << 20)  # with H: ecall from VS, guest-page faults, virtual instruction
+MSTATUS_MPV = 1 << 39
+MSTATUS_GVA = 1 << 38
+HGATP_MODE_BARE, HGATP_SV39X4, HGATP_SV48X4 = 0, 8, 9
+CAUSE_VIRTUAL = 22  # virtual-instruction exception
+#: the exceptions memory accesses raise (misaligned, access, page and guest-page faults): their tval is an address
+MEM_CAUSES = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 15) | (
+    1 << 20) | (1 << 21) | (1 << 23)
+VIRT_CSR = 0x7DF  # a CSR slot no instruction reaches: 1 on every hart when H is on (csr_read/write look here)
 
 # ---- CSR numbers -------------------------------------------------------------
 FFLAGS = 0x001
@@ -152,8 +202,8 @@ INTBIT = -(1 << 63)
 
 S_MODE_IRQ = 0x222
 
-# interrupt priority order: MEI, MSI, MTI, SEI, SSI, STI
-IRQ_ORDER = (11, 3, 7, 9, 1, 5)
+# interrupt priority order: MEI, MSI, MTI, SEI, SSI, STI, then (H) SGEI, VSEI, VSSI, VSTI
+IRQ_ORDER = (11, 3, 7, 9, 1, 5, 12, 10, 2, 6)
 
 # ---- the JIT tier's tables (jit.py builds them, core.py uses them) -------------------------------------
 JBITS = 16

@@ -33,6 +33,7 @@ from virtkit.engines.riscv.alu import (
     ult,
 )
 from virtkit.engines.riscv.consts import (
+    CAUSE_VIRTUAL,
     CF_DEBUG,
     CF_DETERMINISTIC,
     CF_JIT,
@@ -58,7 +59,10 @@ from virtkit.engines.riscv.consts import (
     FRM,
     HART_STOPPED,
     HS_EXC_CAUSE,
+    HS_EXC_GVA,
     HS_EXC_TVAL,
+    HS_EXC_TVAL2,
+    HS_HLV,
     HS_INSTRET,
     HS_JIT,
     HS_JIT_CALLS,
@@ -68,7 +72,10 @@ from virtkit.engines.riscv.consts import (
     HS_PRIV,
     HS_RESV,
     HS_TRAPS,
+    HS_V,
     HS_WFI,
+    HSTATUS,
+    HVIP,
     J_ARG,
     J_LCTX,
     J_LIMIT,
@@ -98,6 +105,9 @@ from virtkit.engines.riscv.consts import (
     ST_END,
     ST_REJOIN,
     TLB_MASK,
+    VIRT_CSR,
+    VSEPC,
+    VSSTATUS,
 )
 from virtkit.engines.riscv.csr import (
     csr_read,
@@ -111,8 +121,10 @@ from virtkit.engines.riscv.decode import build_ctab  # noqa: F401  (a core funct
 from virtkit.engines.riscv.fpu import fp_exec
 from virtkit.engines.riscv.mmu import (
     break_resv,
+    ctx_status,
     ctx_tag,
     eff_priv,
+    eff_virt,
     fetch_page,
     mem_slow,
 )
@@ -161,6 +173,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     nh = cfg[CF_NHARTS]
     pc = hs[h, HS_PC]
     priv = hs[h, HS_PRIV]
+    virt = hs[h, HS_V]  # the H extension's V: 1 in VS- and VU-mode (every trap and xRET may change it)
     fvpn = -1
     foff = 0
     n = 0
@@ -185,14 +198,17 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 ctx_dirty = False
                 ms = c[MSTATUS]
                 e = eff_priv(priv, ms)
-                lctx = ctx_tag(1, e, ms)
-                sctx = ctx_tag(2, e, ms)
+                ev = eff_virt(priv, virt, ms)
+                tms = ctx_status(c, ev)
+                lctx = ctx_tag(1, e, tms, ev)
+                sctx = ctx_tag(2, e, tms, ev)
                 fvpn = -1
             if irq_check:
                 irq_check = False
-                cause = pending_irq(c, priv, irq[h])
+                cause = pending_irq(c, priv, virt, irq[h])
                 if cause != 0:
-                    pc, priv = take_trap(c, priv, pc, cause, 0)
+                    pc, priv = take_trap(c, hs, h, priv, pc, cause, 0)
+                    virt = hs[h, HS_V]
                     ctx_dirty = True
                     blk = True
                     ntrap += 1
@@ -211,13 +227,14 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     _exit(out, EXIT_DEBUG, h, pc, 1)
                     ex = 1
                     break
-                pc, priv = take_trap(c, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                virt = hs[h, HS_V]
                 ctx_dirty = True
                 ntrap += 1
                 n += 1
                 continue
             fvpn = pc >> 12
-            if tlbt[0, fvpn & TLB_MASK] != (fvpn ^ ctx_tag(0, priv, 0)):
+            if tlbt[0, fvpn & TLB_MASK] != (fvpn ^ ctx_tag(0, priv, 0, virt)):
                 fvpn = -1  # PMP splits this page: check every fetch
             off = foff + (pc & 0xFFF)
         if blk:
@@ -268,7 +285,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         _exit(out, EXIT_DEBUG, h, pc, 1)
                         ex = 1
                         break
-                    pc, priv = take_trap(c, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                    pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                    virt = hs[h, HS_V]
                     ctx_dirty = True
                     ntrap += 1
                     n += 1
@@ -561,7 +579,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         elif op == 0x73:  # SYSTEM
             if f3 == 0:
                 if ins == 0x00000073:
-                    if priv == 1 and cfg[CF_SBI]:  # the VMM is the SBI: a hypercall
+                    if priv == 1 and cfg[CF_SBI] and not virt:  # the VMM is the SBI: a hypercall
                         if sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all, mmio):
                             update_timer_bits(csr, cfg, msip, mtcmp, ctime)
                             fvpn = -1
@@ -573,7 +591,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             ex = 1
                             break
                     else:
-                        exc = 8 + priv
+                        exc = 8 + priv + (virt & priv)  # 8 U/VU, 9 HS, 10 VS, 11 M
                 elif ins == 0x00100073:
                     if cfg[CF_DEBUG]:  # a debugger's breakpoint (or the guest's own, which it re-injects)
                         _exit(out, EXIT_DEBUG, h, pc, 0)
@@ -587,10 +605,12 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     else:
                         ms = c[MSTATUS]
                         mpp = (ms >> 11) & 3
-                        ms = (ms & ~((1 << 3) | (3 << 11))) | (((ms >> 7) & 1) << 3) | (1 << 7)
+                        virt = (ms >> 39) & 1 if mpp != 3 else 0  # mstatus.MPV (0 without H)
+                        ms = (ms & ~((1 << 3) | (3 << 11) | (1 << 39))) | (((ms >> 7) & 1) << 3) | (1 << 7)
                         if mpp != 3:
                             ms &= ~(1 << 17)
                         c[MSTATUS] = ms
+                        hs[h, HS_V] = virt
                         priv = mpp
                         npc = c[MEPC]
                         ctx_dirty = True
@@ -598,9 +618,24 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         blk = True
                 elif ins == 0x10200073:
                     ms = c[MSTATUS]
-                    if priv == 0 or (priv == 1 and (ms >> 22) & 1):
+                    if virt:
+                        if priv == 0 or (c[HSTATUS] >> 22) & 1:  # VU-mode, or hstatus.VTSR
+                            exc = CAUSE_VIRTUAL
+                        else:  # VS-mode returns through vsstatus and vsepc, V stays 1
+                            vs = c[VSSTATUS]
+                            priv = (vs >> 8) & 1
+                            c[VSSTATUS] = (vs & ~((1 << 1) | (1 << 8))) | (((vs >> 5) & 1) << 1) | (1 << 5)
+                            npc = c[VSEPC]
+                            ctx_dirty = True
+                            irq_check = True
+                            blk = True
+                    elif priv == 0 or (priv == 1 and (ms >> 22) & 1):
                         exc = 2
                     else:
+                        if c[VIRT_CSR]:  # to V = hstatus.SPV, which is cleared
+                            virt = (c[HSTATUS] >> 7) & 1
+                            c[HSTATUS] &= ~(1 << 7)
+                            hs[h, HS_V] = virt
                         spp = (ms >> 8) & 1
                         ms = (ms & ~((1 << 1) | (1 << 8) | (1 << 17))) | (((ms >> 5) & 1) << 1) | (1 << 5)
                         c[MSTATUS] = ms
@@ -610,30 +645,91 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         irq_check = True
                         blk = True
                 elif ins == 0x10500073:
-                    if priv == 0 or (priv < 3 and (c[MSTATUS] >> 21) & 1):
+                    if (priv == 0 and not virt) or (priv < 3 and (c[MSTATUS] >> 21) & 1):
                         exc = 2
-                    elif ((c[MIP] | irq[h]) & c[MIE]) == 0:
+                    elif virt and (priv == 0 or (c[HSTATUS] >> 21) & 1):  # VU-mode, or hstatus.VTW
+                        exc = CAUSE_VIRTUAL
+                    elif ((c[MIP] | irq[h] | c[HVIP]) & c[MIE]) == 0:
                         hs[h, HS_WFI] = 1
                         pc = npc
                         n += 1
                         break
                 elif (ins >> 25) == 0x09 and rd == 0:
-                    if priv == 0 or (priv == 1 and (c[MSTATUS] >> 20) & 1):
+                    if virt:
+                        if priv == 0 or (c[HSTATUS] >> 20) & 1:  # VU-mode, or hstatus.VTVM
+                            exc = CAUSE_VIRTUAL
+                        else:
+                            flush_tlb(tlbt)
+                            fvpn = -1
+                    elif priv == 0 or (priv == 1 and (c[MSTATUS] >> 20) & 1):
+                        exc = 2
+                    else:
+                        flush_tlb(tlbt)
+                        fvpn = -1
+                elif ((ins >> 25) == 0x11 or (ins >> 25) == 0x31) and rd == 0 and c[VIRT_CSR]:
+                    # HFENCE.VVMA, HFENCE.GVMA (mstatus.TVM traps the latter in HS-mode)
+                    if virt:
+                        exc = CAUSE_VIRTUAL
+                    elif priv == 0 or ((ins >> 25) == 0x31 and priv == 1 and (c[MSTATUS] >> 20) & 1):
                         exc = 2
                     else:
                         flush_tlb(tlbt)
                         fvpn = -1
                 else:
                     exc = 2
-            elif f3 == 4:
-                exc = 2
+            elif f3 == 4:  # HLV, HLVX, HSV: loads and stores as V-mode would make them
+                f7 = (ins >> 25) & 0x7F
+                ld = (f7 & 1) == 0
+                if ld:  # HLV.B/BU/H/HU/W/WU/D (rs2 0 signed, 1 unsigned), HLVX.HU/WU (rs2 3)
+                    ok = rs2 == 0 or (rs2 == 1 and f7 != 0x36) or (rs2 == 3 and (f7 == 0x32 or f7 == 0x34))
+                else:  # HSV.B/H/W/D
+                    ok = rd == 0
+                if (f7 >> 3) != 6 or not ok:
+                    exc = 2
+                elif not c[VIRT_CSR] or (priv == 0 and not virt and ((c[HSTATUS] >> 9) & 1) == 0):
+                    exc = 2  # no H, or U-mode without hstatus.HU
+                elif virt:
+                    exc = CAUSE_VIRTUAL
+                else:
+                    size = 1 << ((f7 >> 1) & 3)
+                    addr = xr[rs1]
+                    hs[h, HS_HLV] = 2 if rs2 == 3 and ld else 1
+                    if ld:
+                        st, v = mem_slow(h, addr, size, 1, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
+                                         hs, out, jt)
+                    else:
+                        st, v = mem_slow(h, addr, size, 2, xr[rs2], priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt,
+                                         tlbo, hs, out, jt)
+                    hs[h, HS_HLV] = 0
+                    kind = ((f7 >> 1) & 3) | (4 if rs2 != 0 else 0)  # as a load's funct3: size, unsigned
+                    if st == 1:
+                        exc = hs[h, HS_EXC_CAUSE]
+                        tval = hs[h, HS_EXC_TVAL]
+                    elif st >= 2:
+                        if ld:
+                            hs[h, HS_MMIO_RD] = rd
+                            hs[h, HS_MMIO_KIND] = kind
+                        pc = npc
+                        n += 1
+                        ex = 1
+                        break
+                    elif ld:
+                        if kind == 0:
+                            v = ((v & 0xFF) ^ 0x80) - 0x80
+                        elif kind == 1:
+                            v = ((v & 0xFFFF) ^ 0x8000) - 0x8000
+                        elif kind == 2:
+                            v = sext32(v)
+                        xr[rd] = v
             else:
                 num = (ins >> 20) & 0xFFF
                 retired = base_ret + n - ntrap
-                ok, old = csr_read(h, num, priv, c, hs, irq, ctime, retired)
+                ce, old = csr_read(h, num, priv, c, hs, irq, ctime, retired)
                 write = (f3 & 3) == 1 or rs1 != 0
-                if not ok or (write and (num >> 10) == 3):
-                    exc = 2
+                if write and (num >> 10) == 3:
+                    exc = 2  # a read-only CSR (illegal in any mode, V too: HS-mode could not write it either)
+                elif ce >= 0:
+                    exc = ce
                 else:
                     src = rs1 if f3 >= 5 else xr[rs1]
                     k = f3 & 3
@@ -651,6 +747,11 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             flush_tlb(tlbt)
                         if num <= 3:
                             c[MSTATUS] |= 3 << 13
+                            if virt:
+                                c[VSSTATUS] |= 3 << 13
+                        if c[VIRT_CSR] and ((num >> 8) & 3) == 2:  # hypervisor and VS CSRs: anything may change
+                            ctx_dirty = True
+                            irq_check = True
                         if (num == MSTATUS or num == SSTATUS or num == SATP or 0x3A0 <= num <= 0x3EF
                                 or 0x7A0 <= num <= 0x7A2):  # (the triggers: which pages may be cached)
                             ctx_dirty = True  # privilege context of loads/stores/fetch may have changed
@@ -670,6 +771,9 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 elif addr & (size - 1):
                     exc = 4 if f5 == 2 else 6
                     tval = addr
+                    if c[VIRT_CSR]:  # tval is a guest virtual address when the access is V-mode's
+                        hs[h, HS_EXC_TVAL2] = 0
+                        hs[h, HS_EXC_GVA] = eff_virt(priv, virt, c[MSTATUS])
                 else:
                     vpn = addr >> 12
                     idx = vpn & TLB_MASK
@@ -751,7 +855,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                                 jit_inval(o, jt)
                             xr[rd] = old
         elif op == 0x07 or op == 0x27:  # LOAD-FP / STORE-FP
-            if ((c[MSTATUS] >> 13) & 3) == 0 or (f3 != 2 and f3 != 3):
+            if ((c[MSTATUS] >> 13) & 3) == 0 or (f3 != 2 and f3 != 3) or (virt and ((c[VSSTATUS] >> 13) & 3) == 0):
                 exc = 2
             else:
                 size = 4 if f3 == 2 else 8
@@ -763,6 +867,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         o = tlbo[1, idx] + (addr & 0xFFF)
                         fr[rd] = r64[o >> 3] if size == 8 else (np.int64(r32u[o >> 2]) | (-1 << 32))
                         c[MSTATUS] |= 3 << 13
+                        if virt:
+                            c[VSSTATUS] |= 3 << 13
                     else:
                         st, v = mem_slow(h, addr, size, 1, 0, priv, c, R, cfg, mmio, msip, mtcmp, ctime, tlbt, tlbo,
                                          hs, out, jt)
@@ -773,6 +879,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             hs[h, HS_MMIO_RD] = rd
                             hs[h, HS_MMIO_KIND] = 8 + f3
                             c[MSTATUS] |= 3 << 13
+                            if virt:
+                                c[VSSTATUS] |= 3 << 13
                             pc = npc
                             n += 1
                             ex = 1
@@ -780,6 +888,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         else:
                             fr[rd] = (v | (-1 << 32)) if size == 4 else v
                             c[MSTATUS] |= 3 << 13
+                            if virt:
+                                c[VSSTATUS] |= 3 << 13
                 else:
                     addr = xr[rs1] + (((ins >> 20) & ~31) | rd)
                     val = fr[rs2]
@@ -807,7 +917,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                             ex = 1
                             break
         elif op == 0x53 or op == 0x43 or op == 0x47 or op == 0x4B or op == 0x4F:
-            if ((c[MSTATUS] >> 13) & 3) == 0:
+            if ((c[MSTATUS] >> 13) & 3) == 0 or (virt and ((c[VSSTATUS] >> 13) & 3) == 0):
                 exc = 2
             else:
                 r = fp_exec(ins & 0xFFFFFFFF, c[FRM], xr, fr)
@@ -816,6 +926,8 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 else:
                     c[FFLAGS] |= r & 0x1F
                     c[MSTATUS] |= 3 << 13
+                    if virt:
+                        c[VSSTATUS] |= 3 << 13
         else:
             exc = 2
         xr[0] = 0
@@ -824,9 +936,10 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 _exit(out, EXIT_DEBUG, h, tval, 1)
                 ex = 1
                 break
-            if exc == 2:
+            if exc == 2 or exc == CAUSE_VIRTUAL:
                 tval = raw
-            pc, priv = take_trap(c, priv, pc, exc, tval)
+            pc, priv = take_trap(c, hs, h, priv, pc, exc, tval)
+            virt = hs[h, HS_V]
             ctx_dirty = True
             blk = True
             ntrap += 1
@@ -885,7 +998,7 @@ def run_harts(budget, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt
                 continue
             c = csr[h]
             if hs[h, HS_WFI]:
-                if hs[h, HS_WFI] == HART_STOPPED or ((c[MIP] | irq[h]) & c[MIE]) == 0:
+                if hs[h, HS_WFI] == HART_STOPPED or ((c[MIP] | irq[h] | c[HVIP]) & c[MIE]) == 0:
                     continue
                 hs[h, HS_WFI] = 0
             ran += 1

@@ -71,16 +71,20 @@ def _s64(v: int) -> int:
 #: trap causes as ``traps_by_cause`` names them (the privileged spec's mcause table)
 EXCEPTIONS = {0: "misaligned fetch", 1: "fetch access fault", 2: "illegal instruction", 3: "breakpoint",
               4: "misaligned load", 5: "load access fault", 6: "misaligned store/AMO", 7: "store/AMO access fault",
-              8: "ecall from U", 9: "ecall from S", 11: "ecall from M", 12: "fetch page fault",
-              13: "load page fault", 15: "store/AMO page fault"}
+              8: "ecall from U", 9: "ecall from S", 10: "ecall from VS", 11: "ecall from M", 12: "fetch page fault",
+              13: "load page fault", 15: "store/AMO page fault", 20: "fetch guest-page fault",
+              21: "load guest-page fault", 22: "virtual instruction", 23: "store/AMO guest-page fault"}
 INTERRUPTS = {1: "S software interrupt", 3: "M software interrupt", 5: "S timer interrupt", 7: "M timer interrupt",
-              9: "S external interrupt", 11: "M external interrupt"}
+              9: "S external interrupt", 11: "M external interrupt", 2: "VS software interrupt",
+              6: "VS timer interrupt", 10: "VS external interrupt", 12: "guest external interrupt"}
 
 #: the per-hart words of ``hs`` a snapshot keeps (the others describe an exit in progress or are statistics)
 _HS_SAVED = {"pc": core.HS_PC, "priv": core.HS_PRIV, "wfi": core.HS_WFI, "resv": core.HS_RESV,
              "instret": core.HS_INSTRET, "cyc_off": core.HS_CYC_OFF, "iret_off": core.HS_IRET_OFF,
              "cy_frozen": core.HS_CY_FROZEN, "ir_frozen": core.HS_IR_FROZEN, "traps": core.HS_TRAPS,
              "jit_insns": core.HS_JIT, "jit_calls": core.HS_JIT_CALLS}
+#: saved when not zero (states from before the H extension have none)
+_HS_OPTIONAL = {"v": core.HS_V}
 _I64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -101,6 +105,7 @@ class RiscvEngine:
         slice_len: int = 1000,
         jit: int | None = None,
         sbi: bool = False,
+        h: bool = False,
     ) -> None:
         if not 1 <= nharts <= 64:
             raise ConfigError(f"number of harts must be 1..64: {nharts}")
@@ -173,6 +178,13 @@ class RiscvEngine:
         self.cfg[core.CF_JIT] = thr
         mem.on_write = self.jit.invalidate
         self.compile_seconds = coresel.ensure_compiled(self)
+        #: the hypervisor extension (misa.H): off unless the machine asks (--cpu rv64,h=on)
+        self.h = h
+        if h:
+            self.csr[:, core.VIRT_CSR] = 1
+            self.csr[:, core.MIDELEG] = core.MIDELEG_H  # the VS-level interrupts go to HS, read-only
+            self.csr[:, core.HSTATUS] = core.HSTATUS_FIXED
+            self.csr[:, core.VSSTATUS] = 2 << 32  # UXL = 64-bit
         self.sbi = sbi
         if sbi:
             self._sbi_reset()
@@ -186,7 +198,8 @@ class RiscvEngine:
         self.cfg[core.CF_SBI] = 1
         for h in range(self.nharts):
             self.hs[h, core.HS_PRIV] = 1
-            for num, value in ((core.MEDELEG, 0xB1FF), (core.MIDELEG, 0x222), (core.MCOUNTEREN, 7),
+            medeleg = 0xB1FF | (core.MEDELEG_H if self.h else 0)  # with H: what a hypervisor in HS handles too
+            for num, value in ((core.MEDELEG, medeleg), (core.MIDELEG, 0x222), (core.MCOUNTEREN, 7),
                                (core.SCOUNTEREN, 7), (core.PMPADDR0, (1 << 54) - 1), (core.PMPCFG0, 0x1F)):
                 self.write_csr(h, num, value)
             self.hs[h, core.HS_WFI] = core.HART_STOPPED if h else 0
@@ -293,6 +306,7 @@ class RiscvEngine:
                 "x": [int(v) for v in self.x[h]], "f": [int(v) for v in self.f[h]],
                 "csr": [[int(i), int(self.csr[h, i])] for i in nz],
                 **{k: int(self.hs[h, i]) for k, i in _HS_SAVED.items()},
+                **{k: int(self.hs[h, i]) for k, i in _HS_OPTIONAL.items() if self.hs[h, i]},
                 "irq": int(self.irq[h]), "msip": int(self.msip[h]), "mtimecmp": int(self.mtimecmp[h]),
             })
         return record(self, nharts=self.nharts, ram_base=self.mem.base, ram_size=self.mem.size,
@@ -336,6 +350,14 @@ class RiscvEngine:
                 csr[h, pair[0]] = pair[1]
             for k, i in _HS_SAVED.items():
                 hs[h, i] = hf.int(k, *_I64)
+            hs[h, core.HS_V] = hf.int("v", 0, 1) if "v" in hst else 0  # (saved only when 1)
+            if hs[h, core.HS_V] and (not csr[h, core.VIRT_CSR] or hs[h, core.HS_PRIV] == 3):
+                raise StateError(f"riscv-engine state: hart {h} has V = {int(hs[h, core.HS_V])} (H extension "
+                                 f"{'on' if csr[h, core.VIRT_CSR] else 'off'}, privilege {int(hs[h, core.HS_PRIV])})")
+            if bool(csr[h, core.VIRT_CSR]) != self.h:
+                raise StateError("riscv-engine state: saved " + ("with" if csr[h, core.VIRT_CSR] else "without")
+                                 + " the H extension, restored into a CPU " + ("with" if self.h else "without")
+                                 + " it (--cpu rv64,h=on)")
             if hs[h, core.HS_WFI] not in (0, 1, core.HART_STOPPED):
                 raise StateError(f"riscv-engine state: hart {h} has wait state {int(hs[h, core.HS_WFI])}")
             if hs[h, core.HS_PRIV] not in (0, 1, 3):
@@ -544,9 +566,9 @@ class RiscvEngine:
 
     def read_csr(self, hart: int, num: int) -> int:
         """Read a CSR as M-mode would (raises ValueError for a CSR that does not exist)."""
-        ok, v = core.csr_read(hart, num, 3, self.csr[hart], self.hs, self.irq, self.ctime,
-                              int(self.hs[hart, core.HS_INSTRET]))
-        if not ok:
+        exc, v = core.csr_read(hart, num, 3, self.csr[hart], self.hs, self.irq, self.ctime,
+                               int(self.hs[hart, core.HS_INSTRET]))
+        if exc >= 0:
             raise ValueError(f"no such CSR {num:#x}")
         return _u64(v)
 
@@ -735,6 +757,9 @@ class RiscvEngine:
         for code, n in enumerate(exc):
             if n:
                 out[EXCEPTIONS.get(code, f"exception {code}")] = int(n)
+        for code, n in enumerate(self.csr[:, core.TRAPS_H:core.TRAPS_H + 4].sum(axis=0)):
+            if n:
+                out[EXCEPTIONS[20 + code]] = int(n)
         for code, n in enumerate(intr):
             if n:
                 out[INTERRUPTS.get(code, f"interrupt {code}")] = int(n)

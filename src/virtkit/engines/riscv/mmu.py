@@ -30,15 +30,24 @@ from virtkit.engines.riscv.consts import (
     FAST_SHADOW,
     FRING0,
     FRING_N,
+    HGATP,
     HS_EXC_CAUSE,
+    HS_EXC_GVA,
     HS_EXC_TVAL,
+    HS_EXC_TVAL2,
+    HS_HLV,
     HS_RESV,
+    HS_V,
+    HSTATUS,
     MSTATUS,
     NPMP,
     PMPADDR0,
     PMPCFG0,
     SATP,
     TLB_MASK,
+    VIRT_CSR,
+    VSATP,
+    VSSTATUS,
 )
 from virtkit.engines.riscv.native import jit_inval
 from virtkit.engines.riscv.trigger import CAUSE_DEBUG, TARMED, trig_hit, trig_page
@@ -99,11 +108,14 @@ def _af_cause(acc):
 
 
 @njit(cache=True, nogil=True)
-def translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs):
-    """Virtual -> physical address for access type acc (0 fetch, 1 load, 2 store, 3 AMO/SC, 4 LR).
+def translate(h, vaddr, acc, eff, ev, c, r64, rb, rsz, hs):
+    """Virtual -> physical address for access type acc (0 fetch, 1 load, 2 store, 3 AMO/SC, 4 LR) at
+    effective privilege ``eff`` and virtualization mode ``ev`` (1: two-stage, VS-stage then G-stage).
 
     Returns the physical address, or -1 with the exception stored in hs.
     """
+    if ev:
+        return _translate_v(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
     satp = c[SATP]
     mode = srl(satp, 60)
     if eff == 3 or mode == 0:
@@ -163,16 +175,156 @@ def translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs):
     return ((ppn << 12) & ~lowmask) | (vaddr & lowmask)
 
 
+@njit(cache=True, nogil=True)
+def _gpf(hs, h, acc, vaddr, gpa, implicit):
+    """A guest-page fault (20 fetch, 21 load, 23 store/AMO): tval the guest virtual address, and the guest
+    physical address >> 2 for htval/mtval2; ``implicit``: 2 when it was a VS-stage page-table read."""
+    hs[h, HS_EXC_CAUSE] = 20 if acc == 0 else (21 if acc == 1 or acc == 4 else 23)
+    hs[h, HS_EXC_TVAL] = vaddr
+    hs[h, HS_EXC_TVAL2] = srl(gpa, 2)
+    hs[h, HS_EXC_GVA] = 1 | implicit
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _gstage(h, gpa, vaddr, acc, hlvx, implicit, c, r64, rb, rsz, hs):
+    """Guest physical -> host physical through hgatp (Bare, Sv39x4, Sv48x4): every access is a user-level one
+    (a leaf without U faults); the root table is 16 KiB and its index two bits wider. ``implicit``: the access
+    reads a VS-stage page table for the original access ``acc`` (faults are reported as that access's)."""
+    hgatp = c[HGATP]
+    mode = srl(hgatp, 60)
+    if mode == 0:
+        if gpa < 0 or gpa >= (1 << 56):
+            return _fault(hs, h, _af_cause(acc), vaddr)
+        return gpa
+    levels = 3 if mode == 8 else 4
+    if (gpa >> (14 + 9 * levels)) != 0:  # beyond the 41 (Sv39x4) or 50 (Sv48x4) bits
+        return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    a = (hgatp & 0xFFFFFFFFFFF) << 12
+    ms = c[MSTATUS]
+    i = levels - 1
+    while True:
+        idx = (gpa >> (12 + 9 * i)) & (0x7FF if i == levels - 1 else 0x1FF)
+        pte_addr = a + idx * 8
+        if pte_addr < rb or pte_addr + 8 > rb + rsz or pmp_check(c, pte_addr, 8, 1, 1) != 1:
+            return _fault(hs, h, _af_cause(acc), vaddr)
+        pte = r64[(pte_addr - rb) >> 3]
+        r = (pte >> 1) & 1
+        w = (pte >> 2) & 1
+        x = (pte >> 3) & 1
+        if (pte & 1) == 0 or (r == 0 and w == 1) or (pte >> 54) != 0:
+            return _gpf(hs, h, acc, vaddr, gpa, implicit)
+        if r == 1 or x == 1:
+            break
+        i -= 1
+        if i < 0:
+            return _gpf(hs, h, acc, vaddr, gpa, implicit)
+        a = ((pte >> 10) & 0xFFFFFFFFFFF) << 12
+    if ((pte >> 4) & 1) == 0:
+        return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    if implicit:  # a VS-stage page-table read: a load
+        if r == 0 and not (x == 1 and ((ms >> 19) & 1) == 1):
+            return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    elif acc == 0:
+        if x == 0:
+            return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    elif acc == 1 or acc == 4:
+        if (hlvx and x == 0) or (not hlvx and r == 0 and not (x == 1 and ((ms >> 19) & 1) == 1)):
+            return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    elif w == 0:
+        return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    ppn = (pte >> 10) & 0xFFFFFFFFFFF
+    if i > 0 and (ppn & ((1 << (9 * i)) - 1)) != 0:
+        return _gpf(hs, h, acc, vaddr, gpa, implicit)
+    store = (acc == 2 or acc == 3) and not implicit
+    if (pte & 0x40) == 0 or (store and (pte & 0x80) == 0):
+        pte |= 0x40
+        if store:
+            pte |= 0x80
+        r64[(pte_addr - rb) >> 3] = pte
+        r64[(rsz >> 3) + ((pte_addr - rb) >> 12)] = 1
+    lowmask = (1 << (12 + 9 * i)) - 1
+    return ((ppn << 12) & ~lowmask) | (gpa & lowmask)
+
+
+@njit(cache=True, nogil=True)
+def _translate_v(h, vaddr, acc, eff, c, r64, rb, rsz, hs):
+    """Two-stage translation (V=1, or HLV/HSV): the guest's own tables through vsatp give a guest physical
+    address, each of their reads itself G-stage translated; then hgatp's tables give the host's. VS-stage
+    faults are ordinary page faults (the guest's to handle), G-stage ones guest-page faults (the hypervisor's);
+    either way tval is the guest virtual address."""
+    hlvx = hs[h, HS_HLV] == 2
+    vsatp = c[VSATP]
+    mode = srl(vsatp, 60)
+    if mode == 0:
+        return _gstage(h, vaddr, vaddr, acc, hlvx, 0, c, r64, rb, rsz, hs)
+    levels = 3 if mode == 8 else 4
+    top = vaddr >> (11 + 9 * levels)
+    if top != 0 and top != -1:
+        return _fault(hs, h, _pf_cause(acc), vaddr)
+    a = (vsatp & 0xFFFFFFFFFFF) << 12
+    vs = c[VSSTATUS]
+    mxr = ((vs | c[MSTATUS]) >> 19) & 1
+    i = levels - 1
+    while True:
+        pte_gpa = a + ((vaddr >> (12 + 9 * i)) & 0x1FF) * 8
+        pte_addr = _gstage(h, pte_gpa, vaddr, acc, False, 2, c, r64, rb, rsz, hs)
+        if pte_addr < 0:
+            return -1
+        if pte_addr < rb or pte_addr + 8 > rb + rsz or pmp_check(c, pte_addr, 8, 1, 1) != 1:
+            return _fault(hs, h, _af_cause(acc), vaddr)
+        pte = r64[(pte_addr - rb) >> 3]
+        r = (pte >> 1) & 1
+        w = (pte >> 2) & 1
+        x = (pte >> 3) & 1
+        if (pte & 1) == 0 or (r == 0 and w == 1) or (pte >> 54) != 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        if r == 1 or x == 1:
+            break
+        i -= 1
+        if i < 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        a = ((pte >> 10) & 0xFFFFFFFFFFF) << 12
+    u = (pte >> 4) & 1
+    if acc == 0:
+        if x == 0 or (eff == 0 and u == 0) or (eff == 1 and u == 1):
+            return _fault(hs, h, 12, vaddr)
+    else:
+        if eff == 0 and u == 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        if eff == 1 and u == 1 and ((vs >> 18) & 1) == 0:
+            return _fault(hs, h, _pf_cause(acc), vaddr)
+        if acc == 1 or acc == 4:
+            if (hlvx and x == 0) or (not hlvx and r == 0 and not (x == 1 and mxr == 1)):
+                return _fault(hs, h, 13, vaddr)
+        elif w == 0:
+            return _fault(hs, h, 15, vaddr)
+    ppn = (pte >> 10) & 0xFFFFFFFFFFF
+    if i > 0 and (ppn & ((1 << (9 * i)) - 1)) != 0:
+        return _fault(hs, h, _pf_cause(acc), vaddr)
+    store = acc == 2 or acc == 3
+    if (pte & 0x40) == 0 or (store and (pte & 0x80) == 0):
+        pte |= 0x40
+        if store:
+            pte |= 0x80
+        r64[(pte_addr - rb) >> 3] = pte
+        r64[(rsz >> 3) + ((pte_addr - rb) >> 12)] = 1
+    lowmask = (1 << (12 + 9 * i)) - 1
+    gpa = ((ppn << 12) & ~lowmask) | (vaddr & lowmask)
+    return _gstage(h, gpa, vaddr, acc, hlvx, 0, c, r64, rb, rsz, hs)
+
+
 @njit(cache=True, nogil=True, inline="always")
-def ctx_tag(acc, eff, ms):
-    """The privilege-context bits XORed into TLB tags (bits 58..62)."""
+def ctx_tag(acc, eff, ms, v):
+    """The privilege-context bits XORed into TLB tags (bits 58..63): privilege, SUM and MXR as ``ms`` (the
+    status word :func:`ctx_status` gives) has them, and V (bit 63)."""
     if acc == 0:
         k = eff
     elif acc == 1:
         k = eff | (((ms >> 18) & 1) << 2) | (((ms >> 19) & 1) << 3)
     else:
         k = eff | (((ms >> 18) & 1) << 2)
-    return (k | 16) << 58
+    return (k | 16 | (v << 5)) << 58
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -183,13 +335,34 @@ def eff_priv(priv, ms):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def eff_virt(priv, v, ms):
+    """The virtualization mode loads and stores use: mstatus.MPV under MPRV (when MPP is not M), else V."""
+    if priv == 3 and (ms >> 17) & 1 and ((ms >> 11) & 3) != 3:
+        return (ms >> 39) & 1
+    return v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def ctx_status(c, ev):
+    """The status word whose SUM and MXR govern translation: mstatus, or with V=1 vsstatus (SUM) with MXR
+    from either (mstatus.MXR makes executable pages readable at both stages)."""
+    if ev:
+        return c[VSSTATUS] | (c[MSTATUS] & (1 << 19))
+    return c[MSTATUS]
+
+
+@njit(cache=True, nogil=True, inline="always")
 def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
     """RAM offset of the page holding ``vaddr`` for instruction fetch, or -1 (exception in hs)."""
     vpn = vaddr >> 12
     idx = vpn & TLB_MASK
-    tag = vpn ^ ctx_tag(0, priv, 0)
+    v = hs[h, HS_V]
+    tag = vpn ^ ctx_tag(0, priv, 0, v)
     if tlbt[0, idx] == tag:
         return tlbo[0, idx]
+    if c[VIRT_CSR]:  # a fault from here on: no guest physical address unless a G-stage walk says so
+        hs[h, HS_EXC_TVAL2] = 0
+        hs[h, HS_EXC_GVA] = v
     watched = False
     if c[TARMED] & 4:  # an execute trigger: every fetch of its page comes here (the page is never cached)
         if cfg[CF_TRIG_OFF] == 0:
@@ -197,7 +370,7 @@ def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
             if a >= 0:
                 return _fault(hs, h, 3 if a == 0 else CAUSE_DEBUG, vaddr)
         watched = trig_page(c, vaddr, 4)
-    pa = translate(h, vaddr, 0, priv, c, r64, rb, rsz, hs)
+    pa = translate(h, vaddr, 0, priv, v, c, r64, rb, rsz, hs)
     if pa < 0:
         return -1
     page = pa & ~0xFFF
@@ -304,6 +477,17 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
     r64 = R[3]
     ms = c[MSTATUS]
     eff = eff_priv(priv, ms)
+    ev = 0
+    hlv = False
+    if c[VIRT_CSR]:
+        ev = eff_virt(priv, hs[h, HS_V], ms)
+        if hs[h, HS_HLV]:  # HLV/HSV: as VS- or VU-mode would (hstatus.SPVP), never through the TLB
+            hlv = True
+            ev = 1
+            eff = (c[HSTATUS] >> 8) & 1
+        hs[h, HS_EXC_TVAL2] = 0
+        hs[h, HS_EXC_GVA] = ev
+        ms = ctx_status(c, ev)
     perm = 1 if (acc == 1 or acc == 4) else 2
     tl = 1 if perm == 1 else 2
     kind = perm if acc != 3 else 3  # debug triggers: 1 load, 2 store, 3 AMO/SC (both)
@@ -315,11 +499,11 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
             return 1, _fault(hs, h, 3 if a == 0 else CAUSE_DEBUG, vaddr)
     if (vaddr & 0xFFF) + size > 4096:
         # page-crossing (misaligned) access: translate both pages first, then go byte by byte in RAM
-        pa1 = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
+        pa1 = translate(h, vaddr, acc, eff, ev, c, r64, rb, rsz, hs)
         if pa1 < 0:
             return 1, 0
         v2 = (vaddr + size - 1) & ~0xFFF
-        pa2 = translate(h, v2, acc, eff, c, r64, rb, rsz, hs)
+        pa2 = translate(h, v2, acc, eff, ev, c, r64, rb, rsz, hs)
         if pa2 < 0:
             return 1, 0
         n1 = 4096 - (vaddr & 0xFFF)
@@ -342,7 +526,7 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
             r64[(rsz >> 3) + ((pa1 - rb) >> 12)] = 1
             r64[(rsz >> 3) + ((pa2 - rb) >> 12)] = 1
         return 0, v
-    pa = translate(h, vaddr, acc, eff, c, r64, rb, rsz, hs)
+    pa = translate(h, vaddr, acc, eff, ev, c, r64, rb, rsz, hs)
     if pa < 0:
         return 1, 0
     if rb <= pa and pa + size <= rb + rsz:
@@ -355,10 +539,10 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
         elif p == 1:
             th = cfg[CF_TOHOST]
             if not (perm == 2 and th >= 0 and (th & ~0xFFF) == page) and not (
-                    armed and trig_page(c, vaddr, tkind)):  # a watched page: never cached
+                    armed and trig_page(c, vaddr, tkind)) and not hlv:  # a watched page: never cached
                 vpn = vaddr >> 12
                 idx = vpn & TLB_MASK
-                tlbt[tl, idx] = vpn ^ ctx_tag(tl, eff, ms)
+                tlbt[tl, idx] = vpn ^ ctx_tag(tl, eff, ms, ev)
                 tlbo[tl, idx] = page - rb
         if p != 1:
             return 1, _fault(hs, h, _af_cause(acc), vaddr)
