@@ -52,3 +52,30 @@ def test_without_the_extension_the_guest_has_no_kvm(nested_guest):
     assert [line.split(":")[1].strip() for line in out["output"].splitlines() if line.startswith("isa")] == [
         "rv64imafdc"], out["output"]
     assert "kvm-hello: /dev/kvm: No such file or directory" in out["output"] and "rc=1" in out["output"]
+
+
+def test_virtkit_modes_runs_the_command_in_a_guest_of_the_guest(guest_images):
+    """The nested row of ``virtkit modes``: the same kernel and initramfs boot as a KVM guest inside the
+    guest and run the command; its output equals the paravirtual guest's, and the counters show what the
+    inner guest cost (its SBI calls are ecalls from VS-mode, its memory arrives by guest-page faults)."""
+    from tests.helpers import virtkit
+
+    p = virtkit("modes", "--mode", "paravirt", "--mode", "nested", "--exec", "md5sum /bin/busybox", "--json",
+                "--kernel", str(guest_images.kernel), "--initrd", str(guest_images.initrd), timeout=900)
+    assert p.returncode == 0, p.stderr
+    rows = {r["mode"]: r for r in json.loads(p.stdout)["modes"]}
+    para, nested = rows["paravirt"], rows["nested"]
+    assert nested["output"] == para["output"] and para["output"].endswith("  /bin/busybox\n"), rows
+    traps = nested["traps_by_cause"]
+    assert traps["ecall from VS"] > 100 and traps["store/AMO guest-page fault"] > 100
+    assert traps["virtual instruction"] > 0
+    assert "ecall from VS" not in para["traps_by_cause"]
+    assert nested["instructions"] > para["instructions"]
+
+
+def test_a_failing_command_in_the_inner_guest_fails_the_mode(guest_images):
+    from tests.helpers import virtkit
+
+    p = virtkit("modes", "--mode", "nested", "--exec", "exit 3", "--kernel", str(guest_images.kernel),
+                "--initrd", str(guest_images.initrd), timeout=900)
+    assert p.returncode != 0 and "ended with status 3 in the inner guest" in p.stderr, p.stderr

@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 EPILOG = """\
-modes: emulation (OpenSBI runs inside the emulated machine), paravirt (--bios builtin: virtkit is the SBI).
+modes: emulation (OpenSBI runs inside the emulated machine), paravirt (--bios builtin: virtkit is the SBI),
+nested (--cpu rv64,h=on: the guest's KVM runs the same kernel and initramfs, which run the command).
 
 examples:
   virtkit modes                                  the default guest in every mode, one boot each
