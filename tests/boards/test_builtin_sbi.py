@@ -166,7 +166,8 @@ def test_virtkit_modes_compares_emulation_and_the_builtin_sbi(guest_images):
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     rows = {r["mode"]: r for r in doc["modes"]}
-    assert set(rows) == {"emulation", "paravirt"} and all(r["output"] == "2\n" for r in rows.values())
+    assert set(rows) == {"emulation", "paravirt", "trap", "nested"} and all(r["output"] == "2\n"
+                                                                          for r in rows.values()), rows
     emu, para = rows["emulation"], rows["paravirt"]
     assert emu["sbi_calls"] == {} and emu["exits"].get("HYPERCALL", 0) == 0  # OpenSBI answers inside the guest
     assert para["exits"]["HYPERCALL"] == para["exits_total"] - para["exits"].get("MMIO_READ", 0) - \
@@ -182,7 +183,7 @@ def test_virtkit_modes_compares_emulation_and_the_builtin_sbi(guest_images):
 
 def test_virtkit_modes_refuses_bad_arguments():
     p = virtkit("modes", "--mode", "warp")
-    assert p.returncode != 0 and "unknown mode 'warp' (known: emulation, paravirt)" in p.stderr
+    assert p.returncode != 0 and "unknown mode 'warp' (known: emulation, paravirt, trap, nested)" in p.stderr
     p = virtkit("modes", "--cpus", "0")
     assert p.returncode != 0 and "--cpus 0: out of range 1..8" in p.stderr
 

@@ -358,7 +358,9 @@ class RiscvVirtBoard:
     def engine_args(self) -> dict[str, Any]:
         """Every hart starts at the firmware (or the kernel's entry), with the CLINT inside the engine; with the
         builtin SBI the harts start in S-mode and S-mode ECALLs are hypercalls."""
-        sbi = {"sbi": True} if self.builtin_sbi else {}
+        sbi: dict[str, Any] = {"sbi": True} if self.builtin_sbi else {}
+        if self.cfg.mode == "trap":
+            sbi.update(trap=True, guest_ram=self.cfg.memory)
         if self.restoring:
             return {"reset_pc": RAM_BASE, "clint_base": CLINT_BASE, **sbi}
         assert self.layout is not None

@@ -14,7 +14,8 @@ from typing import Any
 
 EPILOG = """\
 modes: emulation (OpenSBI runs inside the emulated machine), paravirt (--bios builtin: virtkit is the SBI),
-nested (--cpu rv64,h=on: the guest's KVM runs the same kernel and initramfs, which run the command).
+trap (--mode trap: the kernel runs deprivileged under a monitor with shadow page tables), nested (--cpu
+rv64,h=on: the guest's KVM runs the same kernel and initramfs, which run the command).
 
 examples:
   virtkit modes                                  the default guest in every mode, one boot each
@@ -81,6 +82,13 @@ def print_table(rows: list[dict[str, Any]], command: str) -> None:
     for dev in sorted({k for r in rows for k in r["mmio"]}):
         row(f"MMIO {dev}", lambda r, k=dev: f"{r['mmio'].get(k, 0):,}")
     row("MMIO served in the core", lambda r: f"{r['mmio_without_exit']:,}")
+    names = {"privileged_instructions": "monitor: privileged instructions emulated",
+             "sbi_calls": "monitor: SBI calls", "shadow_fills": "monitor: shadow PTEs filled",
+             "guest_page_faults": "monitor: page faults handed to the guest",
+             "shadow_drops": "monitor: shadow tables dropped"}
+    if any(r["monitor"] for r in rows):
+        for key, label in names.items():
+            row(label, lambda r, k=key: f"{r['monitor'][k]:,}" if r["monitor"] else "-")
     console = Console()
     console.print(t)
     for r in rows:

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--engine", help="the CPU engine (default: riscv, the software engine)")
     m.add_argument("--cpu", "-cpu", help="CPU model and options, as QEMU's -cpu: rv64 (default), rv64,h=on (the "
                    "hypervisor extension: run a hypervisor such as KVM in the guest)")
+    m.add_argument("--mode", choices=["emulate", "trap"], help="how the guest kernel runs: emulate (default: the "
+                   "software CPU runs it in S-mode) or trap (trap and emulate: deprivileged in U-mode under a "
+                   "monitor with shadow page tables; implies --bios builtin)")
     m.add_argument("--cpus", "-smp", type=int, help="number of harts (default 1)")
     m.add_argument("--mem", "-m", help="guest RAM, QEMU -m syntax: 256 = 256M, 1G, 1.5G (default 128M)")
     m.add_argument("--kernel", help="kernel Image or ELF (default: the default guest's), or the bare-metal ELF")
@@ -114,7 +117,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     spike = args.bios == "none" and not args.board and not args.config
     if spike:
         data["board"] = "riscv64-spike"  # QEMU's `-M spike -bios none -kernel prog.elf`
-    flags = {"name": args.name, "board": args.board, "engine": args.engine, "cpu": args.cpu, "cpus": args.cpus,
+    flags = {"name": args.name, "board": args.board, "engine": args.engine, "cpu": args.cpu, "mode": args.mode,
+             "cpus": args.cpus,
              "kernel": args.kernel, "initrd": args.initrd, "cmdline": args.append, "exec": args.exec_cmd,
              "max_insns": args.max_insns, "deterministic": args.deterministic,
              "firmware": None if spike else args.bios}
@@ -180,8 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _machine_flags(args: argparse.Namespace) -> list[str]:
     """The machine-describing flags given (refused when the machine comes from elsewhere)."""
-    return [f"--{k.replace('_', '-')}" for k in ("config", "board", "engine", "cpu", "cpus", "mem", "kernel", "initrd",
-                                                 "append", "bios", "disk", "net", "exec_cmd", "max_insns",
+    return [f"--{k.replace('_', '-')}" for k in ("config", "board", "engine", "cpu", "mode", "cpus", "mem", "kernel",
+                                                 "initrd", "append", "bios", "disk", "net", "exec_cmd", "max_insns",
                                                  "dump_config", "dump_dtb") if getattr(args, k, None)]
 
 

@@ -358,12 +358,15 @@ class Builder:
         """Assemble the machine; on failure release whatever was opened and re-raise."""
         cfg, board = self.cfg, self.board
         board.prepare()
+        from virtkit.machine.config import hidden_ram
+
+        ram = cfg.memory + hidden_ram(cfg)  # (under trap and emulate the shadow page tables live above the guest's)
         if self.given_memory is not None:
-            if self.given_memory.size != cfg.memory or self.given_memory.base != board.ram_base:
+            if self.given_memory.size != ram or self.given_memory.base != board.ram_base:
                 raise ConfigError("the given guest RAM does not match the machine's")
             self.mem = self.given_memory
         else:
-            self.mem = GuestMemory(cfg.memory, board.ram_base)
+            self.mem = GuestMemory(ram, board.ram_base)
         try:
             self.virtio = self._virtio_devices()
             self.engine = create_engine(cfg, self.mem, **board.engine_args())

@@ -315,6 +315,17 @@ class ConsoleConfig(_Section):
         return {k: v for k, v in super().to_dict().items() if v != getattr(ConsoleConfig, k)}
 
 
+#: how the guest kernel runs (MachineConfig.mode)
+VIRT_MODES = ("emulate", "trap")
+#: trap and emulate: RAM above the guest's for each hart's shadow page tables (engines/riscv/consts.TM_POOL_PAGES)
+SHADOW_POOL = 4 * MiB
+
+
+def hidden_ram(cfg: MachineConfig) -> int:
+    """Bytes of RAM the VMM keeps above the guest's (the shadow page tables under trap and emulate)."""
+    return cfg.cpus * SHADOW_POOL if cfg.mode == "trap" else 0
+
+
 #: the CPU models and the options each takes (QEMU's names); an option's value is on/off (true/false, yes/no)
 CPU_MODELS = {"rv64": {"h": "the hypervisor extension (misa.H): HS/VS/VU modes, two-stage translation"}}
 
@@ -351,6 +362,9 @@ class MachineConfig(_Section):
     #: the CPU model and its options, QEMU's ``-cpu`` syntax: ``rv64`` (the default), ``rv64,h=on`` (with the
     #: hypervisor extension)
     cpu: str = "rv64"
+    #: how the guest kernel runs: "emulate" (the software CPU runs it in S-mode, the default) or "trap" (trap
+    #: and emulate: it runs deprivileged in U-mode under a monitor with shadow page tables; the SBI is the VMM's)
+    mode: str = "emulate"
     cpus: int = 1
     memory: int = 128 * MiB
     #: "default" (the board's usual firmware), "none" (the kernel starts at reset, in M-mode), "builtin" (no
@@ -407,6 +421,15 @@ class MachineConfig(_Section):
         if not 1 <= self.cpus <= 64:
             raise ConfigError(f"{_join(where, 'cpus')}: {self.cpus} is out of range 1..64")
         parse_cpu(self.cpu, _join(where, "cpu"))
+        _one_of(self.mode, VIRT_MODES, _join(where, "mode"))
+        if self.mode == "trap":
+            if self.firmware not in ("default", "builtin"):
+                raise ConfigError(f"{_join(where, 'mode')}: trap and emulate has no firmware in the guest (the "
+                                  f"monitor is the SBI): leave out firmware {self.firmware!r} or say builtin")
+            self.firmware = "builtin"
+            if parse_cpu(self.cpu)["h"]:
+                raise ConfigError(f"{_join(where, 'mode')}: trap and emulate runs the guest without the H "
+                                  "extension's help; leave out h=on")
         if self.memory <= 0 or self.memory % 4096:
             raise ConfigError(f"{_join(where, 'memory')}: must be a positive multiple of 4K")
         for key in ("timeout", "boot_timeout"):

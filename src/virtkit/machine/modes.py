@@ -11,6 +11,9 @@ The modes built so far:
   firmware *inside* the emulated machine (the VMM never sees it: it is just more guest instructions).
 - ``paravirt``: the same emulation with the SBI implemented by the VMM (``--bios builtin``): an SBI call
   is a hypercall; TIME, IPI and RFENCE are served in the compiled core, the rest are HYPERCALL exits.
+- ``trap``: full virtualization by trap and emulate (``--mode trap``): the guest kernel runs deprivileged in
+  U-mode; every privileged instruction traps to a monitor compiled beside the core, which emulates it against
+  the guest's virtual supervisor state, and the guest's page tables are shadowed (``engines/riscv/trapmon.py``).
 - ``nested``: hardware-assisted virtualization, one level down: the CPU has the H extension
   (``--cpu rv64,h=on``), the guest (on the builtin SBI) boots, its KVM runs the *same* kernel and initramfs as
   a guest of its own (``kvm-hello``, :mod:`virtkit.images.nested`), and that inner guest runs the command.
@@ -45,6 +48,8 @@ MODES = (
     Mode("emulation", "software CPU; OpenSBI in the guest's M-mode (SBI calls trap inside the guest)",
          ("--bios", "default")),
     Mode("paravirt", "software CPU; the VMM is the SBI (SBI calls are hypercalls)", ("--bios", "builtin")),
+    Mode("trap", "trap and emulate: the kernel runs in U-mode, a monitor emulates what traps (shadow page tables)",
+         ("--mode", "trap")),
     Mode("nested", "H extension: the guest's KVM runs the same guest, which runs the command",
          ("--cpu", "rv64,h=on", "--mem", "256M", "--bios", "builtin"), nested=True),
 )
@@ -137,6 +142,7 @@ def measures(m: Mode, out: dict[str, Any], wall: float) -> dict[str, Any]:
         "exits_total": handled, "exit_cost_us": cost, "sbi_calls": st.get("sbi_calls", {}),
         "sbi_in_core": st.get("sbi_in_core", {}), "mmio": st.get("mmio", {}),
         "mmio_without_exit": st.get("fast_mmio_reads", 0) + st.get("fast_mmio_writes", 0),
+        "monitor": st.get("monitor", {}),
         "output": out.get("output", ""),
     }
 

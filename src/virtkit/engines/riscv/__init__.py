@@ -15,15 +15,17 @@ from __future__ import annotations
 from virtkit.engines.riscv import corecache as _corecache  # noqa: F401  (installs the Numba cache hook)
 
 
-def create_engine(mem, cfg, *, reset_pc: int, clint_base: int = 0x0200_0000, sbi: bool = False):  # noqa: ANN001, ANN201
+def create_engine(mem, cfg, *, reset_pc: int, clint_base: int = 0x0200_0000, sbi: bool = False,  # noqa: ANN001, ANN201
+                  trap: bool = False, guest_ram: int | None = None):
     """The engine contract's factory (:mod:`virtkit.machine.engine`): a :class:`RiscvEngine` for ``cfg``
     (harts, CPU options, deterministic time, JIT threshold) over ``mem``; the board gives the reset address
-    and CLINT base, and ``sbi`` when the VMM is the SBI (``--bios builtin``)."""
+    and CLINT base, ``sbi`` when the VMM is the SBI (``--bios builtin``), ``trap`` and the RAM the guest sees
+    under trap and emulate (``--mode trap``)."""
     from virtkit.engines.riscv.engine import RiscvEngine
     from virtkit.machine.config import parse_cpu
 
     return RiscvEngine(mem, cfg.cpus, reset_pc=reset_pc, clint_base=clint_base, deterministic=cfg.deterministic,
-                       jit=cfg.jit, sbi=sbi, h=parse_cpu(cfg.cpu)["h"])
+                       jit=cfg.jit, sbi=sbi, h=parse_cpu(cfg.cpu)["h"], trap=trap, guest_ram=guest_ram)
 
 
 def describe() -> dict:

@@ -38,7 +38,9 @@ HS_HLV = 17  # an HLV/HSV in progress: 1 (access as V=1 at hstatus.SPVP), 2 HLVX
 HS_EXC_TVAL2 = 18  # with HS_EXC_CAUSE: the guest physical address >> 2 of a guest-page fault (htval, mtval2)
 HS_EXC_GVA = 19  # with HS_EXC_CAUSE: 1 when the tval is a guest virtual address (hstatus.GVA, mstatus.GVA);
 #                  2 | that: the fault was an implicit access for VS-stage translation (htinst pseudoinstruction)
-HS_N = 20
+HS_VPRIV = 20  # trap-and-emulate: the guest's virtual privilege (1 vS, 0 vU) while the hart really runs in U-mode
+HS_WALK_LEVEL = 21  # the level of the leaf the last successful page walk found (0: a 4 KiB page)
+HS_N = 24
 
 # ---- configuration / shared scalars (cfg[k]) -------------------------------
 CF_RAM_BASE = 0
@@ -67,7 +69,8 @@ CF_NEXT_HART = 20  # the hart run_harts runs first on its next call (round robin
 CF_SBI_CONSOLE = 23  # 1 + the fast MMIO cell of the console's THR: legacy putchar goes through it (0: none)
 CF_SBI_PUTCHAR = 24  # legacy console_putchar calls served in the core through that cell (statistics)
 CF_TRIG_OFF = 25  # 1: debug triggers do not fire (a debugger stepping over the access its watchpoint caught)
-CF_H = 26  # 1: the hypervisor extension is on (misa.H; --cpu rv64,h=on)
+CF_TRAP = 27  # 1: trap and emulate (--mode trap): the guest kernel runs in U-mode under a monitor (trapmon.py)
+CF_GUEST_RAM = 28  # trap and emulate: the RAM the guest sees (the shadow page tables live above it)
 CF_N = 32
 
 # ---- the mmio table (int64, MMIO_COLS columns): regions, then fast cells, then the write ring ----------
@@ -146,6 +149,18 @@ CAUSE_VIRTUAL = 22  # virtual-instruction exception
 MEM_CAUSES = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 15) | (
     1 << 20) | (1 << 21) | (1 << 23)
 VIRT_CSR = 0x7DF  # a CSR slot no instruction reaches: 1 on every hart when H is on (csr_read/write look here)
+
+# ---- trap and emulate (trapmon.py): per-hart words in CSR slots no instruction reaches ----------------------
+TM_SATP = 0x7D0  # the guest's satp (the real satp points at the shadow tables)
+TM_POOL = 0x7D1  # RAM offset of the hart's shadow pool: 3 roots (vU, vS, vS with SUM), then tables
+TM_NEXT = 0x7D2  # the pool's next free page (RAM offset)
+TM_ZAP = 0x7D3  # 1: drop every shadow table before the hart runs again (a remote fence asked for it)
+TM_PRIV_TRAPS = 0x7D4  # privileged instructions the monitor emulated (statistics)
+TM_FILLS = 0x7D5  # shadow page-table entries filled from the guest's tables
+TM_GUEST_FAULTS = 0x7D6  # page faults the guest's own tables gave, handed to the guest
+TM_ZAPS = 0x7D7  # times the shadow tables were dropped (sfence.vma, satp writes, remote fences, a full pool)
+TM_SBI = 0x7D9  # SBI calls (ecalls from vS) the monitor took
+TM_POOL_PAGES = 1024  # 4 MiB of shadow tables per hart
 
 # ---- CSR numbers -------------------------------------------------------------
 FFLAGS = 0x001

@@ -36,6 +36,7 @@ from virtkit.engines.riscv.consts import (
     CAUSE_VIRTUAL,
     CF_DEBUG,
     CF_DETERMINISTIC,
+    CF_GUEST_RAM,
     CF_JIT,
     CF_JIT_SYNC,
     CF_NEXT_HART,
@@ -48,6 +49,7 @@ from virtkit.engines.riscv.consts import (
     CF_SLICE,
     CF_STEP_HART,
     CF_STOP,
+    CF_TRAP,
     CSHIFT,
     CT_FRAC,
     CT_MTIME,
@@ -73,6 +75,7 @@ from virtkit.engines.riscv.consts import (
     HS_RESV,
     HS_TRAPS,
     HS_V,
+    HS_VPRIV,
     HS_WFI,
     HSTATUS,
     HVIP,
@@ -105,6 +108,8 @@ from virtkit.engines.riscv.consts import (
     ST_END,
     ST_REJOIN,
     TLB_MASK,
+    TM_SBI,
+    TM_ZAP,
     VIRT_CSR,
     VSEPC,
     VSSTATUS,
@@ -134,6 +139,7 @@ from virtkit.engines.riscv.native import (
     unmanaged,
 )
 from virtkit.engines.riscv.sbicore import sbi_fast
+from virtkit.engines.riscv.trapmon import TM_REFLECT, TM_WAIT, tm_page_fault, tm_privileged, tm_satp, tm_zap
 from virtkit.engines.riscv.trigger import CAUSE_DEBUG
 
 
@@ -174,10 +180,16 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     pc = hs[h, HS_PC]
     priv = hs[h, HS_PRIV]
     virt = hs[h, HS_V]  # the H extension's V: 1 in VS- and VU-mode (every trap and xRET may change it)
+    tmode = cfg[CF_TRAP]  # trap and emulate: the hart is in U-mode, the guest's privilege is vpriv (trapmon.py)
+    vpriv = hs[h, HS_VPRIV]
+    tpriv = priv  # the privilege the TLB tags name: the guest's under trap and emulate
+    if tmode and c[TM_ZAP]:
+        tm_zap(c, R[3], tlbt)
     fvpn = -1
     foff = 0
     n = 0
     ntrap = 0
+    nmon = 0  # trap and emulate: shadow fills (traps to the monitor that retire nothing and the guest never sees)
     ex = 0
     irq_check = True
     ctx_dirty = True
@@ -198,6 +210,10 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 ctx_dirty = False
                 ms = c[MSTATUS]
                 e = eff_priv(priv, ms)
+                if tmode:  # the shadow root of the guest's privilege (and SUM)
+                    e = vpriv
+                    c[SATP] = tm_satp(c, vpriv, rb)
+                tpriv = e if tmode else priv
                 ev = eff_virt(priv, virt, ms)
                 tms = ctx_status(c, ev)
                 lctx = ctx_tag(1, e, tms, ev)
@@ -205,9 +221,13 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 fvpn = -1
             if irq_check:
                 irq_check = False
-                cause = pending_irq(c, priv, virt, irq[h])
+                cause = pending_irq(c, vpriv if tmode else priv, virt, irq[h])
                 if cause != 0:
-                    pc, priv = take_trap(c, hs, h, priv, pc, cause, 0)
+                    if tmode:  # reflected into the guest's handler: vS, the hart stays in U-mode
+                        pc, vpriv = take_trap(c, hs, h, vpriv, pc, cause, 0)
+                        hs[h, HS_VPRIV] = vpriv
+                    else:
+                        pc, priv = take_trap(c, hs, h, priv, pc, cause, 0)
                     virt = hs[h, HS_V]
                     ctx_dirty = True
                     blk = True
@@ -227,14 +247,23 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     _exit(out, EXIT_DEBUG, h, pc, 1)
                     ex = 1
                     break
-                pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                if tmode:
+                    if hs[h, HS_EXC_CAUSE] == 12 and tm_page_fault(h, hs[h, HS_EXC_TVAL], 12, vpriv, c, R[3], rb,
+                                                                    rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
+                        nmon += 1
+                        n += 1  # (counts against the budget: a fill that does not help cannot spin forever)
+                        continue  # the shadow maps it now: fetch again
+                    pc, vpriv = take_trap(c, hs, h, vpriv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                    hs[h, HS_VPRIV] = vpriv
+                else:
+                    pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
                 virt = hs[h, HS_V]
                 ctx_dirty = True
                 ntrap += 1
                 n += 1
                 continue
             fvpn = pc >> 12
-            if tlbt[0, fvpn & TLB_MASK] != (fvpn ^ ctx_tag(0, priv, 0, virt)):
+            if tlbt[0, fvpn & TLB_MASK] != (fvpn ^ ctx_tag(0, tpriv, 0, virt)):
                 fvpn = -1  # PMP splits this page: check every fetch
             off = foff + (pc & 0xFFF)
         if blk:
@@ -285,7 +314,16 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         _exit(out, EXIT_DEBUG, h, pc, 1)
                         ex = 1
                         break
-                    pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                    if tmode:
+                        if hs[h, HS_EXC_CAUSE] == 12 and tm_page_fault(h, hs[h, HS_EXC_TVAL], 12, vpriv, c, R[3],
+                                                                        rb, rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
+                            nmon += 1
+                            n += 1
+                            continue
+                        pc, vpriv = take_trap(c, hs, h, vpriv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                        hs[h, HS_VPRIV] = vpriv
+                    else:
+                        pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
                     virt = hs[h, HS_V]
                     ctx_dirty = True
                     ntrap += 1
@@ -579,9 +617,14 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
         elif op == 0x73:  # SYSTEM
             if f3 == 0:
                 if ins == 0x00000073:
-                    if priv == 1 and cfg[CF_SBI] and not virt:  # the VMM is the SBI: a hypercall
+                    if ((priv == 1 and not virt) or (tmode and vpriv == 1)) and cfg[CF_SBI]:
+                        # the VMM is the SBI: a hypercall (under trap and emulate: the ecall's trap to the monitor)
+                        if tmode:
+                            c[TM_SBI] += 1
                         if sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all, mmio):
                             update_timer_bits(csr, cfg, msip, mtcmp, ctime)
+                            if tmode and c[TM_ZAP]:  # a remote fence that included this hart
+                                tm_zap(c, R[3], tlbt)
                             fvpn = -1
                             irq_check = True
                         else:
@@ -723,7 +766,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         xr[rd] = v
             else:
                 num = (ins >> 20) & 0xFFF
-                retired = base_ret + n - ntrap
+                retired = base_ret + n - ntrap - nmon
                 ce, old = csr_read(h, num, priv, c, hs, irq, ctime, retired)
                 write = (f3 & 3) == 1 or rs1 != 0
                 if write and (num >> 10) == 3:
@@ -938,11 +981,40 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 break
             if exc == 2 or exc == CAUSE_VIRTUAL:
                 tval = raw
-            pc, priv = take_trap(c, hs, h, priv, pc, exc, tval)
-            virt = hs[h, HS_V]
-            ctx_dirty = True
-            blk = True
-            ntrap += 1
+            if tmode:  # the monitor's turn: emulate, map the page in the shadow, or hand the trap to the guest
+                act = TM_REFLECT
+                if exc == 2:
+                    act = tm_privileged(h, raw, vpriv, xr, c, hs, irq, ctime, base_ret + n - ntrap - nmon, R[3],
+                                        rb, tlbt)
+                    if act == 2:  # sret
+                        npc = c[SEPC]
+                        vpriv = hs[h, HS_VPRIV]
+                    if act != TM_REFLECT:
+                        pc = npc
+                elif exc == 12 or exc == 13 or exc == 15:
+                    if tm_page_fault(h, tval, exc, vpriv, c, R[3], rb, rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
+                        act = 0  # mapped: the access runs again (a trap to the monitor, not an instruction)
+                        nmon += 1
+                    else:
+                        exc = hs[h, HS_EXC_CAUSE]
+                        tval = hs[h, HS_EXC_TVAL]
+                if act == TM_REFLECT:
+                    pc, vpriv = take_trap(c, hs, h, vpriv, pc, exc, tval)
+                    hs[h, HS_VPRIV] = vpriv
+                    ntrap += 1
+                ctx_dirty = True
+                irq_check = True
+                blk = True
+                if act == TM_WAIT:
+                    hs[h, HS_WFI] = 1
+                    n += 1
+                    break
+            else:
+                pc, priv = take_trap(c, hs, h, priv, pc, exc, tval)
+                virt = hs[h, HS_V]
+                ctx_dirty = True
+                blk = True
+                ntrap += 1
         else:
             pc = npc
         if rejoin:
@@ -952,7 +1024,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
     xr[0] = 0
     hs[h, HS_PC] = pc
     hs[h, HS_PRIV] = priv
-    hs[h, HS_INSTRET] += n - ntrap
+    hs[h, HS_INSTRET] += n - ntrap - nmon
     hs[h, HS_TRAPS] += ntrap
     return n, ex
 

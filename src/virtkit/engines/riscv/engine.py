@@ -83,8 +83,8 @@ _HS_SAVED = {"pc": core.HS_PC, "priv": core.HS_PRIV, "wfi": core.HS_WFI, "resv":
              "instret": core.HS_INSTRET, "cyc_off": core.HS_CYC_OFF, "iret_off": core.HS_IRET_OFF,
              "cy_frozen": core.HS_CY_FROZEN, "ir_frozen": core.HS_IR_FROZEN, "traps": core.HS_TRAPS,
              "jit_insns": core.HS_JIT, "jit_calls": core.HS_JIT_CALLS}
-#: saved when not zero (states from before the H extension have none)
-_HS_OPTIONAL = {"v": core.HS_V}
+#: saved when not zero (states from before the H extension and trap and emulate have none)
+_HS_OPTIONAL = {"v": core.HS_V, "vpriv": core.HS_VPRIV}
 _I64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -106,6 +106,8 @@ class RiscvEngine:
         jit: int | None = None,
         sbi: bool = False,
         h: bool = False,
+        trap: bool = False,
+        guest_ram: int | None = None,
     ) -> None:
         if not 1 <= nharts <= 64:
             raise ConfigError(f"number of harts must be 1..64: {nharts}")
@@ -188,6 +190,10 @@ class RiscvEngine:
         self.sbi = sbi
         if sbi:
             self._sbi_reset()
+        #: trap and emulate (--mode trap): the guest kernel runs in U-mode under the monitor (trapmon.py)
+        self.trap = trap
+        if trap:
+            self._trap_reset(mem.size - nharts * core.TM_POOL_PAGES * 4096 if guest_ram is None else guest_ram)
 
     def _sbi_reset(self) -> None:
         """The VMM is the SBI (``--bios builtin``): every hart starts in S-mode with the machine level set up as
@@ -203,6 +209,26 @@ class RiscvEngine:
                                (core.SCOUNTEREN, 7), (core.PMPADDR0, (1 << 54) - 1), (core.PMPCFG0, 0x1F)):
                 self.write_csr(h, num, value)
             self.hs[h, core.HS_WFI] = core.HART_STOPPED if h else 0
+
+    def _trap_reset(self, guest_ram: int) -> None:
+        """Trap and emulate: the harts really run in U-mode (the guest's kernel in vS, the start of the builtin
+        SBI's S-mode), each with a pool of shadow page tables above the guest's RAM (which needs the SBI in the
+        VMM: there is no M-mode firmware under a monitor)."""
+        pool = core.TM_POOL_PAGES * 4096
+        if not self.sbi:
+            raise ConfigError("trap and emulate needs the VMM's SBI (--bios builtin)")
+        if guest_ram <= 0 or guest_ram % 4096 or guest_ram + self.nharts * pool > self.mem.size:
+            raise ConfigError(f"trap and emulate: {self.mem.size} bytes of RAM hold no {guest_ram}-byte guest and "
+                              f"{self.nharts} shadow pools of {pool} bytes")
+        self.cfg[core.CF_TRAP] = 1
+        self.cfg[core.CF_GUEST_RAM] = guest_ram
+        for h in range(self.nharts):
+            self.csr[h, core.TM_POOL] = guest_ram + h * pool
+            self.csr[h, core.TM_NEXT] = guest_ram + h * pool + 3 * 4096
+            self.csr[h, core.TM_SATP] = 0
+            self.csr[h, core.TM_ZAP] = 1
+            self.hs[h, core.HS_VPRIV] = 1
+            self.hs[h, core.HS_PRIV] = 0
 
     # ---- configuration -----------------------------------------------------------------
     def add_mmio_region(self, base: int, size: int) -> None:
@@ -312,12 +338,17 @@ class RiscvEngine:
         return record(self, nharts=self.nharts, ram_base=self.mem.base, ram_size=self.mem.size,
                       mtime=_u64(self.ctime[core.CT_MTIME]), mtime_frac=int(self.ctime[core.CT_FRAC]),
                       rate=int(self.cfg[core.CF_RATE]), tohost=int(self.cfg[core.CF_TOHOST]),
-                      fromhost=self.fromhost, sbi=int(self.sbi), harts=harts)
+                      fromhost=self.fromhost, sbi=int(self.sbi), harts=harts,
+                      **({"trap": 1} if self.trap else {}))
 
     def restore(self, state: dict) -> None:
         """Take a saved state (same harts and RAM layout). Guest time goes on from the saved ``mtime``;
         TLBs and translated code are dropped and rebuilt as the guest runs."""
         f = fields(self, state)
+        trap = f.int("trap", 0, 1) if "trap" in state else 0
+        if trap != int(self.trap):
+            raise StateError("riscv-engine state: saved " + ("under" if trap else "without") + " trap and emulate, "
+                             "restored into a machine " + ("with" if self.trap else "without") + " --mode trap")
         f.int("nharts", self.nharts, self.nharts)
         f.int("ram_base", self.mem.base, self.mem.base)
         f.int("ram_size", self.mem.size, self.mem.size)
@@ -351,6 +382,9 @@ class RiscvEngine:
             for k, i in _HS_SAVED.items():
                 hs[h, i] = hf.int(k, *_I64)
             hs[h, core.HS_V] = hf.int("v", 0, 1) if "v" in hst else 0  # (saved only when 1)
+            hs[h, core.HS_VPRIV] = hf.int("vpriv", 0, 1) if "vpriv" in hst else 0
+            if self.trap:
+                csr[h, core.TM_ZAP] = 1  # the shadows are rebuilt from the guest's tables
             if hs[h, core.HS_V] and (not csr[h, core.VIRT_CSR] or hs[h, core.HS_PRIV] == 3):
                 raise StateError(f"riscv-engine state: hart {h} has V = {int(hs[h, core.HS_V])} (H extension "
                                  f"{'on' if csr[h, core.VIRT_CSR] else 'off'}, privilege {int(hs[h, core.HS_PRIV])})")
@@ -561,8 +595,9 @@ class RiscvEngine:
         self.hs[hart, core.HS_PC] = _s64(value)
 
     def priv(self, hart: int = 0) -> int:
-        """Current privilege level of ``hart`` (0 U, 1 S, 3 M)."""
-        return int(self.hs[hart, core.HS_PRIV])
+        """Current privilege level of ``hart`` (0 U, 1 S, 3 M) as the guest sees it (under trap and emulate the
+        hart is really in U-mode; this is the guest's virtual privilege)."""
+        return int(self.hs[hart, core.HS_VPRIV if self.trap else core.HS_PRIV])
 
     def read_csr(self, hart: int, num: int) -> int:
         """Read a CSR as M-mode would (raises ValueError for a CSR that does not exist)."""
@@ -599,7 +634,11 @@ class RiscvEngine:
         """Start a hart in S-mode at ``pc`` as SBI hart_start (and a non-retentive resume) leave it: a0, a1 set,
         ``satp`` = 0, ``sstatus.SIE`` = 0, its TLB empty."""
         self.hs[hart, core.HS_PC] = _s64(pc)
-        self.hs[hart, core.HS_PRIV] = 1
+        self.hs[hart, core.HS_PRIV] = 0 if self.trap else 1
+        if self.trap:
+            self.hs[hart, core.HS_VPRIV] = 1
+            self.csr[hart, core.TM_SATP] = 0
+            self.csr[hart, core.TM_ZAP] = 1
         self.x[hart, 10] = _s64(a0)
         self.x[hart, 11] = _s64(a1)
         self.csr[hart, core.SATP] = 0
@@ -608,8 +647,11 @@ class RiscvEngine:
         self.hs[hart, core.HS_WFI] = 0
 
     def flush_tlb(self, hart: int) -> None:
-        """Empty a hart's software TLB (a remote sfence.vma)."""
+        """Empty a hart's software TLB (a remote sfence.vma), and its shadow page tables under trap and
+        emulate (dropped before it runs again)."""
         self.tlbt[hart] = 0
+        if self.trap:
+            self.csr[hart, core.TM_ZAP] = 1
 
     def stop_hart(self, hart: int) -> None:
         """Stop a hart until :meth:`start_hart` (no interrupt wakes it)."""
@@ -623,7 +665,7 @@ class RiscvEngine:
         """The physical address of ``va`` through ``hart``'s current ``satp`` (Sv39/Sv48; identity in M-mode or
         with translation off), or None when no valid leaf maps it. For the VMM and debuggers: it walks the
         guest's tables in RAM, sets no A/D bits and checks no permissions."""
-        satp = _u64(self.csr[hart, core.SATP])
+        satp = _u64(self.csr[hart, core.TM_SATP if self.trap else core.SATP])
         mode = satp >> 60
         if self.priv(hart) == 3 or mode == 0:
             return va & _M64
@@ -781,7 +823,16 @@ class RiscvEngine:
             "fast_mmio_writes": self.fast_writes,
             "guest_time": _u64(self.ctime[core.CT_MTIME]) / TIMEBASE_HZ,
             **({"sbi_in_core": self.sbi_counts()} if self.sbi else {}),
+            **({"monitor": self.monitor_counts()} if self.trap else {}),
         }
+
+    def monitor_counts(self) -> dict[str, int]:
+        """Trap and emulate: what the monitor did, over all harts (privileged instructions it emulated, SBI
+        calls, shadow page-table entries filled, the guest's own page faults it handed back, shadow drops)."""
+        cols = {"privileged_instructions": core.TM_PRIV_TRAPS, "sbi_calls": core.TM_SBI,
+                "shadow_fills": core.TM_FILLS, "guest_page_faults": core.TM_GUEST_FAULTS,
+                "shadow_drops": core.TM_ZAPS}
+        return {k: int(self.csr[:, i].sum()) for k, i in cols.items()}
 
     # ---- the run loop's fast path (machine/vm.py) -----------------------------------------------
     _raw_synced = float("-inf")  # time.monotonic() of run_raw's last host-clock sync

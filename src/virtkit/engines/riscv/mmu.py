@@ -18,6 +18,7 @@ from virtkit.engines.riscv.consts import (
     CF_RAM_BASE,
     CF_RAM_SIZE,
     CF_TOHOST,
+    CF_TRAP,
     CF_TRIG_OFF,
     CLINT_SIZE,
     CSHIFT,
@@ -38,6 +39,8 @@ from virtkit.engines.riscv.consts import (
     HS_HLV,
     HS_RESV,
     HS_V,
+    HS_VPRIV,
+    HS_WALK_LEVEL,
     HSTATUS,
     MSTATUS,
     NPMP,
@@ -172,6 +175,7 @@ def translate(h, vaddr, acc, eff, ev, c, r64, rb, rsz, hs):
         r64[(pte_addr - rb) >> 3] = pte
         r64[(rsz >> 3) + ((pte_addr - rb) >> 12)] = 1  # the dirty log (GuestMemory.dirty) after RAM
     lowmask = (1 << (12 + 9 * i)) - 1
+    hs[h, HS_WALK_LEVEL] = i
     return ((ppn << 12) & ~lowmask) | (vaddr & lowmask)
 
 
@@ -357,7 +361,7 @@ def fetch_page(h, vaddr, priv, c, r64, rb, rsz, cfg, tlbt, tlbo, hs):
     vpn = vaddr >> 12
     idx = vpn & TLB_MASK
     v = hs[h, HS_V]
-    tag = vpn ^ ctx_tag(0, priv, 0, v)
+    tag = vpn ^ ctx_tag(0, hs[h, HS_VPRIV] if cfg[CF_TRAP] else priv, 0, v)  # (trap and emulate: the guest's)
     if tlbt[0, idx] == tag:
         return tlbo[0, idx]
     if c[VIRT_CSR]:  # a fault from here on: no guest physical address unless a G-stage walk says so
@@ -542,7 +546,7 @@ def mem_slow(h, vaddr, size, acc, wval, priv, c, R, cfg, mmio, msip, mtcmp, ctim
                     armed and trig_page(c, vaddr, tkind)) and not hlv:  # a watched page: never cached
                 vpn = vaddr >> 12
                 idx = vpn & TLB_MASK
-                tlbt[tl, idx] = vpn ^ ctx_tag(tl, eff, ms, ev)
+                tlbt[tl, idx] = vpn ^ ctx_tag(tl, hs[h, HS_VPRIV] if cfg[CF_TRAP] else eff, ms, ev)
                 tlbo[tl, idx] = page - rb
         if p != 1:
             return 1, _fault(hs, h, _af_cause(acc), vaddr)

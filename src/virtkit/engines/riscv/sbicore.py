@@ -19,6 +19,7 @@ from virtkit.engines.riscv.consts import (
     CF_SBI_PUTCHAR,
     CF_SBI_RFENCE,
     CF_SBI_TIME,
+    CF_TRAP,
     FAST0,
     FAST_BUFFER,
     FRING0,
@@ -30,6 +31,8 @@ from virtkit.engines.riscv.consts import (
     SBI_EXT_RFENCE,
     SBI_EXT_TIME,
     SBI_SUCCESS,
+    TM_ZAP,
+    VIRT_CSR,
 )
 
 
@@ -104,7 +107,7 @@ def sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all, mmio):
         xr[11] = 0
         return 1
     if ext == SBI_EXT_RFENCE:
-        if fid > 2 or fid < 0:  # the HFENCE calls need the H extension
+        if fid > 6 or fid < 0 or (fid > 2 and csr[h, VIRT_CSR] == 0):  # the HFENCE calls need the H extension
             xr[10] = SBI_ERR_NOT_SUPPORTED
             return 1
         mask = xr[10]
@@ -112,10 +115,12 @@ def sbi_fast(h, xr, csr, cfg, mtcmp, tlbt_all, mmio):
         if not _mask_ok(mask, base, nh):
             xr[10] = SBI_ERR_INVALID_PARAM
             return 1
-        if fid != 0:  # remote_sfence_vma(_asid): the whole software TLB (fence.i has nothing to do here)
-            for t in range(nh):
+        if fid != 0:  # remote sfence.vma(_asid), hfence.gvma(_vmid), hfence.vvma(_asid): the whole software TLB
+            for t in range(nh):  # (fence.i has nothing to do here); under trap and emulate, the shadows too
                 if _targets(mask, base, nh, t):
                     tlbt_all[t, :, :] = 0
+                    if cfg[CF_TRAP]:
+                        csr[t, TM_ZAP] = 1
         cfg[CF_SBI_RFENCE] += 1
         xr[10] = SBI_SUCCESS
         xr[11] = 0
