@@ -188,6 +188,8 @@ def print_stats(stats: dict[str, Any], title: str = "virtkit run", to_terminal_r
     for ext, n in stats.get("sbi_calls", {}).items():  # the builtin SBI: calls by extension
         if n:
             t.add_row(f"SBI calls: {ext}", f"{n:,} ({inside.get(ext, 0):,} in the core)")
+    for what, n in stats.get("monitor", {}).items():  # trap and emulate: what the monitor did
+        t.add_row(f"monitor: {what.replace('_', ' ')}", f"{n:,}")
     for dev, n in sorted(stats.get("mmio", {}).items()):
         t.add_row(f"MMIO: {dev}", f"{n:,}")
     if stats.get("fast_mmio_reads") or stats.get("fast_mmio_writes"):
