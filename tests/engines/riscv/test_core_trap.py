@@ -315,3 +315,19 @@ def test_a_snapshot_keeps_the_guests_privilege_and_refuses_the_other_mode(tmp_pa
     plain, _ = _engine(tmp_path, PROGRAM, trap=False, name="p3")
     with pytest.raises(StateError, match="trap and emulate"):
         plain.restore(st)
+
+
+def test_a_debugger_sees_the_guests_privilege_and_satp(tmp_path):
+    """The GDB stub's view under trap and emulate is the guest's: its privilege (vS) and its satp, not the
+    real U-mode and the shadow root."""
+    import struct
+
+    from virtkit.engines.riscv import gdb
+
+    eng, _ = _engine(tmp_path, PROGRAM, trap=True)
+    eng.run(3_000)
+    eng.csr[0, consts.TM_SATP] = ((8 << 60) | 0x80042) - (1 << 64)  # as the guest's csrw satp leaves it (int64)
+    t = eng.gdb_target()
+    assert struct.unpack("<Q", t.read_reg(0, gdb.PRIV))[0] == 1
+    assert struct.unpack("<Q", t.read_reg(0, gdb.CSR0 + consts.SATP))[0] == (8 << 60) | 0x80042
+    assert eng.read_csr(0, consts.SATP) != (8 << 60) | 0x80042  # the real register: a shadow root

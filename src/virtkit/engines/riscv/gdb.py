@@ -28,6 +28,7 @@ CSRS = {name.lower(): getattr(c, name) for name in (
 CSRS.update({f"pmpcfg{i}": c.PMPCFG0 + i for i in (0, 2)})
 CSRS.update({f"pmpaddr{i}": c.PMPADDR0 + i for i in range(c.NPMP)})
 PRIV_NAMES = {0: "U-mode", 1: "S-mode", 3: "M-mode"}
+V_NAMES = {0: "VU-mode", 1: "VS-mode"}
 EBREAK = {2: struct.pack("<H", 0x9002), 4: struct.pack("<I", 0x0010_0073)}
 
 
@@ -74,7 +75,8 @@ class RiscvGdbTarget:
     def describe(self, hart: int) -> str:
         """What ``info threads`` shows next to a hart."""
         e = self.engine
-        return f"hart {hart}, {PRIV_NAMES.get(e.priv(hart), '?')}, {e.hart_state(hart)}"
+        names = V_NAMES if e.h and int(e.hs[hart, c.HS_V]) else PRIV_NAMES
+        return f"hart {hart}, {names.get(e.priv(hart), '?')}, {e.hart_state(hart)}"
 
     def translate(self, hart: int, va: int) -> int | None:
         """The physical address of ``va`` through the hart's current page tables (None: not mapped)."""
@@ -110,6 +112,8 @@ class RiscvGdbTarget:
             v = e.get_freg(hart, n - F0)
         elif n == PRIV:
             v = e.priv(hart)
+        elif n - CSR0 == c.SATP and e.trap:  # trap and emulate: the guest's satp, not the shadow root
+            v = int(e.csr[hart, c.TM_SATP]) & (1 << 64) - 1
         elif n - CSR0 in _CSR_NUMS:
             v = e.read_csr(hart, n - CSR0)
         else:
