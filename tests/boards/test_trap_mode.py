@@ -42,3 +42,22 @@ def test_trap_mode_refuses_what_it_cannot_be(tmp_path):
         assert p.returncode != 0 and msg in p.stderr, (args, p.stderr)
     p = virtkit("run", "--mode", "warp")
     assert p.returncode != 0 and "invalid choice: 'warp'" in p.stderr
+
+
+@pytest.mark.slow
+def test_a_deprivileged_guest_gives_its_shell(tmp_path, guest_images):
+    """Detached, the deprivileged guest boots to its interactive shell, which runs what is typed on either
+    hart (the busybox shell of the default initramfs), then powers off when told."""
+    from tests.helpers.vmcli import console_log, guest, linux_env, shell, vk, wait_for
+
+    envs = linux_env(tmp_path, guest_images)
+    env = next(envs)
+    try:
+        args = [a if a != str(guest_images.firmware) else "builtin" for a in guest(env)]
+        vk(env, "run", "-d", "--name", "tr", "--mode", "trap", "--cpus", "2", *args)
+        wait_for(lambda: "virtkit:/#" in console_log(env, "tr"), 300, "the shell")
+        out = shell(env, "tr", "md5sum /bin/busybox; nproc", "sums")
+        assert "  /bin/busybox" in out and "\n2" in out.replace("\r", ""), out
+        vk(env, "kill", "tr")
+    finally:
+        envs.close()
