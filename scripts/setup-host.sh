@@ -32,6 +32,7 @@ TEST_PKGS=(
   "fio:storage benchmarks"
   "device-tree-compiler:dtc checks the board's device tree"
   "e2fsprogs:ext4 disks for guest tests"
+  "busybox-static:the root file system of the container tests"
   "crun:container runtime peer"
   "runc:container runtime peer"
   "vde2:vde_switch, the switch's peer"

@@ -28,7 +28,7 @@ COMMANDS = {
     "run": "run", "ps": "vm", "console": "vm", "pause": "vm", "resume": "vm", "stop": "vm", "kill": "vm",
     "images": "images", "engine": "engine", "disk": "disk", "pool": "pool", "volume": "volume", "nbd": "nbd",
     "net": "net", "snapshot": "snapshot", "clone": "snapshot", "template": "snapshot",
-    "migrate": "migrate", "backup": "backup", "modes": "modes",
+    "migrate": "migrate", "backup": "backup", "modes": "modes", "runtime": "runtime",
 }
 
 DESCRIPTION = """\
@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``virtkit`` console script; returns the process exit status."""
     words = sys.argv[1:] if argv is None else argv
     first = next((w for w in words if not w.startswith("-")), None)
+    if first == "runtime" and words and words[0] == "runtime":  # runc's own command line, passed through whole
+        from virtkit.containers.runtime import main as runtime_main
+
+        return runtime_main(list(words[1:]))
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

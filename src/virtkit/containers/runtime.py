@@ -1,0 +1,648 @@
+"""``virtkit-runc`` / ``virtkit runtime``: an OCI runtime with runc's command line, so tools that drive runc can
+drive it. ``create`` builds the container (namespaces, cgroups, the root file system) and leaves its first
+process waiting on the exec FIFO; ``start`` lets it ``execve`` the program; ``state``, ``kill``, ``delete``,
+``run`` (create + start + wait), ``list``, ``spec``, ``features``.
+
+Kept lean on purpose (the standard library, ctypes, no NumPy, no virtkit CLI): a container's start-up is
+dominated by the runtime's own start-up.
+
+Process tree of ``create``: the runtime forks a helper that joins/unshares the namespaces and forks the
+container's init (PID 1 when there is a PID namespace); the helper reports init's PID and exits, init
+builds the container (``containers/init.py``), says "ready" on the status pipe and blocks opening the exec
+FIFO for writing until ``start`` opens it for reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+from virtkit.containers import linux as L
+from virtkit.containers import spec as specmod
+from virtkit.errors import ConfigError, VirtkitError
+
+DEFAULT_ROOT = "/run/virtkit-runc"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+VERSION = "1.1.0"  # the runtime-spec version this runtime implements
+SIGNALS = {s.name: s for s in signal.Signals}
+
+
+class RuntimeError_(VirtkitError):
+    """A container operation that cannot be done (no such container, wrong state...)."""
+
+
+# ---- state --------------------------------------------------------------------------------------------------
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (the process's start time): a PID reused later has another; None when gone
+    or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+class Container:
+    """One container's directory under the runtime root: ``state.json`` and, until ``start``, ``exec.fifo``."""
+
+    def __init__(self, root: str, cid: str) -> None:
+        if not ID_RE.match(cid):
+            raise ConfigError(f"container id {cid!r}: use letters, digits, '_', '.', '+', '-' (at most 128)")
+        self.id = cid
+        self.dir = os.path.join(root, cid)
+        self.state_path = os.path.join(self.dir, "state.json")
+        self.fifo = os.path.join(self.dir, "exec.fifo")
+
+    def exists(self) -> bool:
+        return os.path.exists(self.state_path)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            with open(self.state_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise RuntimeError_(f"container {self.id!r} does not exist") from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise RuntimeError_(f"container {self.id!r}: its state cannot be read: {err}") from None
+
+    def save(self, st: dict[str, Any]) -> None:
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(st, f)
+        os.replace(tmp, self.state_path)
+
+    def status(self, st: dict[str, Any]) -> str:
+        """created, running, paused or stopped, as the process and the FIFO say now."""
+        pid = st.get("pid", 0)
+        if not pid or _start_time(pid) != st.get("_start"):
+            return "stopped"
+        if os.path.exists(self.fifo):
+            return "created"
+        freezer = st.get("_cgroups", {}).get("freezer")
+        if freezer:
+            try:
+                with open(os.path.join(freezer, "freezer.state")) as f:
+                    if f.read().strip() == "FROZEN":
+                        return "paused"
+            except OSError:
+                pass
+        return "running"
+
+    def oci_state(self) -> dict[str, Any]:
+        """The OCI state document (runtime-spec "State")."""
+        st = self.load()
+        status = self.status(st)
+        out = {"ociVersion": VERSION, "id": self.id, "status": status, "pid": st["pid"] if status != "stopped"
+               else 0, "bundle": st["bundle"], "rootfs": st.get("rootfs", ""), "created": st["created"],
+               "annotations": st.get("annotations", {})}
+        if not out["annotations"]:
+            del out["annotations"]
+        return out
+
+
+# ---- cgroups ------------------------------------------------------------------------------------------------
+def _cgroup_layout() -> str:
+    """"v2" (one unified hierarchy) or "v1" (per-controller hierarchies; the hybrid layout included)."""
+    return "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1"
+
+
+def _write(path: str, value: str, what: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise RuntimeError_(f"cgroup {what}: cannot write {value!r} to {path}: {err.strerror}") from None
+
+
+def cgroup_path(cfg: dict[str, Any], cid: str) -> str:
+    """The container's cgroup, relative to each hierarchy's root: ``linux.cgroupsPath`` or /virtkit/ID."""
+    rel = cfg.get("linux", {}).get("cgroupsPath") or f"/virtkit/{cid}"
+    if ":" in rel:  # systemd's slice:prefix:name form: the name only
+        rel = "/virtkit/" + rel.rsplit(":", 1)[-1]
+    return "/" + "/".join(p for p in rel.split("/") if p not in ("", ".", ".."))
+
+
+def _cpuset_init(base: str, rel: str) -> None:
+    """A new cpuset cgroup has no CPUs and no memory nodes: copy them down from its parent, level by level."""
+    path = base
+    for part in rel.strip("/").split("/"):
+        parent, path = path, os.path.join(path, part)
+        os.makedirs(path, exist_ok=True)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            with open(os.path.join(path, name)) as f:
+                if f.read().strip():
+                    continue
+            with open(os.path.join(parent, name)) as f:
+                _write(os.path.join(path, name), f.read().strip() or "\n", "cpuset")
+
+
+def setup_cgroups(cfg: dict[str, Any], cid: str, pid: int) -> dict[str, str]:
+    """Put ``pid`` in the container's cgroups with the limits of ``linux.resources``; the directories made."""
+    lin = cfg.get("linux", {})
+    res = lin.get("resources", {})
+    rel = cgroup_path(cfg, cid)
+    made: dict[str, str] = {}
+    mem, cpu, pids = res.get("memory", {}), res.get("cpu", {}), res.get("pids", {})
+    if _cgroup_layout() == "v2":
+        path = "/sys/fs/cgroup" + rel
+        os.makedirs(path, exist_ok=True)
+        made["unified"] = path
+        if "limit" in mem:
+            _write(os.path.join(path, "memory.max"), str(mem["limit"]) if mem["limit"] >= 0 else "max", "memory")
+        if "limit" in pids:
+            _write(os.path.join(path, "pids.max"), str(pids["limit"]) if pids["limit"] > 0 else "max", "pids")
+        if "quota" in cpu:
+            _write(os.path.join(path, "cpu.max"), f"{cpu['quota'] if cpu['quota'] > 0 else 'max'} "
+                   f"{cpu.get('period', 100000)}", "cpu")
+        _write(os.path.join(path, "cgroup.procs"), str(pid), "procs")
+        return made
+    limits = {"memory": [("memory.limit_in_bytes", mem.get("limit"))],
+              "pids": [("pids.max", pids.get("limit") if pids.get("limit", 0) > 0 else
+                        ("max" if "limit" in pids else None))],
+              "cpu": [("cpu.cfs_period_us", cpu.get("period")), ("cpu.cfs_quota_us", cpu.get("quota")),
+                      ("cpu.shares", cpu.get("shares"))],
+              "cpuacct": [], "cpuset": [("cpuset.cpus", cpu.get("cpus")), ("cpuset.mems", cpu.get("mems"))],
+              "freezer": [], "blkio": [], "devices": []}
+    for ctrl, files in limits.items():
+        base = f"/sys/fs/cgroup/{ctrl}"
+        if not os.path.isdir(base) and ctrl in ("cpu", "cpuacct"):
+            base = "/sys/fs/cgroup/cpu,cpuacct"
+        if not os.path.isdir(base):
+            if any(v is not None for _, v in files):
+                raise RuntimeError_(f"linux.resources: the {ctrl} cgroup controller is not mounted on this host "
+                                    f"(looked at {base})")
+            continue
+        path = base + rel
+        if ctrl == "cpuset":
+            _cpuset_init(base, rel)
+        os.makedirs(path, exist_ok=True)
+        made[ctrl] = path
+        for name, value in files:
+            if value is not None:
+                _write(os.path.join(path, name), str(value), f"{ctrl} {name}")
+        _write(os.path.join(path, "cgroup.procs"), str(pid), ctrl)
+    return made
+
+
+def remove_cgroups(made: dict[str, str]) -> None:
+    for path in made.values():
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # processes still leaving
+                time.sleep(0.01)
+
+
+# ---- commands -----------------------------------------------------------------------------------------------
+def _ns_flags(cfg: dict[str, Any]) -> tuple[int, list[tuple[str, int]]]:
+    """(flags to unshare, [(path, flag) to join])."""
+    flags, joins = 0, []
+    for ns in cfg.get("linux", {}).get("namespaces", []):
+        flag = L.NAMESPACES[ns["type"]]
+        if ns.get("path"):
+            joins.append((ns["path"], flag))
+        else:
+            flags |= flag
+    if flags & L.CLONE_NEWUSER:
+        raise ConfigError("linux.namespaces: user namespaces are not supported by virtkit-runc yet")
+    return flags, joins
+
+
+def create(root: str, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
+           foreground: bool = False) -> tuple[Container, int]:
+    """Build the container, its init process waiting for ``start``; (container, init's PID)."""
+    from virtkit.containers import init as initmod
+
+    bundle = os.path.abspath(bundle)
+    cfg = specmod.load(bundle)
+    c = Container(root, cid)
+    flags, joins = _ns_flags(cfg)
+    if cfg["process"].get("terminal") and console_socket is None and not foreground:
+        raise ConfigError("process.terminal: a detached container with a terminal needs --console-socket")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(c.dir, 0o700)
+    except FileExistsError:
+        raise RuntimeError_(f"container {cid!r} already exists") from None
+    made: dict[str, str] = {}
+    try:
+        os.mkfifo(c.fifo, 0o600)
+        join_fds = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag) for path, flag in joins]
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        grd, gwr = os.pipe2(os.O_CLOEXEC)  # "go": the cgroups are ready (init is in them before it builds)
+        cfg["_cgroup_path"] = cgroup_path(cfg, cid)
+        helper = os.fork()
+        if helper == 0:  # the helper: into the namespaces, then fork init
+            os.close(rfd)
+            os.close(gwr)
+            try:
+                for fd, flag in join_fds:
+                    L.setns(fd, flag)
+                L.unshare(flags)
+                init = os.fork()
+                if init == 0:
+                    _init_child(cfg, bundle, c.fifo, wfd, grd, console_socket, initmod)
+                os.write(wfd, f"pid {init}\n".encode())
+                os._exit(0)
+            except BaseException as err:  # noqa: BLE001 (the helper must never return into the runtime)
+                os.write(wfd, f"error {err}\n".encode()[:4000])
+                os._exit(1)
+        os.close(wfd)
+        os.close(grd)
+        for fd, _ in join_fds:
+            os.close(fd)
+        pid, text = 0, ""
+        with os.fdopen(rfd, "rb") as r:
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                text = line.decode(errors="replace").strip()
+                if text.startswith("pid "):
+                    pid = int(text[4:])
+                    made = setup_cgroups(cfg, cid, pid)
+                    os.write(gwr, b"g")
+                    os.close(gwr)
+                    gwr = -1
+                elif text.startswith("error "):
+                    raise RuntimeError_(f"container {cid!r}: {text[6:]}")
+                elif text == "ready":
+                    break
+        if gwr >= 0:
+            os.close(gwr)
+        os.waitpid(helper, 0)
+        if not pid or text != "ready":
+            raise RuntimeError_(f"container {cid!r}: its init process ended during set-up")
+        st = {"id": cid, "pid": pid, "_start": _start_time(pid), "bundle": bundle, "created": _now(),
+              "rootfs": os.path.join(bundle, cfg["root"]["path"]) if not os.path.isabs(cfg["root"]["path"])
+              else cfg["root"]["path"], "annotations": cfg.get("annotations", {}), "_cgroups": made,
+              "_hooks": cfg.get("hooks", {})}
+        c.save(st)
+        if pid_file:
+            tmp = pid_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(pid))
+            os.replace(tmp, pid_file)
+        return c, pid
+    except BaseException:
+        _teardown(c, made)
+        raise
+
+
+def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, console_socket: str | None,
+                initmod: Any) -> None:
+    """The container's init: build the root, say ready, wait for start, become the program (never returns)."""
+    try:
+        if os.read(go, 1) != b"g":  # the runtime puts us in the cgroups first (or gave up)
+            os._exit(127)
+        os.close(go)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        if cfg["process"].get("terminal"):
+            os.setsid()
+        initmod.build_root(cfg, bundle)
+        if console_socket is not None:
+            _console(console_socket)
+        os.write(wfd, b"ready\n")
+        w = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)  # blocks until start reads
+        os.write(w, b"0")
+        os.close(w)
+        os.close(fifo_fd)
+        initmod.become_process(cfg)
+    except BaseException as err:  # noqa: BLE001
+        msg = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.filename}: {err.strerror}"
+        try:
+            os.write(wfd, f"error {msg}\n".encode()[:4000])
+        except OSError:  # after "ready" nobody reads the pipe: the program's stderr gets it
+            try:
+                os.write(2, f"virtkit-runc: error: container init: {msg}\n".encode())
+            except OSError:
+                pass
+        os._exit(127)
+
+
+def _console(sock_path: str) -> None:
+    """A pty in the container: the master goes to ``--console-socket`` (SCM_RIGHTS), the slave is stdio."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, termios.TIOCSPTLCK if hasattr(termios, "TIOCSPTLCK") else 0x40045431, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0" * 4))[0]  # TIOCGPTN
+    slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    socket.send_fds(s, [f"/dev/pts/{n}".encode()], [master])
+    s.close()
+    os.close(master)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def start(c: Container) -> None:
+    """Let the created container's init execve the program."""
+    st = c.load()
+    status = c.status(st)
+    if status != "created":
+        raise RuntimeError_(f"container {c.id!r} is {status}: only a created container starts")
+    fd = os.open(c.fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if os.read(fd, 1):
+                    break
+            except BlockingIOError:
+                pass
+            if _start_time(st["pid"]) != st.get("_start"):
+                raise RuntimeError_(f"container {c.id!r}: its init process is gone")
+            if time.monotonic() > deadline:
+                raise RuntimeError_(f"container {c.id!r}: its init process did not take the start")
+            time.sleep(0.0005)
+    finally:
+        os.close(fd)
+    os.unlink(c.fifo)
+
+
+def kill(c: Container, sig: str = "SIGTERM") -> None:
+    """Send ``sig`` (a name, with or without SIG, or a number) to the container's init."""
+    st = c.load()
+    name = sig.upper()
+    if name.isdigit():
+        num = int(name)
+        if num not in {int(s) for s in signal.Signals}:
+            raise ConfigError(f"signal {sig!r}: no such signal")
+    else:
+        s = SIGNALS.get(name) or SIGNALS.get("SIG" + name)
+        if s is None:
+            raise ConfigError(f"signal {sig!r}: no such signal")
+        num = int(s)
+    if c.status(st) == "stopped":
+        raise RuntimeError_(f"container {c.id!r} is not running")
+    os.kill(st["pid"], num)
+
+
+def _teardown(c: Container, made: dict[str, str]) -> None:
+    remove_cgroups(made)
+    for name in ("exec.fifo", "state.json", "state.json.tmp"):
+        try:
+            os.unlink(os.path.join(c.dir, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(c.dir)
+    except OSError:
+        pass
+
+
+def delete(c: Container, force: bool = False) -> None:
+    """Remove a stopped container (``force``: kill it first)."""
+    st = c.load()
+    status = c.status(st)
+    if status != "stopped":
+        if status == "running" and not force:
+            raise RuntimeError_(f"container {c.id!r} is running: stop it first or use --force")
+        os.kill(st["pid"], signal.SIGKILL)
+        for _ in range(500):
+            if _start_time(st["pid"]) != st.get("_start"):
+                break
+            time.sleep(0.002)
+    _teardown(c, st.get("_cgroups", {}))
+
+
+def run(root: str, cid: str, bundle: str, pid_file: str | None, console_socket: str | None, detach: bool,
+        keep: bool) -> int:
+    """create + start; in the foreground, wait for the program and return its exit status (128+signal), then
+    delete the container (``keep``: leave it stopped)."""
+    if not detach:
+        L.prctl(L.PR_SET_CHILD_SUBREAPER, 1)  # init is reparented to us when its helper exits: we can wait
+    c, pid = create(root, cid, bundle, pid_file, console_socket, foreground=not detach)
+    try:
+        start(c)
+    except BaseException:
+        delete(c, force=True)
+        raise
+    if detach:
+        return 0
+    fwd = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+           signal.SIGWINCH)
+    for s in fwd:
+        signal.signal(s, lambda n, f: os.kill(pid, n))
+    code = 255
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if got == pid:
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+            break
+    if not keep:
+        delete(c, force=True)
+    return code
+
+
+def features() -> dict[str, Any]:
+    """The OCI ``features`` document: what this runtime supports."""
+    return {"ociVersionMin": "1.0.0", "ociVersionMax": VERSION,
+            "hooks": [], "mountOptions": sorted(__import__("virtkit.containers.init", fromlist=["x"]).MOUNT_FLAGS),
+            "linux": {"namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "uts"],
+                      "capabilities": L.CAPS[:L.last_cap() + 1],
+                      "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+                      "seccomp": {"enabled": False}, "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
+            "annotations": {"org.virtkit.runtime": "virtkit-runc"}}
+
+
+# ---- the command line (runc's) ------------------------------------------------------------------------------
+USAGE = """usage: virtkit-runc [--root DIR] [--log FILE] [--log-format text|json] COMMAND [ARGS]
+
+commands:
+  create [--bundle DIR] [--pid-file F] [--console-socket S] ID   build the container, ready to start
+  start ID                                                       run its program
+  run [--bundle DIR] [-d] [--keep] [--pid-file F] ID              create + start (+ wait, + delete)
+  state ID                                                       the OCI state JSON
+  kill ID [SIGNAL]                                               send a signal (default SIGTERM)
+  delete [--force] ID                                            remove it
+  list [--format table|json] [-q]                                the containers
+  spec [--bundle DIR] [--rootless]                               write a default config.json
+  features                                                       what this runtime supports (JSON)
+"""
+
+
+def _parse(argv: list[str], opts: dict[str, str | None], flags: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """runc-style options: ``--name value``, ``--name=value``, ``-b value``; the rest positional."""
+    out: dict[str, Any] = {}
+    pos: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-") and a != "-":
+            key, eq, val = a.lstrip("-").partition("=")
+            name = opts.get(key, key) if key in opts else key
+            if key in flags or name in flags:
+                out[name] = True
+            elif key in opts:
+                if not eq:
+                    i += 1
+                    if i >= len(argv):
+                        raise ConfigError(f"option -{'-' if len(key) > 1 else ''}{key} needs a value")
+                    val = argv[i]
+                out[opts[key] or key] = val
+            else:
+                raise ConfigError(f"unknown option {a!r}")
+        else:
+            pos.append(a)
+        i += 1
+    return out, pos
+
+
+GLOBAL_OPTS = {"root": None, "log": None, "log-format": None, "cgroup-manager": None, "criu": None,
+               "rootless": None}
+GLOBAL_FLAGS = {"systemd-cgroup", "debug"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The runc-compatible command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    log, log_format = None, "text"
+    try:
+        # global options come before the command
+        g: dict[str, Any] = {}
+        while args and args[0].startswith("-"):
+            if args[0] in ("-h", "--help"):
+                print(USAGE, end="")
+                return 0
+            if args[0] in ("-v", "--version"):
+                print(f"virtkit-runc version 0.1.0\nspec: {VERSION}")
+                return 0
+            key, eq, val = args[0].lstrip("-").partition("=")
+            if key in GLOBAL_FLAGS:
+                g[key] = True
+                args.pop(0)
+                continue
+            if key not in GLOBAL_OPTS:
+                raise ConfigError(f"unknown global option {args[0]!r}")
+            args.pop(0)
+            if not eq:
+                if not args:
+                    raise ConfigError(f"option --{key} needs a value")
+                val = args.pop(0)
+            g[key] = val
+        log, log_format = g.get("log"), g.get("log-format", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format {log_format!r}: text or json")
+        root = g.get("root") or DEFAULT_ROOT
+        if not args:
+            print(USAGE, end="", file=sys.stderr)
+            return 2
+        cmd, rest = args[0], args[1:]
+        return _command(cmd, rest, root)
+    except VirtkitError as err:
+        return _fail(str(err), log, log_format)
+    except OSError as err:
+        return _fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}", log, log_format)
+
+
+def _fail(msg: str, log: str | None, log_format: str) -> int:
+    print(f"virtkit-runc: error: {msg}", file=sys.stderr)
+    if log:
+        try:
+            with open(log, "a") as f:
+                if log_format == "json":
+                    f.write(json.dumps({"level": "error", "msg": msg, "time": _now()}) + "\n")
+                else:
+                    f.write(f"time={_now()} level=error msg={json.dumps(msg)}\n")
+        except OSError:
+            pass
+    return 1
+
+
+def _one_id(pos: list[str], cmd: str) -> str:
+    if len(pos) != 1:
+        raise ConfigError(f"{cmd}: expected one container id, got {len(pos)} arguments")
+    return pos[0]
+
+
+def _command(cmd: str, rest: list[str], root: str) -> int:
+    bundle_opts = {"bundle": "bundle", "b": "bundle", "pid-file": "pid-file", "console-socket": "console-socket",
+                   "preserve-fds": "preserve-fds", "criu": None}
+    if cmd == "create":
+        o, pos = _parse(rest, bundle_opts, {"no-pivot", "no-new-keyring"})
+        create(root, _one_id(pos, cmd), o.get("bundle", "."), o.get("pid-file"), o.get("console-socket"))
+        return 0
+    if cmd == "start":
+        _, pos = _parse(rest, {}, set())
+        start(Container(root, _one_id(pos, cmd)))
+        return 0
+    if cmd == "run":
+        o, pos = _parse(rest, bundle_opts, {"detach", "d", "keep", "no-pivot", "no-new-keyring"})
+        return run(root, _one_id(pos, cmd), o.get("bundle", "."), o.get("pid-file"), o.get("console-socket"),
+                   bool(o.get("detach") or o.get("d")), bool(o.get("keep")))
+    if cmd == "state":
+        _, pos = _parse(rest, {}, set())
+        print(json.dumps(Container(root, _one_id(pos, cmd)).oci_state(), indent=2))
+        return 0
+    if cmd == "kill":
+        o, pos = _parse(rest, {}, {"all", "a"})
+        if not 1 <= len(pos) <= 2:
+            raise ConfigError("kill: expected a container id and an optional signal")
+        kill(Container(root, pos[0]), pos[1] if len(pos) == 2 else "SIGTERM")
+        return 0
+    if cmd == "delete":
+        o, pos = _parse(rest, {}, {"force", "f"})
+        delete(Container(root, _one_id(pos, cmd)), bool(o.get("force") or o.get("f")))
+        return 0
+    if cmd == "list":
+        o, pos = _parse(rest, {"format": "format", "f": "format"}, {"quiet", "q"})
+        rows = []
+        if os.path.isdir(root):
+            for cid in sorted(os.listdir(root)):
+                c = Container(root, cid) if ID_RE.match(cid) else None
+                if c is not None and c.exists():
+                    rows.append(c.oci_state())
+        if o.get("quiet") or o.get("q"):
+            print("\n".join(r["id"] for r in rows))
+        elif o.get("format", "table") == "json":
+            print(json.dumps(rows))
+        else:
+            print(f"{'ID':<20} {'PID':<8} {'STATUS':<10} {'BUNDLE':<40} CREATED")
+            for r in rows:
+                print(f"{r['id']:<20} {r['pid']:<8} {r['status']:<10} {r['bundle']:<40} {r['created']}")
+        return 0
+    if cmd == "spec":
+        o, pos = _parse(rest, {"bundle": "bundle", "b": "bundle"}, {"rootless"})
+        path = os.path.join(o.get("bundle", "."), "config.json")
+        if os.path.exists(path):
+            raise ConfigError(f"{path} exists: remove it first")
+        with open(path, "w") as f:
+            json.dump(specmod.default(bool(o.get("rootless"))), f, indent=2)
+        return 0
+    if cmd == "features":
+        print(json.dumps(features(), indent=2))
+        return 0
+    raise ConfigError(f"unknown command {cmd!r} (virtkit-runc --help lists them)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

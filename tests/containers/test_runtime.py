@@ -1,0 +1,215 @@
+"""``virtkit-runc``: real containers (root, namespaces), the same bundles run by Debian's runc beside it.
+
+The bundle is a busybox root file system (Debian's ``busybox-static``). Each test compares what the program
+sees inside (hostname, ids, capability masks, NoNewPrivs, mounts, PID 1, exit status) with runc's view of
+the same bundle, or checks a lifecycle step and its errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="containers need root here (no rootless mode yet)"),
+    pytest.mark.skipif(shutil.which("busybox") is None or "static" not in subprocess.run(
+        ["file", "-L", shutil.which("busybox") or "/"], capture_output=True, text=True).stdout
+        if shutil.which("file") else False, reason="needs a static busybox (Debian's busybox-static)"),
+]
+
+APPLETS = ("sh", "ls", "cat", "echo", "id", "hostname", "mount", "ps", "sleep", "true", "false", "grep", "wc",
+           "ip", "head", "sed", "touch", "mkdir", "readlink", "sort")
+
+
+def runtime(*args: str, root: Path, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The runtime's command; its output through files (a created container keeps the runtime's stdio open,
+    as runc's does: a pipe would not see EOF until the container ends)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        rc = subprocess.run([sys.executable, "-m", "virtkit.containers.runtime", "--root", str(root), *args],
+                            stdout=out, stderr=err, timeout=timeout, stdin=subprocess.DEVNULL).returncode
+        out.seek(0)
+        err.seek(0)
+        p = subprocess.CompletedProcess(args, rc, out.read(), err.read())
+    assert "Traceback" not in p.stderr, p.stderr
+    if check:
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+def runc(*args: str, root: Path, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["runc", "--root", str(root), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A bundle: busybox in rootfs/bin, runc's default config with terminal off."""
+    b = tmp_path / "bundle"
+    (b / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(shutil.which("busybox"), b / "rootfs" / "bin" / "busybox")
+    for a in APPLETS:
+        (b / "rootfs" / "bin" / a).symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "tmp", "etc"):
+        (b / "rootfs" / d).mkdir()
+    p = subprocess.run(["runc", "spec"], cwd=b, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["process"]["terminal"] = False
+    (b / "config.json").write_text(json.dumps(cfg))
+    return b
+
+
+def set_args(b: Path, script: str, **changes) -> None:
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["process"]["args"] = ["sh", "-c", script]
+    for k, v in changes.items():
+        cfg[k] = v
+    (b / "config.json").write_text(json.dumps(cfg))
+
+
+def both(b: Path, tmp_path: Path, script: str) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    set_args(b, script)
+    cid = "t" + uuid.uuid4().hex[:8]
+    ours = runtime("run", "--bundle", str(b), cid, root=tmp_path / "vk", check=False)
+    peer = subprocess.run(["runc", "--root", str(tmp_path / "rc"), "run", "--bundle", str(b), cid],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return ours, peer
+
+
+def test_a_container_sees_what_it_sees_under_runc(bundle, tmp_path):
+    script = ("hostname; id; echo pid=$$; ps -o pid,comm | wc -l; grep -E '^(Cap|NoNewPrivs|Seccomp:)' "
+              "/proc/self/status; mount | sed 's/ (.*//' | sort; ip -o link | sed 's/:.*//;s/^[0-9]*//'; "
+              "cat /proc/sys/kernel/hostname; ls /dev | sort; touch /x 2>&1 | sed 's/^.*: //'; exit 7")
+    ours, peer = both(bundle, tmp_path, script)
+    # (runc's hostname default is "runc"; the bundle is the same for both, so both print the config's)
+    assert ours.returncode == peer.returncode == 7, (ours.stderr, peer.stderr)
+    assert ours.stdout == peer.stdout, f"virtkit:\n{ours.stdout}\nrunc:\n{peer.stdout}"
+    assert "pid=1\n" in ours.stdout and "Read-only file system" in ours.stdout
+
+
+def test_lifecycle_create_start_state_kill_delete(bundle, tmp_path):
+    set_args(bundle, "echo started > /dev/shm/mark; sleep 30")
+    root = tmp_path / "vk"
+    pidfile = tmp_path / "pid"
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(pidfile), "c1", root=root)
+    st = json.loads(runtime("state", "c1", root=root).stdout)
+    assert st["status"] == "created" and st["id"] == "c1" and st["pid"] == int(pidfile.read_text())
+    assert set(st) >= {"ociVersion", "id", "status", "pid", "bundle"} and st["bundle"] == str(bundle)
+    assert "started" not in runtime("list", "--format", "json", root=root).stdout
+    again = runtime("create", "--bundle", str(bundle), "c1", root=root, check=False)
+    assert again.returncode == 1 and "container 'c1' already exists" in again.stderr
+    runtime("start", "c1", root=root)
+    assert json.loads(runtime("state", "c1", root=root).stdout)["status"] == "running"
+    twice = runtime("start", "c1", root=root, check=False)
+    assert twice.returncode == 1 and "is running: only a created container starts" in twice.stderr
+    busy = runtime("delete", "c1", root=root, check=False)
+    assert busy.returncode == 1 and "is running" in busy.stderr
+    rows = json.loads(runtime("list", "--format", "json", root=root).stdout)
+    assert [r["id"] for r in rows] == ["c1"]
+    runtime("kill", "c1", "KILL", root=root)
+    import time
+
+    for _ in range(200):
+        if json.loads(runtime("state", "c1", root=root).stdout)["status"] == "stopped":
+            break
+        time.sleep(0.02)
+    assert json.loads(runtime("state", "c1", root=root).stdout)["status"] == "stopped"
+    runtime("delete", "c1", root=root)
+    gone = runtime("state", "c1", root=root, check=False)
+    assert gone.returncode == 1 and "container 'c1' does not exist" in gone.stderr
+    assert not any(root.iterdir())
+
+
+def test_namespaces_isolate(bundle, tmp_path):
+    cfg = json.loads((bundle / "config.json").read_text())
+    for k in ("bounding", "effective", "permitted"):
+        cfg["process"]["capabilities"][k].append("CAP_SYS_ADMIN")  # (without it mount fails, as it should)
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    set_args(bundle, "mount -t tmpfs none /tmp && echo inside > /tmp/f && cat /tmp/f && hostname")
+    out = runtime("run", "--bundle", str(bundle), "ns1", root=tmp_path / "vk")
+    assert out.stdout == "inside\nrunc\n"
+    assert not any(" /tmp " in line and "ns1" in line for line in Path("/proc/mounts").read_text().splitlines())
+    assert (bundle / "rootfs" / "tmp").exists() and not (bundle / "rootfs" / "tmp" / "f").exists()
+
+
+def test_a_pids_limit_stops_fork(bundle, tmp_path):
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["resources"] = {"pids": {"limit": 8}}
+    cfg["process"]["args"] = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done 2>&1 | "
+                                          "grep -c -i 'resource\\|again\\|fork' ; true"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    out = runtime("run", "--bundle", str(bundle), "pl1", root=tmp_path / "vk", timeout=60)
+    assert int(out.stdout.strip().splitlines()[-1]) > 0, out.stdout
+
+
+def test_mount_destinations_cannot_escape_the_rootfs(bundle, tmp_path):
+    """A symlink in the rootfs pointing at a host path: the mount lands inside the rootfs, never on the host."""
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    (bundle / "rootfs" / "evil").symlink_to(str(host_dir))
+    (bundle / "rootfs" / "up").symlink_to("../../../..")
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["mounts"] += [{"destination": "/evil/x", "type": "tmpfs", "source": "tmpfs"},
+                      {"destination": "/up/y", "type": "tmpfs", "source": "tmpfs"}]
+    cfg["process"]["args"] = ["sh", "-c", "ls -d /evil/x /up/y && readlink /evil"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "vk").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = runtime("run", "--bundle", str(bundle), "esc1", root=tmp_path / "vk")
+    assert "/evil/x" in out.stdout and "/up/y" in out.stdout
+    assert list(host_dir.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (bundle / "rootfs" / host_dir.relative_to("/") / "x").is_dir()  # the symlink followed inside
+    assert (bundle / "rootfs" / "y").is_dir()  # and .. stopped at the root
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"process": {"args": "sh"}}, "process.args: expected a list, got str"),
+    ({"process": {"args": ["sh"], "user": {"uid": "0"}}}, "process.user.uid: expected an integer, got str"),
+    ({"root": {"path": "nope"}}, "root.path"),
+    ({"ociVersion": "2.0.0"}, "ociVersion '2.0.0': this runtime reads version 1.x"),
+    ({"linux": {"namespaces": [{"type": "warp"}]}}, "unknown namespace type 'warp'"),
+    ({"mounts": [{"destination": "relative", "type": "tmpfs", "source": "tmpfs"}]}, "must be an absolute path"),
+])
+def test_bad_configs_are_refused_with_the_field_named(bundle, tmp_path, change, message):
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg.update(change)
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    p = runtime("run", "--bundle", str(bundle), "bad1", root=tmp_path / "vk", check=False)
+    assert p.returncode != 0 and message in p.stderr, p.stderr
+    assert not (tmp_path / "vk" / "bad1").exists()
+
+
+def test_bad_command_lines(tmp_path):
+    root = tmp_path / "vk"
+    for args, msg in ((["state", "../x"], "container id '../x'"), (["frobnicate"], "unknown command"),
+                      (["state", "nope"], "container 'nope' does not exist"), (["--bogus", "list"], "unknown global"),
+                      (["kill"], "expected a container id")):
+        p = runtime(*args, root=root, check=False)
+        assert p.returncode != 0 and msg in p.stderr, (args, p.stderr)
+    log = tmp_path / "log.json"
+    p = runtime("--log", str(log), "--log-format", "json", "state", "nope", root=root, check=False)
+    assert json.loads(log.read_text().splitlines()[-1])["level"] == "error"
+
+
+def test_spec_and_features(tmp_path):
+    root = tmp_path / "vk"
+    runtime("spec", "--bundle", str(tmp_path), root=root)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["process"]["args"] == ["sh"] and {n["type"] for n in cfg["linux"]["namespaces"]} == {
+        "pid", "network", "ipc", "uts", "mount"}
+    p = runtime("spec", "--bundle", str(tmp_path), root=root, check=False)
+    assert p.returncode != 0 and "exists" in p.stderr
+    feats = json.loads(runtime("features", root=root).stdout)
+    assert "CAP_SYS_ADMIN" in feats["linux"]["capabilities"] and "pid" in feats["linux"]["namespaces"]
+    via_cli = subprocess.run([sys.executable, "-m", "virtkit.cli", "runtime", "--root", str(root), "features"],
+                             capture_output=True, text=True)
+    assert json.loads(via_cli.stdout) == feats
