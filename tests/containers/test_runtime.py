@@ -213,3 +213,65 @@ def test_spec_and_features(tmp_path):
     via_cli = subprocess.run([sys.executable, "-m", "virtkit.cli", "runtime", "--root", str(root), "features"],
                              capture_output=True, text=True)
     assert json.loads(via_cli.stdout) == feats
+
+
+def test_exit_by_signal_and_dropped_capabilities_match_runc(bundle, tmp_path):
+    # (PID 1 ignores SIGKILL from inside its own namespace: a child shell kills itself)
+    ours, peer = both(bundle, tmp_path, "mount -t tmpfs none /tmp 2>&1; sh -c 'kill -9 $$'; echo status=$?; "
+                      "exit 5")
+    assert ours.returncode == peer.returncode == 5 and ours.stdout == peer.stdout
+    assert "status=137" in ours.stdout
+    assert "permission denied" in ours.stdout  # no CAP_SYS_ADMIN in the default set
+
+
+def test_a_detached_container_is_stopped_by_kill(bundle, tmp_path):
+    set_args(bundle, "trap 'echo got TERM > /dev/shm/t; exit 3' TERM; while :; do sleep 0.1; done")
+    root = tmp_path / "vk"
+    runtime("run", "-d", "--bundle", str(bundle), "d1", root=root)
+    assert json.loads(runtime("state", "d1", root=root).stdout)["status"] == "running"
+    runtime("kill", "d1", "TERM", root=root)
+    import time
+
+    for _ in range(250):
+        if json.loads(runtime("state", "d1", root=root).stdout)["status"] == "stopped":
+            break
+        time.sleep(0.02)
+    assert json.loads(runtime("state", "d1", root=root).stdout)["status"] == "stopped"
+    bad = runtime("kill", "d1", "TERM", root=root, check=False)
+    assert bad.returncode == 1 and "is not running" in bad.stderr
+    runtime("delete", "d1", root=root)
+
+
+def test_the_console_socket_receives_a_working_pty(bundle, tmp_path):
+    import socket
+
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["terminal"] = True
+    cfg["process"]["args"] = ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; sleep 0.2"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    sock_path = str(tmp_path / "console.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    root = tmp_path / "vk"
+    runtime("create", "--bundle", str(bundle), "--console-socket", sock_path, "tty1", root=root)
+    conn, _ = srv.accept()
+    msg, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+    assert msg.startswith(b"/dev/pts/") and len(fds) == 1
+    runtime("start", "tty1", root=root)
+    data = b""
+    import select
+
+    while b"tty-ok" not in data and select.select([fds[0]], [], [], 10)[0]:
+        try:
+            chunk = os.read(fds[0], 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert b"tty-ok" in data, data
+    os.close(fds[0])
+    runtime("delete", "--force", "tty1", root=root)
+    p = runtime("create", "--bundle", str(bundle), "tty2", root=root, check=False)
+    assert p.returncode == 1 and "needs --console-socket" in p.stderr

@@ -233,6 +233,19 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
     flags, joins = _ns_flags(cfg)
     if cfg["process"].get("terminal") and console_socket is None and not foreground:
         raise ConfigError("process.terminal: a detached container with a terminal needs --console-socket")
+    console = None
+    if console_socket is not None:  # connected now: after pivot_root the host's paths (and Python's library)
+        import fcntl  # noqa: F401       are out of the container's reach
+        import socket
+        import struct  # noqa: F401
+        import termios  # noqa: F401
+
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            console.connect(console_socket)
+        except OSError as err:
+            console.close()
+            raise ConfigError(f"--console-socket {console_socket}: {err.strerror}") from None
     os.makedirs(root, mode=0o700, exist_ok=True)
     try:
         os.mkdir(c.dir, 0o700)
@@ -255,7 +268,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                 L.unshare(flags)
                 init = os.fork()
                 if init == 0:
-                    _init_child(cfg, bundle, c.fifo, wfd, grd, console_socket, initmod)
+                    _init_child(cfg, bundle, c.fifo, wfd, grd, console, initmod)
                 os.write(wfd, f"pid {init}\n".encode())
                 os._exit(0)
             except BaseException as err:  # noqa: BLE001 (the helper must never return into the runtime)
@@ -263,6 +276,8 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                 os._exit(1)
         os.close(wfd)
         os.close(grd)
+        if console is not None:
+            console.close()
         for fd, _ in join_fds:
             os.close(fd)
         pid, text = 0, ""
@@ -303,7 +318,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
         raise
 
 
-def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, console_socket: str | None,
+def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, console: Any,
                 initmod: Any) -> None:
     """The container's init: build the root, say ready, wait for start, become the program (never returns)."""
     try:
@@ -314,8 +329,8 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, 
         if cfg["process"].get("terminal"):
             os.setsid()
         initmod.build_root(cfg, bundle)
-        if console_socket is not None:
-            _console(console_socket)
+        if console is not None:
+            _console(console)
         os.write(wfd, b"ready\n")
         w = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)  # blocks until start reads
         os.write(w, b"0")
@@ -334,8 +349,9 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, 
         os._exit(127)
 
 
-def _console(sock_path: str) -> None:
-    """A pty in the container: the master goes to ``--console-socket`` (SCM_RIGHTS), the slave is stdio."""
+def _console(s: Any) -> None:
+    """A pty in the container: the master goes to ``--console-socket`` (SCM_RIGHTS over the socket ``s``,
+    connected before pivot_root), the slave is stdio."""
     import fcntl
     import socket
     import struct
@@ -345,8 +361,6 @@ def _console(sock_path: str) -> None:
     fcntl.ioctl(master, termios.TIOCSPTLCK if hasattr(termios, "TIOCSPTLCK") else 0x40045431, struct.pack("i", 0))
     n = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0" * 4))[0]  # TIOCGPTN
     slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock_path)
     socket.send_fds(s, [f"/dev/pts/{n}".encode()], [master])
     s.close()
     os.close(master)
