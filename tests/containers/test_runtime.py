@@ -275,3 +275,65 @@ def test_the_console_socket_receives_a_working_pty(bundle, tmp_path):
     runtime("delete", "--force", "tty1", root=root)
     p = runtime("create", "--bundle", str(bundle), "tty2", root=root, check=False)
     assert p.returncode == 1 and "needs --console-socket" in p.stderr
+
+
+def test_exec_ps_pause_resume_and_hooks(bundle, tmp_path):
+    """exec joins the running container (its PID namespace, host name, root); ps lists its processes; pause
+    freezes them (a frozen loop writes nothing); hooks get the state on stdin, in order."""
+    import time
+
+    log = tmp_path / "hooks.log"
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["args"] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/n; sleep 0.05; done"]
+    cfg["hooks"] = {k: [{"path": "/bin/sh", "args": ["sh", "-c", f"echo {k} $(cat) >> {log}"]}]
+                    for k in ("createRuntime", "prestart", "poststart", "poststop")}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    root = tmp_path / "vk"
+    runtime("run", "-d", "--bundle", str(bundle), "x1", root=root)
+    st = json.loads(runtime("state", "x1", root=root).stdout)
+    out = runtime("exec", "x1", "sh", "-c", "echo $(hostname) $$; cat /dev/shm/n >/dev/null; exit 4", root=root,
+                  check=False)
+    assert out.returncode == 4 and out.stdout.split()[0] == "runc" and int(out.stdout.split()[1]) > 1, out
+    pids = json.loads(runtime("ps", "--format", "json", "x1", root=root).stdout)
+    assert pids[0] == st["pid"] and len(pids) >= 2  # init (the shell) first, then its sleep
+    table = runtime("ps", "x1", root=root).stdout.splitlines()
+    assert "PID" in table[0] and any(str(st["pid"]) in line for line in table[1:])
+    runtime("pause", "x1", root=root)
+    assert json.loads(runtime("state", "x1", root=root).stdout)["status"] == "paused"
+    n1 = runtime("exec", "x1", "cat", "/dev/shm/n", root=root, check=False)
+    assert n1.returncode != 0 and "exec needs a running container" in n1.stderr
+    again = runtime("pause", "x1", root=root, check=False)
+    assert again.returncode == 1 and "only a running container can be paused" in again.stderr
+    runtime("resume", "x1", root=root)
+    a = int(runtime("exec", "x1", "cat", "/dev/shm/n", root=root).stdout)
+    time.sleep(0.3)
+    assert int(runtime("exec", "x1", "cat", "/dev/shm/n", root=root).stdout) > a  # running again
+    runtime("delete", "--force", "x1", root=root)
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["createRuntime", "prestart", "poststart", "poststop"]
+    first = json.loads(lines[0].split(" ", 1)[1])
+    assert first["id"] == "x1" and first["pid"] == st["pid"] and first["bundle"] == str(bundle)
+    assert json.loads(lines[3].split(" ", 1)[1])["status"] == "stopped"
+
+
+def test_a_failing_hook_fails_create_and_leaves_nothing(bundle, tmp_path):
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 9"]}]}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    root = tmp_path / "vk"
+    p = runtime("create", "--bundle", str(bundle), "h1", root=root, check=False)
+    assert p.returncode == 1 and "hooks.prestart: /bin/sh exited with 9: nope" in p.stderr
+    assert not (root / "h1").exists()
+
+
+def test_a_failed_create_leaves_no_cgroup_behind(bundle, tmp_path):
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
+    cfg["linux"]["cgroupsPath"] = f"/virtkit-test/{tmp_path.name}"
+    cfg["linux"]["resources"] = {"pids": {"limit": 10}}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    p = runtime("create", "--bundle", str(bundle), "cg1", root=tmp_path / "vk", check=False)
+    assert p.returncode == 1 and "hooks.createRuntime" in p.stderr
+    left = [c for c in ("pids", "memory", "unified")
+            if os.path.exists(f"/sys/fs/cgroup/{c}/virtkit-test/{tmp_path.name}")]
+    assert left == []

@@ -89,15 +89,32 @@ class Container:
             return "stopped"
         if os.path.exists(self.fifo):
             return "created"
-        freezer = st.get("_cgroups", {}).get("freezer")
-        if freezer:
-            try:
-                with open(os.path.join(freezer, "freezer.state")) as f:
+        cg = st.get("_cgroups", {})
+        try:
+            if "freezer" in cg:
+                with open(os.path.join(cg["freezer"], "freezer.state")) as f:
                     if f.read().strip() == "FROZEN":
                         return "paused"
-            except OSError:
-                pass
+            elif "unified" in cg:
+                with open(os.path.join(cg["unified"], "cgroup.freeze")) as f:
+                    if f.read().strip() == "1":
+                        return "paused"
+        except OSError:
+            pass
         return "running"
+
+    def pids(self, st: dict[str, Any]) -> list[int]:
+        """Every process of the container (its cgroup's), init first."""
+        cg = st.get("_cgroups", {})
+        for key in ("pids", "memory", "freezer", "unified", "cpu"):
+            if key in cg:
+                try:
+                    with open(os.path.join(cg[key], "cgroup.procs")) as f:
+                        found = [int(x) for x in f.read().split()]
+                except OSError:
+                    continue
+                return sorted(found, key=lambda p: (p != st.get("pid"), p))
+        return [st["pid"]] if self.status(st) != "stopped" else []
 
     def oci_state(self) -> dict[str, Any]:
         """The OCI state document (runtime-spec "State")."""
@@ -252,6 +269,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
     except FileExistsError:
         raise RuntimeError_(f"container {cid!r} already exists") from None
     made: dict[str, str] = {}
+    pid, gwr = 0, -1
     try:
         os.mkfifo(c.fifo, 0o600)
         join_fds = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag) for path, flag in joins]
@@ -280,7 +298,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
             console.close()
         for fd, _ in join_fds:
             os.close(fd)
-        pid, text = 0, ""
+        text = ""
         with os.fdopen(rfd, "rb") as r:
             while True:
                 line = r.readline()
@@ -290,6 +308,9 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                 if text.startswith("pid "):
                     pid = int(text[4:])
                     made = setup_cgroups(cfg, cid, pid)
+                    hooks = cfg.get("hooks", {})
+                    for kind in ("createRuntime", "prestart"):  # in the runtime's namespaces, before pivot_root
+                        run_hooks(hooks, kind, _hook_state(cid, pid, bundle, cfg, "creating"))
                     os.write(gwr, b"g")
                     os.close(gwr)
                     gwr = -1
@@ -314,6 +335,17 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
             os.replace(tmp, pid_file)
         return c, pid
     except BaseException:
+        if gwr >= 0:
+            os.close(gwr)  # an init still waiting for "go" reads EOF and ends
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            for _ in range(500):  # it must leave its cgroups before they can go
+                if _start_time(pid) is None:
+                    break
+                time.sleep(0.002)
         _teardown(c, made)
         raise
 
@@ -394,6 +426,12 @@ def start(c: Container) -> None:
     finally:
         os.close(fd)
     os.unlink(c.fifo)
+    hooks = st.get("_hooks", {})
+    if hooks.get("poststart"):
+        try:
+            run_hooks(hooks, "poststart", _hook_state(c.id, st["pid"], st["bundle"], st, "running"))
+        except RuntimeError_ as err:  # the container runs: a failed poststart hook is a warning (runtime spec)
+            print(f"virtkit-runc: warning: {err}", file=sys.stderr)
 
 
 def kill(c: Container, sig: str = "SIGTERM") -> None:
@@ -439,6 +477,12 @@ def delete(c: Container, force: bool = False) -> None:
             if _start_time(st["pid"]) != st.get("_start"):
                 break
             time.sleep(0.002)
+    hooks = st.get("_hooks", {})
+    if hooks.get("poststop"):
+        try:
+            run_hooks(hooks, "poststop", _hook_state(c.id, 0, st["bundle"], st, "stopped"))
+        except RuntimeError_ as err:
+            print(f"virtkit-runc: warning: {err}", file=sys.stderr)
     _teardown(c, st.get("_cgroups", {}))
 
 
@@ -477,10 +521,114 @@ def run(root: str, cid: str, bundle: str, pid_file: str | None, console_socket: 
     return code
 
 
+def _hook_state(cid: str, pid: int, bundle: str, cfg: dict[str, Any], status: str) -> dict[str, Any]:
+    st = {"ociVersion": VERSION, "id": cid, "status": status, "pid": pid, "bundle": bundle}
+    if cfg.get("annotations"):
+        st["annotations"] = cfg["annotations"]
+    return st
+
+
+def run_hooks(hooks: dict[str, Any], kind: str, state: dict[str, Any]) -> None:
+    """Run the ``kind`` hooks in order, each with the container's state JSON on stdin (runtime spec "Hooks");
+    RuntimeError_ naming the hook when one fails or overruns its timeout."""
+    todo = hooks.get(kind, [])
+    if not todo:
+        return
+    import subprocess
+
+    data = json.dumps(state).encode()
+    for h in todo:
+        path = h.get("path", "")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ConfigError(f"hooks.{kind}: path {path!r} must be an absolute path")
+        args = h.get("args") or [path]
+        env = dict(e.split("=", 1) for e in h.get("env", []) if "=" in e)
+        try:
+            p = subprocess.run(args, executable=path, input=data, env=env, capture_output=True,
+                               timeout=h.get("timeout"))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError_(f"hooks.{kind}: {path} did not finish in {h.get('timeout')} s") from None
+        except OSError as err:
+            raise RuntimeError_(f"hooks.{kind}: {path}: {err.strerror}") from None
+        if p.returncode != 0:
+            raise RuntimeError_(f"hooks.{kind}: {path} exited with {p.returncode}: "
+                                f"{p.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+def pause(c: Container, paused: bool) -> None:
+    """Freeze (or thaw) every process of the container (the freezer cgroup, or cgroup.freeze on v2)."""
+    st = c.load()
+    status = c.status(st)
+    want = "running" if paused else "paused"
+    if status != want:
+        raise RuntimeError_(f"container {c.id!r} is {status}: only a {want} container can be "
+                            f"{'paused' if paused else 'resumed'}")
+    cg = st.get("_cgroups", {})
+    if "freezer" in cg:
+        _write(os.path.join(cg["freezer"], "freezer.state"), "FROZEN" if paused else "THAWED", "freezer")
+        for _ in range(1000):
+            with open(os.path.join(cg["freezer"], "freezer.state")) as f:
+                if f.read().strip() == ("FROZEN" if paused else "THAWED"):
+                    return
+            time.sleep(0.001)
+        raise RuntimeError_(f"container {c.id!r}: the freezer did not settle")
+    if "unified" in cg:
+        _write(os.path.join(cg["unified"], "cgroup.freeze"), "1" if paused else "0", "freeze")
+        return
+    raise RuntimeError_(f"container {c.id!r}: no freezer cgroup on this host")
+
+
+def exec_in(c: Container, process: dict[str, Any], detach: bool = False) -> int:
+    """Run another process in the running container: its namespaces, cgroups, root and the process's own
+    user, capabilities and environment; its exit status (0 at once with ``detach``)."""
+    from virtkit.containers import init as initmod
+
+    st = c.load()
+    if c.status(st) != "running":
+        raise RuntimeError_(f"container {c.id!r} is {c.status(st)}: exec needs a running container")
+    pid = st["pid"]
+    fds = []
+    for name in ("user", "ipc", "uts", "net", "pid", "cgroup", "mnt"):  # the mount namespace last: it moves root
+        try:
+            if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
+                fds.append(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            continue
+    cgs = list(st.get("_cgroups", {}).values())
+    child = os.fork()
+    if child == 0:
+        try:
+            for path in cgs:
+                with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            for fd in fds:
+                L.setns(fd, 0)
+            grand = os.fork()  # (the PID namespace applies to children)
+            if grand == 0:
+                initmod.become_process({"process": process})
+            if detach:
+                os._exit(0)
+            _, status = os.waitpid(grand, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)
+        except BaseException as err:  # noqa: BLE001
+            try:
+                os.write(2, f"virtkit-runc: error: exec: {err}\n".encode())
+            except OSError:
+                pass
+            os._exit(255)
+    for fd in fds:
+        os.close(fd)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
 def features() -> dict[str, Any]:
     """The OCI ``features`` document: what this runtime supports."""
     return {"ociVersionMin": "1.0.0", "ociVersionMax": VERSION,
-            "hooks": [], "mountOptions": sorted(__import__("virtkit.containers.init", fromlist=["x"]).MOUNT_FLAGS),
+            "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+            "mountOptions": sorted(__import__("virtkit.containers.init", fromlist=["x"]).MOUNT_FLAGS),
             "linux": {"namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "uts"],
                       "capabilities": L.CAPS[:L.last_cap() + 1],
                       "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
@@ -501,6 +649,9 @@ commands:
   list [--format table|json] [-q]                                the containers
   spec [--bundle DIR] [--rootless]                               write a default config.json
   features                                                       what this runtime supports (JSON)
+  pause ID / resume ID                                           freeze or thaw every process
+  ps [--format table|json] ID [PS-ARGS]                          its processes
+  exec [--process F] [-e ENV] [--cwd D] [-u UID[:GID]] [-d] ID [CMD ARGS]   another process inside
 """
 
 
@@ -592,6 +743,22 @@ def _fail(msg: str, log: str | None, log_format: str) -> int:
     return 1
 
 
+def _exec_split(rest: list[str]) -> int:
+    """Where exec's own options end: after the container id (the rest is the command, options and all)."""
+    takes = {"--process", "-p", "--cwd", "--env", "-e", "--user", "-u", "--console-socket", "--pid-file",
+             "--format", "-f"}
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a in takes:
+            i += 2
+        elif a.startswith("-"):
+            i += 1
+        else:
+            return i + 1
+    return i
+
+
 def _one_id(pos: list[str], cmd: str) -> str:
     if len(pos) != 1:
         raise ConfigError(f"{cmd}: expected one container id, got {len(pos)} arguments")
@@ -655,6 +822,63 @@ def _command(cmd: str, rest: list[str], root: str) -> int:
     if cmd == "features":
         print(json.dumps(features(), indent=2))
         return 0
+    if cmd in ("pause", "resume"):
+        _, pos = _parse(rest, {}, set())
+        pause(Container(root, _one_id(pos, cmd)), cmd == "pause")
+        return 0
+    if cmd == "ps":
+        split = _exec_split(rest)
+        o, pos = _parse(rest[:split], {"format": "format", "f": "format"}, set())
+        c = Container(root, _one_id(pos, cmd))
+        pids = c.pids(c.load())
+        if o.get("format", "table") == "json":
+            print(json.dumps(pids))
+            return 0
+        import subprocess
+
+        out = subprocess.run(["ps", *(rest[split:] or ["-ef"])], capture_output=True, text=True)
+        lines = out.stdout.splitlines()
+        if lines:
+            col = lines[0].split().index("PID") if "PID" in lines[0].split() else 1
+            print(lines[0])
+            for line in lines[1:]:
+                f = line.split()
+                if len(f) > col and f[col].isdigit() and int(f[col]) in pids:
+                    print(line)
+        return 0
+    if cmd == "exec":
+        o, pos = _parse(rest[:_exec_split(rest)], {"process": "process", "p": "process", "cwd": "cwd",
+                                                  "env": "env", "e": "env", "user": "user", "u": "user",
+                                                  "console-socket": "console-socket", "pid-file": "pid-file"},
+                        {"detach", "d", "tty", "t", "no-new-privs"})
+        args = rest[_exec_split(rest):]
+        if not pos:
+            raise ConfigError("exec: expected a container id")
+        c = Container(root, pos[0])
+        cmdline = pos[1:] + args
+        st = c.load()
+        if o.get("process"):
+            with open(o["process"]) as f:
+                process = json.load(f)
+            specmod.check(process, specmod.SHAPE["process"], "process")
+        else:
+            cfg = specmod.load(st["bundle"])
+            process = dict(cfg["process"])
+            if not cmdline:
+                raise ConfigError("exec: expected a command (or --process FILE)")
+            process["args"] = cmdline
+        if o.get("cwd"):
+            process["cwd"] = o["cwd"]
+        if o.get("env"):
+            process["env"] = list(process.get("env", [])) + [o["env"]]
+        if o.get("user"):
+            uid, _, gid = o["user"].partition(":")
+            if not uid.isdigit() or (gid and not gid.isdigit()):
+                raise ConfigError(f"exec --user {o['user']!r}: want UID[:GID]")
+            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        if not process.get("args"):
+            raise ConfigError("process.args: the process needs a program to run")
+        return exec_in(c, process, bool(o.get("detach") or o.get("d")))
     raise ConfigError(f"unknown command {cmd!r} (virtkit-runc --help lists them)")
 
 
