@@ -64,6 +64,7 @@ def bundle(tmp_path):
     assert p.returncode == 0, p.stderr
     cfg = json.loads((b / "config.json").read_text())
     cfg["process"]["terminal"] = False
+    cfg["linux"]["cgroupsPath"] = f"/virtkit-test/{tmp_path.parent.name}-{tmp_path.name}"  # (runs never share)
     (b / "config.json").write_text(json.dumps(cfg))
     return b
 
