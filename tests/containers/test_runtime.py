@@ -338,3 +338,34 @@ def test_a_failed_create_leaves_no_cgroup_behind(bundle, tmp_path):
     left = [c for c in ("pids", "memory", "unified")
             if os.path.exists(f"/sys/fs/cgroup/{c}/virtkit-test/{tmp_path.name}")]
     assert left == []
+
+
+def test_seccomp_denies_with_the_configured_errno_as_under_runc(bundle, tmp_path):
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                                             "errnoRet": 1},
+                                            {"names": ["getpriority"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+                                             "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]}]}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    ours, peer = both(bundle, tmp_path, "grep Seccomp: /proc/self/status; mkdir /dev/shm/x 2>&1; echo rc=$?; "
+                                        "ls -d /dev/shm/x 2>&1 | head -1")
+    assert ours.returncode == peer.returncode == 0 and ours.stdout == peer.stdout
+    assert "Seccomp:\t2" in ours.stdout and "Operation not permitted" in ours.stdout
+    cfg["linux"]["seccomp"]["syscalls"][0]["action"] = "SCMP_ACT_BOGUS"
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    p = runtime("run", "--bundle", str(bundle), "sc2", root=tmp_path / "vk", check=False)
+    assert p.returncode == 1 and "unknown action 'SCMP_ACT_BOGUS'" in p.stderr
+
+
+def test_update_changes_a_live_limit(bundle, tmp_path):
+    set_args(bundle, "sleep 30")
+    root = tmp_path / "vk"
+    runtime("run", "-d", "--bundle", str(bundle), "u1", root=root)
+    st = json.loads((root / "u1" / "state.json").read_text())
+    runtime("update", "--pids-limit", "7", "u1", root=root)
+    pids = st["_cgroups"].get("pids") or st["_cgroups"].get("unified")
+    assert Path(pids, "pids.max").read_text().strip() == "7"
+    bad = runtime("update", "--pids-limit", "lots", "u1", root=root, check=False)
+    assert bad.returncode == 1 and "--pids-limit 'lots': expected a number" in bad.stderr
+    runtime("delete", "--force", "u1", root=root)

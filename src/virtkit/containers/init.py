@@ -221,8 +221,8 @@ def _caps(names: list[str], where: str) -> int:
     return mask
 
 
-def become_process(cfg: dict[str, Any]) -> None:
-    """The program's own state, then execve (never returns)."""
+def become_process(cfg: dict[str, Any], seccomp: Any = None) -> None:
+    """The program's own state, then execve (never returns); ``seccomp``: a built filter, loaded last."""
     proc = cfg["process"]
     for rl in proc.get("rlimits", []):
         kind = RLIMITS.get(rl["type"])
@@ -258,6 +258,8 @@ def become_process(cfg: dict[str, Any]) -> None:
                     pass
     if proc.get("noNewPrivileges"):
         L.prctl(L.PR_SET_NO_NEW_PRIVS, 1)
+    if seccomp is not None:
+        seccomp.load()
     cwd = proc.get("cwd", "/")
     try:
         os.chdir(cwd)

@@ -150,3 +150,82 @@ def last_cap() -> int:
             return int(f.read())
     except OSError:
         return len(CAPS) - 1
+
+
+class SeccompError(Exception):
+    """A seccomp profile libseccomp cannot build or the kernel refuses."""
+
+
+# ---- seccomp through libseccomp (the maintained library runc and crun use) -----------------------------------
+SCMP_ACTIONS = {"SCMP_ACT_KILL": 0x00000000, "SCMP_ACT_KILL_THREAD": 0x00000000,
+                "SCMP_ACT_KILL_PROCESS": 0x80000000, "SCMP_ACT_TRAP": 0x00030000, "SCMP_ACT_ERRNO": 0x00050000,
+                "SCMP_ACT_TRACE": 0x7FF00000, "SCMP_ACT_LOG": 0x7FFC0000, "SCMP_ACT_ALLOW": 0x7FFF0000}
+SCMP_OPS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
+            "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+class Seccomp:
+    """A seccomp filter built from an OCI ``linux.seccomp`` object with libseccomp; :meth:`load` installs it.
+    Built before ``pivot_root`` (the library is loaded from the host), loaded just before ``execve``."""
+
+    def __init__(self, spec: dict) -> None:
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        except OSError:
+            raise SeccompError("seccomp: libseccomp.so.2 is not installed (Debian: libseccomp2)") from None
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+        lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+        self.ctx = lib.seccomp_init(self.action(spec.get("defaultAction", ""), spec.get("defaultErrnoRet"),
+                                                "defaultAction"))
+        if not self.ctx:
+            raise SeccompError("seccomp: libseccomp could not start a filter")
+        for arch in spec.get("architectures", []):
+            token = lib.seccomp_arch_resolve_name(arch.removeprefix("SCMP_ARCH_").lower().encode())
+            if token == 0:
+                raise SeccompError(f"seccomp: unknown architecture {arch!r}")
+            ret = lib.seccomp_arch_add(self.ctx, token)
+            if ret < 0 and ret != -17:  # -EEXIST: the native one is there already
+                raise SeccompError(f"seccomp: architecture {arch}: {os.strerror(-ret)}")
+        for i, rule in enumerate(spec.get("syscalls", [])):
+            act = self.action(rule.get("action", ""), rule.get("errnoRet"), f"syscalls[{i}].action")
+            args = rule.get("args", [])
+            cmps = (_ArgCmp * max(1, len(args)))()
+            for k, a in enumerate(args):
+                op = SCMP_OPS.get(a.get("op", ""))
+                if op is None or not 0 <= a.get("index", -1) <= 5:
+                    raise SeccompError(f"seccomp: syscalls[{i}].args[{k}]: bad op {a.get('op')!r} or index")
+                cmps[k] = _ArgCmp(a["index"], op, a.get("value", 0), a.get("valueTwo", 0))
+            for name in rule.get("names", []):
+                nr = lib.seccomp_syscall_resolve_name(name.encode())
+                if nr < 0:
+                    continue  # a system call this kernel or architecture does not have: runc skips it too
+                ret = lib.seccomp_rule_add_array(self.ctx, act, nr, len(args), cmps)
+                if ret < 0:
+                    raise SeccompError(f"seccomp: rule for {name}: {os.strerror(-ret)}")
+
+    @staticmethod
+    def action(name: str, errno_ret: int | None, where: str) -> int:
+        base = SCMP_ACTIONS.get(name)
+        if base is None:
+            raise SeccompError(f"seccomp: {where}: unknown action {name!r}")
+        if name in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+            return base | ((1 if errno_ret is None else errno_ret) & 0xFFFF)
+        return base
+
+    def load(self) -> None:
+        ret = self.lib.seccomp_load(self.ctx)
+        if ret < 0:
+            raise SeccompError(f"seccomp: loading the filter: {os.strerror(-ret)}")

@@ -357,6 +357,8 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, 
         if os.read(go, 1) != b"g":  # the runtime puts us in the cgroups first (or gave up)
             os._exit(127)
         os.close(go)
+        sc = cfg.get("linux", {}).get("seccomp")
+        seccomp = L.Seccomp(sc) if sc else None  # built while the host's libseccomp is in reach
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         if cfg["process"].get("terminal"):
             os.setsid()
@@ -368,7 +370,7 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, 
         os.write(w, b"0")
         os.close(w)
         os.close(fifo_fd)
-        initmod.become_process(cfg)
+        initmod.become_process(cfg, seccomp)
     except BaseException as err:  # noqa: BLE001
         msg = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.filename}: {err.strerror}"
         try:
@@ -578,7 +580,7 @@ def pause(c: Container, paused: bool) -> None:
     raise RuntimeError_(f"container {c.id!r}: no freezer cgroup on this host")
 
 
-def exec_in(c: Container, process: dict[str, Any], detach: bool = False) -> int:
+def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp: dict | None = None) -> int:
     """Run another process in the running container: its namespaces, cgroups, root and the process's own
     user, capabilities and environment; its exit status (0 at once with ``detach``)."""
     from virtkit.containers import init as initmod
@@ -595,6 +597,7 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False) -> int:
         except FileNotFoundError:
             continue
     cgs = list(st.get("_cgroups", {}).values())
+    filt = L.Seccomp(seccomp) if seccomp else None  # (the container's profile applies to its new process too)
     child = os.fork()
     if child == 0:
         try:
@@ -605,7 +608,7 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False) -> int:
                 L.setns(fd, 0)
             grand = os.fork()  # (the PID namespace applies to children)
             if grand == 0:
-                initmod.become_process({"process": process})
+                initmod.become_process({"process": process}, filt)
             if detach:
                 os._exit(0)
             _, status = os.waitpid(grand, 0)
@@ -624,6 +627,34 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False) -> int:
     return 128 - code if code < 0 else code
 
 
+def update(c: Container, res: dict[str, Any]) -> None:
+    """Change a live container's limits (``linux.resources`` shape: memory, pids, cpu)."""
+    specmod.check(res, specmod.SHAPE["linux"]["resources"], "resources")
+    st = c.load()
+    if c.status(st) == "stopped":
+        raise RuntimeError_(f"container {c.id!r} is stopped")
+    cg = st.get("_cgroups", {})
+    mem, pids, cpu = res.get("memory", {}), res.get("pids", {}), res.get("cpu", {})
+    if "unified" in cg:
+        path = cg["unified"]
+        files = [("memory.max", mem.get("limit")), ("pids.max", pids.get("limit")),
+                 ("cpu.max", f"{cpu['quota']} {cpu.get('period', 100000)}" if "quota" in cpu else None)]
+        for name, value in files:
+            if value is not None:
+                _write(os.path.join(path, name), str(value), name)
+        return
+    files = [("memory", "memory.limit_in_bytes", mem.get("limit")), ("pids", "pids.max", pids.get("limit")),
+             ("cpu", "cpu.cfs_period_us", cpu.get("period")), ("cpu", "cpu.cfs_quota_us", cpu.get("quota")),
+             ("cpu", "cpu.shares", cpu.get("shares")), ("cpuset", "cpuset.cpus", cpu.get("cpus")),
+             ("cpuset", "cpuset.mems", cpu.get("mems"))]
+    for ctrl, name, value in files:
+        if value is None:
+            continue
+        if ctrl not in cg:
+            raise RuntimeError_(f"container {c.id!r} has no {ctrl} cgroup on this host")
+        _write(os.path.join(cg[ctrl], name), str(value), f"{ctrl} {name}")
+
+
 def features() -> dict[str, Any]:
     """The OCI ``features`` document: what this runtime supports."""
     return {"ociVersionMin": "1.0.0", "ociVersionMax": VERSION,
@@ -632,7 +663,8 @@ def features() -> dict[str, Any]:
             "linux": {"namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "uts"],
                       "capabilities": L.CAPS[:L.last_cap() + 1],
                       "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
-                      "seccomp": {"enabled": False}, "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
+                      "seccomp": {"enabled": True, "actions": sorted(L.SCMP_ACTIONS), "operators": sorted(L.SCMP_OPS)},
+            "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
             "annotations": {"org.virtkit.runtime": "virtkit-runc"}}
 
 
@@ -652,6 +684,7 @@ commands:
   pause ID / resume ID                                           freeze or thaw every process
   ps [--format table|json] ID [PS-ARGS]                          its processes
   exec [--process F] [-e ENV] [--cwd D] [-u UID[:GID]] [-d] ID [CMD ARGS]   another process inside
+  update [-r RESOURCES.json] [--memory N] [--pids-limit N] [--cpu-quota N] ... ID   change its limits
 """
 
 
@@ -723,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         cmd, rest = args[0], args[1:]
         return _command(cmd, rest, root)
-    except VirtkitError as err:
+    except (VirtkitError, L.SeccompError) as err:
         return _fail(str(err), log, log_format)
     except OSError as err:
         return _fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}", log, log_format)
@@ -822,6 +855,28 @@ def _command(cmd: str, rest: list[str], root: str) -> int:
     if cmd == "features":
         print(json.dumps(features(), indent=2))
         return 0
+    if cmd == "update":
+        o, pos = _parse(rest, {"resources": "resources", "r": "resources", "memory": "memory",
+                               "pids-limit": "pids-limit", "cpu-quota": "cpu-quota", "cpu-period": "cpu-period",
+                               "cpu-share": "cpu-share", "cpuset-cpus": "cpuset-cpus",
+                               "cpuset-mems": "cpuset-mems"}, set())
+        res: dict[str, Any] = {}
+        if o.get("resources"):
+            with open(o["resources"]) if o["resources"] != "-" else sys.stdin as f:
+                res = json.load(f)
+        for flag, sect, key in (("memory", "memory", "limit"), ("pids-limit", "pids", "limit"),
+                                ("cpu-quota", "cpu", "quota"), ("cpu-period", "cpu", "period"),
+                                ("cpu-share", "cpu", "shares"), ("cpuset-cpus", "cpu", "cpus"),
+                                ("cpuset-mems", "cpu", "mems")):
+            if flag in o:
+                v = o[flag]
+                if key not in ("cpus", "mems"):
+                    if not v.lstrip("-").isdigit():
+                        raise ConfigError(f"--{flag} {v!r}: expected a number")
+                    v = int(v)
+                res.setdefault(sect, {})[key] = v
+        update(Container(root, _one_id(pos, cmd)), res)
+        return 0
     if cmd in ("pause", "resume"):
         _, pos = _parse(rest, {}, set())
         pause(Container(root, _one_id(pos, cmd)), cmd == "pause")
@@ -857,6 +912,7 @@ def _command(cmd: str, rest: list[str], root: str) -> int:
         c = Container(root, pos[0])
         cmdline = pos[1:] + args
         st = c.load()
+        seccomp = specmod.load(st["bundle"]).get("linux", {}).get("seccomp")
         if o.get("process"):
             with open(o["process"]) as f:
                 process = json.load(f)
@@ -878,7 +934,7 @@ def _command(cmd: str, rest: list[str], root: str) -> int:
             process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
         if not process.get("args"):
             raise ConfigError("process.args: the process needs a program to run")
-        return exec_in(c, process, bool(o.get("detach") or o.get("d")))
+        return exec_in(c, process, bool(o.get("detach") or o.get("d")), seccomp)
     raise ConfigError(f"unknown command {cmd!r} (virtkit-runc --help lists them)")
 
 

@@ -37,7 +37,10 @@ SHAPE: dict[str, Any] = {
               "resources": {"memory": {"limit": _INT, "reservation": _INT, "swap": _INT},
                             "cpu": {"shares": _INT, "quota": _INT, "period": _INT, "cpus": _STR, "mems": _STR},
                             "pids": {"limit": _INT}},
-              "cgroupsPath": _STR, "rootfsPropagation": _STR},
+              "cgroupsPath": _STR, "rootfsPropagation": _STR,
+              "seccomp": {"defaultAction": _STR, "defaultErrnoRet": _INT, "architectures": [_STR],
+                          "syscalls": [{"names": [_STR], "action": _STR, "errnoRet": _INT,
+                                        "args": [{"index": _INT, "value": _INT, "valueTwo": _INT, "op": _STR}]}]}},
 }
 
 
