@@ -105,7 +105,7 @@ def _cgroup_mount(target: str, flags: int, rel: str) -> None:
         L.mount(None, target, None, L.MS_REMOUNT | flags, "mode=755")
 
 
-def _mount_one(root: str, m: dict[str, Any], cgroup: str) -> None:
+def _mount_one(root: str, m: dict[str, Any], cgroup: str, userns: bool = False) -> None:
     dest = m.get("destination", "")
     if not dest.startswith("/"):
         raise SetupError(f"mount destination {dest!r}: must be an absolute path in the container")
@@ -126,6 +126,10 @@ def _mount_one(root: str, m: dict[str, Any], cgroup: str) -> None:
         L.mount(src, target, None, flags & (L.MS_BIND | L.MS_REC))
         rest = flags & ~(L.MS_BIND | L.MS_REC)
         if rest:  # a bind mount takes its flags in a second, remounting call
+            if userns:  # in a user namespace the source's nosuid/nodev/noexec/atime flags are locked: keep them
+                f = os.statvfs(target).f_flag
+                rest |= (f & (L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC | L.MS_NOATIME | L.MS_NODIRATIME)) | (
+                    L.MS_RELATIME if f & 4096 else 0)
             L.mount(None, target, None, rest | L.MS_BIND | L.MS_REMOUNT)
     else:
         if kind == "cgroup":
@@ -184,7 +188,7 @@ def build_root(cfg: dict[str, Any], bundle: str) -> None:
         L.mount(None, "/", None, prop | L.MS_REC)
         L.mount(root, root, None, L.MS_BIND | L.MS_REC)
         for m in cfg.get("mounts", []):
-            _mount_one(root, m, cfg.get("_cgroup_path", "/"))
+            _mount_one(root, m, cfg.get("_cgroup_path", "/"), cfg.get("_userns", False))
         _devices(root, cfg)
         os.chdir(root)
         L.pivot_root(".", ".")

@@ -26,7 +26,7 @@ from virtkit.containers import linux as L
 from virtkit.containers import spec as specmod
 from virtkit.errors import ConfigError, VirtkitError
 
-DEFAULT_ROOT = "/run/virtkit-runc"
+DEFAULT_ROOT = "/run/virtkit-runc"  # (an unprivileged user's: $XDG_RUNTIME_DIR/virtkit-runc)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 VERSION = "1.1.0"  # the runtime-spec version this runtime implements
 SIGNALS = {s.name: s for s in signal.Signals}
@@ -234,9 +234,43 @@ def _ns_flags(cfg: dict[str, Any]) -> tuple[int, list[tuple[str, int]]]:
             joins.append((ns["path"], flag))
         else:
             flags |= flag
-    if flags & L.CLONE_NEWUSER:
-        raise ConfigError("linux.namespaces: user namespaces are not supported by virtkit-runc yet")
     return flags, joins
+
+
+def _id_maps(cfg: dict[str, Any]) -> tuple[str, str]:
+    """The uid_map and gid_map contents of a user namespace: the configuration's, or the caller as root."""
+    lin = cfg.get("linux", {})
+    out = []
+    for key, own in (("uidMappings", os.getuid()), ("gidMappings", os.getgid())):
+        rows = lin.get(key) or [{"containerID": 0, "hostID": own, "size": 1}]
+        for r in rows:
+            if r["size"] <= 0 or r["containerID"] < 0 or r["hostID"] < 0:
+                raise ConfigError(f"linux.{key}: {r} is not a mapping")
+        out.append("".join(f"{r['containerID']} {r['hostID']} {r['size']}\n" for r in rows))
+    return out[0], out[1]
+
+
+def _host_id(id_map: str) -> int:
+    """The host id the container's 0 maps to (the first row whose range holds 0)."""
+    for row in id_map.splitlines():
+        inside, host, size = (int(v) for v in row.split())
+        if inside <= 0 < inside + size:
+            return host - inside
+    raise ConfigError("user namespace: nothing maps to the container's root (uid/gid 0)")
+
+
+def _map_ids(helper: int, uid_map: str, gid_map: str) -> None:
+    """Write the helper's user namespace's maps (an unprivileged caller must deny setgroups first)."""
+    try:
+        if os.geteuid() != 0:
+            with open(f"/proc/{helper}/setgroups", "w") as f:
+                f.write("deny")
+        for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+            with open(f"/proc/{helper}/{name}", "w") as f:
+                f.write(text)
+    except OSError as err:
+        raise RuntimeError_(f"user namespace: cannot write the id maps ({err.strerror}); an unprivileged user "
+                            "can map only their own uid and gid (newuidmap/newgidmap are not used)") from None
 
 
 def create(root: str, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
@@ -248,6 +282,11 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
     cfg = specmod.load(bundle)
     c = Container(root, cid)
     flags, joins = _ns_flags(cfg)
+    userns = bool(flags & L.CLONE_NEWUSER)
+    maps = _id_maps(cfg) if userns else ("", "")
+    cfg["_userns"] = userns
+    if os.geteuid() != 0 and cfg.get("linux", {}).get("resources", {}).keys() - {"devices"}:
+        raise ConfigError("linux.resources: limits need cgroups a rootless container cannot write here")
     if cfg["process"].get("terminal") and console_socket is None and not foreground:
         raise ConfigError("process.terminal: a detached container with a terminal needs --console-socket")
     console = None
@@ -272,21 +311,33 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
     pid, gwr = 0, -1
     try:
         os.mkfifo(c.fifo, 0o600)
+        if userns:  # the container's root opens it: it must be theirs (as runc does)
+            os.chown(c.fifo, _host_id(maps[0]), _host_id(maps[1]))
+        fifo_fd = os.open(c.fifo, os.O_PATH | os.O_CLOEXEC)  # (init reopens it: no path lookup as its user)
         join_fds = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag) for path, flag in joins]
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
         grd, gwr = os.pipe2(os.O_CLOEXEC)  # "go": the cgroups are ready (init is in them before it builds)
+        mrd, mwr = os.pipe2(os.O_CLOEXEC)  # "mapped": the helper's user namespace has its id maps
         cfg["_cgroup_path"] = cgroup_path(cfg, cid)
         helper = os.fork()
         if helper == 0:  # the helper: into the namespaces, then fork init
             os.close(rfd)
             os.close(gwr)
+            os.close(mwr)
             try:
                 for fd, flag in join_fds:
                     L.setns(fd, flag)
-                L.unshare(flags)
+                if userns:  # first the user namespace alone: the runtime maps it, then we are root in it
+                    L.unshare(L.CLONE_NEWUSER)
+                    os.write(wfd, b"userns\n")
+                    if os.read(mrd, 1) != b"m":
+                        os._exit(1)
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
+                L.unshare(flags & ~L.CLONE_NEWUSER)
                 init = os.fork()
                 if init == 0:
-                    _init_child(cfg, bundle, c.fifo, wfd, grd, console, initmod)
+                    _init_child(cfg, bundle, fifo_fd, wfd, grd, console, initmod)
                 os.write(wfd, f"pid {init}\n".encode())
                 os._exit(0)
             except BaseException as err:  # noqa: BLE001 (the helper must never return into the runtime)
@@ -294,6 +345,8 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                 os._exit(1)
         os.close(wfd)
         os.close(grd)
+        os.close(mrd)
+        os.close(fifo_fd)
         if console is not None:
             console.close()
         for fd, _ in join_fds:
@@ -305,9 +358,12 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                 if not line:
                     break
                 text = line.decode(errors="replace").strip()
-                if text.startswith("pid "):
+                if text == "userns":
+                    _map_ids(helper, *maps)
+                    os.write(mwr, b"m")
+                elif text.startswith("pid "):
                     pid = int(text[4:])
-                    made = setup_cgroups(cfg, cid, pid)
+                    made = setup_cgroups(cfg, cid, pid) if os.geteuid() == 0 else {}
                     hooks = cfg.get("hooks", {})
                     for kind in ("createRuntime", "prestart"):  # in the runtime's namespaces, before pivot_root
                         run_hooks(hooks, kind, _hook_state(cid, pid, bundle, cfg, "creating"))
@@ -320,6 +376,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                     break
         if gwr >= 0:
             os.close(gwr)
+        os.close(mwr)
         os.waitpid(helper, 0)
         if not pid or text != "ready":
             raise RuntimeError_(f"container {cid!r}: its init process ended during set-up")
@@ -350,7 +407,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
         raise
 
 
-def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, console: Any,
+def _init_child(cfg: dict[str, Any], bundle: str, fifo_fd: int, wfd: int, go: int, console: Any,
                 initmod: Any) -> None:
     """The container's init: build the root, say ready, wait for start, become the program (never returns)."""
     try:
@@ -359,7 +416,6 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo: str, wfd: int, go: int, 
         os.close(go)
         sc = cfg.get("linux", {}).get("seccomp")
         seccomp = L.Seccomp(sc) if sc else None  # built while the host's libseccomp is in reach
-        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         if cfg["process"].get("terminal"):
             os.setsid()
         initmod.build_root(cfg, bundle)
@@ -750,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
         log, log_format = g.get("log"), g.get("log-format", "text")
         if log_format not in ("text", "json"):
             raise ConfigError(f"--log-format {log_format!r}: text or json")
-        root = g.get("root") or DEFAULT_ROOT
+        root = g.get("root") or (DEFAULT_ROOT if os.geteuid() == 0 else os.path.join(
+            os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/virtkit-runc-{os.getuid()}", "virtkit-runc"))
         if not args:
             print(USAGE, end="", file=sys.stderr)
             return 2
