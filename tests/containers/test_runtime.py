@@ -391,3 +391,25 @@ def test_a_user_namespace_maps_root_as_under_runc(bundle, tmp_path):
     assert ours.returncode == peer.returncode == 0, (ours.stderr, peer.stderr)
     assert ours.stdout == peer.stdout and "0     100000      65536" in ours.stdout
     assert "65534    65534" in ours.stdout  # the host's root is nobody inside
+
+
+def test_a_memory_limit_oom_kills_and_says_so(bundle, tmp_path):
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["resources"] = {"memory": {"limit": 16 << 20}}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    set_args(bundle, "head -c 64000000 /dev/zero > /dev/shm/big; echo survived")  # (tmpfs pages are charged)
+    ours = runtime("run", "--bundle", str(bundle), "oom1", root=tmp_path / "vk", check=False, timeout=60)
+    assert "survived" not in ours.stdout
+    assert "was killed by the OOM killer (memory limit 16777216 bytes" in ours.stderr, ours.stderr
+    root = tmp_path / "vk"
+    set_args(bundle, "head -c 64000000 /dev/zero > /dev/shm/big")
+    runtime("run", "-d", "--bundle", str(bundle), "oom2", root=root, check=False)
+    import time
+
+    for _ in range(250):
+        st = json.loads(runtime("state", "oom2", root=root).stdout)
+        if st["status"] == "stopped":
+            break
+        time.sleep(0.02)
+    assert st["status"] == "stopped" and st.get("oomKilled") is True, st
+    runtime("delete", "oom2", root=root)

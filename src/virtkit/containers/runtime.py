@@ -116,8 +116,30 @@ class Container:
                 return sorted(found, key=lambda p: (p != st.get("pid"), p))
         return [st["pid"]] if self.status(st) != "stopped" else []
 
+    def oom(self, st: dict[str, Any]) -> tuple[int, str] | None:
+        """(OOM kills in the container's memory cgroup, "limit L bytes, peak usage P bytes"), or None."""
+        cg = st.get("_cgroups", {})
+        try:
+            if "memory" in cg:
+                with open(os.path.join(cg["memory"], "memory.oom_control")) as f:
+                    kills = int(dict(line.split() for line in f).get("oom_kill", 0))
+                limit = open(os.path.join(cg["memory"], "memory.limit_in_bytes")).read().strip()
+                peak = open(os.path.join(cg["memory"], "memory.max_usage_in_bytes")).read().strip()
+            elif "unified" in cg:
+                with open(os.path.join(cg["unified"], "memory.events")) as f:
+                    kills = int(dict(line.split() for line in f).get("oom_kill", 0))
+                limit = open(os.path.join(cg["unified"], "memory.max")).read().strip()
+                peak = open(os.path.join(cg["unified"], "memory.peak")).read().strip() if os.path.exists(
+                    os.path.join(cg["unified"], "memory.peak")) else "?"
+            else:
+                return None
+        except (OSError, ValueError):
+            return None
+        return kills, f"memory limit {limit} bytes, peak usage {peak} bytes"
+
     def oci_state(self) -> dict[str, Any]:
-        """The OCI state document (runtime-spec "State")."""
+        """The OCI state document (runtime-spec "State"); a stopped container the OOM killer ended also has
+        ``"oomKilled": true`` (a virtkit addition, as ``docker inspect``'s State.OOMKilled)."""
         st = self.load()
         status = self.status(st)
         out = {"ociVersion": VERSION, "id": self.id, "status": status, "pid": st["pid"] if status != "stopped"
@@ -125,6 +147,9 @@ class Container:
                "annotations": st.get("annotations", {})}
         if not out["annotations"]:
             del out["annotations"]
+        oom = self.oom(st) if status == "stopped" else None
+        if oom and oom[0]:
+            out["oomKilled"] = True
         return out
 
 
@@ -574,6 +599,9 @@ def run(root: str, cid: str, bundle: str, pid_file: str | None, console_socket: 
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
             break
+    oom = c.oom(c.load())
+    if oom and oom[0]:
+        print(f"virtkit-runc: container {c.id!r} was killed by the OOM killer ({oom[1]})", file=sys.stderr)
     if not keep:
         delete(c, force=True)
     return code
