@@ -53,6 +53,11 @@ def _start_time(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
+#: per layout: where the OOM kills, the memory limit and the peak usage are counted
+OOM_FILES = {"memory": ("memory.oom_control", "memory.limit_in_bytes", "memory.max_usage_in_bytes"),
+             "unified": ("memory.events", "memory.max", "memory.peak")}
+
+
 class Container:
     """One container's directory under the runtime root: ``state.json`` and, until ``start``, ``exec.fifo``."""
 
@@ -119,23 +124,23 @@ class Container:
     def oom(self, st: dict[str, Any]) -> tuple[int, str] | None:
         """(OOM kills in the container's memory cgroup, "limit L bytes, peak usage P bytes"), or None."""
         cg = st.get("_cgroups", {})
+        key = "memory" if "memory" in cg else "unified" if "unified" in cg else None
+        if key is None:
+            return None
+        events, limit, peak = (os.path.join(cg[key], n) for n in OOM_FILES[key])
         try:
-            if "memory" in cg:
-                with open(os.path.join(cg["memory"], "memory.oom_control")) as f:
-                    kills = int(dict(line.split() for line in f).get("oom_kill", 0))
-                limit = open(os.path.join(cg["memory"], "memory.limit_in_bytes")).read().strip()
-                peak = open(os.path.join(cg["memory"], "memory.max_usage_in_bytes")).read().strip()
-            elif "unified" in cg:
-                with open(os.path.join(cg["unified"], "memory.events")) as f:
-                    kills = int(dict(line.split() for line in f).get("oom_kill", 0))
-                limit = open(os.path.join(cg["unified"], "memory.max")).read().strip()
-                peak = open(os.path.join(cg["unified"], "memory.peak")).read().strip() if os.path.exists(
-                    os.path.join(cg["unified"], "memory.peak")) else "?"
-            else:
-                return None
+            with open(events) as f:
+                kills = int(dict(line.split() for line in f).get("oom_kill", 0))
+            with open(limit) as f:
+                lim = f.read().strip()
         except (OSError, ValueError):
             return None
-        return kills, f"memory limit {limit} bytes, peak usage {peak} bytes"
+        try:
+            with open(peak) as f:
+                top = f.read().strip()
+        except OSError:  # (memory.peak is newer than some v2 kernels)
+            top = "?"
+        return kills, f"memory limit {lim} bytes, peak usage {top} bytes"
 
     def oci_state(self) -> dict[str, Any]:
         """The OCI state document (runtime-spec "State"); a stopped container the OOM killer ended also has
@@ -189,39 +194,50 @@ def _cpuset_init(base: str, rel: str) -> None:
                 _write(os.path.join(path, name), f.read().strip() or "\n", "cpuset")
 
 
+#: the v1 hierarchies a container joins, limited or not (as runc does)
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "cpuset", "freezer", "blkio", "devices")
+
+
+def _limit_files(res: dict[str, Any], v2: bool) -> list[tuple[str, str, str]]:
+    """(controller, file, value) of each limit ``linux.resources`` sets, in the layout's names (on v2 the
+    controller is "unified"): the one translation ``create`` and ``update`` share."""
+    mem, cpu, pids = res.get("memory", {}), res.get("cpu", {}), res.get("pids", {})
+    out: list[tuple[str, str, str]] = []
+    if v2:
+        if "limit" in mem:
+            out.append(("unified", "memory.max", str(mem["limit"]) if mem["limit"] >= 0 else "max"))
+        if "limit" in pids:
+            out.append(("unified", "pids.max", str(pids["limit"]) if pids["limit"] > 0 else "max"))
+        if "quota" in cpu:
+            out.append(("unified", "cpu.max", f"{cpu['quota'] if cpu['quota'] > 0 else 'max'} "
+                                              f"{cpu.get('period', 100000)}"))
+        return out
+    if "limit" in mem:
+        out.append(("memory", "memory.limit_in_bytes", str(mem["limit"])))
+    if "limit" in pids:
+        out.append(("pids", "pids.max", str(pids["limit"]) if pids["limit"] > 0 else "max"))
+    for key, name in (("period", "cpu.cfs_period_us"), ("quota", "cpu.cfs_quota_us"), ("shares", "cpu.shares")):
+        if key in cpu:
+            out.append(("cpu", name, str(cpu[key])))
+    for key in ("cpus", "mems"):
+        if key in cpu:
+            out.append(("cpuset", f"cpuset.{key}", cpu[key]))
+    return out
+
+
 def setup_cgroups(cfg: dict[str, Any], cid: str, pid: int) -> dict[str, str]:
     """Put ``pid`` in the container's cgroups with the limits of ``linux.resources``; the directories made."""
-    lin = cfg.get("linux", {})
-    res = lin.get("resources", {})
     rel = cgroup_path(cfg, cid)
+    v2 = _cgroup_layout() == "v2"
+    limits = _limit_files(cfg.get("linux", {}).get("resources", {}), v2)
     made: dict[str, str] = {}
-    mem, cpu, pids = res.get("memory", {}), res.get("cpu", {}), res.get("pids", {})
-    if _cgroup_layout() == "v2":
-        path = "/sys/fs/cgroup" + rel
-        os.makedirs(path, exist_ok=True)
-        made["unified"] = path
-        if "limit" in mem:
-            _write(os.path.join(path, "memory.max"), str(mem["limit"]) if mem["limit"] >= 0 else "max", "memory")
-        if "limit" in pids:
-            _write(os.path.join(path, "pids.max"), str(pids["limit"]) if pids["limit"] > 0 else "max", "pids")
-        if "quota" in cpu:
-            _write(os.path.join(path, "cpu.max"), f"{cpu['quota'] if cpu['quota'] > 0 else 'max'} "
-                   f"{cpu.get('period', 100000)}", "cpu")
-        _write(os.path.join(path, "cgroup.procs"), str(pid), "procs")
-        return made
-    limits = {"memory": [("memory.limit_in_bytes", mem.get("limit"))],
-              "pids": [("pids.max", pids.get("limit") if pids.get("limit", 0) > 0 else
-                        ("max" if "limit" in pids else None))],
-              "cpu": [("cpu.cfs_period_us", cpu.get("period")), ("cpu.cfs_quota_us", cpu.get("quota")),
-                      ("cpu.shares", cpu.get("shares"))],
-              "cpuacct": [], "cpuset": [("cpuset.cpus", cpu.get("cpus")), ("cpuset.mems", cpu.get("mems"))],
-              "freezer": [], "blkio": [], "devices": []}
-    for ctrl, files in limits.items():
-        base = f"/sys/fs/cgroup/{ctrl}"
+    for ctrl in ("unified",) if v2 else V1_CONTROLLERS:
+        base = "/sys/fs/cgroup" if v2 else f"/sys/fs/cgroup/{ctrl}"
         if not os.path.isdir(base) and ctrl in ("cpu", "cpuacct"):
             base = "/sys/fs/cgroup/cpu,cpuacct"
+        files = [(name, value) for c, name, value in limits if c == ctrl]
         if not os.path.isdir(base):
-            if any(v is not None for _, v in files):
+            if files:
                 raise RuntimeError_(f"linux.resources: the {ctrl} cgroup controller is not mounted on this host "
                                     f"(looked at {base})")
             continue
@@ -231,8 +247,7 @@ def setup_cgroups(cfg: dict[str, Any], cid: str, pid: int) -> dict[str, str]:
         os.makedirs(path, exist_ok=True)
         made[ctrl] = path
         for name, value in files:
-            if value is not None:
-                _write(os.path.join(path, name), str(value), f"{ctrl} {name}")
+            _write(os.path.join(path, name), value, f"{ctrl} {name}")
         _write(os.path.join(path, "cgroup.procs"), str(pid), ctrl)
     return made
 
@@ -718,32 +733,19 @@ def update(c: Container, res: dict[str, Any]) -> None:
     if c.status(st) == "stopped":
         raise RuntimeError_(f"container {c.id!r} is stopped")
     cg = st.get("_cgroups", {})
-    mem, pids, cpu = res.get("memory", {}), res.get("pids", {}), res.get("cpu", {})
-    if "unified" in cg:
-        path = cg["unified"]
-        files = [("memory.max", mem.get("limit")), ("pids.max", pids.get("limit")),
-                 ("cpu.max", f"{cpu['quota']} {cpu.get('period', 100000)}" if "quota" in cpu else None)]
-        for name, value in files:
-            if value is not None:
-                _write(os.path.join(path, name), str(value), name)
-        return
-    files = [("memory", "memory.limit_in_bytes", mem.get("limit")), ("pids", "pids.max", pids.get("limit")),
-             ("cpu", "cpu.cfs_period_us", cpu.get("period")), ("cpu", "cpu.cfs_quota_us", cpu.get("quota")),
-             ("cpu", "cpu.shares", cpu.get("shares")), ("cpuset", "cpuset.cpus", cpu.get("cpus")),
-             ("cpuset", "cpuset.mems", cpu.get("mems"))]
-    for ctrl, name, value in files:
-        if value is None:
-            continue
+    for ctrl, name, value in _limit_files(res, "unified" in cg):
         if ctrl not in cg:
             raise RuntimeError_(f"container {c.id!r} has no {ctrl} cgroup on this host")
-        _write(os.path.join(cg[ctrl], name), str(value), f"{ctrl} {name}")
+        _write(os.path.join(cg[ctrl], name), value, f"{ctrl} {name}")
 
 
 def features() -> dict[str, Any]:
     """The OCI ``features`` document: what this runtime supports."""
+    from virtkit.containers.init import MOUNT_FLAGS
+
     return {"ociVersionMin": "1.0.0", "ociVersionMax": VERSION,
             "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
-            "mountOptions": sorted(__import__("virtkit.containers.init", fromlist=["x"]).MOUNT_FLAGS),
+            "mountOptions": sorted(MOUNT_FLAGS),
             "linux": {"namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "uts"],
                       "capabilities": L.CAPS[:L.last_cap() + 1],
                       "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
