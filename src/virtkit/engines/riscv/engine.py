@@ -381,8 +381,8 @@ class RiscvEngine:
                 csr[h, pair[0]] = pair[1]
             for k, i in _HS_SAVED.items():
                 hs[h, i] = hf.int(k, *_I64)
-            hs[h, core.HS_V] = hf.int("v", 0, 1) if "v" in hst else 0  # (saved only when 1)
-            hs[h, core.HS_VPRIV] = hf.int("vpriv", 0, 1) if "vpriv" in hst else 0
+            for k, i in _HS_OPTIONAL.items():  # (saved only when 1)
+                hs[h, i] = hf.int(k, 0, 1) if k in hst else 0
             if self.trap:
                 csr[h, core.TM_ZAP] = 1  # the shadows are rebuilt from the guest's tables
             if hs[h, core.HS_V] and (not csr[h, core.VIRT_CSR] or hs[h, core.HS_PRIV] == 3):
