@@ -154,6 +154,18 @@ def _exit(out, code, h, addr, size):
     out[4] = 0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _enter_trap(c, hs, h, tmode, priv, vpriv, pc, cause, tval):
+    """Take a trap: under trap and emulate into the guest's own handler (its virtual privilege changes, the
+    hart stays in U-mode), else as the hardware does. Returns (pc, priv, vpriv) after it."""
+    if tmode:
+        pc, vpriv = take_trap(c, hs, h, vpriv, pc, cause, tval)
+        hs[h, HS_VPRIV] = vpriv
+    else:
+        pc, priv = take_trap(c, hs, h, priv, pc, cause, tval)
+    return pc, priv, vpriv
+
+
 @njit(cache=True, nogil=True)
 def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tlbt_all, tlbo_all, ctab, out, jt):
     """Run hart h for up to ``limit`` instructions. Returns (executed, exit_flag).
@@ -223,11 +235,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                 irq_check = False
                 cause = pending_irq(c, vpriv if tmode else priv, virt, irq[h])
                 if cause != 0:
-                    if tmode:  # reflected into the guest's handler: vS, the hart stays in U-mode
-                        pc, vpriv = take_trap(c, hs, h, vpriv, pc, cause, 0)
-                        hs[h, HS_VPRIV] = vpriv
-                    else:
-                        pc, priv = take_trap(c, hs, h, priv, pc, cause, 0)
+                    pc, priv, vpriv = _enter_trap(c, hs, h, tmode, priv, vpriv, pc, cause, 0)
                     virt = hs[h, HS_V]
                     ctx_dirty = True
                     blk = True
@@ -247,16 +255,13 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                     _exit(out, EXIT_DEBUG, h, pc, 1)
                     ex = 1
                     break
-                if tmode:
-                    if hs[h, HS_EXC_CAUSE] == 12 and tm_page_fault(h, hs[h, HS_EXC_TVAL], 12, vpriv, c, R[3], rb,
-                                                                    rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
-                        nmon += 1
-                        n += 1  # (counts against the budget: a fill that does not help cannot spin forever)
-                        continue  # the shadow maps it now: fetch again
-                    pc, vpriv = take_trap(c, hs, h, vpriv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
-                    hs[h, HS_VPRIV] = vpriv
-                else:
-                    pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                if tmode and hs[h, HS_EXC_CAUSE] == 12 and tm_page_fault(
+                        h, hs[h, HS_EXC_TVAL], 12, vpriv, c, R[3], rb, rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
+                    nmon += 1
+                    n += 1  # (counts against the budget: a fill that does not help cannot spin forever)
+                    continue  # the shadow maps it now: fetch again
+                pc, priv, vpriv = _enter_trap(c, hs, h, tmode, priv, vpriv, pc, hs[h, HS_EXC_CAUSE],
+                                              hs[h, HS_EXC_TVAL])
                 virt = hs[h, HS_V]
                 ctx_dirty = True
                 ntrap += 1
@@ -314,16 +319,13 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         _exit(out, EXIT_DEBUG, h, pc, 1)
                         ex = 1
                         break
-                    if tmode:
-                        if hs[h, HS_EXC_CAUSE] == 12 and tm_page_fault(h, hs[h, HS_EXC_TVAL], 12, vpriv, c, R[3],
-                                                                        rb, rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
-                            nmon += 1
-                            n += 1
-                            continue
-                        pc, vpriv = take_trap(c, hs, h, vpriv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
-                        hs[h, HS_VPRIV] = vpriv
-                    else:
-                        pc, priv = take_trap(c, hs, h, priv, pc, hs[h, HS_EXC_CAUSE], hs[h, HS_EXC_TVAL])
+                    if tmode and hs[h, HS_EXC_CAUSE] == 12 and tm_page_fault(
+                            h, hs[h, HS_EXC_TVAL], 12, vpriv, c, R[3], rb, rsz, cfg[CF_GUEST_RAM], hs, tlbt) == 0:
+                        nmon += 1
+                        n += 1
+                        continue
+                    pc, priv, vpriv = _enter_trap(c, hs, h, tmode, priv, vpriv, pc, hs[h, HS_EXC_CAUSE],
+                                                  hs[h, HS_EXC_TVAL])
                     virt = hs[h, HS_V]
                     ctx_dirty = True
                     ntrap += 1
@@ -999,8 +1001,7 @@ def run_slice(h, limit, x, f, csr, hs, irq, R, cfg, mmio, msip, mtcmp, ctime, tl
                         exc = hs[h, HS_EXC_CAUSE]
                         tval = hs[h, HS_EXC_TVAL]
                 if act == TM_REFLECT:
-                    pc, vpriv = take_trap(c, hs, h, vpriv, pc, exc, tval)
-                    hs[h, HS_VPRIV] = vpriv
+                    pc, priv, vpriv = _enter_trap(c, hs, h, tmode, priv, vpriv, pc, exc, tval)
                     ntrap += 1
                 ctx_dirty = True
                 irq_check = True

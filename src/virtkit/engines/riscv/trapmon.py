@@ -61,14 +61,22 @@ SUPER = 1 << 8  # a software bit of the shadow leaf: the guest maps this page wi
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _root(c, vpriv):
+    """RAM offset of the shadow root for the guest's context: vU, vS, or vS with SUM."""
+    return c[TM_POOL] + (0 if vpriv == 0 else 1 + ((c[MSTATUS] >> 18) & 1)) * 4096
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _levels(c):
+    """Levels of the shadow tables: the guest's Sv39 or Sv48 (Sv48 while its translation is off)."""
+    return 3 if srl(c[TM_SATP], 60) == 8 else 4
+
+
+@njit(cache=True, nogil=True, inline="always")
 def tm_satp(c, vpriv, rb):
     """The real satp for the guest's context: its mode (Sv48 while the guest has translation off), the root of
     vU, vS or vS-with-SUM."""
-    mode = srl(c[TM_SATP], 60)
-    if mode == 0:
-        mode = 9
-    idx = 0 if vpriv == 0 else 1 + ((c[MSTATUS] >> 18) & 1)
-    return (mode << 60) | ((rb + c[TM_POOL] + idx * 4096) >> 12)
+    return ((8 if _levels(c) == 3 else 9) << 60) | ((rb + _root(c, vpriv)) >> 12)
 
 
 @njit(cache=True, nogil=True)
@@ -86,11 +94,8 @@ def tm_zap(c, r64, tlbt):
 def _fill(c, r64, rb, vaddr, pa, perm, vpriv):
     """Map ``vaddr`` -> ``pa`` in the current shadow root with ``perm`` (R 2, W 4, X 8, and SUPER) added to what
     the leaf had; False when the pool has no page left for a table."""
-    mode = srl(c[TM_SATP], 60)
-    levels = 3 if mode == 8 else 4
-    idx = 0 if vpriv == 0 else 1 + ((c[MSTATUS] >> 18) & 1)
-    a = c[TM_POOL] + idx * 4096
-    for i in range(levels - 1, 0, -1):
+    a = _root(c, vpriv)
+    for i in range(_levels(c) - 1, 0, -1):
         k = (a >> 3) + ((vaddr >> (12 + 9 * i)) & 0x1FF)
         e = r64[k]
         if e & 1:
@@ -114,8 +119,7 @@ def _fill(c, r64, rb, vaddr, pa, perm, vpriv):
 def _unmap(c, r64, rb, vaddr):
     """Drop the shadow leaves of ``vaddr``'s page in the three roots; False when one came from a guest
     superpage (the caller drops everything: the shadow holds that superpage's other pages too)."""
-    mode = srl(c[TM_SATP], 60)
-    levels = 3 if mode == 8 else 4
+    levels = _levels(c)
     for idx in range(3):
         a = c[TM_POOL] + idx * 4096
         for i in range(levels - 1, -1, -1):
