@@ -29,6 +29,7 @@ COMMANDS = {
     "images": "images", "engine": "engine", "disk": "disk", "pool": "pool", "volume": "volume", "nbd": "nbd",
     "net": "net", "snapshot": "snapshot", "clone": "snapshot", "template": "snapshot",
     "migrate": "migrate", "backup": "backup", "modes": "modes", "runtime": "runtime",
+    "container": "container", "image": "image",
 }
 
 DESCRIPTION = """\

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -912,7 +913,11 @@ def _command(cmd: str, rest: list[str], root: str) -> int:
         return 0
     if cmd == "delete":
         o, pos = _parse(rest, {}, {"force", "f"})
-        delete(Container(root, _one_id(pos, cmd)), bool(o.get("force") or o.get("f")))
+        c, force = Container(root, _one_id(pos, cmd)), bool(o.get("force") or o.get("f"))
+        if force and not c.exists():  # as runc: a forced delete of what is not there (an aborted create) is done
+            shutil.rmtree(c.dir, ignore_errors=True)
+            return 0
+        delete(c, force)
         return 0
     if cmd == "list":
         o, pos = _parse(rest, {"format": "format", "f": "format"}, {"quiet", "q"})
