@@ -480,9 +480,10 @@ class Monitor:
 
     def _create_with_terminal(self, bundle: str) -> int:
         """Create the container with a terminal: its pty master comes back over a console socket."""
-        path = str(self.dir / "console.sock")
-        if os.path.exists(path):
-            os.unlink(path)
+        import tempfile
+
+        sdir = tempfile.mkdtemp(prefix="virtkit-console-")  # (short: a socket path has at most 107 bytes)
+        path = os.path.join(sdir, "sock")
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(path)
         srv.listen(1)
@@ -497,7 +498,7 @@ class Monitor:
             raise ContainerError("the container's terminal did not arrive")
         finally:
             srv.close()
-            os.unlink(path)
+            shutil.rmtree(sdir, ignore_errors=True)
 
     def _pump(self, pid: int, pipes: dict[int, str], master: int | None) -> int:
         """Copy the container's output to the log (and our terminal when attached) until it exits; with a
@@ -517,7 +518,7 @@ class Monitor:
             import tty
 
             restore = termios.tcgetattr(0)
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSANOW)  # (not TCSAFLUSH: what was typed ahead goes to the container)
         code = None
         try:
             while fds:

@@ -381,16 +381,20 @@ class Store:
         return cdigest
 
     def export(self, ref: str, out: str) -> None:
-        """Write image ``ref`` as an OCI image layout tarball (what ``ctr image import`` reads)."""
+        """Write image ``ref`` as an OCI image layout tarball (what ``ctr image import`` reads) that is also a
+        ``docker save`` tarball (``manifest.json``: what ``docker load`` reads), as Docker 25's are."""
         mdigest, man, _ = self.resolve(ref)
         name, tag = split_ref(ref)
         idx = {"schemaVersion": 2, "manifests": [{"mediaType": MT_MANIFEST, "digest": mdigest,
                                                   "size": self.blob(mdigest).stat().st_size,
                                                   "annotations": {REF_NAME: f"{name}:{tag}",
                                                                   "io.containerd.image.name": f"{name}:{tag}"}}]}
+        legacy = [{"Config": _blob_name(man["config"]["digest"]), "RepoTags": [f"{name}:{tag}"],
+                   "Layers": [_blob_name(layer["digest"]) for layer in man["layers"]]}]  # docker load < 25 reads it
         with tarfile.open(out, "w") as tar:
             for arc, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-                              ("index.json", json.dumps(idx).encode())):
+                              ("index.json", json.dumps(idx).encode()),
+                              ("manifest.json", json.dumps(legacy).encode())):
                 info = tarfile.TarInfo(arc)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))

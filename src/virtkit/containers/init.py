@@ -194,12 +194,6 @@ def build_root(cfg: dict[str, Any], bundle: str) -> None:
         L.pivot_root(".", ".")
         L.umount2(".", L.MNT_DETACH)  # the old root, stacked under the new one
         os.chdir("/")
-        for p in lin.get("maskedPaths", []):
-            _mask(resolve_in("/", p))
-        for p in lin.get("readonlyPaths", []):
-            _readonly(resolve_in("/", p))
-        if cfg["root"].get("readonly"):
-            L.mount(None, "/", None, L.MS_BIND | L.MS_REMOUNT | L.MS_RDONLY)
     else:
         os.chroot(root)
         os.chdir("/")
@@ -208,12 +202,19 @@ def build_root(cfg: dict[str, Any], bundle: str) -> None:
             L.sethostname(cfg["hostname"])
         if cfg.get("domainname"):
             L.setdomainname(cfg["domainname"])
-    for key, value in lin.get("sysctl", {}).items():
+    for key, value in lin.get("sysctl", {}).items():  # before /proc/sys is made read-only, as runc does
         path = "/proc/sys/" + key.replace(".", "/")
         if ".." in key.split("."):
             raise SetupError(f"sysctl {key!r}: not a sysctl name")
         with open(path, "w") as f:
             f.write(value)
+    if "mount" in kinds:
+        for p in lin.get("maskedPaths", []):
+            _mask(resolve_in("/", p))
+        for p in lin.get("readonlyPaths", []):
+            _readonly(resolve_in("/", p))
+        if cfg["root"].get("readonly"):
+            L.mount(None, "/", None, L.MS_BIND | L.MS_REMOUNT | L.MS_RDONLY)
 
 
 def _caps(names: list[str], where: str) -> int:

@@ -202,7 +202,10 @@ V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "cpuset", "freezer", "blki
 def _limit_files(res: dict[str, Any], v2: bool) -> list[tuple[str, str, str]]:
     """(controller, file, value) of each limit ``linux.resources`` sets, in the layout's names (on v2 the
     controller is "unified"): the one translation ``create`` and ``update`` share."""
-    mem, cpu, pids = res.get("memory", {}), res.get("cpu", {}), res.get("pids", {})
+    # a 0 means "not set" (runc's reading: containerd and docker send whole resource blocks with zeros)
+    mem = {k: v for k, v in res.get("memory", {}).items() if v != 0}
+    cpu = {k: v for k, v in res.get("cpu", {}).items() if v not in (0, "")}
+    pids = {k: v for k, v in res.get("pids", {}).items() if v != 0}
     out: list[tuple[str, str, str]] = []
     if v2:
         if "limit" in mem:
@@ -680,9 +683,12 @@ def pause(c: Container, paused: bool) -> None:
     raise RuntimeError_(f"container {c.id!r}: no freezer cgroup on this host")
 
 
-def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp: dict | None = None) -> int:
+def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp: dict | None = None,
+            pid_file: str | None = None, console_socket: str | None = None) -> int:
     """Run another process in the running container: its namespaces, cgroups, root and the process's own
-    user, capabilities and environment; its exit status (0 at once with ``detach``)."""
+    user, capabilities and environment; its exit status (0 at once with ``detach``). ``pid_file`` gets its
+    host PID (containerd's shim waits on it); with ``process.terminal`` its pty master goes to
+    ``console_socket``."""
     from virtkit.containers import init as initmod
 
     st = c.load()
@@ -698,9 +704,26 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp
             continue
     cgs = list(st.get("_cgroups", {}).values())
     filt = L.Seccomp(seccomp) if seccomp else None  # (the container's profile applies to its new process too)
+    console = None
+    if process.get("terminal"):
+        if console_socket is None:
+            raise ConfigError("exec: process.terminal needs --console-socket")
+        import fcntl  # noqa: F401  (what _console needs, imported while the host's library is in reach)
+        import socket
+        import struct  # noqa: F401
+        import termios  # noqa: F401
+
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            console.connect(console_socket)
+        except OSError as err:
+            console.close()
+            raise ConfigError(f"--console-socket {console_socket}: {err.strerror}") from None
+    prd, pwr = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
         try:
+            os.close(prd)
             for path in cgs:
                 with open(os.path.join(path, "cgroup.procs"), "w") as f:
                     f.write(str(os.getpid()))
@@ -708,7 +731,12 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp
                 L.setns(fd, 0)
             grand = os.fork()  # (the PID namespace applies to children)
             if grand == 0:
+                if console is not None:
+                    os.setsid()
+                    _console(console)
                 initmod.become_process({"process": process}, filt)
+            os.write(pwr, f"{grand}\n".encode())
+            os.close(pwr)
             if detach:
                 os._exit(0)
             _, status = os.waitpid(grand, 0)
@@ -722,6 +750,16 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp
             os._exit(255)
     for fd in fds:
         os.close(fd)
+    os.close(pwr)
+    if console is not None:
+        console.close()
+    with os.fdopen(prd, "rb") as r:
+        grand = r.readline().strip()
+    if pid_file and grand.isdigit():
+        tmp = pid_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(grand.decode())
+        os.replace(tmp, pid_file)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -1026,7 +1064,10 @@ def _command(cmd: str, rest: list[str], root: str) -> int:
             process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
         if not process.get("args"):
             raise ConfigError("process.args: the process needs a program to run")
-        return exec_in(c, process, bool(o.get("detach") or o.get("d")), seccomp)
+        if o.get("tty") or o.get("t"):
+            process["terminal"] = True
+        return exec_in(c, process, bool(o.get("detach") or o.get("d")), seccomp, o.get("pid-file"),
+                       o.get("console-socket"))
     raise ConfigError(f"unknown command {cmd!r} (virtkit-runc --help lists them)")
 
 
