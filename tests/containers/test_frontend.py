@@ -468,3 +468,33 @@ def test_dockerd_add_runtime_runs_containers_through_virtkit_runc(env, tmp_path)
             daemon.kill()
         subprocess.run(["umount", "-R", "-l", str(d)], capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_containers_on_a_virtkit_switch_share_a_vlan_and_not_another(env, monkeypatch):
+    """``--net switch:NAME,vlan=N,ip=...``: eth0 on a switch port (the ports VMs use); VLAN 10 talks, VLAN 20
+    is dark; the port goes when the container stops and comes back when it starts."""
+    from tests.helpers import private_switches
+    from virtkit.network import control
+
+    if shutil.which("nsenter") is None or shutil.which("ip") is None:
+        pytest.skip("needs nsenter and ip")
+    with private_switches(monkeypatch, "vkcn") as d:
+        e = dict(env, VIRTKIT_NET_DIR=d)
+        control.create("lab")
+        for name, vlan, ip in (("n1", 10, "10.9.0.1"), ("n2", 10, "10.9.0.2"), ("n3", 20, "10.9.0.3")):
+            vk(e, "container", "run", "-d", "--name", name, "--net", f"switch:lab,vlan={vlan},ip={ip}/24", "busybox",
+               "sleep", "600")
+        assert vk(e, "container", "exec", "n1", "ping", "-c", "2", "-W", "2", "10.9.0.2", check=False).returncode == 0
+        assert vk(e, "container", "exec", "n1", "ping", "-c", "1", "-W", "1", "10.9.0.3", check=False).returncode == 1
+        ports = {p["name"]: p for p in control.request("lab", "show")["ports"]}
+        assert ports["ctr-n1"]["vlan"] == 10 and ports["ctr-n3"]["vlan"] == 20, ports
+        vk(e, "container", "stop", "-t", "0", "n2")
+        assert "ctr-n2" not in {p["name"] for p in control.request("lab", "show")["ports"]}
+        vk(e, "container", "start", "n2")
+        assert vk(e, "container", "exec", "n1", "ping", "-c", "2", "-W", "2", "10.9.0.2", check=False).returncode == 0
+        vk(e, "container", "rm", "-f", "n1", "n2", "n3")
+        assert control.request("lab", "show")["ports"] == []
+        for bad, needle in (("switch:nosuch", "is not running"), ("switch:lab,vlan=5000", "vlan='5000'"),
+                            ("switch:lab,ip=10.0.0.1", "needs a prefix"), ("switch:lab,colour=red", "unknown option")):
+            p = vk(e, "container", "run", "--rm", "--net", bad, "busybox", "true", check=False)
+            assert p.returncode == 1 and needle in p.stderr, (bad, p.stderr)

@@ -92,15 +92,31 @@ def test_guest_on_a_switch_access_port_pings_a_namespace(guest_images, monkeypat
             made.append(ns)
             outside = ns.veth("eth0", f"vkg{tag}{suffix}", addr)
             control.request("gsw", "port_add", spec=f"host:{outside}", access=vlan)
-        env = dict(os.environ)
+        env = dict(os.environ, VIRTKIT_CONTAINERS_DIR=os.path.join(d, "containers"))
+        # a container on the same VLAN (virtkit container --net switch:...): VMs and containers share it
+        with_container = shutil.which("busybox") is not None and "static" in subprocess.run(
+            ["file", "-L", shutil.which("busybox")], capture_output=True, text=True).stdout
+        check_ctr = ""
+        if with_container:
+            vk("image", "build", "-t", "busybox", "--busybox", env=env)
+            vk("container", "run", "-d", "--name", "c7", "--net", "switch:gsw,vlan=7,ip=10.77.0.3/24", "busybox",
+               "sleep", "600", env=env)
+            check_ctr = " && ping -c 2 -W 10 10.77.0.3"
         p = run_guest_exec(guest_images, "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up && "
-                                   "ping -c 2 -W 10 10.77.0.1 && ! ping -c 1 -W 3 10.77.0.9",
+                                   f"ping -c 2 -W 10 10.77.0.1{check_ctr} && ! ping -c 1 -W 3 10.77.0.9",
                      "--net", "switch:gsw,vlan=7", env=env)
         assert p.returncode == 0, (p.stdout, p.stderr)
         assert " 0% packet loss" in p.stdout or "2 packets received" in p.stdout, p.stdout
+        if with_container:  # and the container reaches the guest back
+            ping = subprocess.run([sys.executable, "-m", "virtkit.cli", "container", "exec", "c7", "ping", "-c", "1",
+                                   "-W", "2", "10.77.0.1"], capture_output=True, text=True, env=env)
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+            assert "10.77.0.3: seq=" in p.stdout or p.stdout.count("packets received") >= 2, p.stdout
         info = control.request("gsw", "show")
         assert any(m["vlan"] == 7 for m in info["macs"]), info["macs"]  # the switch learned on VLAN 7
     finally:
+        subprocess.run([sys.executable, "-m", "virtkit.cli", "container", "rm", "-f", "c7"], capture_output=True,
+                       env=dict(os.environ, VIRTKIT_CONTAINERS_DIR=os.path.join(d, "containers")))
         for row in control.list_switches():
             if row["running"]:
                 control.stop(row["name"])

@@ -58,6 +58,39 @@ def parse_restart(text: str) -> dict[str, Any]:
     return {"name": name, "max": int(count) if count else 0}
 
 
+def parse_net(text: str) -> dict[str, Any]:
+    """``none`` (its own network namespace, loopback only), ``host``, or
+    ``switch:NAME[,vlan=N][,group=G][,ip=ADDR/PREFIX][,mac=M]`` (an interface eth0 on a virtkit switch port,
+    beside the VMs on that switch)."""
+    if text in ("none", "host"):
+        return {"mode": text}
+    head, *opts = text.split(",")
+    kind, sep, name = head.partition(":")
+    if kind != "switch" or not sep or not name:
+        raise ConfigError(f"--net {text!r}: expected none, host or switch:NAME[,vlan=N][,group=G][,ip=ADDR/PREFIX]"
+                          "[,mac=M]")
+    out: dict[str, Any] = {"mode": "switch", "switch": name}
+    for o in opts:
+        k, _, v = o.partition("=")
+        if k not in ("vlan", "group", "ip", "mac") or not v:
+            raise ConfigError(f"--net {text!r}: unknown option {o!r} (known: vlan=, group=, ip=, mac=)")
+        if k == "vlan" and not (v.isdigit() and 1 <= int(v) <= 4094):
+            raise ConfigError(f"--net {text!r}: vlan={v!r} is not a number in 1..4094")
+        if k == "ip":
+            import ipaddress
+
+            try:
+                ipaddress.ip_interface(v)
+            except ValueError:
+                raise ConfigError(f"--net {text!r}: ip={v!r} is not ADDR/PREFIX") from None
+            if "/" not in v:
+                raise ConfigError(f"--net {text!r}: ip={v!r} needs a prefix length (10.0.0.2/24)")
+        if k == "mac" and not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", v):
+            raise ConfigError(f"--net {text!r}: mac={v!r} is not a MAC address")
+        out[k] = int(v) if k == "vlan" else v
+    return out
+
+
 def parse_port(text: str) -> dict[str, Any]:
     """``[IP:]HOST:CONTAINER[/tcp]`` -> a published port."""
     spec, _, proto = text.partition("/")
@@ -148,10 +181,9 @@ class Containers:
         policy = parse_restart(restart)
         if auto_remove and policy["name"] != "no":
             raise ConfigError("--rm and --restart cannot go together (a removed container cannot restart)")
-        if net not in ("none", "host"):
-            raise ConfigError(f"--net {net!r}: expected none (its own network namespace, loopback only) or host")
+        parse_net(net)
         published = [parse_port(p) for p in ports]
-        if published and net == "host":
+        if published and parse_net(net)["mode"] == "host":
             raise ConfigError("-p with --net host: the container's ports are the host's already")
         ep = [entrypoint] if entrypoint is not None else list(conf.get("Entrypoint") or [])
         if entrypoint == "":
@@ -392,6 +424,7 @@ class Monitor:
         self.dir = cs.dir / cid
         self.log = self.dir / "log.json"
         self.listeners: list[socket.socket] = []
+        self.port: str | None = None  # the switch port while the container runs
 
     def run(self) -> int:
         """Run the container until it ends for good; its last exit status."""
@@ -460,8 +493,15 @@ class Monitor:
                 os.close(s)
         st = c.load()
         pid = st["pid"]
-        if meta["net"] == "none":
+        net = parse_net(meta["net"])
+        if net["mode"] != "host":
             _loopback_up(pid)
+        if net["mode"] == "switch":
+            try:
+                self.port = _switch_attach(net, self.cid, meta["name"], pid)
+            except BaseException:
+                rt.delete(c, force=True)
+                raise
         rt.start(c)
         self.cs._update(self.cid, state="running", pid=pid, started=time.time(), exit_code=None, oom_killed=False)
         if not self.listeners:
@@ -476,6 +516,9 @@ class Monitor:
         if oom and oom[0] and self.attached:
             print(f"virtkit: container {meta['name']} was killed by the OOM killer ({oom[1]})", file=sys.stderr)
         rt.delete(c, force=True)
+        if self.port is not None:
+            _switch_detach(net["switch"], self.port)
+            self.port = None
         return code
 
     def _create_with_terminal(self, bundle: str) -> int:
@@ -591,7 +634,7 @@ def _spec(args: list[str], env: list[str], cwd: str, uid: int, gid: int, tty: bo
     cfg["mounts"] += mounts
     cfg["linux"]["cgroupsPath"] = f"/virtkit/{cid}"
     cfg["linux"].pop("resources", None)
-    if net == "host":
+    if parse_net(net)["mode"] == "host":
         cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
     return cfg
 
@@ -662,6 +705,50 @@ def _loopback_up(pid: int) -> None:
     t = threading.Thread(target=up)  # (setns of a network namespace applies to the calling thread only)
     t.start()
     t.join()
+
+
+def _switch_attach(net: dict[str, Any], cid: str, name: str, pid: int) -> str:
+    """A TAP port on the switch, moved into the container's network namespace as eth0 (with the address
+    asked for, up); the port's name. The switch keeps the TAP's file: frames flow as for a VM's port."""
+    import subprocess
+
+    from virtkit.network import control
+
+    if not control.is_running(net["switch"]):
+        raise ContainerError(f"--net switch:{net['switch']}: the switch is not running (virtkit net create "
+                             f"{net['switch']}, or virtkit net start)")
+    ifname = "vkc" + cid[:12]
+    port = f"ctr-{name}"[:40]
+    control.request(net["switch"], "port_add", spec=f"tap:{ifname}", name=port, access=net.get("vlan"),
+                    group=net.get("group"))
+    try:
+        cmds = [["ip", "link", "set", ifname, "netns", str(pid)]]
+        inside = ["nsenter", "-t", str(pid), "-n", "ip", "link"]
+        cmds.append(inside + ["set", ifname, "name", "eth0"])
+        # a MAC of its own that stays across restarts (neighbours' ARP caches stay right): from the id
+        mac = net.get("mac") or "02:" + ":".join(cid[i:i + 2] for i in range(0, 10, 2))
+        cmds.append(inside + ["set", "eth0", "address", mac])
+        if net.get("ip"):
+            cmds.append(["nsenter", "-t", str(pid), "-n", "ip", "addr", "add", net["ip"], "dev", "eth0"])
+        cmds.append(inside + ["set", "eth0", "up"])
+        for cmd in cmds:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                raise ContainerError(f"--net switch:{net['switch']}: {' '.join(cmd)}: {p.stderr.strip()}")
+    except BaseException:
+        _switch_detach(net["switch"], port)
+        raise
+    return port
+
+
+def _switch_detach(switch: str, port: str) -> None:
+    """Remove the container's port from the switch (its TAP went with the network namespace)."""
+    from virtkit.network import control
+
+    try:
+        control.request(switch, "port_remove", name=port)
+    except VirtkitError:
+        pass
 
 
 def _listen(port: dict[str, Any]) -> socket.socket:
