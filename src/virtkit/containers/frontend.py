@@ -205,6 +205,11 @@ class Containers:
         mounts = [self._volume(v) for v in volumes]
         uid, gid = _user(user if user is not None else conf.get("User") or "0")
         d = self.dir / cid
+        pool_vols = []
+        for i, m in enumerate(mounts):
+            if "pool_volume" in m:
+                m["source"] = str(d / "vols" / str(i))
+                pool_vols.append({"spec": m.pop("pool_volume"), "dir": m["source"], "ro": "ro" in m["options"]})
         (d / "bundle" / "rootfs").mkdir(parents=True)
         (d / "upper").mkdir()
         (d / "work").mkdir()
@@ -226,6 +231,7 @@ class Containers:
                 "created": time.time(), "state": "created", "restart": policy, "restart_count": 0,
                 "auto_remove": auto_remove,
                 "ports": published, "volumes": [m["source"] + ":" + m["destination"] for m in mounts],
+                "pool_volumes": pool_vols,
                 "tty": tty, "interactive": interactive, "net": net, "exit_code": None, "oom_killed": False,
                 "started": None, "finished": None, "layers": [p.name for p in self.store.layer_dirs(icfg)]}
         self._save(meta)
@@ -242,6 +248,22 @@ class Containers:
         if src.startswith("/"):
             if not os.path.exists(src):
                 raise ConfigError(f"-v {text!r}: {src} does not exist")
+        elif "/" in src:  # POOL/VOLUME: a virtkit pool volume, its file system mounted at each start
+            from virtkit.storage.pool import is_volume_spec
+
+            if not is_volume_spec(src):
+                raise ConfigError(f"-v {text!r}: {src} is not a volume of a virtkit pool (virtkit volume list)")
+            from virtkit.storage.pool import Pool
+
+            pool, _, vol = src.partition("/")
+            with Pool.open(pool, read_only=True) as pl:
+                try:
+                    pl.volume(vol)
+                except VirtkitError as err:
+                    raise ConfigError(f"-v {text!r}: {err}") from None
+            ro = len(parts) == 3 and parts[2] == "ro"
+            return {"destination": parts[1], "type": "bind", "source": "", "options": ["rbind", "rprivate"] + (
+                ["ro"] if ro else []), "pool_volume": src}
         elif NAME_RE.match(src):
             (self.volumes / src).mkdir(parents=True, exist_ok=True)
             src = str(self.volumes / src)
@@ -470,6 +492,16 @@ class Monitor:
         if c.exists():  # what a crashed monitor left
             rt.delete(c, force=True)
         bundle = str(self.dir / "bundle")
+        self.vols = [PoolVolumeMount(v) for v in meta.get("pool_volumes", [])]
+        try:
+            for v in self.vols:
+                v.attach()
+            return self._run_created(meta, c, bundle)
+        finally:
+            for v in reversed(self.vols):
+                v.detach()
+
+    def _run_created(self, meta: dict[str, Any], c: rt.Container, bundle: str) -> int:
         saved = [os.dup(fd) for fd in (0, 1, 2)]
         pipes: dict[int, str] = {}
         master = None
@@ -569,9 +601,14 @@ class Monitor:
                 r, _, _ = select.select(watch, [], [], 0.2)
                 for fd in r:
                     if fd == 0:
-                        data = os.read(0, 4096)
+                        try:
+                            data = os.read(0, 4096)
+                        except OSError:  # our terminal is gone
+                            data = b""
                         if data:
                             os.write(master, data)
+                        else:  # end of our input: stop watching it (the container goes on)
+                            tty_in = False
                         continue
                     try:
                         data = os.read(fd, 65536)
@@ -617,6 +654,116 @@ class Monitor:
                 if older.exists():
                     os.replace(older, self.dir / f"log.json.{i}")
             os.replace(self.log, self.dir / "log.json.1")
+
+
+class PoolVolumeMount:
+    """A pool volume's file system for a container: ``virtkit nbd serve`` exports the volume on a Unix socket,
+    nbdfuse (libnbd's user-space client) shows it as a file, a loop device over that file is mounted (ext4
+    made first on a blank volume). Used while the container runs; the volume stays locked by the NBD server,
+    so no VM writes it meanwhile."""
+
+    def __init__(self, v: dict[str, Any]) -> None:
+        self.spec, self.dir, self.ro = v["spec"], Path(v["dir"]), v["ro"]
+        self.work = self.dir.with_name(self.dir.name + ".nbd")
+        self.server: Any = None
+        self.loop: str | None = None
+        self.fuse = False
+        self.fuser: Any = None
+        self.mounted = False
+
+    def attach(self) -> None:
+        """Export, map, loop, mount; a clear error (and nothing left) when a step fails."""
+        import subprocess
+
+        for tool in ("nbdfuse", "losetup", "blkid"):
+            if shutil.which(tool) is None:
+                raise ContainerError(f"-v {self.spec}: needs {tool} (apt-get install libnbd-bin util-linux)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(exist_ok=True)
+        sock = tempfile_short("virtkit-vol-")
+        try:
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "virtkit.cli", "nbd", "serve", "-k", sock, *(["-r"] if self.ro else []),
+                 self.spec], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(sock):
+                if self.server.poll() is not None:
+                    raise ContainerError(f"-v {self.spec}: the NBD export failed: "
+                                         f"{self.server.stderr.read().decode(errors='replace').strip()}")
+                if time.monotonic() > deadline:
+                    raise ContainerError(f"-v {self.spec}: the NBD export did not start")
+                time.sleep(0.05)
+            fuse_dir = self.work / "fuse"
+            fuse_dir.mkdir(exist_ok=True)
+            pidfile = self.work / "fuse.pid"
+            pidfile.unlink(missing_ok=True)
+            self.fuser = subprocess.Popen(["nbdfuse", "-P", str(pidfile), *(["-r"] if self.ro else []),
+                                           str(fuse_dir / "disk"), "--unix", sock], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.fuse = True
+            while not pidfile.exists() or not pidfile.read_text().strip():  # written once it serves
+                if self.fuser.poll() is not None:
+                    raise ContainerError(f"-v {self.spec}: nbdfuse failed: "
+                                         f"{self.fuser.stderr.read().decode(errors='replace').strip()}")
+                if time.monotonic() > deadline:
+                    raise ContainerError(f"-v {self.spec}: nbdfuse did not start")
+                time.sleep(0.05)
+            self.loop = self._run(["losetup", "--find", "--show", *(["-r"] if self.ro else []),
+                                   str(fuse_dir / "disk")], "losetup").strip()
+            fs = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", self.loop], capture_output=True,
+                                text=True).stdout.strip()
+            if not fs:
+                if self.ro:
+                    raise ContainerError(f"-v {self.spec}: the volume has no file system (mount it once "
+                                         "read-write: an empty volume gets ext4)")
+                self._run(["mkfs.ext4", "-q", "-F", self.loop], "mkfs.ext4")
+            L.mount(self.loop, str(self.dir), fs or "ext4", L.MS_RDONLY if self.ro else 0, None)
+            self.mounted = True
+        except BaseException:
+            self.detach()
+            raise
+        finally:
+            shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
+
+    def _run(self, cmd: list[str], what: str) -> str:
+        import subprocess
+
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise ContainerError(f"-v {self.spec}: {what} failed: {p.stderr.strip()}")
+        return p.stdout
+
+    def detach(self) -> None:
+        """Undo what attach did, in reverse (the file system synced and unmounted first)."""
+        import subprocess
+
+        if self.mounted:
+            L.umount2(str(self.dir), 0)
+            self.mounted = False
+        if self.loop:
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+            self.loop = None
+        if self.fuse:  # (nbdfuse ends when its mount goes; it is never killed: that would lose writes)
+            subprocess.run(["umount", str(self.work / "fuse")], capture_output=True)
+            try:
+                self.fuser.wait(timeout=30)
+            except Exception:  # noqa: BLE001
+                self.fuser.kill()
+            self.fuse = False
+        if self.server is not None:
+            self.server.terminate()
+            try:
+                self.server.wait(timeout=10)
+            except Exception:  # noqa: BLE001
+                self.server.kill()
+            self.server = None
+
+
+def tempfile_short(prefix: str) -> str:
+    """A socket path in a new private directory under /tmp (a socket path has at most 107 bytes)."""
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(prefix=prefix), "sock")
 
 
 # -- helpers -------------------------------------------------------------------------------------------
