@@ -535,3 +535,21 @@ def test_a_pool_volume_mounted_in_containers(env, tmp_path):
     assert p.returncode == 1 and "has no volume 'nosuch'" in p.stderr, p.stderr
     p = vk(e, "container", "run", "--rm", "-v", "nopool/data:/data", "busybox", "true", check=False)
     assert p.returncode == 1 and "not a volume of a virtkit pool" in p.stderr, p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap (Debian images from packages)")
+def test_a_debian_image_from_packages(env, tmp_path):
+    """``image build --debian bookworm``: mmdebstrap's minbase from the host's apt mirror, one layer; a
+    Containerfile builds on it with dpkg inside."""
+    p = vk(env, "image", "build", "-t", "debian:12", "--debian", "bookworm", timeout=600)
+    assert "debian:12" in p.stdout
+    out = vk(env, "container", "run", "--rm", "debian:12", "sh", "-c",
+             "cat /etc/debian_version; dpkg-query -W -f '${Status}\\n' coreutils").stdout.split("\n")
+    assert out[0].startswith("12.") and out[1] == "install ok installed", out
+    (tmp_path / "Containerfile").write_text("FROM debian:12\nRUN dpkg-query -W | wc -l > /pkgs && useradd -u 1234 app"
+                                            "\nUSER 1234\nCMD [\"sh\", \"-c\", \"id -u; cat /pkgs\"]\n")
+    vk(env, "image", "build", "-t", "debian-app:1", str(tmp_path))
+    uid, pkgs = vk(env, "container", "run", "--rm", "debian-app:1").stdout.split()
+    assert uid == "1234" and int(pkgs) > 50
+    vk(env, "image", "rm", "debian-app:1", "debian:12")

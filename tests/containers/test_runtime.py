@@ -64,9 +64,28 @@ def bundle(tmp_path):
     assert p.returncode == 0, p.stderr
     cfg = json.loads((b / "config.json").read_text())
     cfg["process"]["terminal"] = False
-    cfg["linux"]["cgroupsPath"] = f"/virtkit-test/{tmp_path.parent.name}-{tmp_path.name}"  # (runs never share)
+    rel = f"/virtkit-test/{tmp_path.parent.name}-{tmp_path.name}"  # (runs never share)
+    cfg["linux"]["cgroupsPath"] = rel
     (b / "config.json").write_text(json.dumps(cfg))
-    return b
+    yield b
+    # a test that failed half-way may leave its container running: kill what is in its cgroups
+    import signal
+    import time
+
+    for ctl in Path("/sys/fs/cgroup").iterdir():
+        procs = ctl / rel.lstrip("/") / "cgroup.procs"
+        if procs.exists():
+            for pid in procs.read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    time.sleep(0.05)
+    for ctl in Path("/sys/fs/cgroup").iterdir():
+        try:
+            (ctl / rel.lstrip("/")).rmdir()
+        except OSError:
+            pass
 
 
 def set_args(b: Path, script: str, **changes) -> None:
