@@ -93,9 +93,28 @@ def shell(env: dict, name: str, line: str, marker: str, timeout: float = 120) ->
         wait_for(lambda: want in console_log(env, name)[before:], timeout, f"{want} on {name}")
     except AssertionError as err:  # say what the console showed instead: a failure in CI has only this
         raise AssertionError(f"{err}; the console since the line was typed:\n"
-                             f"{console_log(env, name)[before:][-1500:]}") from None
+                             f"{console_log(env, name)[before:][-1500:]}\nthe VM's statistics now (twice, 2 s "
+                             f"apart: is it running, taking interrupts, reading its UART?):\n"
+                             f"{_vm_stats(env, name)}\n{time.sleep(2) or _vm_stats(env, name)}") from None
     out = console_log(env, name)[before:]
     return out[: out.index(want)]
+
+
+def _vm_stats(env: dict, name: str) -> str:
+    """The VM's ``stats`` control reply (state, MIPS, engine and device counters) as compact JSON, or why not."""
+    from virtkit.machine import control
+
+    old = os.environ.get("VIRTKIT_RUN_DIR")
+    os.environ["VIRTKIT_RUN_DIR"] = env["VIRTKIT_RUN_DIR"]
+    try:
+        return json.dumps(control.request(name, "stats"), separators=(",", ":"), default=str)[:6000]
+    except Exception as err:  # noqa: BLE001 (a diagnostic must not hide the failure it explains)
+        return f"(no statistics: {type(err).__name__}: {err})"
+    finally:
+        if old is None:
+            del os.environ["VIRTKIT_RUN_DIR"]
+        else:
+            os.environ["VIRTKIT_RUN_DIR"] = old
 
 
 def numbers(out: str) -> list[int]:

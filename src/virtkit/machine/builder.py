@@ -191,6 +191,9 @@ class Machine:
         s["devices"] = {f"{d.name}{i}": d.stats() for i, d in enumerate(self.virtio)}
         if self.serial is not None:
             s["uart"] = {"tx_bytes": self.serial.tx_bytes, "rx_bytes": self.serial.rx_bytes}
+            for key in ("rx_pending", "ier", "lsr_errors", "_level"):  # (where input waits, what interrupts)
+                if hasattr(self.serial, key):
+                    s["uart"][key.lstrip("_")] = getattr(self.serial, key)
         for name, dev in self.devices:
             if name == "sbi":
                 s["sbi_calls"] = dev.stats()
