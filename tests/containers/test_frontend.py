@@ -110,7 +110,8 @@ def test_detached_container_with_port_volume_limits_logs_exec_stats_and_stop(env
     cg = meta(env, "web")["oci_state"]
     assert cg["status"] == "running"
     assert json.loads(vk(env, "container", "inspect", "web").stdout)["config"]["linux"]["resources"] == {
-        "memory": {"limit": 48 << 20}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 16}}
+        "memory": {"limit": 48 << 20}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 16},
+        "devices": [{"allow": False, "access": "rwm"}]}  # (deny all but the default devices, as docker)
     # pause/resume through the freezer
     vk(env, "container", "pause", "web")
     assert json.loads(vk(env, "container", "ps", "--json").stdout)[0]["status"] == "paused"

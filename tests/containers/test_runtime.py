@@ -301,7 +301,8 @@ def test_the_console_socket_receives_a_working_pty(bundle, tmp_path):
 
 def test_exec_ps_pause_resume_and_hooks(bundle, tmp_path):
     """exec joins the running container (its PID namespace, host name, root); ps lists its processes; pause
-    freezes them (a frozen loop writes nothing); hooks get the state on stdin, in order."""
+    freezes them (a frozen loop writes nothing); all six kinds of hook get the state on stdin, in order,
+    createContainer in the container's mount namespace, startContainer inside the container."""
     import time
 
     log = tmp_path / "hooks.log"
@@ -309,10 +310,16 @@ def test_exec_ps_pause_resume_and_hooks(bundle, tmp_path):
     cfg["process"]["args"] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/n; sleep 0.05; done"]
     cfg["hooks"] = {k: [{"path": "/bin/sh", "args": ["sh", "-c", f"echo {k} $(cat) >> {log}"]}]
                     for k in ("createRuntime", "prestart", "poststart", "poststop")}
+    # createContainer: in the container's namespaces, the host's paths; startContainer: the container's paths
+    cfg["hooks"]["createContainer"] = [{"path": "/bin/sh", "args": [
+        "sh", "-c", f"echo createContainer $(readlink /proc/self/ns/mnt) $(cat) >> {log}"]}]
+    cfg["hooks"]["startContainer"] = [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /dev/shm/started"]}]
     (bundle / "config.json").write_text(json.dumps(cfg))
     root = tmp_path / "vk"
     runtime("run", "-d", "--bundle", str(bundle), "x1", root=root)
     st = json.loads(runtime("state", "x1", root=root).stdout)
+    started = json.loads(runtime("exec", "x1", "cat", "/dev/shm/started", root=root).stdout)
+    assert started["id"] == "x1" and started["pid"] == st["pid"] and started["status"] == "created"
     out = runtime("exec", "x1", "sh", "-c", "echo $(hostname) $$; cat /dev/shm/n >/dev/null; exit 4", root=root,
                   check=False)
     assert out.returncode == 4 and out.stdout.split()[0] == "runc" and int(out.stdout.split()[1]) > 1, out
@@ -332,20 +339,41 @@ def test_exec_ps_pause_resume_and_hooks(bundle, tmp_path):
     assert int(runtime("exec", "x1", "cat", "/dev/shm/n", root=root).stdout) > a  # running again
     runtime("delete", "--force", "x1", root=root)
     lines = log.read_text().splitlines()
-    assert [line.split()[0] for line in lines] == ["createRuntime", "prestart", "poststart", "poststop"]
+    assert [line.split()[0] for line in lines] == ["createRuntime", "prestart", "createContainer", "poststart",
+                                                   "poststop"]
     first = json.loads(lines[0].split(" ", 1)[1])
     assert first["id"] == "x1" and first["pid"] == st["pid"] and first["bundle"] == str(bundle)
-    assert json.loads(lines[3].split(" ", 1)[1])["status"] == "stopped"
+    _, mnt, cc = lines[2].split(" ", 2)
+    assert mnt != os.readlink("/proc/self/ns/mnt") and json.loads(cc)["pid"] == st["pid"]
+    assert json.loads(lines[4].split(" ", 1)[1])["status"] == "stopped"
 
 
-def test_a_failing_hook_fails_create_and_leaves_nothing(bundle, tmp_path):
+@pytest.mark.parametrize("kind", ["prestart", "createContainer"])
+def test_a_failing_hook_fails_create_and_leaves_nothing(bundle, tmp_path, kind):
     cfg = json.loads((bundle / "config.json").read_text())
-    cfg["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 9"]}]}
+    cfg["hooks"] = {kind: [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 9"]}]}
     (bundle / "config.json").write_text(json.dumps(cfg))
     root = tmp_path / "vk"
     p = runtime("create", "--bundle", str(bundle), "h1", root=root, check=False)
-    assert p.returncode == 1 and "hooks.prestart: /bin/sh exited with 9: nope" in p.stderr
+    assert p.returncode == 1 and f"hooks.{kind}: /bin/sh exited with 9: nope" in p.stderr
     assert not (root / "h1").exists()
+
+
+def test_cgroup_manager_disabled_makes_no_cgroups(bundle, tmp_path):
+    """crun's ``--cgroup-manager=disabled``: the container runs in the runtime's own cgroups; limits are refused."""
+    set_args(bundle, "cat /proc/self/cgroup | grep -c virtkit-test; true")
+    p = runtime("--cgroup-manager=disabled", "run", "--bundle", str(bundle), "d1", root=tmp_path / "vk", check=False)
+    assert p.returncode == 0 and p.stdout.strip() == "0", p
+    rel = json.loads((bundle / "config.json").read_text())["linux"]["cgroupsPath"].lstrip("/")
+    assert not (Path("/sys/fs/cgroup/pids") / rel).exists()
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["linux"]["resources"] = {"pids": {"limit": 8}}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    p = runtime("--cgroup-manager=disabled", "run", "--bundle", str(bundle), "d2", root=tmp_path / "vk",
+                check=False)
+    assert p.returncode == 1 and "--cgroup-manager=disabled turns them off" in p.stderr
+    p = runtime("--cgroup-manager=bogus", "list", root=tmp_path / "vk", check=False)
+    assert p.returncode == 1 and "cgroupfs, systemd or disabled" in p.stderr
 
 
 def test_a_failed_create_leaves_no_cgroup_behind(bundle, tmp_path):
@@ -432,3 +460,45 @@ def test_a_memory_limit_oom_kills_and_says_so(bundle, tmp_path):
         time.sleep(0.02)
     assert st["status"] == "stopped" and st.get("oomKilled") is True, st
     runtime("delete", "oom2", root=root)
+
+
+def test_device_rules_match_runc_and_act_and_linux_devices_are_made(bundle, tmp_path):
+    """The default spec's deny-all plus the default devices: the devices cgroup holds what runc's holds; a
+    block device made inside (CAP_MKNOD) cannot be read; ``linux.devices`` entries appear with their mode."""
+    import time
+
+    v1 = Path("/sys/fs/cgroup/devices")
+    if not v1.is_dir():
+        pytest.skip("no v1 devices controller on this host")
+    cfg = json.loads((bundle / "config.json").read_text())
+    rel = cfg["linux"]["cgroupsPath"].lstrip("/")
+    cfg["process"]["args"] = ["sleep", "30"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    (bundle / "rootfs" / "bin" / "mknod").symlink_to("busybox")
+    lists = {}
+    def runc_quiet(*a):  # (a detached container keeps runc's stdio: no pipes, or run -d waits for it)
+        return subprocess.run(["runc", "--root", str(tmp_path / "rc"), *a], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+    for name, cmd in (("virtkit", lambda *a: runtime(*a, root=tmp_path / "vk")), ("runc", runc_quiet)):
+        p = cmd("run", "-d", "--bundle", str(bundle), f"dev-{name}")
+        assert p.returncode == 0, p
+        for _ in range(100):
+            if (v1 / rel / "devices.list").exists():
+                break
+            time.sleep(0.05)
+        lists[name] = sorted((v1 / rel / "devices.list").read_text().split("\n"))
+        cmd("delete", "--force", f"dev-{name}")
+        time.sleep(0.2)
+    assert lists["virtkit"] == lists["runc"] and "a *:* rwm" not in lists["virtkit"], lists
+    caps = cfg["process"]["capabilities"]
+    for k in ("bounding", "effective", "permitted"):
+        caps[k] = sorted(set(caps[k]) | {"CAP_MKNOD"})
+    cfg["process"]["args"] = ["sh", "-c", "mknod /tmp/sda b 8 0 && echo made; head -c1 /tmp/sda; "
+                                          "ls -ln /dev/mynull | cut -c1-10; echo x > /dev/mynull && echo wrote"]
+    cfg["linux"]["devices"] = [{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o600}]
+    cfg["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    p = runtime("run", "--bundle", str(bundle), "dev-inside", root=tmp_path / "vk", check=False)
+    assert p.stdout.split("\n")[:3] == ["made", "crw-------", "wrote"], p
+    assert "Operation not permitted" in p.stderr, p.stderr

@@ -224,8 +224,7 @@ class Containers:
             res["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
         if pids_limit is not None:
             res["pids"] = {"limit": pids_limit}
-        if res:
-            spec["linux"]["resources"] = res
+        spec["linux"].setdefault("resources", {}).update(res)
         (d / "bundle" / "config.json").write_text(json.dumps(spec, indent=1))
         meta = {"id": cid, "name": name, "image": image, "image_id": man["config"]["digest"], "command": args,
                 "created": time.time(), "state": "created", "restart": policy, "restart_count": 0,
@@ -779,8 +778,7 @@ def _spec(args: list[str], env: list[str], cwd: str, uid: int, gid: int, tty: bo
     cfg["root"]["readonly"] = read_only
     cfg["hostname"] = hostname
     cfg["mounts"] += mounts
-    cfg["linux"]["cgroupsPath"] = f"/virtkit/{cid}"
-    cfg["linux"].pop("resources", None)
+    cfg["linux"]["cgroupsPath"] = f"/virtkit/{cid}"  # (resources: the default deny-all device rule stays)
     if parse_net(net)["mode"] == "host":
         cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
     return cfg

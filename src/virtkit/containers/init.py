@@ -154,6 +154,26 @@ def _devices(root: str, cfg: dict[str, Any]) -> None:
         except PermissionError:  # no CAP_MKNOD (a user namespace): the host's node, bound
             open(path, "a").close()
             L.mount(f"/dev/{name}", path, None, L.MS_BIND)
+    for i, d in enumerate(cfg.get("linux", {}).get("devices", [])):  # linux.devices: made as asked
+        kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(d.get("type", ""))
+        if kind is None or not str(d.get("path", "")).startswith("/dev/"):
+            raise SetupError(f"linux.devices[{i}]: want a path under /dev and a type c, u, b or p")
+        path = resolve_in(root, d["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.lexists(path):
+            os.unlink(path)
+        mode = d.get("fileMode", 0o666) & 0o7777
+        try:
+            os.mknod(path, mode | kind, os.makedev(d.get("major", 0), d.get("minor", 0)))
+        except PermissionError:  # no CAP_MKNOD: the host's node of that path, bound
+            if not os.path.exists(d["path"]):
+                raise SetupError(f"linux.devices[{i}]: cannot make {d['path']} (no CAP_MKNOD) and the host "
+                                 "has none to bind") from None
+            open(path, "a").close()
+            L.mount(d["path"], path, None, L.MS_BIND)
+            continue
+        os.chmod(path, mode)
+        os.chown(path, d.get("uid", 0), d.get("gid", 0))
     for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
         path = os.path.join(dev, link)
@@ -177,8 +197,10 @@ def _readonly(path: str) -> None:
     L.mount(None, path, None, L.MS_BIND | L.MS_REMOUNT | L.MS_RDONLY | L.MS_REC)
 
 
-def build_root(cfg: dict[str, Any], bundle: str) -> None:
-    """Mounts, devices, pivot_root, masked and read-only paths, hostname, sysctls (in the new namespaces)."""
+def build_root(cfg: dict[str, Any], bundle: str, before_pivot: Any = None) -> None:
+    """Mounts, devices, pivot_root, masked and read-only paths, hostname, sysctls (in the new namespaces);
+    ``before_pivot()`` runs when the mounts are made and the host's root is still reachable (the
+    createContainer hooks)."""
     lin = cfg.get("linux", {})
     kinds = {ns["type"] for ns in lin.get("namespaces", [])}
     root = cfg["root"]["path"]
@@ -190,11 +212,15 @@ def build_root(cfg: dict[str, Any], bundle: str) -> None:
         for m in cfg.get("mounts", []):
             _mount_one(root, m, cfg.get("_cgroup_path", "/"), cfg.get("_userns", False))
         _devices(root, cfg)
+        if before_pivot is not None:
+            before_pivot()
         os.chdir(root)
         L.pivot_root(".", ".")
         L.umount2(".", L.MNT_DETACH)  # the old root, stacked under the new one
         os.chdir("/")
     else:
+        if before_pivot is not None:
+            before_pivot()
         os.chroot(root)
         os.chdir("/")
     if "uts" in kinds:

@@ -226,6 +226,39 @@ def _limit_files(res: dict[str, Any], v2: bool) -> list[tuple[str, str, str]]:
     for key in ("cpus", "mems"):
         if key in cpu:
             out.append(("cpuset", f"cpuset.{key}", cpu[key]))
+    weight = res.get("blockIO", {}).get("weight", 0)
+    if weight:
+        out.append(("blkio", "blkio.weight" if os.path.exists("/sys/fs/cgroup/blkio/blkio.weight")
+                    else "blkio.bfq.weight", str(weight)))
+    return out
+
+
+#: what runc 1.1 allows after the configuration's own device rules (its AllowedDevices): mknod of anything,
+#: the default devices, the pty master and slaves, /dev/net/tun
+ALLOWED_DEVICES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                   "c 5:0 rwm", "c 5:2 rwm", "c 10:200 rwm", "c 136:* rwm")
+
+
+def device_rules(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """(devices.allow or devices.deny, rule) for the v1 devices controller: ``linux.resources.devices`` in
+    order, then what every container may use (:data:`ALLOWED_DEVICES`), as runc writes them."""
+    out = []
+    for i, r in enumerate(res.get("devices", [])):
+        kind = r.get("type", "a")
+        if kind not in ("a", "b", "c"):
+            raise ConfigError(f"linux.resources.devices[{i}].type: {kind!r} is not a, b or c")
+        access = r.get("access", "rwm")
+        if not access or set(access) - set("rwm"):
+            raise ConfigError(f"linux.resources.devices[{i}].access: {access!r} is not made of r, w, m")
+        major, minor = r.get("major"), r.get("minor")
+        if kind == "a" and major is None and minor is None:
+            rule = "a"
+        else:
+            rule = (f"{kind} {'*' if major is None or major < 0 else major}:"
+                    f"{'*' if minor is None or minor < 0 else minor} {access}")
+        out.append(("devices.allow" if r.get("allow") else "devices.deny", rule))
+    if out:
+        out += [("devices.allow", rule) for rule in ALLOWED_DEVICES]
     return out
 
 
@@ -240,6 +273,8 @@ def setup_cgroups(cfg: dict[str, Any], cid: str, pid: int) -> dict[str, str]:
         if not os.path.isdir(base) and ctrl in ("cpu", "cpuacct"):
             base = "/sys/fs/cgroup/cpu,cpuacct"
         files = [(name, value) for c, name, value in limits if c == ctrl]
+        if ctrl == "devices":  # (on v2 the rules are an eBPF program: not written there yet)
+            files = device_rules(cfg.get("linux", {}).get("resources", {}))
         if not os.path.isdir(base):
             if files:
                 raise RuntimeError_(f"linux.resources: the {ctrl} cgroup controller is not mounted on this host "
@@ -329,8 +364,11 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
     userns = bool(flags & L.CLONE_NEWUSER)
     maps = _id_maps(cfg) if userns else ("", "")
     cfg["_userns"] = userns
+    cfg["_id"] = cid
     if os.geteuid() != 0 and cfg.get("linux", {}).get("resources", {}).keys() - {"devices"}:
         raise ConfigError("linux.resources: limits need cgroups a rootless container cannot write here")
+    if not CGROUPS and cfg.get("linux", {}).get("resources", {}).keys() - {"devices"}:
+        raise ConfigError("linux.resources: limits need cgroups, and --cgroup-manager=disabled turns them off")
     if cfg["process"].get("terminal") and console_socket is None and not foreground:
         raise ConfigError("process.terminal: a detached container with a terminal needs --console-socket")
     console = None
@@ -407,7 +445,7 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
                     os.write(mwr, b"m")
                 elif text.startswith("pid "):
                     pid = int(text[4:])
-                    made = setup_cgroups(cfg, cid, pid) if os.geteuid() == 0 else {}
+                    made = setup_cgroups(cfg, cid, pid) if os.geteuid() == 0 and CGROUPS else {}
                     hooks = cfg.get("hooks", {})
                     for kind in ("createRuntime", "prestart"):  # in the runtime's namespaces, before pivot_root
                         run_hooks(hooks, kind, _hook_state(cid, pid, bundle, cfg, "creating"))
@@ -462,7 +500,18 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo_fd: int, wfd: int, go: in
         seccomp = L.Seccomp(sc) if sc else None  # built while the host's libseccomp is in reach
         if cfg["process"].get("terminal"):
             os.setsid()
-        initmod.build_root(cfg, bundle)
+        hooks = cfg.get("hooks", {})
+        state = None
+        if hooks.get("createContainer") or hooks.get("startContainer"):
+            import subprocess  # noqa: F401  (the hooks need it after pivot_root, where the host's library is gone)
+
+            host_pid = int(os.readlink("/proc/self"))  # (the host's /proc is still mounted: our PID out there)
+            state = _hook_state(cfg["_id"], host_pid, bundle, cfg, "creating")
+        before_pivot = None
+        if hooks.get("createContainer"):  # in the container's namespaces, before pivot_root (runtime spec)
+            def before_pivot() -> None:
+                run_hooks(hooks, "createContainer", state)
+        initmod.build_root(cfg, bundle, before_pivot)
         if console is not None:
             _console(console)
         os.write(wfd, b"ready\n")
@@ -470,6 +519,8 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo_fd: int, wfd: int, go: in
         os.write(w, b"0")
         os.close(w)
         os.close(fifo_fd)
+        if hooks.get("startContainer"):  # in the container, its paths, before the program (runtime spec)
+            run_hooks(hooks, "startContainer", dict(state, status="created"))
         initmod.become_process(cfg, seccomp)
     except BaseException as err:  # noqa: BLE001
         msg = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.filename}: {err.strerror}"
@@ -840,6 +891,8 @@ def _parse(argv: list[str], opts: dict[str, str | None], flags: set[str]) -> tup
     return out, pos
 
 
+#: crun's ``--cgroup-manager=disabled`` turns it off: the container gets no cgroups (and can take no limits)
+CGROUPS = True
 GLOBAL_OPTS = {"root": None, "log": None, "log-format": None, "cgroup-manager": None, "criu": None,
                "rootless": None}
 GLOBAL_FLAGS = {"systemd-cgroup", "debug"}
@@ -872,6 +925,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"option --{key} needs a value")
                 val = args.pop(0)
             g[key] = val
+        manager = g.get("cgroup-manager", "cgroupfs")
+        if manager not in ("cgroupfs", "systemd", "disabled"):
+            raise ConfigError(f"--cgroup-manager {manager!r}: cgroupfs, systemd or disabled")
+        global CGROUPS  # noqa: PLW0603 (one command per process: the global option sets it once)
+        CGROUPS = manager != "disabled"
         log, log_format = g.get("log"), g.get("log-format", "text")
         if log_format not in ("text", "json"):
             raise ConfigError(f"--log-format {log_format!r}: text or json")
