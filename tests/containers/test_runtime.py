@@ -502,3 +502,34 @@ def test_device_rules_match_runc_and_act_and_linux_devices_are_made(bundle, tmp_
     p = runtime("run", "--bundle", str(bundle), "dev-inside", root=tmp_path / "vk", check=False)
     assert p.stdout.split("\n")[:3] == ["made", "crw-------", "wrote"], p
     assert "Operation not permitted" in p.stderr, p.stderr
+
+
+def test_a_mount_destination_swapped_for_a_symlink_is_refused(tmp_path):
+    """The race of runc's CVE-2021-30465: a component of a resolved destination becomes a symlink to the host
+    before the mount. The mount goes through a descriptor checked after it is open, so it is refused (run in
+    a private mount namespace of a child, so a regression mounts nothing on this host)."""
+    from virtkit.containers import init
+    from virtkit.containers import linux as L
+
+    root = tmp_path / "rootfs"
+    (root / "a" / "b").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    target = init.resolve_in(str(root), "/a/b")  # resolved while a is a real directory ...
+    shutil.rmtree(root / "a")
+    (root / "a").symlink_to(outside)  # ... then swapped
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            L.unshare(L.CLONE_NEWNS)
+            L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
+            init._mount_at(str(root), target, "tmpfs", "tmpfs", 0)
+            os.write(w, b"mounted " + str(os.path.ismount(outside / "b")).encode())
+        except BaseException as err:  # noqa: BLE001
+            os.write(w, str(err).encode()[:1000])
+        os._exit(0)
+    os.close(w)
+    _, _ = os.waitpid(pid, 0)
+    msg = os.read(r, 2000).decode()
+    assert "outside the root file system" in msg and str(outside) in msg, msg

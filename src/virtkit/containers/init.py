@@ -105,6 +105,23 @@ def _cgroup_mount(target: str, flags: int, rel: str) -> None:
         L.mount(None, target, None, L.MS_REMOUNT | flags, "mode=755")
 
 
+def _mount_at(root: str, target: str, source: str | None, fstype: str | None, flags: int,
+              data: str | None = None) -> None:
+    """``mount(2)`` onto ``target`` through a descriptor: opened without following a final symlink, checked
+    to be inside ``root`` *after* it is open, and mounted on as ``/proc/self/fd/N``, so a process that swaps
+    a component of the path for a symlink between the resolution and the mount cannot redirect the mount
+    outside the container (runc's fix for CVE-2021-30465)."""
+    fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if real != root and not real.startswith(root.rstrip("/") + "/"):
+            raise SetupError(f"mount destination {target!r} now leads to {real!r}, outside the root file system "
+                             "(it changed while the container was being built): refused")
+        L.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
 def _mount_one(root: str, m: dict[str, Any], cgroup: str, userns: bool = False) -> None:
     dest = m.get("destination", "")
     if not dest.startswith("/"):
@@ -123,22 +140,22 @@ def _mount_one(root: str, m: dict[str, Any], cgroup: str, userns: bool = False) 
         elif not os.path.exists(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             open(target, "a").close()
-        L.mount(src, target, None, flags & (L.MS_BIND | L.MS_REC))
+        _mount_at(root, target, src, None, flags & (L.MS_BIND | L.MS_REC))
         rest = flags & ~(L.MS_BIND | L.MS_REC)
         if rest:  # a bind mount takes its flags in a second, remounting call
             if userns:  # in a user namespace the source's nosuid/nodev/noexec/atime flags are locked: keep them
                 f = os.statvfs(target).f_flag
                 rest |= (f & (L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC | L.MS_NOATIME | L.MS_NODIRATIME)) | (
                     L.MS_RELATIME if f & 4096 else 0)
-            L.mount(None, target, None, rest | L.MS_BIND | L.MS_REMOUNT)
+            _mount_at(root, target, None, None, rest | L.MS_BIND | L.MS_REMOUNT)
     else:
         if kind == "cgroup":
             _cgroup_mount(target, flags, cgroup)
             return
         os.makedirs(target, exist_ok=True)
-        L.mount(src, target, kind, flags, data or None)
+        _mount_at(root, target, src, kind, flags, data or None)
     if prop:
-        L.mount(None, target, None, prop)
+        _mount_at(root, target, None, None, prop)
 
 
 def _devices(root: str, cfg: dict[str, Any]) -> None:
