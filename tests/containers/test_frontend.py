@@ -554,3 +554,21 @@ def test_a_debian_image_from_packages(env, tmp_path):
     uid, pkgs = vk(env, "container", "run", "--rm", "debian-app:1").stdout.split()
     assert uid == "1234" and int(pkgs) > 50
     vk(env, "image", "rm", "debian-app:1", "debian:12")
+
+
+def test_named_volumes_persist_and_logs_rotate(env):
+    """``-v NAME:/path`` outlives its container; ``--log-opt max-size/max-file`` rotates the JSON-lines log
+    and keeps that many files, the newest lines last."""
+    vk(env, "container", "run", "--rm", "-v", "keep:/data", "busybox", "sh", "-c", "echo stays > /data/f")
+    assert vk(env, "container", "run", "--rm", "-v", "keep:/data:ro", "busybox", "cat", "/data/f").stdout == "stays\n"
+    assert (Path(env["VIRTKIT_CONTAINERS_DIR"]) / "volumes" / "keep" / "f").read_text() == "stays\n"
+    vk(env, "container", "run", "--name", "chatty", "--log-opt", "max-size=2k", "--log-opt", "max-file=2", "busybox",
+       "sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done")
+    d = Path(meta(env, "chatty")["log_path"]).parent
+    assert sorted(p.name for p in d.glob("log.json*")) == ["log.json", "log.json.1"]
+    assert all(p.stat().st_size < 4096 for p in d.glob("log.json*"))
+    out = vk(env, "container", "logs", "chatty").stdout.split()
+    assert out[-1] == "line-299" and "line-0" not in out and out == sorted(out, key=lambda x: int(x[5:]))
+    vk(env, "container", "rm", "chatty")
+    p = vk(env, "container", "run", "--log-opt", "max-size=lots", "busybox", "true", check=False)
+    assert p.returncode == 1 and "--log-opt max-size 'lots'" in p.stderr

@@ -41,6 +41,8 @@ def _create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", "--network", default="none", metavar="MODE",
                    help="none (own namespace, loopback; the default) or host")
     p.add_argument("--hostname", metavar="NAME")
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="max-size=SIZE (rotate at; default 10m), max-file=N (files kept; default 3)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -128,7 +130,7 @@ def _create(args: argparse.Namespace) -> dict[str, Any]:
                         volumes=args.volume, ports=args.publish, memory=args.memory, cpus=args.cpus,
                         pids_limit=args.pids_limit, read_only=args.read_only, restart=args.restart,
                         auto_remove=args.rm, user=args.user, workdir=args.workdir, tty=args.tty,
-                        interactive=args.interactive, net=args.net, hostname=args.hostname)
+                        interactive=args.interactive, net=args.net, hostname=args.hostname, log_opts=args.log_opt)
 
 
 def cmd_create(args: argparse.Namespace) -> int:

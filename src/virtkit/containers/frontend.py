@@ -32,7 +32,7 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
                "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
                "CAP_KILL", "CAP_AUDIT_WRITE"]
-LOG_MAX = 10 << 20  # a log file rotates at this size; LOG_KEEP old files are kept
+LOG_MAX = 10 << 20  # a log file rotates at this size; LOG_KEEP old files are kept (docker: --log-opt)
 LOG_KEEP = 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 
@@ -41,11 +41,11 @@ class ContainerError(VirtkitError):
     """A container request that cannot be done; the message says which container and why."""
 
 
-def parse_memory(text: str) -> int:
+def parse_memory(text: str, flag: str = "--memory") -> int:
     """``512m``, ``1g``, ``65536k`` or bytes -> bytes (docker's --memory)."""
     m = re.fullmatch(r"(\d+)([bkmg]?)", text.strip().lower())
     if not m or int(m.group(1)) == 0:
-        raise ConfigError(f"--memory {text!r}: expected a size such as 64m or 1g")
+        raise ConfigError(f"{flag} {text!r}: expected a size such as 64m or 1g")
     return int(m.group(1)) << {"": 0, "b": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
 
 
@@ -88,6 +88,21 @@ def parse_net(text: str) -> dict[str, Any]:
         if k == "mac" and not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", v):
             raise ConfigError(f"--net {text!r}: mac={v!r} is not a MAC address")
         out[k] = int(v) if k == "vlan" else v
+    return out
+
+
+def parse_log_opts(opts: list[str]) -> dict[str, int]:
+    """docker's json-file ``--log-opt max-size=10m`` (bytes before a file rotates) and ``max-file=3``
+    (files kept, the current one included)."""
+    out = {"max_size": LOG_MAX, "max_file": LOG_KEEP + 1}
+    for o in opts:
+        k, _, v = o.partition("=")
+        if k == "max-size":
+            out["max_size"] = parse_memory(v, "--log-opt max-size")
+        elif k == "max-file" and v.isdigit() and int(v) >= 1:
+            out["max_file"] = int(v)
+        else:
+            raise ConfigError(f"--log-opt {o!r}: expected max-size=SIZE or max-file=N (N >= 1)")
     return out
 
 
@@ -166,7 +181,7 @@ class Containers:
                cpus: float | None = None, pids_limit: int | None = None, read_only: bool = False,
                restart: str = "no", auto_remove: bool = False, user: str | None = None,
                workdir: str | None = None, tty: bool = False, interactive: bool = False, net: str = "none",
-               hostname: str | None = None) -> dict[str, Any]:
+               hostname: str | None = None, log_opts: list[str] = ()) -> dict[str, Any]:
         """A new container from ``image`` (not started): its record, bundle and (empty) writable layer."""
         _, man, icfg = self.store.resolve(image)
         conf = icfg.get("config", {}) or {}
@@ -179,6 +194,7 @@ class Containers:
         if name in taken:
             raise ContainerError(f"the name {name!r} is taken by another container (virtkit container rm {name})")
         policy = parse_restart(restart)
+        logging = parse_log_opts(list(log_opts))
         if auto_remove and policy["name"] != "no":
             raise ConfigError("--rm and --restart cannot go together (a removed container cannot restart)")
         parse_net(net)
@@ -230,7 +246,7 @@ class Containers:
                 "created": time.time(), "state": "created", "restart": policy, "restart_count": 0,
                 "auto_remove": auto_remove,
                 "ports": published, "volumes": [m["source"] + ":" + m["destination"] for m in mounts],
-                "pool_volumes": pool_vols,
+                "pool_volumes": pool_vols, "log": logging,
                 "tty": tty, "interactive": interactive, "net": net, "exit_code": None, "oom_killed": False,
                 "started": None, "finished": None, "layers": [p.name for p in self.store.layer_dirs(icfg)]}
         self._save(meta)
@@ -431,7 +447,8 @@ class Containers:
     def logs(self, ref: str) -> list[Path]:
         """The container's log files, oldest first."""
         d = self.dir / self.find(ref)["id"]
-        files = [d / f"log.json.{i}" for i in range(LOG_KEEP, 0, -1)] + [d / "log.json"]
+        keep = self.find(ref).get("log", {}).get("max_file", LOG_KEEP + 1) - 1
+        files = [d / f"log.json.{i}" for i in range(keep, 0, -1)] + [d / "log.json"]
         return [f for f in files if f.exists()]
 
 
@@ -446,6 +463,9 @@ class Monitor:
         self.log = self.dir / "log.json"
         self.listeners: list[socket.socket] = []
         self.port: str | None = None  # the switch port while the container runs
+        opts = cs._load(cid).get("log", {})
+        self.log_max = opts.get("max_size", LOG_MAX)
+        self.log_keep = opts.get("max_file", LOG_KEEP + 1) - 1  # (rotated files kept besides the current one)
 
     def run(self) -> int:
         """Run the container until it ends for good; its last exit status."""
@@ -637,22 +657,35 @@ class Monitor:
                 signal.signal(s, h)
 
     def _write_log(self, stream: str, data: bytes) -> None:
-        """Append JSON lines ({"log", "stream", "time"}: docker's json-file format), rotating at LOG_MAX."""
+        """Append JSON lines ({"log", "stream", "time"}: docker's json-file format); a file that would grow
+        past the size limit is rotated first (``log.json`` -> ``log.json.1`` -> ...), so it is never empty."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
         text = data.decode(errors="replace")
         lines = [line + "\n" for line in text.split("\n")]
         lines[-1] = lines[-1][:-1]
-        with open(self.log, "a") as f:
-            for line in lines:
-                if line:
-                    f.write(json.dumps({"log": line, "stream": stream, "time": stamp}) + "\n")
+        f = open(self.log, "a")
+        try:
             size = f.tell()
-        if size > LOG_MAX:
-            for i in range(LOG_KEEP, 1, -1):
-                older = self.dir / f"log.json.{i - 1}"
-                if older.exists():
-                    os.replace(older, self.dir / f"log.json.{i}")
-            os.replace(self.log, self.dir / "log.json.1")
+            for line in lines:
+                if not line:
+                    continue
+                rec = json.dumps({"log": line, "stream": stream, "time": stamp}) + "\n"
+                if size and size + len(rec) > self.log_max:  # rotate line by line, as docker's json-file
+                    f.close()
+                    for i in range(self.log_keep, 1, -1):
+                        older = self.dir / f"log.json.{i - 1}"
+                        if older.exists():
+                            os.replace(older, self.dir / f"log.json.{i}")
+                    if self.log_keep:
+                        os.replace(self.log, self.dir / "log.json.1")
+                    else:
+                        self.log.unlink()
+                    f = open(self.log, "a")
+                    size = 0
+                f.write(rec)
+                size += len(rec)
+        finally:
+            f.close()
 
 
 class PoolVolumeMount:
