@@ -29,7 +29,7 @@ COMMANDS = {
     "images": "images", "engine": "engine", "disk": "disk", "pool": "pool", "volume": "volume", "nbd": "nbd",
     "net": "net", "snapshot": "snapshot", "clone": "snapshot", "template": "snapshot",
     "migrate": "migrate", "backup": "backup", "modes": "modes", "runtime": "runtime",
-    "container": "container", "image": "image",
+    "container": "container", "image": "image", "daemon": "daemon",
 }
 
 DESCRIPTION = """\

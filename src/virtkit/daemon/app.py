@@ -1,0 +1,358 @@
+"""virtkitd's REST API (FastAPI: the OpenAPI 3 document at ``/openapi.json`` is generated from this code).
+
+VMs defined in the inventory and started through ``virtkit run -d`` (the builder), and every VM running on
+the host found through its control socket, so VMs keep running when the daemon stops and are found again
+when it starts; containers, images, pools and switches as the CLI sees them. Errors are always
+``{"error": {"code", "message", "field"}}``. On the Unix socket (mode 0600) a caller is trusted as admin;
+on TCP it shows a token (``Authorization: Bearer vkt_...``) whose scope is read, operate or admin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from virtkit.daemon.db import SCOPES, DaemonError, Inventory
+from virtkit.errors import ConfigError, VirtkitError
+
+NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
+MAX_BODY = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message", "field"}}`` with its HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status)
+
+
+class VMDefine(BaseModel):
+    """A VM definition: a name, a machine config (what ``virtkit run --dump-config --json`` prints), a
+    restart policy."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME, description="letters, digits, '_', '.', '-'")
+    config: dict[str, Any]
+    restart: Literal["no", "always", "on-failure"] = "no"
+
+
+class VMUpdate(BaseModel):
+    """Fields of a definition to change (the VM's ETag in If-Match)."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] | None = None
+    restart: Literal["no", "always", "on-failure"] | None = None
+
+
+class VM(BaseModel):
+    """A VM as the daemon sees it: its definition (if defined here) and its live state."""
+
+    name: str
+    state: str = Field(description="running, paused, stopped, ... (stopped: no process)")
+    defined: bool
+    restart: str | None = None
+    config: dict[str, Any] | None = None
+    pid: int | None = None
+    version: int | None = None
+
+
+class Page(BaseModel):
+    """A page of a list."""
+
+    items: list[Any]
+    total: int
+    limit: int
+    offset: int
+
+
+class Who(BaseModel):
+    """The caller: a token's name and scope, or the trusted Unix socket."""
+
+    name: str
+    scope: str
+    vm: str | None = None
+
+
+def create_app(inv: Inventory, trusted: bool) -> FastAPI:
+    """The API for one listener: ``trusted`` (the Unix socket) or token-checked (TCP)."""
+    app = FastAPI(title="virtkitd", version="1", description=__doc__, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+        return _error(err.status, err.code, err.message, err.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        if first.get("type") == "json_invalid":
+            why = first.get("ctx", {}).get("error", "")
+            return _error(400, "malformed_json", f"the request body is not valid JSON ({why})".replace(" ()", ""))
+        field = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(422, "invalid", f"{field}: {first.get('msg', 'invalid request')}", field or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "error")
+        return _error(err.status_code, code, str(err.detail))
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Response:
+        """Bodies over 1 MiB refused before they are read; mutating calls written to the audit log."""
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            return _error(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
+        try:
+            response = await call_next(request)
+        except Exception as err:  # noqa: BLE001 (a bug must not take the daemon down: a 500 with its name)
+            response = _error(500, "internal", f"{type(err).__name__}: {err}")
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            inv.audit(getattr(request.state, "who", "unknown"), request.method, request.url.path,
+                      response.status_code)
+        return response
+
+    def caller(request: Request, authorization: str | None = Header(default=None)) -> Who:
+        if trusted:
+            request.state.who = "unix-socket"
+            return Who(name="unix-socket", scope="admin")
+        if not authorization or not authorization.startswith("Bearer "):
+            request.state.who = "anonymous"
+            raise ApiError(401, "unauthorized", "this listener needs a token: Authorization: Bearer vkt_...")
+        tok = inv.check_token(authorization[7:].strip())
+        if tok is None:
+            request.state.who = "bad-token"
+            raise ApiError(401, "unauthorized", "the token is not valid (revoked, or mistyped)")
+        request.state.who = f"token:{tok['name']}"
+        return Who(name=tok["name"], scope=tok["scope"], vm=tok["vm"])
+
+    def need(scope: str) -> Any:
+        def check(request: Request, who: Who = Depends(caller)) -> Who:
+            name = request.path_params.get("name")
+            if SCOPES.index(who.scope) < SCOPES.index(scope):
+                raise ApiError(403, "forbidden", f"token {who.name!r} has scope {who.scope}; this needs {scope}")
+            if who.vm is not None and name is not None and name != who.vm:
+                raise ApiError(403, "forbidden", f"token {who.name!r} may only act on VM {who.vm!r}")
+            return who
+        return check
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def live() -> dict[str, dict[str, Any]]:
+        from virtkit.machine import control
+
+        return {v["name"]: v for v in control.list_vms()}
+
+    def view(name: str, d: dict[str, Any] | None, running: dict[str, Any] | None) -> VM:
+        return VM(name=name, state=running.get("state", "running") if running else "stopped",
+                  defined=d is not None, restart=d["restart"] if d else None, config=d["config"] if d else None,
+                  pid=running.get("pid") if running else None, version=d["version"] if d else None)
+
+    def ctl(name: str, op: str, wait: float = 10, **args: Any) -> dict[str, Any]:
+        from virtkit.machine import control
+
+        try:
+            return control.request(name, op, wait=wait, **args)
+        except VirtkitError as err:
+            raise ApiError(409, "conflict", str(err)) from None
+
+    def check_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+        from virtkit.boards import find_board
+        from virtkit.machine.config import MachineConfig
+        from virtkit.machine.engine import engine_module
+
+        try:
+            cfg = MachineConfig.from_dict(dict(config, name=name), "config")
+            find_board(cfg.board)  # (what the builder would refuse at start, refused at definition)
+            engine_module(cfg.engine)
+        except (ConfigError, VirtkitError) as err:
+            field = str(err).split(":", 1)[0]
+            raise ApiError(422, "invalid", str(err), field if field.startswith("config") else "config") from None
+        out = cfg.to_dict()
+        out.pop("name", None)
+        return out
+
+    # -- VMs ----------------------------------------------------------------------------------------------
+    @app.get("/vms", response_model=Page, summary="List VMs (defined here or running on the host)")
+    def list_vms(state: str | None = Query(None, description="only VMs in this state"),
+                 limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                 who: Who = Depends(need("read"))) -> Page:
+        run = live()
+        defs = {d["name"]: d for d in inv.vms()}
+        rows = [view(n, defs.get(n), run.get(n)) for n in sorted(set(defs) | set(run))]
+        if who.vm is not None:
+            rows = [r for r in rows if r.name == who.vm]
+        if state is not None:
+            rows = [r for r in rows if r.state == state]
+        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+
+    @app.post("/vms", response_model=VM, status_code=201, summary="Define a VM from a machine config")
+    def define_vm(body: VMDefine, who: Who = Depends(need("admin"))) -> VM:
+        config = check_config(body.config, body.name)
+        try:
+            d = inv.define(body.name, config, body.restart)
+        except DaemonError as err:
+            raise ApiError(409, "conflict", str(err), "name") from None
+        return view(body.name, d, None)
+
+    def get_def(name: str) -> dict[str, Any]:
+        d = inv.vm(name)
+        if d is None:
+            raise ApiError(404, "not_found", f"no VM {name!r} is defined here")
+        return d
+
+    @app.get("/vms/{name}", response_model=VM, summary="One VM (its ETag is the definition's version)")
+    def get_vm(name: str, response: Response, who: Who = Depends(need("read"))) -> VM:
+        d, run = inv.vm(name), live().get(name)
+        if d is None and run is None:
+            raise ApiError(404, "not_found", f"no VM {name!r}")
+        if d is not None:
+            response.headers["ETag"] = f'"{d["version"]}"'
+        return view(name, d, run)
+
+    @app.put("/vms/{name}", response_model=VM, summary="Change a definition (If-Match: its ETag)")
+    def update_vm(name: str, body: VMUpdate, response: Response, if_match: str | None = Header(default=None),
+                  who: Who = Depends(need("admin"))) -> VM:
+        d = get_def(name)
+        if if_match is None:
+            raise ApiError(428, "precondition_required", "send If-Match with the ETag from GET /vms/{name}")
+        changes: dict[str, Any] = {}
+        if body.config is not None:
+            changes["config"] = check_config(body.config, name)
+        if body.restart is not None:
+            changes["restart"] = body.restart
+        try:
+            version = int(if_match.strip('"W/'))
+        except ValueError:
+            raise ApiError(412, "precondition_failed", f"If-Match {if_match!r} is not an ETag of this VM") from None
+        new = inv.update(name, version, **changes) if changes else d
+        if new is None or not changes and version != d["version"]:
+            raise ApiError(412, "precondition_failed", "the definition changed since that ETag: GET it again")
+        response.headers["ETag"] = f'"{new["version"]}"'
+        return view(name, new, live().get(name))
+
+    @app.delete("/vms/{name}", status_code=204, summary="Remove a definition (the VM must be stopped)")
+    def delete_vm(name: str, who: Who = Depends(need("admin"))) -> Response:
+        get_def(name)
+        if name in live():
+            raise ApiError(409, "conflict", f"VM {name!r} is running: stop it first")
+        inv.undefine(name)
+        return Response(status_code=204)
+
+    @app.post("/vms/{name}/start", response_model=VM, summary="Start a defined VM (virtkit run -d)")
+    def start_vm(name: str, who: Who = Depends(need("operate"))) -> VM:
+        d = get_def(name)
+        if name in live():
+            raise ApiError(409, "conflict", f"VM {name!r} is running already")
+        start(name, d["config"])
+        inv.set_wanted(name, "running")
+        return view(name, d, live().get(name))
+
+    def start(name: str, config: dict[str, Any]) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(config, f)
+        try:
+            p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "-d", "--name", name, "--config",
+                                f.name], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                               timeout=300)  # (the daemon's environment: its VIRTKIT_RUN_DIR and the rest)
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+        if p.returncode != 0:
+            raise ApiError(409, "start_failed", p.stderr.strip().removeprefix("virtkit: error: ")[-2000:])
+
+    def lifecycle(op: str, scope: str) -> Any:
+        def action(name: str, timeout: float = Query(10, gt=0, le=3600, description=(
+                       "stop: seconds the guest gets to power off before the VM is killed")),
+                   who: Who = Depends(need(scope))) -> VM:
+            if name not in live():
+                raise ApiError(409, "conflict", f"VM {name!r} is not running")
+            if op == "stop":
+                ctl(name, op, wait=timeout + 40, timeout=timeout)
+            else:
+                ctl(name, op, wait=40)
+            if op in ("stop", "kill"):
+                if inv.vm(name) is not None:
+                    inv.set_wanted(name, "stopped")
+                for _ in range(200):
+                    if name not in live():
+                        break
+                    time.sleep(0.05)
+            return view(name, inv.vm(name), live().get(name))
+        return action
+
+    for op, doc in (("stop", "Stop (the guest is powered off)"), ("kill", "Kill the VM's process"),
+                    ("pause", "Pause every vCPU"), ("resume", "Resume")):
+        app.post(f"/vms/{{name}}/{op}", response_model=VM, summary=doc)(lifecycle(op, "operate"))
+
+    @app.get("/vms/{name}/stats", summary="Engine and device counters of a running VM")
+    def vm_stats(name: str, who: Who = Depends(need("read"))) -> dict[str, Any]:
+        if name not in live():
+            raise ApiError(409, "conflict", f"VM {name!r} is not running")
+        return ctl(name, "stats")
+
+    # -- the rest of the inventory -----------------------------------------------------------------------
+    @app.get("/containers", response_model=Page, summary="Containers (virtkit container ps -a)")
+    def containers(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                   who: Who = Depends(need("read"))) -> Page:
+        from virtkit.containers.frontend import Containers
+
+        rows = Containers().all()
+        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+
+    @app.get("/images", response_model=Page, summary="Container images")
+    def images(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+               who: Who = Depends(need("read"))) -> Page:
+        from virtkit.containers.images import Store
+
+        rows = Store().images()
+        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+
+    @app.get("/pools", response_model=Page, summary="Storage pools (virtkit pool list)")
+    def pools(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+              who: Who = Depends(need("read"))) -> Page:
+        from virtkit.storage.pool import Pool, PoolError, pools_root
+
+        root, rows = pools_root(), []
+        for entry in sorted(os.listdir(root)) if root.is_dir() else []:
+            if not any((root / entry / f"metadata.{i}").exists() for i in (0, 1)):
+                continue
+            try:
+                with Pool.open(root / entry, read_only=True) as pool:
+                    st = pool.status()
+                rows.append({k: st[k] for k in ("name", "state", "size", "used", "free", "open_volumes")}
+                            | {"volumes": [v["name"] if isinstance(v, dict) else v for v in st["volumes"]]})
+            except PoolError as err:
+                rows.append({"name": entry, "state": "error", "error": str(err)})
+        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+
+    @app.get("/switches", response_model=Page, summary="Virtual switches")
+    def switches(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                 who: Who = Depends(need("read"))) -> Page:
+        from virtkit.network import control as net
+
+        rows = net.list_switches()
+        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+
+    @app.get("/audit", summary="The audit log of mutating calls, newest first")
+    def audit(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+              who: Who = Depends(need("admin"))) -> dict[str, Any]:
+        return {"items": inv.audit_log(limit, offset)}
+
+    @app.get("/whoami", response_model=Who, summary="The caller's identity and scope")
+    def whoami(who: Who = Depends(caller)) -> Who:
+        return who
+
+    return app

@@ -1,0 +1,176 @@
+"""virtkitd's inventory: an embedded SQLite database (WAL, fully synchronous: a killed daemon loses no
+committed change) whose schema is brought up to date by numbered migrations at every open."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import VirtkitError
+
+ENV = "VIRTKIT_DAEMON_DIR"
+SCOPES = ("read", "operate", "admin")  # each includes the ones before it
+
+#: migration N brings the schema from version N to N+1 (PRAGMA user_version); never edit one, add one
+MIGRATIONS = [
+    """CREATE TABLE vms (name TEXT PRIMARY KEY, config TEXT NOT NULL, restart TEXT NOT NULL DEFAULT 'no',
+                         created REAL NOT NULL, updated REAL NOT NULL, version INTEGER NOT NULL DEFAULT 1);
+       CREATE TABLE tokens (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, hash TEXT NOT NULL,
+                            scope TEXT NOT NULL, vm TEXT, created REAL NOT NULL);
+       CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, who TEXT NOT NULL,
+                           method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL);""",
+    """ALTER TABLE vms ADD COLUMN wanted TEXT NOT NULL DEFAULT 'stopped';""",
+]
+
+
+class DaemonError(VirtkitError):
+    """A daemon request that cannot be done; the message says why."""
+
+
+def home() -> Path:
+    """The daemon's directory: $VIRTKIT_DAEMON_DIR, else /var/lib/virtkit/daemon for root and
+    ~/.local/share/virtkit/daemon for anyone else."""
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    if os.geteuid() == 0:
+        return Path("/var/lib/virtkit/daemon")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "virtkit/daemon"
+
+
+class Inventory:
+    """The database: VM definitions, API tokens, the audit log (one connection, serialised by a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.migrate()
+
+    def migrate(self) -> int:
+        """Apply the migrations this database has not had yet (each in its own transaction); its version."""
+        with self.lock:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise DaemonError(f"{self.path}: schema version {version} is newer than this virtkit knows "
+                                  f"({len(MIGRATIONS)}): use a newer virtkit")
+            for n in range(version, len(MIGRATIONS)):
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in MIGRATIONS[n].split(";"):
+                        if stmt.strip():
+                            self.db.execute(stmt)
+                    self.db.execute(f"PRAGMA user_version = {n + 1}")
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+            return len(MIGRATIONS)
+
+    def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+    # -- VMs ------------------------------------------------------------------------------------------
+    def vms(self) -> list[dict[str, Any]]:
+        """Every defined VM, by name."""
+        return [self._vm(r) for r in self._q("SELECT * FROM vms ORDER BY name")]
+
+    def vm(self, name: str) -> dict[str, Any] | None:
+        """One VM's definition, or None."""
+        rows = self._q("SELECT * FROM vms WHERE name = ?", (name,))
+        return self._vm(rows[0]) if rows else None
+
+    @staticmethod
+    def _vm(r: sqlite3.Row) -> dict[str, Any]:
+        return {"name": r["name"], "config": json.loads(r["config"]), "restart": r["restart"],
+                "created": r["created"], "updated": r["updated"], "version": r["version"], "wanted": r["wanted"]}
+
+    def define(self, name: str, config: dict[str, Any], restart: str) -> dict[str, Any]:
+        """Add a VM definition; DaemonError if the name is taken."""
+        now = time.time()
+        try:
+            self._q("INSERT INTO vms (name, config, restart, created, updated) VALUES (?, ?, ?, ?, ?)",
+                    (name, json.dumps(config), restart, now, now))
+        except sqlite3.IntegrityError:
+            raise DaemonError(f"a VM named {name!r} is defined already") from None
+        return self.vm(name)  # type: ignore[return-value]
+
+    def update(self, name: str, version: int, **changes: Any) -> dict[str, Any] | None:
+        """Change a definition if it is still at ``version`` (the ETag); the new one, or None on a mismatch."""
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        vals = tuple(json.dumps(v) if k == "config" else v for k, v in changes.items())
+        with self.lock:
+            cur = self.db.execute(f"UPDATE vms SET {sets}, version = version + 1, updated = ? "
+                                  "WHERE name = ? AND version = ?", (*vals, time.time(), name, version))
+            if cur.rowcount != 1:
+                return None
+        return self.vm(name)
+
+    def set_wanted(self, name: str, wanted: str) -> None:
+        """Record whether the user wants the VM running (the restart policy reads it)."""
+        self._q("UPDATE vms SET wanted = ? WHERE name = ?", (wanted, name))
+
+    def undefine(self, name: str) -> bool:
+        """Remove a definition; whether there was one."""
+        with self.lock:
+            return self.db.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount == 1
+
+    # -- tokens ---------------------------------------------------------------------------------------
+    def new_token(self, name: str, scope: str, vm: str | None = None) -> str:
+        """A new API token (shown once: only its hash is kept): ``vkt_<id>_<secret>``."""
+        if scope not in SCOPES:
+            raise DaemonError(f"scope {scope!r}: one of {', '.join(SCOPES)}")
+        tid, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        try:
+            self._q("INSERT INTO tokens (id, name, hash, scope, vm, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (tid, name, _hash(secret), scope, vm, time.time()))
+        except sqlite3.IntegrityError:
+            raise DaemonError(f"a token named {name!r} exists already") from None
+        return f"vkt_{tid}_{secret}"
+
+    def check_token(self, token: str) -> dict[str, Any] | None:
+        """The token's record (name, scope, vm) if ``token`` is valid, else None (compared in constant time)."""
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != "vkt":
+            return None
+        rows = self._q("SELECT * FROM tokens WHERE id = ?", (parts[1],))
+        if not rows or not secrets.compare_digest(rows[0]["hash"], _hash(parts[2])):
+            return None
+        r = rows[0]
+        return {"id": r["id"], "name": r["name"], "scope": r["scope"], "vm": r["vm"]}
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token's record (never the secret)."""
+        return [{"id": r["id"], "name": r["name"], "scope": r["scope"], "vm": r["vm"], "created": r["created"]}
+                for r in self._q("SELECT * FROM tokens ORDER BY created")]
+
+    def revoke(self, name: str) -> bool:
+        """Delete a token by name; whether there was one."""
+        with self.lock:
+            return self.db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 1
+
+    # -- audit ----------------------------------------------------------------------------------------
+    def audit(self, who: str, method: str, path: str, status: int) -> None:
+        """Record a mutating call."""
+        self._q("INSERT INTO audit (time, who, method, path, status) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), who, method, path, status))
+
+    def audit_log(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """The newest audit records first."""
+        return [dict(r) for r in self._q("SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))]
+
+
+def _hash(secret: str) -> str:
+    """A token secret's stored form (the secrets are 256 random bits: a plain SHA-256 is enough)."""
+    return hashlib.sha256(secret.encode()).hexdigest()

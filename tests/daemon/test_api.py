@@ -1,0 +1,230 @@
+"""virtkitd's REST API through a real HTTP client against a daemon the test starts: a VM's life cycle
+(define, start, pause, resume, stats, stop, delete) with the counting guest, token scopes, ETags, the audit
+log, malformed requests, and the daemon killed and started again while its VM runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="needs httpx (pip install -e '.[test]')")
+pytest.importorskip("fastapi", reason="needs fastapi")
+
+from tests.helpers.guests import COUNTING  # noqa: E402
+from tests.helpers.opensbi import payload_image  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """virtkitd in private directories, with a Unix-socket client (admin) and a TCP address (tokens)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.env = dict(os.environ, VIRTKIT_DAEMON_DIR=str(tmp / "d"), VIRTKIT_RUN_DIR=str(tmp / "run"),
+                        VIRTKIT_CONTAINERS_DIR=str(tmp / "c"), VIRTKIT_NET_DIR=str(tmp / "n"))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True,
+                           env=self.env, stdin=subprocess.DEVNULL, timeout=120)
+        assert "Traceback" not in p.stderr, p.stderr
+        return p
+
+    def start(self) -> None:
+        p = self.cli("daemon", "start", "--listen", f"127.0.0.1:{self.port}")
+        assert p.returncode == 0, p.stderr
+        self.unix = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.tmp / "d" / "virtkitd.sock")),
+                                 base_url="http://virtkitd", timeout=120)
+
+    def tcp(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120,
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    def token(self, name: str, scope: str, vm: str | None = None) -> str:
+        p = self.cli("daemon", "token", "create", name, "--scope", scope, *(["--vm", vm] if vm else []))
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    def pid(self) -> int:
+        return int((self.tmp / "d" / "virtkitd.pid").read_text())
+
+    def close(self) -> None:
+        self.cli("daemon", "stop")
+        for info in (self.tmp / "run").glob("*.json"):
+            try:
+                os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    d.start()
+    yield d
+    d.close()
+
+
+def counting_config(tmp_path: Path) -> dict:
+    payload_image(tmp_path / "Image", COUNTING)
+    return {"board": "riscv64-virt", "firmware": "none", "kernel": str(tmp_path / "Image"), "memory": "32M",
+            "rng": False}
+
+
+def ok(r, status: int = 200):
+    assert r.status_code == status, (r.status_code, r.text)
+    return r.json() if r.content else None
+
+
+def test_a_vm_life_cycle_through_the_api(daemon, tmp_path):
+    api = daemon.unix
+    vm = ok(api.post("/vms", json={"name": "c1", "config": counting_config(tmp_path)}), 201)
+    assert vm["state"] == "stopped" and vm["defined"] and vm["config"]["memory"] == "32M"
+    assert ok(api.post("/vms/c1/start"))["state"] == "running"
+    assert [v["name"] for v in ok(api.get("/vms", params={"state": "running"}))["items"]] == ["c1"]
+    for _ in range(100):  # (the counters are taken at the end of the vCPU's time slices)
+        st = ok(api.get("/vms/c1/stats"))
+        if st["stats"]["instructions"] > 0:
+            break
+        time.sleep(0.1)
+    assert st["state"] == "running" and st["stats"]["instructions"] > 0
+    assert ok(api.post("/vms/c1/pause"))["state"] == "paused"
+    assert ok(api.post("/vms/c1/resume"))["state"] == "running"
+    assert api.post("/vms/c1/start").status_code == 409  # running already
+    r = api.delete("/vms/c1")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"  # running: stop first
+    assert ok(api.post("/vms/c1/stop", params={"timeout": 1}))["state"] == "stopped"
+    ok(api.delete("/vms/c1"), 204)
+    assert ok(api.get("/vms"))["total"] == 0
+    calls = [(a["method"], a["path"], a["status"]) for a in ok(api.get("/audit"))["items"]][::-1]
+    assert calls[:4] == [("POST", "/vms", 201), ("POST", "/vms/c1/start", 200), ("POST", "/vms/c1/pause", 200),
+                         ("POST", "/vms/c1/resume", 200)]
+    assert ("DELETE", "/vms/c1", 409) in calls and calls[-1] == ("DELETE", "/vms/c1", 204)
+
+
+def test_tokens_and_scopes_on_tcp(daemon, tmp_path):
+    ok(daemon.unix.post("/vms", json={"name": "s1", "config": counting_config(tmp_path)}), 201)
+    ok(daemon.unix.post("/vms", json={"name": "s2", "config": counting_config(tmp_path)}), 201)
+    anon = daemon.tcp()
+    r = anon.get("/vms")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert daemon.tcp("vkt_nope_nope").get("/vms").status_code == 401
+    read = daemon.tcp(daemon.token("reader", "read"))
+    assert ok(read.get("/vms"))["total"] == 2
+    r = read.post("/vms/s1/start")
+    assert r.status_code == 403 and "scope read" in r.json()["error"]["message"]
+    op = daemon.tcp(daemon.token("operator", "operate", vm="s1"))
+    assert [v["name"] for v in ok(op.get("/vms"))["items"]] == ["s1"]  # a VM-bound token sees its VM only
+    assert op.post("/vms/s2/start").status_code == 403
+    assert op.post("/vms", json={"name": "s3", "config": counting_config(tmp_path)}).status_code == 403
+    assert ok(op.post("/vms/s1/start"))["state"] == "running"
+    ok(op.post("/vms/s1/kill"))
+    who = [a["who"] for a in ok(daemon.unix.get("/audit"))["items"]]
+    assert "token:operator" in who and "token:reader" in who
+    assert daemon.cli("daemon", "token", "revoke", "reader").returncode == 0
+    assert read.get("/vms").status_code == 401
+    tokens = json.loads(daemon.cli("daemon", "token", "list", "--json").stdout)
+    assert [t["name"] for t in tokens] == ["operator"] and "hash" not in tokens[0]
+    db = sqlite3.connect(tmp_path / "d" / "virtkitd.db")
+    assert all(not row[0].startswith("vkt_") for row in db.execute("SELECT hash FROM tokens"))
+
+
+def test_etags_guard_updates(daemon, tmp_path):
+    api = daemon.unix
+    ok(api.post("/vms", json={"name": "e1", "config": counting_config(tmp_path)}), 201)
+    r = api.get("/vms/e1")
+    etag = r.headers["etag"]
+    assert api.put("/vms/e1", json={"restart": "always"}).status_code == 428
+    ok(api.put("/vms/e1", json={"restart": "always"}, headers={"If-Match": etag}))
+    r = api.put("/vms/e1", json={"restart": "no"}, headers={"If-Match": etag})  # stale
+    assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed"
+    new = api.get("/vms/e1")
+    assert new.headers["etag"] != etag and new.json()["restart"] == "always"
+    r = api.put("/vms/e1", json={"config": dict(counting_config(tmp_path), cpus=99)},
+                headers={"If-Match": new.headers["etag"]})
+    assert r.status_code == 422 and "cpus" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body,needle", [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"name": "x", "config": {}, "colour": "red"}).encode(), "body.colour"),
+    (json.dumps({"name": "x", "config": "a string"}).encode(), "body.config"),
+    (json.dumps({"name": "../../etc", "config": {}}).encode(), "body.name"),
+    (json.dumps({"name": "x", "config": {"memory": "lots"}}).encode(), "memory"),
+    (json.dumps({"name": "x", "config": {"board": "nosuch"}}).encode(), "board"),
+])
+def test_malformed_requests_get_clear_errors_and_the_daemon_keeps_serving(daemon, body, needle):
+    r = daemon.unix.post("/vms", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == (400 if needle == "not valid JSON" else 422), r.text
+    err = r.json()["error"]
+    assert set(err) == {"code", "message", "field"} and needle in (err["message"] + str(err["field"])), err
+    big = daemon.unix.post("/vms", content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+    assert daemon.unix.get("/vms/../../etc/passwd").status_code == 404
+    assert daemon.unix.get("/nosuch").json()["error"]["code"] == "not_found"
+    assert ok(daemon.unix.get("/vms"))["total"] == 0
+
+
+def test_the_daemon_killed_and_started_again_finds_its_running_vm(daemon, tmp_path):
+    api = daemon.unix
+    ok(api.post("/vms", json={"name": "k1", "config": counting_config(tmp_path)}), 201)
+    ok(api.post("/vms/k1/start"))
+    os.kill(daemon.pid(), signal.SIGKILL)  # no clean shutdown
+    time.sleep(0.2)
+    daemon.start()
+    vm = ok(daemon.unix.get("/vms/k1"))
+    assert vm["state"] == "running" and vm["defined"] and vm["pid"] > 0  # the VM outlived the daemon
+    db = sqlite3.connect(tmp_path / "d" / "virtkitd.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA user_version").fetchone()[0] >= 2
+    ok(daemon.unix.post("/vms/k1/kill"))
+
+
+def test_the_openapi_document_describes_every_endpoint(daemon):
+    doc = ok(daemon.unix.get("/openapi.json"))
+    assert doc["openapi"].startswith("3.")
+    for path in ("/vms", "/vms/{name}", "/vms/{name}/start", "/vms/{name}/stop", "/vms/{name}/pause",
+                 "/vms/{name}/resume", "/vms/{name}/stats", "/containers", "/images", "/pools", "/switches",
+                 "/audit"):
+        assert path in doc["paths"], path
+    assert "VMDefine" in doc["components"]["schemas"]
+    assert ok(daemon.unix.get("/containers"))["items"] == [] and ok(daemon.unix.get("/images"))["total"] == 0
+    for op in doc["paths"].values():  # no parameter leaks from the auth dependency
+        for o in op.values():
+            assert "name" not in [p["name"] for p in o.get("parameters", []) if p["in"] == "query"]
+
+
+def test_pools_are_listed(daemon, tmp_path):
+    env = dict(daemon.env, VIRTKIT_POOLS_DIR=str(tmp_path / "pools"))
+    daemon.cli("daemon", "stop")
+    daemon.env = env
+    daemon.start()
+    dev = tmp_path / "pv.img"
+    dev.write_bytes(b"")
+    os.truncate(dev, 64 << 20)
+    assert daemon.cli("pool", "create", "tank", str(dev)).returncode == 0
+    assert daemon.cli("volume", "create", "tank/v1", "--size", "8M").returncode == 0
+    rows = ok(daemon.unix.get("/pools"))["items"]
+    assert rows[0]["name"] == "tank" and rows[0]["state"] == "ok" and "v1" in str(rows[0]["volumes"])
+
+
+def test_the_api_reference_in_docs_is_up_to_date():
+    from virtkit.daemon import apidoc
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+    assert doc.read_text() == apidoc.markdown(apidoc.openapi()), (
+        "docs/api.md is stale: python -m virtkit.daemon.apidoc > docs/api.md")
