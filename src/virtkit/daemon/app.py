@@ -43,7 +43,7 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
 
 
 class VMDefine(BaseModel):
-    """A VM definition: a name, a machine config (what ``virtkit run --dump-config --json`` prints), a
+    """A VM definition: a name, a machine config (what ``virtkit run --dump-config json`` prints), a
     restart policy."""
 
     model_config = ConfigDict(extra="forbid")
