@@ -228,3 +228,21 @@ def test_the_api_reference_in_docs_is_up_to_date():
     doc = Path(__file__).resolve().parents[2] / "docs" / "api.md"
     assert doc.read_text() == apidoc.markdown(apidoc.openapi()), (
         "docs/api.md is stale: python -m virtkit.daemon.apidoc > docs/api.md")
+
+
+def test_restart_always_brings_a_dead_vm_back_until_it_is_stopped(daemon, tmp_path):
+    api = daemon.unix
+    ok(api.post("/vms", json={"name": "r1", "config": counting_config(tmp_path), "restart": "always"}), 201)
+    pid = ok(api.post("/vms/r1/start"))["pid"]
+    os.kill(pid, signal.SIGKILL)  # the VM's process dies under it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        vm = ok(api.get("/vms/r1"))
+        if vm["state"] == "running" and vm["pid"] != pid:
+            break
+        time.sleep(0.2)
+    assert vm["state"] == "running" and vm["pid"] != pid, vm
+    ok(api.post("/vms/r1/kill"))  # stopped through the API: it stays stopped
+    time.sleep(2.5)
+    assert ok(api.get("/vms/r1"))["state"] == "stopped"
+    assert "restarting it" in (tmp_path / "d" / "virtkitd.log").read_text()

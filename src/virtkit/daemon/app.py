@@ -49,7 +49,8 @@ class VMDefine(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME, description="letters, digits, '_', '.', '-'")
     config: dict[str, Any]
-    restart: Literal["no", "always", "on-failure"] = "no"
+    restart: Literal["no", "always"] = Field("no", description=(
+        "always: started again when its process ends, until stopped through the API"))
 
 
 class VMUpdate(BaseModel):
@@ -57,7 +58,7 @@ class VMUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any] | None = None
-    restart: Literal["no", "always", "on-failure"] | None = None
+    restart: Literal["no", "always"] | None = None
 
 
 class VM(BaseModel):
@@ -87,6 +88,37 @@ class Who(BaseModel):
     name: str
     scope: str
     vm: str | None = None
+
+
+def start_vm_process(name: str, config: dict[str, Any]) -> None:
+    """``virtkit run -d --name NAME --config FILE`` (the builder, a detached VM with its control socket) in
+    the daemon's environment; DaemonError with virtkit's message when it does not start."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    try:
+        p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "-d", "--name", name, "--config", f.name],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if p.returncode != 0:
+        raise DaemonError(p.stderr.strip().removeprefix("virtkit: error: ")[-2000:])
+
+
+def restarter(inv: Inventory, stop: Any, period: float = 1.0) -> None:
+    """The restart policy (a thread of the daemon): a VM defined with ``restart: always`` that the user
+    started and did not stop through the API is started again when its process is gone."""
+    from virtkit.machine import control
+
+    while not stop.wait(period):
+        try:
+            running = {v["name"] for v in control.list_vms()}
+            for d in inv.vms():
+                if d["restart"] == "always" and d["wanted"] == "running" and d["name"] not in running:
+                    print(f"virtkitd: VM {d['name']} is not running: restarting it (restart: always)",
+                          file=sys.stderr, flush=True)
+                    start_vm_process(d["name"], d["config"])
+        except Exception as err:  # noqa: BLE001 (one bad VM must not end the policy for the others)
+            print(f"virtkitd: restart policy: {err}", file=sys.stderr, flush=True)
 
 
 def create_app(inv: Inventory, trusted: bool) -> FastAPI:
@@ -120,6 +152,9 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         try:
             response = await call_next(request)
         except Exception as err:  # noqa: BLE001 (a bug must not take the daemon down: a 500 with its name)
+            import traceback
+
+            traceback.print_exc()  # (into the daemon's log)
             response = _error(500, "internal", f"{type(err).__name__}: {err}")
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             inv.audit(getattr(request.state, "who", "unknown"), request.method, request.url.path,
@@ -257,21 +292,12 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         d = get_def(name)
         if name in live():
             raise ApiError(409, "conflict", f"VM {name!r} is running already")
-        start(name, d["config"])
+        try:
+            start_vm_process(name, d["config"])
+        except DaemonError as err:
+            raise ApiError(409, "start_failed", str(err)) from None
         inv.set_wanted(name, "running")
         return view(name, d, live().get(name))
-
-    def start(name: str, config: dict[str, Any]) -> None:
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(config, f)
-        try:
-            p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "-d", "--name", name, "--config",
-                                f.name], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                               timeout=300)  # (the daemon's environment: its VIRTKIT_RUN_DIR and the rest)
-        finally:
-            Path(f.name).unlink(missing_ok=True)
-        if p.returncode != 0:
-            raise ApiError(409, "start_failed", p.stderr.strip().removeprefix("virtkit: error: ")[-2000:])
 
     def lifecycle(op: str, scope: str) -> Any:
         def action(name: str, timeout: float = Query(10, gt=0, le=3600, description=(
@@ -279,10 +305,21 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
                    who: Who = Depends(need(scope))) -> VM:
             if name not in live():
                 raise ApiError(409, "conflict", f"VM {name!r} is not running")
-            if op == "stop":
-                ctl(name, op, wait=timeout + 40, timeout=timeout)
-            else:
-                ctl(name, op, wait=40)
+            try:
+                if op == "stop":
+                    ctl(name, op, wait=timeout + 40, timeout=timeout)
+                else:
+                    ctl(name, op, wait=40)
+            except ApiError:
+                if op not in ("stop", "kill"):
+                    raise
+                # the VM may end before its reply leaves: a VM that is gone has stopped
+                for _ in range(100):
+                    if name not in live():
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise
             if op in ("stop", "kill"):
                 if inv.vm(name) is not None:
                     inv.set_wanted(name, "stopped")

@@ -70,6 +70,12 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
                                                      access_log=False, lifespan="off")))
         socks.append([tcp])
     p["pid"].write_text(str(os.getpid()))
+    import threading
+
+    from virtkit.daemon.app import restarter
+
+    done = threading.Event()
+    threading.Thread(target=restarter, args=(inv, done), name="virtkitd-restart", daemon=True).start()
 
     async def main() -> None:
         await asyncio.gather(*(s.serve(sockets=sk) for s, sk in zip(servers, socks, strict=True)))
@@ -77,6 +83,7 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
     try:
         asyncio.run(main())
     finally:
+        done.set()
         for f in ("pid", "sock"):
             p[f].unlink(missing_ok=True)
 

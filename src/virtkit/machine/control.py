@@ -78,13 +78,19 @@ def generate_name() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a killed VM whose parent has not reaped it yet is a
+    zombie: gone for every purpose here)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 # ------------------------------------------------------------------------------------------------- server
@@ -264,7 +270,8 @@ def connect(name: str, timeout: float = 10.0) -> socket.socket:
         s.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError):
         s.close()
-        known = [v["name"] for v in list_vms()]
+        d = run_dir()  # (names from the run directory only: asking the VMs would come back here)
+        known = sorted(p.stem for p in d.glob("*.json") if p.stem != name) if d.is_dir() else []
         hint = f" (running: {', '.join(known)})" if known else " (no VM is running)"
         raise ControlError(f"no running VM named {name!r}{hint}") from None
     return s
