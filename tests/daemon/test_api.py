@@ -246,3 +246,46 @@ def test_restart_always_brings_a_dead_vm_back_until_it_is_stopped(daemon, tmp_pa
     time.sleep(2.5)
     assert ok(api.get("/vms/r1"))["state"] == "stopped"
     assert "restarting it" in (tmp_path / "d" / "virtkitd.log").read_text()
+
+
+@pytest.mark.slow
+def test_the_console_over_a_websocket(daemon, guest_images):
+    """The Linux guest's serial console through ``/vms/NAME/console``: a typist's command runs and its
+    output reaches the typist and a read-only viewer; a read token cannot type; garbage from a viewer does
+    not disturb the daemon."""
+    from websockets.sync.client import connect
+
+    cfg = {"board": "riscv64-virt", "kernel": str(guest_images.kernel), "initrd": str(guest_images.initrd),
+           "firmware": str(guest_images.firmware), "memory": "128M"}
+    ok(daemon.unix.post("/vms", json={"name": "g1", "config": cfg}), 201)
+    ok(daemon.unix.post("/vms/g1/start"))
+    base = f"ws://127.0.0.1:{daemon.port}/vms/g1/console"
+    op, rd = daemon.token("typist", "operate"), daemon.token("viewer", "read")
+    with pytest.raises(Exception, match="403|4403|rejected"):
+        with connect(f"{base}?write=true&token={rd}", open_timeout=10) as ws:
+            ws.recv(timeout=5)
+    with connect(f"{base}?write=true&token={op}") as typist, connect(f"{base}?token={rd}") as viewer:
+        viewer.send(b"\x00\xff garbage from a viewer \x1b[999;999R")
+        seen, out = b"", b""
+        deadline = time.monotonic() + 180
+        next_try = 0.0
+        while b"vk-42" not in seen and time.monotonic() < deadline:
+            if time.monotonic() > next_try:
+                typist.send(b"echo vk-$((6*7))\n")
+                next_try = time.monotonic() + 5
+            try:
+                seen += typist.recv(timeout=1)
+            except TimeoutError:
+                pass
+        assert b"vk-42" in seen, seen[-2000:]
+        deadline = time.monotonic() + 30
+        while b"vk-42" not in out and time.monotonic() < deadline:
+            try:
+                out += viewer.recv(timeout=1)
+            except TimeoutError:
+                pass
+        assert b"vk-42" in out  # the viewer saw the same output
+    assert ok(daemon.unix.get("/vms/g1"))["state"] == "running"
+    audit = ok(daemon.unix.get("/audit"))["items"]
+    assert any(a["method"] == "WEBSOCKET" and a["who"] == "token:typist" for a in audit)
+    ok(daemon.unix.post("/vms/g1/kill"))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -339,6 +339,71 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         if name not in live():
             raise ApiError(409, "conflict", f"VM {name!r} is not running")
         return ctl(name, "stats")
+
+    @app.websocket("/vms/{name}/console")
+    async def console(ws: WebSocket, name: str, write: bool = False, force: bool = False,
+                      token: str | None = None) -> None:
+        """The VM's serial console over a WebSocket: binary frames both ways (what xterm.js speaks).
+        ``write=true`` asks for the keyboard (one typist, any number of viewers; operate scope); on TCP the
+        token comes as ``?token=`` or a Bearer header (a browser cannot set headers on a WebSocket)."""
+        import asyncio
+
+        from virtkit.machine import control
+
+        who = "unix-socket"
+        if not trusted:
+            auth = ws.headers.get("authorization", "")
+            tok = inv.check_token(token or (auth[7:].strip() if auth.startswith("Bearer ") else ""))
+            need_scope = "operate" if write else "read"
+            if tok is None or SCOPES.index(tok["scope"]) < SCOPES.index(need_scope) or (
+                    tok["vm"] is not None and tok["vm"] != name):
+                await ws.close(code=4403, reason="a token with the scope for this console is needed")
+                return
+            who = f"token:{tok['name']}"
+        path = control.socket_path(name)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        except OSError:
+            await ws.close(code=4404, reason=f"no running VM named {name!r}")
+            return
+        writer.write(json.dumps({"op": "console", "write": write, "force": force}).encode() + b"\n")
+        await writer.drain()
+        try:
+            reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        except (TimeoutError, ValueError):
+            reply = {"ok": False, "error": "the VM did not answer"}
+        if not reply.get("ok"):
+            writer.close()
+            await ws.close(code=4409, reason=str(reply.get("error", "console refused"))[:120])
+            return
+        await ws.accept()
+        if write:
+            inv.audit(who, "WEBSOCKET", f"/vms/{name}/console?write=true", 101)
+
+        async def vm_to_ws() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(data)
+            await ws.close(code=1000, reason="the VM stopped")
+
+        async def ws_to_vm() -> None:
+            while True:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                data = msg.get("bytes") or (msg.get("text") or "").encode()
+                if data and write:  # (a viewer's keystrokes go nowhere, as on the control socket)
+                    writer.write(data)
+                    await writer.drain()
+
+        tasks = [asyncio.create_task(vm_to_ws()), asyncio.create_task(ws_to_vm())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except (WebSocketDisconnect, OSError):
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            writer.close()
 
     # -- the rest of the inventory -----------------------------------------------------------------------
     @app.get("/containers", response_model=Page, summary="Containers (virtkit container ps -a)")
