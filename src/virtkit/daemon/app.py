@@ -38,6 +38,17 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
+async def _cached_or_scan(running: LiveView) -> dict[str, dict[str, Any]]:
+    """The running VMs: the cached answer inline when it is fresh enough, else a scan on a worker thread
+    (the event loop never waits on a VM's socket)."""
+    vms = running.peek(LIVE_TTL)
+    if vms is not None:
+        return vms
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(running.get, LIVE_TTL)
+
+
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status)
 
@@ -121,8 +132,79 @@ def restarter(inv: Inventory, stop: Any, period: float = 1.0) -> None:
             print(f"virtkitd: restart policy: {err}", file=sys.stderr, flush=True)
 
 
-def create_app(inv: Inventory, trusted: bool) -> FastAPI:
-    """The API for one listener: ``trusted`` (the Unix socket) or token-checked (TCP)."""
+LIVE_TTL = 0.5  # seconds a list of running VMs may be reused by reads
+
+
+class Guard:
+    """ASGI middleware (plain ASGI: Starlette's BaseHTTPMiddleware costs a third of a small request): bodies
+    over MAX_BODY refused before they are read, a bug answered as a 500 with its name (the daemon keeps
+    serving; the traceback goes to its log), and every mutating call written to the audit log."""
+
+    def __init__(self, app: Any, inv: Inventory) -> None:
+        self.app, self.inv = app, inv
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        size = headers.get(b"content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            await _error(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")(scope, receive, send)
+            return
+        status = [500]
+        started = [False]
+
+        async def watch(msg: dict) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+                started[0] = True
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as err:  # noqa: BLE001 (a bug must not take the daemon down)
+            import traceback
+
+            traceback.print_exc()  # (into the daemon's log)
+            status[0] = 500
+            if not started[0]:
+                await _error(500, "internal", f"{type(err).__name__}: {err}")(scope, receive, send)
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            self.inv.audit(scope.get("state", {}).get("who", "unknown"), scope["method"], scope["path"], status[0])
+
+
+class LiveView:
+    """The running VMs (their control sockets' status replies), rescanned when asked for a fresher view
+    than the last; concurrent callers wait for one scan and share it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.at = 0.0
+        self.vms: dict[str, dict[str, Any]] = {}
+
+    def peek(self, max_age: float) -> dict[str, dict[str, Any]] | None:
+        """The last scan if it is at most ``max_age`` old, else None (no waiting)."""
+        return self.vms if time.monotonic() - self.at <= max_age else None
+
+    def get(self, max_age: float) -> dict[str, dict[str, Any]]:
+        """The running VMs, scanned at most ``max_age`` seconds ago."""
+        from virtkit.machine import control
+
+        asked = time.monotonic()
+        with self.lock:
+            if self.at < asked - max_age or max_age == 0.0 and self.at < asked:
+                self.vms = {v["name"]: v for v in control.list_vms()}
+                self.at = time.monotonic()
+            return self.vms
+
+
+def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -> FastAPI:
+    """The API for one listener: ``trusted`` (the Unix socket) or token-checked (TCP); ``running``: the view
+    of running VMs (shared by the listeners)."""
+    running = running or LiveView()
     app = FastAPI(title="virtkitd", version="1", description=__doc__, docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
@@ -143,23 +225,7 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "error")
         return _error(err.status_code, code, str(err.detail))
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Any) -> Response:
-        """Bodies over 1 MiB refused before they are read; mutating calls written to the audit log."""
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            return _error(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
-        try:
-            response = await call_next(request)
-        except Exception as err:  # noqa: BLE001 (a bug must not take the daemon down: a 500 with its name)
-            import traceback
-
-            traceback.print_exc()  # (into the daemon's log)
-            response = _error(500, "internal", f"{type(err).__name__}: {err}")
-        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
-            inv.audit(getattr(request.state, "who", "unknown"), request.method, request.url.path,
-                      response.status_code)
-        return response
+    app.add_middleware(Guard, inv=inv)
 
     def caller(request: Request, authorization: str | None = Header(default=None)) -> Who:
         if trusted:
@@ -186,10 +252,10 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         return check
 
     # -- helpers ----------------------------------------------------------------------------------------
-    def live() -> dict[str, dict[str, Any]]:
-        from virtkit.machine import control
-
-        return {v["name"]: v for v in control.list_vms()}
+    def live(fresh: bool = True) -> dict[str, dict[str, Any]]:
+        """The running VMs by name: asked now (``fresh``), or the last answer if at most LIVE_TTL old (reads
+        under load share one scan instead of each asking every VM)."""
+        return running.get(0.0 if fresh else LIVE_TTL)
 
     def view(name: str, d: dict[str, Any] | None, running: dict[str, Any] | None) -> VM:
         return VM(name=name, state=running.get("state", "running") if running else "stopped",
@@ -221,11 +287,12 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         return out
 
     # -- VMs ----------------------------------------------------------------------------------------------
-    @app.get("/vms", response_model=Page, summary="List VMs (defined here or running on the host)")
-    def list_vms(state: str | None = Query(None, description="only VMs in this state"),
-                 limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
-                 who: Who = Depends(need("read"))) -> Page:
-        run = live()
+    @app.get("/vms", response_model=Page, summary="List VMs (defined here or running on the host)",
+             description=f"Live states are at most {LIVE_TTL} s old.")
+    async def list_vms(state: str | None = Query(None, description="only VMs in this state"),
+                       limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                       who: Who = Depends(need("read"))) -> Page:
+        run = await _cached_or_scan(running)
         defs = {d["name"]: d for d in inv.vms()}
         rows = [view(n, defs.get(n), run.get(n)) for n in sorted(set(defs) | set(run))]
         if who.vm is not None:
@@ -250,8 +317,8 @@ def create_app(inv: Inventory, trusted: bool) -> FastAPI:
         return d
 
     @app.get("/vms/{name}", response_model=VM, summary="One VM (its ETag is the definition's version)")
-    def get_vm(name: str, response: Response, who: Who = Depends(need("read"))) -> VM:
-        d, run = inv.vm(name), live().get(name)
+    async def get_vm(name: str, response: Response, who: Who = Depends(need("read"))) -> VM:
+        d, run = inv.vm(name), (await _cached_or_scan(running)).get(name)
         if d is None and run is None:
             raise ApiError(404, "not_found", f"no VM {name!r}")
         if d is not None:

@@ -40,7 +40,7 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
     """Serve until SIGTERM/SIGINT (in this process)."""
     import uvicorn
 
-    from virtkit.daemon.app import create_app
+    from virtkit.daemon.app import LiveView, create_app
 
     p = paths(root)
     p["dir"].mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -53,7 +53,8 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
         unix.bind(str(p["sock"]))
     finally:
         os.umask(old)
-    servers = [uvicorn.Server(uvicorn.Config(create_app(inv, trusted=True), log_level="warning",
+    running = LiveView()
+    servers = [uvicorn.Server(uvicorn.Config(create_app(inv, trusted=True, running=running), log_level="warning",
                                              access_log=False, lifespan="off"))]
     socks = [[unix]]
     if listen:
@@ -66,7 +67,8 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
             tcp.bind((host.strip("[]"), int(port)))
         except OSError as err:
             raise DaemonError(f"--listen {listen}: {err.strerror}") from None
-        servers.append(uvicorn.Server(uvicorn.Config(create_app(inv, trusted=False), log_level="warning",
+        servers.append(uvicorn.Server(uvicorn.Config(create_app(inv, trusted=False, running=running),
+                                                     log_level="warning",
                                                      access_log=False, lifespan="off")))
         socks.append([tcp])
     p["pid"].write_text(str(os.getpid()))

@@ -119,7 +119,7 @@ class ControlServer:
             self._listener.close()
             raise ControlError(f"cannot create the control socket {self.sock_path}: {err.strerror}") from None
         os.chmod(self.sock_path, 0o600)
-        self._listener.listen(16)
+        self._listener.listen(128)  # (a daemon's burst of status requests must not find it full)
         tmp = self.info_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.info))
         os.replace(tmp, self.info_path)
@@ -266,8 +266,17 @@ def connect(name: str, timeout: float = 10.0) -> socket.socket:
     path = socket_path(name)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        s.connect(str(path))
+        while True:
+            try:
+                s.connect(str(path))
+                break
+            except BlockingIOError:  # the listener's backlog is full for now (EAGAIN on a Unix socket): retry
+                if time.monotonic() > deadline:
+                    s.close()
+                    raise ControlError(f"VM {name!r} is too busy to take a connection") from None
+                time.sleep(0.002)
     except (FileNotFoundError, ConnectionRefusedError):
         s.close()
         d = run_dir()  # (names from the run directory only: asking the VMs would come back here)

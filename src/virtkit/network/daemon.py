@@ -442,7 +442,7 @@ class SwitchDaemon:
             ctl.unlink()
         ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ls.bind(str(ctl))
-        ls.listen(16)
+        ls.listen(128)
         ls.setblocking(False)
         self.sel.register(ls, selectors.EVENT_READ, None)
         (self.dir / "switch.pid").write_text(f"{os.getpid()}\n")
