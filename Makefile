@@ -5,15 +5,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test host-run host-test venv engine engine-run engine-test lint bench clean
+.PHONY: run test host-run host-test venv engine engine-run engine-test web lint bench clean
 
 # `make run` installs what running needs; `make test` also the peers tests and benchmarks compare against.
 run: host-run venv engine-run
 	$(VENV)/bin/virtkit run
 
-test: host-test venv engine-test
+test: host-test venv engine-test web
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the web console's front-end assets (xterm.js) from the npm registry, with their licences
+web:
+	@bash scripts/vendor-web.sh
 
 host-run:
 	@bash scripts/setup-host.sh run

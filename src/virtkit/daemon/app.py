@@ -520,6 +520,23 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
               who: Who = Depends(need("admin"))) -> dict[str, Any]:
         return {"items": inv.audit_log(limit, offset)}
 
+    static = Path(__file__).with_name("static")
+    if (static / "vendor" / "xterm" / "xterm.js").exists():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/ui", StaticFiles(directory=static, html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def root(request: Request) -> Response:
+        """The web console (its front-end assets are fetched by ``make test`` or scripts/vendor-web.sh)."""
+        if not (static / "vendor" / "xterm" / "xterm.js").exists():
+            return _error(503, "no_web_console", "the web console's assets are not installed: run "
+                          "scripts/vendor-web.sh (npm) in the source tree")
+        from fastapi.responses import RedirectResponse
+
+        query = request.url.query
+        return RedirectResponse("/ui/" + (f"?{query}" if query else ""))  # (a ?token= goes along)
+
     @app.get("/whoami", response_model=Who, summary="The caller's identity and scope")
     def whoami(who: Who = Depends(caller)) -> Who:
         return who
