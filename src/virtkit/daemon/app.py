@@ -53,6 +53,30 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
     return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status)
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong: a code for scripts, a message for people, the field at fault (if one is)."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: ErrorDetail
+
+
+#: the error answers any call may get, documented once for all
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in (
+        (400, "malformed request (not JSON)"), (401, "no token, or not a valid one (TCP)"),
+        (403, "the token's scope or VM does not allow it"), (404, "no such VM or path"),
+        (409, "the VM's state does not allow it, or the name is taken"),
+        (412, "the ETag in If-Match is stale"), (413, "body over 1 MiB"), (422, "a field is wrong"),
+        (428, "If-Match is missing"), (500, "a bug (the daemon keeps serving)"))}
+
+
 class VMDefine(BaseModel):
     """A VM definition: a name, a machine config (what ``virtkit run --dump-config json`` prints), a
     restart policy."""
@@ -205,7 +229,8 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
     """The API for one listener: ``trusted`` (the Unix socket) or token-checked (TCP); ``running``: the view
     of running VMs (shared by the listeners)."""
     running = running or LiveView()
-    app = FastAPI(title="virtkitd", version="1", description=__doc__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="virtkitd", version="1", description=__doc__, docs_url=None, redoc_url=None,
+                  responses=ERRORS)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -290,7 +315,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
     @app.get("/vms", response_model=Page, summary="List VMs (defined here or running on the host)",
              description=f"Live states are at most {LIVE_TTL} s old.")
     async def list_vms(state: str | None = Query(None, description="only VMs in this state"),
-                       limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                       limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
                        who: Who = Depends(need("read"))) -> Page:
         run = await _cached_or_scan(running)
         defs = {d["name"]: d for d in inv.vms()}
@@ -474,7 +499,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
 
     # -- the rest of the inventory -----------------------------------------------------------------------
     @app.get("/containers", response_model=Page, summary="Containers (virtkit container ps -a)")
-    def containers(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+    def containers(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
                    who: Who = Depends(need("read"))) -> Page:
         from virtkit.containers.frontend import Containers
 
@@ -482,7 +507,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
     @app.get("/images", response_model=Page, summary="Container images")
-    def images(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+    def images(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
                who: Who = Depends(need("read"))) -> Page:
         from virtkit.containers.images import Store
 
@@ -490,7 +515,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
     @app.get("/pools", response_model=Page, summary="Storage pools (virtkit pool list)")
-    def pools(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+    def pools(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
               who: Who = Depends(need("read"))) -> Page:
         from virtkit.storage.pool import Pool, PoolError, pools_root
 
@@ -508,7 +533,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
     @app.get("/switches", response_model=Page, summary="Virtual switches")
-    def switches(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+    def switches(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
                  who: Who = Depends(need("read"))) -> Page:
         from virtkit.network import control as net
 
@@ -516,7 +541,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
     @app.get("/audit", summary="The audit log of mutating calls, newest first")
-    def audit(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+    def audit(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
               who: Who = Depends(need("admin"))) -> dict[str, Any]:
         return {"items": inv.audit_log(limit, offset)}
 
