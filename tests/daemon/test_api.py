@@ -4,6 +4,7 @@ log, malformed requests, and the daemon killed and started again while its VM ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -289,3 +290,52 @@ def test_the_console_over_a_websocket(daemon, guest_images):
     audit = ok(daemon.unix.get("/audit"))["items"]
     assert any(a["method"] == "WEBSOCKET" and a["who"] == "token:typist" for a in audit)
     ok(daemon.unix.post("/vms/g1/kill"))
+
+
+def test_events_stream_state_changes(daemon, tmp_path):
+    """``GET /events`` (Server-Sent Events): the VMs at once, then each change as it happens."""
+    import threading
+
+    ok(daemon.unix.post("/vms", json={"name": "ev1", "config": counting_config(tmp_path)}), 201)
+    got: list[dict] = []
+    stop = threading.Event()
+
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(tmp_path / "d" / "virtkitd.sock")),
+                          base_url="http://virtkitd", timeout=None)
+
+    def listen() -> None:
+        with contextlib.suppress(httpx.HTTPError, RuntimeError, ValueError), client:
+            with client.stream("GET", "/events") as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                event = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "vm":
+                        got.append(json.loads(line[6:]))
+                    if stop.is_set():
+                        return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    def seen(state: str) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if [g["state"] for g in got if g["name"] == "ev1"][-1:] == [state]:
+                return True
+            time.sleep(0.05)
+        return False
+
+    ok(daemon.unix.post("/vms/ev1/start"))
+    assert seen("running"), got
+    ok(daemon.unix.post("/vms/ev1/pause"))
+    assert seen("paused"), got
+    ok(daemon.unix.post("/vms/ev1/kill"))
+    assert seen("stopped"), got
+    stop.set()
+    client.close()  # (the stream ends here, not at the daemon's shutdown)
+    states = [g["state"] for g in got if g["name"] == "ev1"]
+    assert states == ["stopped", "running", "paused", "stopped"], states

@@ -26,7 +26,7 @@ def test_no_request_gets_a_500_and_every_answer_fits_the_schema(tmp_path, monkey
     tested = []
     for result in schema.get_all_operations():
         op = result.ok()
-        if op.path.endswith("/start"):
+        if op.path.endswith("/start") or op.path == "/events":  # (boots a guest; an endless stream)
             continue
 
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):

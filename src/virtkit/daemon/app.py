@@ -562,6 +562,42 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         query = request.url.query
         return RedirectResponse("/ui/" + (f"?{query}" if query else ""))  # (a ?token= goes along)
 
+    @app.get("/events", summary="A stream of VM state changes (Server-Sent Events)",
+             response_class=Response, responses={200: {"content": {"text/event-stream": {}},
+                                                        "description": "event: vm, data: a VM as GET /vms/{name}"}})
+    async def events(request: Request, who: Who = Depends(need("read"))) -> Response:
+        """``event: vm`` with the VM (as ``GET /vms/{name}``) whenever one appears, changes state or goes;
+        a comment every 15 s keeps proxies from closing the stream. Changes are seen within 0.5 s."""
+        import asyncio
+
+        from fastapi.responses import StreamingResponse
+
+        async def stream() -> Any:
+            last: dict[str, str] = {}
+            quiet = 0.0
+            first = True
+            while not await request.is_disconnected():
+                run = await _cached_or_scan(running)
+                defs = {d["name"]: d for d in inv.vms()}
+                now = {n: view(n, defs.get(n), run.get(n)) for n in set(defs) | set(run)
+                       if who.vm is None or n == who.vm}
+                sent = False
+                for name in sorted(set(now) | set(last)):
+                    vm = now.get(name) or VM(name=name, state="gone", defined=False)
+                    if last.get(name) != vm.state or first:
+                        yield f"event: vm\ndata: {vm.model_dump_json()}\n\n"
+                        sent = True
+                last = {n: v.state for n, v in now.items()}
+                first = False
+                quiet = 0.0 if sent else quiet + LIVE_TTL
+                if quiet >= 15:
+                    yield ": keep-alive\n\n"
+                    quiet = 0.0
+                await asyncio.sleep(LIVE_TTL)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     @app.get("/whoami", response_model=Who, summary="The caller's identity and scope")
     def whoami(who: Who = Depends(caller)) -> Who:
         return who

@@ -55,7 +55,8 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
         os.umask(old)
     running = LiveView()
     servers = [uvicorn.Server(uvicorn.Config(create_app(inv, trusted=True, running=running), log_level="warning",
-                                             access_log=False, lifespan="off"))]
+                                             access_log=False, lifespan="off",
+                                             timeout_graceful_shutdown=2))]  # (event streams end at stop)
     socks = [[unix]]
     if listen:
         host, _, port = listen.rpartition(":")
@@ -68,8 +69,8 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
         except OSError as err:
             raise DaemonError(f"--listen {listen}: {err.strerror}") from None
         servers.append(uvicorn.Server(uvicorn.Config(create_app(inv, trusted=False, running=running),
-                                                     log_level="warning",
-                                                     access_log=False, lifespan="off")))
+                                                     log_level="warning", access_log=False, lifespan="off",
+                                                     timeout_graceful_shutdown=2)))
         socks.append([tcp])
     p["pid"].write_text(str(os.getpid()))
     import threading
