@@ -61,6 +61,8 @@ reasons=()
 for entry in "${LIST[@]}"; do
   p="${entry%%:*}"
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+  # a tool installed some other way counts (npm from NodeSource's nodejs, which conflicts with Debian's npm)
+  [ "$p" = npm ] && command -v npm >/dev/null && continue
   missing+=("$p")
   reasons+=("  $p: ${entry#*:}")
 done
