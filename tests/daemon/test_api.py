@@ -339,3 +339,30 @@ def test_events_stream_state_changes(daemon, tmp_path):
     client.close()  # (the stream ends here, not at the daemon's shutdown)
     states = [g["state"] for g in got if g["name"] == "ev1"]
     assert states == ["stopped", "running", "paused", "stopped"], states
+
+
+def test_the_cli_drives_a_remote_daemon(daemon, tmp_path):
+    """``virtkit --remote URL --token T ps|pause|resume|stop``: the same commands, through the REST API."""
+    ok(daemon.unix.post("/vms", json={"name": "rc1", "config": counting_config(tmp_path)}), 201)
+    ok(daemon.unix.post("/vms/rc1/start"))
+    op, rd = daemon.token("cli", "operate"), daemon.token("cli-read", "read")
+    url = f"http://127.0.0.1:{daemon.port}"
+    env = dict(daemon.env, VIRTKIT_RUN_DIR=str(tmp_path / "elsewhere"))  # (no local VMs: only the daemon's)
+    daemon.env, saved = env, daemon.env
+    try:
+        rows = json.loads(daemon.cli("--remote", url, "--token", op, "ps", "--json").stdout)
+        assert [(r["name"], r["state"]) for r in rows] == [("rc1", "running")]
+        assert daemon.cli("ps", "--json").stdout.strip() == "[]"  # without --remote: this host's sockets
+        p = daemon.cli("--remote", url, "--token", op, "pause", "rc1")
+        assert p.returncode == 0 and "rc1: paused" in p.stdout, p
+        assert daemon.cli(f"--remote={url}", f"--token={op}", "resume", "rc1").returncode == 0
+        p = daemon.cli("--remote", url, "--token", rd, "stop", "rc1")
+        assert p.returncode == 1 and "scope read" in p.stderr and "HTTP 403" in p.stderr, p
+        p = daemon.cli("--remote", url, "--token", "vkt_x_y", "ps")
+        assert p.returncode == 1 and "not valid" in p.stderr
+        p = daemon.cli("--remote", "http://127.0.0.1:1", "ps")
+        assert p.returncode == 1 and "cannot reach the daemon" in p.stderr
+        assert daemon.cli("--remote", url, "--token", op, "stop", "--timeout", "1", "rc1").returncode == 0
+        assert ok(daemon.unix.get("/vms/rc1"))["state"] == "stopped"
+    finally:
+        daemon.env = saved
