@@ -572,3 +572,14 @@ def test_named_volumes_persist_and_logs_rotate(env):
     vk(env, "container", "rm", "chatty")
     p = vk(env, "container", "run", "--log-opt", "max-size=lots", "busybox", "true", check=False)
     assert p.returncode == 1 and "--log-opt max-size 'lots'" in p.stderr
+
+
+def test_a_forced_image_removal_keeps_the_layers_a_container_stands_on(env):
+    """``image rm -f`` of an image a container was made from: the name goes, the layers stay for it."""
+    vk(env, "image", "build", "-t", "short-lived", "--busybox")
+    vk(env, "container", "create", "--name", "orphan", "short-lived", "echo", "still-runs")
+    assert "removed short-lived:latest" in vk(env, "image", "rm", "-f", "short-lived").stdout
+    assert vk(env, "container", "start", "orphan").returncode == 0
+    wait(lambda: meta(env, "orphan")["status"] == "exited", what="the container to end")
+    assert vk(env, "container", "logs", "orphan").stdout == "still-runs\n"
+    vk(env, "container", "rm", "orphan")

@@ -104,14 +104,15 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from virtkit.containers.images import ImageError
 
     cs = Containers()
+    containers = cs.all()
+    in_use = {layer for m in containers for layer in m.get("layers", [])}  # (kept even with -f)
     for ref in args.refs:
         _, man, _ = cs.store.resolve(ref)
-        users = [m["name"] for m in cs.all() if m.get("image_id") == man["config"]["digest"]]
+        users = [m["name"] for m in containers if m.get("image_id") == man["config"]["digest"]]
         if users and not args.force:
             raise ImageError(f"image {ref!r} is used by container(s) {', '.join(users)}: remove them or use -f")
-        for name in cs.store.remove(ref):
+        for name in cs.store.remove(ref, keep_layers=in_use):
             print(f"removed {name}")
-    cs.store.collect(keep_layers={layer for m in cs.all() for layer in m.get("layers", [])})
     return 0
 
 

@@ -7,6 +7,7 @@ symlink, hard links that point outside and (when not root) device nodes are erro
 
 from __future__ import annotations
 
+import abc
 import gzip
 import hashlib
 import io
@@ -101,10 +102,7 @@ class Store:
     # -- blobs and the index -------------------------------------------------------------------------
     def blob(self, digest: str) -> Path:
         """The path of blob ``digest`` (``sha256:<hex>``)."""
-        algo, _, hexd = digest.partition(":")
-        if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-            raise ImageError(f"digest {digest!r}: only sha256 digests are supported")
-        return self.blobs / hexd
+        return self.blobs / _hex(digest)
 
     def put_blob(self, f: IO[bytes], expect: str | None = None, what: str = "blob") -> tuple[str, int]:
         """Copy a stream into the store by its digest, checking ``expect``; (digest, size)."""
@@ -174,54 +172,61 @@ class Store:
                         "size": sum(layer["size"] for layer in man["layers"])})
         return out
 
-    def resolve(self, ref: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        """``name[:tag]``, or an image id (prefix of its config digest): (manifest digest, manifest, config)."""
+    def _find(self, ref: str) -> tuple[dict[str, Any], bool]:
+        """The index entry ``ref`` names, and whether by name (else by image id: a prefix of its config or
+        manifest digest, tried when no name matches)."""
         entries = self.index()["manifests"]
-        hit = None
         if not ref.startswith("sha256:"):
-            name, tag = split_ref(ref)
-            hit = next((m for m in entries if m.get("annotations", {}).get(REF_NAME) == f"{name}:{tag}"), None)
-        if hit is None and (ref.startswith("sha256:") or len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref)):
+            full = full_ref(ref)
+            hit = next((m for m in entries if m.get("annotations", {}).get(REF_NAME) == full), None)
+            if hit is not None:
+                return hit, True
+        if ref.startswith("sha256:") or len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
             prefix = ref if ref.startswith("sha256:") else "sha256:" + ref
             for m in entries:
                 man = self.read_json(m["digest"], "manifest")
                 if man["config"]["digest"].startswith(prefix) or m["digest"].startswith(prefix):
-                    hit = m
-                    break
-        if hit is None:
-            raise ImageError(f"image {ref!r} is not in the store (virtkit image list shows what is; "
-                             "virtkit image import or build adds one)")
+                    return m, False
+        raise ImageError(f"image {ref!r} is not in the store (virtkit image list shows what is; "
+                         "virtkit image import or build adds one)")
+
+    def resolve(self, ref: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """``name[:tag]``, or an image id (prefix of its config digest): (manifest digest, manifest, config)."""
+        hit, _ = self._find(ref)
         man = self.read_json(hit["digest"], "manifest")
         return hit["digest"], man, self.read_json(man["config"]["digest"], "image config")
 
-    def remove(self, ref: str) -> list[str]:
-        """Untag ``ref`` and delete the blobs and unpacked layers no other name uses; the names removed."""
-        digest, _, _ = self.resolve(ref)
+    def remove(self, ref: str, keep_layers: set[str] | None = None) -> list[str]:
+        """Untag ``ref`` (a name; an id untags every name of that image) and delete the blobs and unpacked
+        layers nothing uses any more (``keep_layers``: diff ids containers still stand on); the names removed."""
+        hit, by_name = self._find(ref)
         idx = self.index()
-        if ref.startswith("sha256:") or ":" not in ref and all(c in "0123456789abcdef" for c in ref):
-            gone = [m for m in idx["manifests"] if m["digest"] == digest]
-        else:
-            full = full_ref(ref)
-            gone = [m for m in idx["manifests"] if m.get("annotations", {}).get(REF_NAME) == full]
+        gone = [m for m in idx["manifests"] if (m == hit if by_name else m["digest"] == hit["digest"])]
         idx["manifests"] = [m for m in idx["manifests"] if m not in gone]
         self._write_index(idx)
-        self.collect()
+        self.collect(keep_layers)
         return [m.get("annotations", {}).get(REF_NAME, m["digest"]) for m in gone]
 
-    def collect(self, keep_layers: set[str] | None = None) -> None:
-        """Delete blobs no manifest in the index reaches, and unpacked layers none uses."""
-        live: set[str] = set()
-        diffs: set[str] = set(keep_layers or ())
+    def _live(self) -> tuple[set[str], set[str]]:
+        """(hex digests of the blobs the index reaches, hex diff ids of their images' layers)."""
+        blobs: set[str] = set()
+        diffs: set[str] = set()
         for m in self.index()["manifests"]:
             man = self.read_json(m["digest"], "manifest")
             cfg = self.read_json(man["config"]["digest"], "image config")
-            live |= {m["digest"], man["config"]["digest"], *(layer["digest"] for layer in man["layers"])}
-            diffs |= {d.split(":")[1] for d in cfg.get("rootfs", {}).get("diff_ids", [])}
+            blobs |= {_hex(d) for d in (m["digest"], man["config"]["digest"], *(x["digest"] for x in man["layers"]))}
+            diffs |= {_hex(d) for d in cfg.get("rootfs", {}).get("diff_ids", [])}
+        return blobs, diffs
+
+    def collect(self, keep_layers: set[str] | None = None) -> None:
+        """Delete blobs no manifest in the index reaches, and unpacked layers none uses (nor ``keep_layers``)."""
+        blobs, diffs = self._live()
+        diffs |= set(keep_layers or ())
         for p in self.blobs.iterdir():
-            if "sha256:" + p.name not in live:
+            if p.name not in blobs and not p.name.startswith(".in-"):  # (an import in progress keeps its file)
                 p.unlink()
         for p in self.layers.iterdir():
-            if p.name not in diffs:
+            if p.name not in diffs and not p.name.startswith(".unpack-"):
                 shutil.rmtree(p, ignore_errors=True)
 
     # -- importing -----------------------------------------------------------------------------------
@@ -237,14 +242,9 @@ class Store:
 
     def _undo(self) -> None:
         """Remove what a failed import added that no name in the index uses."""
-        live: set[str] = set()
-        for m in self.index()["manifests"]:
-            man = self.read_json(m["digest"], "manifest")
-            cfg = self.read_json(man["config"]["digest"], "image config")
-            live |= {m["digest"][7:], man["config"]["digest"][7:], *(x["digest"][7:] for x in man["layers"]),
-                     *(d[7:] for d in cfg.get("rootfs", {}).get("diff_ids", []))}
+        blobs, diffs = self._live()
         for p in self._new:
-            if p.name not in live:
+            if p.name not in blobs | diffs:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         self._new = []
 
@@ -402,11 +402,17 @@ class Store:
                 tar.add(self.blob(d), _blob_name(d))
 
 
-def _blob_name(digest: str) -> str:
+def _hex(digest: str) -> str:
+    """The hex part of a ``sha256:<64 hex>`` digest; ImageError for anything else (a path must never come
+    from a digest that is not one)."""
     algo, _, hexd = digest.partition(":")
     if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
         raise ImageError(f"digest {digest!r}: only sha256 digests are supported")
-    return f"blobs/sha256/{hexd}"
+    return hexd
+
+
+def _blob_name(digest: str) -> str:
+    return f"blobs/sha256/{_hex(digest)}"
 
 
 def _flatten(src: _Source, entries: list[dict[str, Any]], path: str) -> Iterator[dict[str, Any]]:
@@ -454,20 +460,22 @@ class _HashingReader(io.RawIOBase):
         return "sha256:" + self.h.hexdigest()
 
 
-class _Source:
-    """Files of an image being imported, from a directory or a tarball."""
+class _Source(abc.ABC):
+    """Files of an image being imported, from a directory or a tarball (the two kinds below)."""
 
     def __enter__(self) -> _Source:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+    def __exit__(self, *exc: object) -> None:  # noqa: B027 (a directory has nothing to close; a tar does)
+        """Release what the source holds (nothing, unless a kind says otherwise)."""
 
+    @abc.abstractmethod
     def has(self, name: str) -> bool:
-        raise NotImplementedError
+        """Whether the image has the file ``name`` (a path relative to its top)."""
 
+    @abc.abstractmethod
     def open(self, name: str) -> IO[bytes]:
-        raise NotImplementedError
+        """The file ``name`` for reading; ImageError when it is missing."""
 
     def read(self, name: str, digest: str | None, what: str) -> bytes:
         """A whole file, its digest checked when one is given."""
