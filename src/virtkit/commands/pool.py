@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -283,22 +282,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List pools found under the pools directory."""
-    from virtkit.storage.pool import Pool, PoolError, pools_root
+    from virtkit.storage.pool import pool_statuses, pools_root
 
     root = root_of(args) or pools_root()
     rows = []
-    if root.is_dir():
-        for entry in sorted(os.listdir(root)):
-            if not (root / entry / "metadata.0").exists() and not (root / entry / "metadata.1").exists():
-                continue
-            try:
-                with Pool.open(root / entry, read_only=True) as pool:
-                    st = pool.status()
-                rows.append({k: st[k] for k in ("name", "state", "size", "used", "free", "used_percent",
-                                                "open_volumes", "warnings")}
-                            | {"devices": len(st["devices"]), "volumes": len(st["volumes"])})
-            except PoolError as err:
-                rows.append({"name": entry, "state": "error", "error": str(err)})
+    for entry, st, err in pool_statuses(root):
+        if st is None:
+            rows.append({"name": entry, "state": "error", "error": err})
+            continue
+        rows.append({k: st[k] for k in ("name", "state", "size", "used", "free", "used_percent", "open_volumes",
+                                        "warnings")} | {"devices": len(st["devices"]), "volumes": len(st["volumes"])})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

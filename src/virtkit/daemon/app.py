@@ -9,7 +9,6 @@ on TCP it shows a token (``Authorization: Bearer vkt_...``) whose scope is read,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -139,16 +138,15 @@ def start_vm_process(name: str, config: dict[str, Any]) -> None:
         raise DaemonError(p.stderr.strip().removeprefix("virtkit: error: ")[-2000:])
 
 
-def restarter(inv: Inventory, stop: Any, period: float = 1.0) -> None:
+def restarter(inv: Inventory, running: LiveView, stop: Any, period: float = 1.0) -> None:
     """The restart policy (a thread of the daemon): a VM defined with ``restart: always`` that the user
-    started and did not stop through the API is started again when its process is gone."""
-    from virtkit.machine import control
-
+    started and did not stop through the API is started again when its process is gone (the running VMs
+    from the API's shared view: no scan of its own)."""
     while not stop.wait(period):
         try:
-            running = {v["name"] for v in control.list_vms()}
+            names = running.get(period)
             for d in inv.vms():
-                if d["restart"] == "always" and d["wanted"] == "running" and d["name"] not in running:
+                if d["restart"] == "always" and d["wanted"] == "running" and d["name"] not in names:
                     print(f"virtkitd: VM {d['name']} is not running: restarting it (restart: always)",
                           file=sys.stderr, flush=True)
                     start_vm_process(d["name"], d["config"])
@@ -219,7 +217,7 @@ class LiveView:
 
         asked = time.monotonic()
         with self.lock:
-            if self.at < asked - max_age or max_age == 0.0 and self.at < asked:
+            if self.at < asked - max_age:  # (one done while we waited for the lock may be fresh enough)
                 self.vms = {v["name"]: v for v in control.list_vms()}
                 self.at = time.monotonic()
             return self.vms
@@ -277,10 +275,9 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         return check
 
     # -- helpers ----------------------------------------------------------------------------------------
-    def live(fresh: bool = True) -> dict[str, dict[str, Any]]:
-        """The running VMs by name: asked now (``fresh``), or the last answer if at most LIVE_TTL old (reads
-        under load share one scan instead of each asking every VM)."""
-        return running.get(0.0 if fresh else LIVE_TTL)
+    def live() -> dict[str, dict[str, Any]]:
+        """The running VMs by name, asked now (what a mutation decides on; reads use the shared scan)."""
+        return running.get(0.0)
 
     def view(name: str, d: dict[str, Any] | None, running: dict[str, Any] | None) -> VM:
         return VM(name=name, state=running.get("state", "running") if running else "stopped",
@@ -391,34 +388,36 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         inv.set_wanted(name, "running")
         return view(name, d, live().get(name))
 
+    def gone(name: str, seconds: float) -> bool:
+        """Whether VM ``name`` stopped running within ``seconds``."""
+        for _ in range(int(seconds / 0.05)):
+            if name not in live():
+                return True
+            time.sleep(0.05)
+        return False
+
     def lifecycle(op: str, scope: str) -> Any:
         def action(name: str, timeout: float = Query(10, gt=0, le=3600, description=(
                        "stop: seconds the guest gets to power off before the VM is killed")),
                    who: Who = Depends(need(scope))) -> VM:
             if name not in live():
                 raise ApiError(409, "conflict", f"VM {name!r} is not running")
+            ending = op in ("stop", "kill") and inv.vm(name) is not None
+            if ending:  # said before the VM ends, so the restart policy never sees it gone while still wanted
+                inv.set_wanted(name, "stopped")
             try:
                 if op == "stop":
                     ctl(name, op, wait=timeout + 40, timeout=timeout)
                 else:
                     ctl(name, op, wait=40)
             except ApiError:
-                if op not in ("stop", "kill"):
-                    raise
-                # the VM may end before its reply leaves: a VM that is gone has stopped
-                for _ in range(100):
-                    if name not in live():
-                        break
-                    time.sleep(0.05)
-                else:
+                # a VM that ends may close the connection before its reply leaves: gone means stopped
+                if op not in ("stop", "kill") or not gone(name, 5):
+                    if ending:
+                        inv.set_wanted(name, "running")
                     raise
             if op in ("stop", "kill"):
-                if inv.vm(name) is not None:
-                    inv.set_wanted(name, "stopped")
-                for _ in range(200):
-                    if name not in live():
-                        break
-                    time.sleep(0.05)
+                gone(name, 10)
             return view(name, inv.vm(name), live().get(name))
         return action
 
@@ -517,19 +516,12 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
     @app.get("/pools", response_model=Page, summary="Storage pools (virtkit pool list)")
     def pools(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
               who: Who = Depends(need("read"))) -> Page:
-        from virtkit.storage.pool import Pool, PoolError, pools_root
+        from virtkit.storage.pool import pool_statuses
 
-        root, rows = pools_root(), []
-        for entry in sorted(os.listdir(root)) if root.is_dir() else []:
-            if not any((root / entry / f"metadata.{i}").exists() for i in (0, 1)):
-                continue
-            try:
-                with Pool.open(root / entry, read_only=True) as pool:
-                    st = pool.status()
-                rows.append({k: st[k] for k in ("name", "state", "size", "used", "free", "open_volumes")}
-                            | {"volumes": [v["name"] if isinstance(v, dict) else v for v in st["volumes"]]})
-            except PoolError as err:
-                rows.append({"name": entry, "state": "error", "error": str(err)})
+        rows = [{"name": entry, "state": "error", "error": err} if st is None else
+                {k: st[k] for k in ("name", "state", "size", "used", "free", "open_volumes")}
+                | {"volumes": [v["name"] if isinstance(v, dict) else v for v in st["volumes"]]}
+                for entry, st, err in pool_statuses()]
         return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
     @app.get("/switches", response_model=Page, summary="Virtual switches")

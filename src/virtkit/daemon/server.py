@@ -78,7 +78,7 @@ def serve(listen: str | None = None, root: Path | None = None) -> None:
     from virtkit.daemon.app import restarter
 
     done = threading.Event()
-    threading.Thread(target=restarter, args=(inv, done), name="virtkitd-restart", daemon=True).start()
+    threading.Thread(target=restarter, args=(inv, running, done), name="virtkitd-restart", daemon=True).start()
 
     async def main() -> None:
         await asyncio.gather(*(s.serve(sockets=sk) for s, sk in zip(servers, socks, strict=True)))

@@ -98,6 +98,22 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def pool_statuses(root: Path | None = None) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+    """(name, status or None, error or None) of every pool under ``root`` (default :func:`pools_root`), by
+    name: what ``virtkit pool list`` and the daemon's ``/pools`` show."""
+    root = root or pools_root()
+    out: list[tuple[str, dict[str, Any] | None, str | None]] = []
+    for entry in sorted(os.listdir(root)) if root.is_dir() else []:
+        if not any((root / entry / f"metadata.{i}").exists() for i in (0, 1)):
+            continue
+        try:
+            with Pool.open(root / entry, read_only=True) as pool:
+                out.append((entry, pool.status(), None))
+        except PoolError as err:
+            out.append((entry, None, str(err)))
+    return out
+
+
 def resolve_pool_dir(name_or_path: str | os.PathLike[str], root: Path | None = None) -> Path:
     """A pool named ``NAME`` lives in ``<root>/NAME``; anything with a slash is a directory path."""
     text = os.fspath(name_or_path)
