@@ -245,7 +245,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     path = cs.dir / meta["id"] / "log.json"
     pos = path.stat().st_size if path.exists() else 0
     while True:
-        done = cs.find(meta["id"])["status"] not in ("running", "restarting", "paused")
+        done = cs.get(meta["id"])["status"] not in ("running", "restarting", "paused")
         if path.exists():
             if path.stat().st_size < pos:  # rotated
                 pos = 0

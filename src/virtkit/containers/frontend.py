@@ -149,6 +149,10 @@ class Containers:
             raise ContainerError(f"{ref!r} names more than one container: give more of the id")
         return hits[0]
 
+    def get(self, cid: str) -> dict[str, Any]:
+        """One container's record with its current status, by full id (no scan of the others)."""
+        return self._status(self._load(cid))
+
     def _save(self, meta: dict[str, Any]) -> None:
         path = self.dir / meta["id"] / "meta.json"
         tmp = path.with_suffix(".tmp")
@@ -207,14 +211,12 @@ class Containers:
         args = ep + (list(command) if command else list(conf.get("Cmd") or []) if entrypoint is None else [])
         if not args:
             raise ConfigError(f"image {image!r} has no command (no Entrypoint or Cmd): give one")
-        for e in env:
-            if "=" not in e:
-                if e in os.environ:
-                    continue
-                raise ConfigError(f"-e {e!r}: expected NAME=VALUE (or a NAME set here)")
         env_all = list(conf.get("Env") or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
         for e in env:
-            e = e if "=" in e else f"{e}={os.environ[e]}"
+            if "=" not in e:
+                if e not in os.environ:
+                    raise ConfigError(f"-e {e!r}: expected NAME=VALUE (or a NAME set here)")
+                e = f"{e}={os.environ[e]}"
             env_all = [x for x in env_all if x.split("=", 1)[0] != e.split("=", 1)[0]] + [e]
         if tty:
             env_all.append("TERM=xterm")
@@ -338,7 +340,7 @@ class Containers:
         if line != "started":
             why = line[6:] if line.startswith("error ") else "it did not start"
             raise ContainerError(f"container {meta['name']}: {why}")
-        return self.find(meta["id"])
+        return self.get(meta["id"])
 
     def run_attached(self, ref: str) -> int:
         """Start a container in the foreground, its output (or terminal) on ours; its exit status."""
@@ -360,7 +362,7 @@ class Containers:
             rt.pause(c, False)
         sig = "SIGTERM"
         deadline = time.monotonic() + timeout
-        while self.find(meta["id"])["status"] in ("running", "restarting", "paused"):
+        while self.get(meta["id"])["status"] in ("running", "restarting", "paused"):
             try:
                 if c.exists() and c.status(c.load()) != "stopped":
                     rt.kill(c, sig)
@@ -369,7 +371,7 @@ class Containers:
             if time.monotonic() > deadline:
                 sig = "SIGKILL"
             time.sleep(0.05)
-        return self.find(meta["id"])
+        return self.get(meta["id"])
 
     def remove(self, ref: str, force: bool = False) -> None:
         """Remove a container: its root, writable layer, log and record (``force``: kill it first)."""
@@ -446,8 +448,9 @@ class Containers:
 
     def logs(self, ref: str) -> list[Path]:
         """The container's log files, oldest first."""
-        d = self.dir / self.find(ref)["id"]
-        keep = self.find(ref).get("log", {}).get("max_file", LOG_KEEP + 1) - 1
+        meta = self.find(ref)
+        d = self.dir / meta["id"]
+        keep = meta.get("log", {}).get("max_file", LOG_KEEP + 1) - 1
         files = [d / f"log.json.{i}" for i in range(keep, 0, -1)] + [d / "log.json"]
         return [f for f in files if f.exists()]
 
@@ -574,10 +577,7 @@ class Monitor:
 
     def _create_with_terminal(self, bundle: str) -> int:
         """Create the container with a terminal: its pty master comes back over a console socket."""
-        import tempfile
-
-        sdir = tempfile.mkdtemp(prefix="virtkit-console-")  # (short: a socket path has at most 107 bytes)
-        path = os.path.join(sdir, "sock")
+        path = tempfile_short("virtkit-console-")
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(path)
         srv.listen(1)
@@ -585,14 +585,13 @@ class Monitor:
             rt.create(self.cs.runc, self.cid, bundle, console_socket=path)
             conn, _ = srv.accept()
             with conn:
-                _, anc, _, _ = conn.recvmsg(1024, socket.CMSG_LEN(4))
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    return struct.unpack("i", data[:4])[0]
-            raise ContainerError("the container's terminal did not arrive")
+                _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+            if not fds:
+                raise ContainerError("the container's terminal did not arrive")
+            return fds[0]
         finally:
             srv.close()
-            shutil.rmtree(sdir, ignore_errors=True)
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
     def _pump(self, pid: int, pipes: dict[int, str], master: int | None) -> int:
         """Copy the container's output to the log (and our terminal when attached) until it exits; with a
@@ -865,14 +864,20 @@ def _reap(pid: int, block: bool = False) -> int | None:
             return 128 - code if code < 0 else code
 
 
+def _enter_netns(pid: int) -> None:
+    """Move the calling thread (only it: setns of a network namespace is per thread) into ``pid``'s network
+    namespace; sockets it makes then live there."""
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        L.setns(fd, L.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
 def _loopback_up(pid: int) -> None:
     """Bring ``lo`` up in the container's network namespace (a thread of ours enters it for the ioctl)."""
     def up() -> None:
-        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-        try:
-            L.setns(fd, L.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        _enter_netns(pid)
         import fcntl
 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -955,11 +960,7 @@ def _proxy_accept(lsock: socket.socket, pid: int, port: int) -> None:
 
 def _proxy_one(conn: socket.socket, pid: int, port: int) -> None:
     try:
-        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-        try:
-            L.setns(fd, L.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        _enter_netns(pid)
         inner = socket.create_connection(("127.0.0.1", port), timeout=5)
         inner.settimeout(None)
     except OSError:

@@ -372,18 +372,8 @@ def create(root: str, cid: str, bundle: str, pid_file: str | None = None, consol
     if cfg["process"].get("terminal") and console_socket is None and not foreground:
         raise ConfigError("process.terminal: a detached container with a terminal needs --console-socket")
     console = None
-    if console_socket is not None:  # connected now: after pivot_root the host's paths (and Python's library)
-        import fcntl  # noqa: F401       are out of the container's reach
-        import socket
-        import struct  # noqa: F401
-        import termios  # noqa: F401
-
-        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            console.connect(console_socket)
-        except OSError as err:
-            console.close()
-            raise ConfigError(f"--console-socket {console_socket}: {err.strerror}") from None
+    if console_socket is not None:
+        console = _connect_console(console_socket)
     os.makedirs(root, mode=0o700, exist_ok=True)
     try:
         os.mkdir(c.dir, 0o700)
@@ -532,6 +522,23 @@ def _init_child(cfg: dict[str, Any], bundle: str, fifo_fd: int, wfd: int, go: in
             except OSError:
                 pass
         os._exit(127)
+
+
+def _connect_console(path: str) -> Any:
+    """A connection to ``--console-socket``, made now, with the modules :func:`_console` needs imported: in
+    the container (after pivot_root or setns) the host's paths and Python's library are out of reach."""
+    import fcntl  # noqa: F401
+    import socket
+    import struct  # noqa: F401
+    import termios  # noqa: F401
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError as err:
+        s.close()
+        raise ConfigError(f"--console-socket {path}: {err.strerror}") from None
+    return s
 
 
 def _console(s: Any) -> None:
@@ -759,17 +766,7 @@ def exec_in(c: Container, process: dict[str, Any], detach: bool = False, seccomp
     if process.get("terminal"):
         if console_socket is None:
             raise ConfigError("exec: process.terminal needs --console-socket")
-        import fcntl  # noqa: F401  (what _console needs, imported while the host's library is in reach)
-        import socket
-        import struct  # noqa: F401
-        import termios  # noqa: F401
-
-        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            console.connect(console_socket)
-        except OSError as err:
-            console.close()
-            raise ConfigError(f"--console-socket {console_socket}: {err.strerror}") from None
+        console = _connect_console(console_socket)
     prd, pwr = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:

@@ -23,17 +23,16 @@ def paths(root: Path | None = None) -> dict[str, Path]:
 
 def running_pid(root: Path | None = None) -> int | None:
     """The running daemon's pid, or None (a stale pid file is ignored)."""
+    from virtkit.machine.control import pid_alive
+
     try:
         pid = int(paths(root)["pid"].read_text())
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().split(b"\0")
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         return None
-    if state in ("Z", "X") or b"daemon" not in cmd:  # a dead daemon not yet reaped, or a reused pid
-        return None
-    return pid
+    # (a killed daemon not yet reaped is a zombie: not alive; a pid reused by another program is not ours)
+    return pid if pid_alive(pid) and b"daemon" in cmd else None
 
 
 def serve(listen: str | None = None, root: Path | None = None) -> None:

@@ -77,7 +77,7 @@ def generate_name() -> str:
             return name
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists and has not ended (a killed VM whose parent has not reaped it yet is a
     zombie: gone for every purpose here)."""
     try:
@@ -136,7 +136,7 @@ class ControlServer:
                 pid = int(json.loads(self.info_path.read_text()).get("pid", 0))
             except (OSError, ValueError, AttributeError):
                 pass
-            if pid and pid != os.getpid() and _pid_alive(pid) and _answers(self.sock_path):
+            if pid and pid != os.getpid() and pid_alive(pid) and _answers(self.sock_path):
                 raise ControlError(f"a VM named {self.name!r} is already running (pid {pid}); "
                                    "pick another --name or stop it first")
             for p in (self.sock_path, self.info_path):
@@ -329,7 +329,7 @@ def list_vms(stats: bool = False) -> list[dict[str, Any]]:
         except (OSError, ValueError, KeyError, TypeError, VirtkitError):
             _remove_entry(info_path)
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             _remove_entry(info_path)
             continue
         try:
@@ -337,7 +337,7 @@ def list_vms(stats: bool = False) -> list[dict[str, Any]]:
             if stats:
                 row["stats"] = request(name, "stats", wait=3)
         except VirtkitError:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 _remove_entry(info_path)
                 continue
             row = {**info, "state": "not answering"}
