@@ -46,7 +46,10 @@ examples:
   virtkit disk create vm.qcow2 10G     a qcow2 disk image
   virtkit pool create tank a.img b.img a storage pool (then: virtkit volume create tank/vm0 --size 2G)
   virtkit net create lab               an 802.1Q switch (then: virtkit run --net switch:lab,vlan=7)
-  virtkit --remote http://HOST:8006 --token T ps     ps, pause, resume, stop, kill through a virtkitd
+  virtkit --remote https://HOST:8006 --token T --cacert tls.crt ps
+                                       ps, pause, resume, stop, kill, console, snapshot create,
+                                       migrate through another host's virtkitd (and through this
+                                       host's when one runs here; VIRTKIT_NO_DAEMON=1: never)
 
 `virtkit COMMAND --help` describes each command, with examples."""
 
@@ -76,14 +79,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``virtkit`` console script; returns the process exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
-    while words and words[0] in ("--remote", "--token") or words and words[0].startswith(("--remote=", "--token=")):
+    glob = ("--remote", "--token", "--cacert")
+    while words and (words[0] in glob or words[0].startswith(tuple(g + "=" for g in glob))):
         key, eq, val = words.pop(0).partition("=")  # global options: commands on running VMs go to a virtkitd
         if not eq:
             if not words:
                 print(f"virtkit: error: {key} needs a value", file=sys.stderr)
                 return 2
             val = words.pop(0)
-        os.environ["VIRTKIT_REMOTE" if key == "--remote" else "VIRTKIT_TOKEN"] = val
+        os.environ["VIRTKIT_" + key[2:].upper()] = val
     argv = words
     first = next((w for w in words if not w.startswith("-")), None)
     if first == "runtime" and words and words[0] == "runtime":  # runc's own command line, passed through whole

@@ -37,7 +37,8 @@ class Daemon:
         self.tmp = tmp
         self.port = free_port()
         self.env = dict(os.environ, VIRTKIT_DAEMON_DIR=str(tmp / "d"), VIRTKIT_RUN_DIR=str(tmp / "run"),
-                        VIRTKIT_CONTAINERS_DIR=str(tmp / "c"), VIRTKIT_NET_DIR=str(tmp / "n"))
+                        VIRTKIT_CONTAINERS_DIR=str(tmp / "c"), VIRTKIT_NET_DIR=str(tmp / "n"),
+                        VIRTKIT_SNAPSHOTS=str(tmp / "s"), VIRTKIT_POOLS_DIR=str(tmp / "p"))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         p = subprocess.run([sys.executable, "-m", "virtkit.cli", *args], capture_output=True, text=True,
@@ -45,8 +46,8 @@ class Daemon:
         assert "Traceback" not in p.stderr, p.stderr
         return p
 
-    def start(self) -> None:
-        p = self.cli("daemon", "start", "--listen", f"127.0.0.1:{self.port}")
+    def start(self, *extra: str) -> None:
+        p = self.cli("daemon", "start", "--listen", f"127.0.0.1:{self.port}", *extra)
         assert p.returncode == 0, p.stderr
         self.unix = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.tmp / "d" / "virtkitd.sock")),
                                  base_url="http://virtkitd", timeout=120)
@@ -352,7 +353,10 @@ def test_the_cli_drives_a_remote_daemon(daemon, tmp_path):
     try:
         rows = json.loads(daemon.cli("--remote", url, "--token", op, "ps", "--json").stdout)
         assert [(r["name"], r["state"]) for r in rows] == [("rc1", "running")]
-        assert daemon.cli("ps", "--json").stdout.strip() == "[]"  # without --remote: this host's sockets
+        assert rows[0]["board"] == "riscv64-virt" and rows[0]["pid"] > 0  # (the VM's own status, as locally)
+        daemon.env = dict(env, VIRTKIT_NO_DAEMON="1")  # without --remote, and not to the local daemon:
+        assert daemon.cli("ps", "--json").stdout.strip() == "[]"  # this host's sockets (none here)
+        daemon.env = env
         p = daemon.cli("--remote", url, "--token", op, "pause", "rc1")
         assert p.returncode == 0 and "rc1: paused" in p.stdout, p
         assert daemon.cli(f"--remote={url}", f"--token={op}", "resume", "rc1").returncode == 0

@@ -16,11 +16,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    __doc__, "daemon_command")
     s = add(sub, "start", "start virtkitd in the background",
             ["virtkit daemon start", "virtkit daemon start --listen 127.0.0.1:8006"])
-    s.add_argument("--listen", metavar="HOST:PORT", help="also serve on TCP (callers need a token)")
-    s.set_defaults(func=cmd_start)
     r = add(sub, "run", "run virtkitd in the foreground (what start runs; a service manager's command)",
-            ["virtkit daemon run --listen 127.0.0.1:8006"])
-    r.add_argument("--listen", metavar="HOST:PORT")
+            ["virtkit daemon run --listen 127.0.0.1:8006 --tls"])
+    for p in (s, r):
+        p.add_argument("--listen", metavar="HOST:PORT", help="also serve on TCP (callers need a token)")
+        p.add_argument("--tls", action="store_true", help="HTTPS on TCP (a self-signed certificate is generated "
+                       "in the daemon's directory unless --tls-cert/--tls-key give one)")
+        p.add_argument("--tls-cert", metavar="PEM", help="the certificate (chain) for HTTPS")
+        p.add_argument("--tls-key", metavar="PEM", help="its private key")
+    s.set_defaults(func=cmd_start)
     r.set_defaults(func=cmd_run)
     st = add(sub, "stop", "stop virtkitd (its VMs keep running)", ["virtkit daemon stop"])
     st.set_defaults(func=cmd_stop)
@@ -42,9 +46,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     """Start in the background."""
     from virtkit.daemon import server
 
-    pid = server.start(args.listen)
+    tls = args.tls or bool(args.tls_cert or args.tls_key)
+    if tls and not args.listen:
+        from virtkit.errors import ConfigError
+
+        raise ConfigError("--tls is for the TCP listener: give --listen HOST:PORT too")
+    pid = server.start(args.listen, tls=tls, cert=args.tls_cert, key=args.tls_key)
+    scheme = "https" if tls else "http"
     print(f"virtkitd running (pid {pid}); socket {server.paths()['sock']}"
-          + (f", http://{args.listen}" if args.listen else ""))
+          + (f", {scheme}://{args.listen}" if args.listen else "")
+          + (f" (certificate {server.tls_files(None, args.tls_cert, args.tls_key)[0]})" if tls else ""))
     return 0
 
 
@@ -52,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Serve in the foreground."""
     from virtkit.daemon import server
 
-    server.serve(args.listen)
+    server.serve(args.listen, tls=args.tls, cert=args.tls_cert, key=args.tls_key)
     return 0
 
 

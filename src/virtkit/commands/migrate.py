@@ -77,10 +77,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C cancels, even if started with it ignored
-    request(args.name, "migrate", wait=30, uri=args.uri, token=args.token, bandwidth=bw, downtime=down,
-            max_downtime=ceiling, auto_converge=not args.no_auto_converge, postcopy=args.postcopy,
-            copy_storage=args.copy_storage)
-    st = _follow(args.name, show=not args.json and sys.stderr.isatty())
+    from virtkit.daemon.client import call, remote, wait_task
+
+    if remote() is not None:  # through virtkitd: a task (its audit log has it)
+        task = call("POST", f"/vms/{args.name}/migrate", {
+            "uri": args.uri, "token": args.token, "bandwidth": bw, "downtime": down, "max_downtime": ceiling,
+            "auto_converge": not args.no_auto_converge, "postcopy": args.postcopy,
+            "copy_storage": args.copy_storage})
+        st = wait_task(task)  # (a failed migration is the task's error)
+    else:
+        request(args.name, "migrate", wait=30, uri=args.uri, token=args.token, bandwidth=bw, downtime=down,
+                max_downtime=ceiling, auto_converge=not args.no_auto_converge, postcopy=args.postcopy,
+                copy_storage=args.copy_storage)
+        st = _follow(args.name, show=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(st))
     elif st["state"] == "completed":

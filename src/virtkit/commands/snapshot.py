@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,20 @@ def _take(vm: str, dest: Path, compress: bool = False, parent: Path | None = Non
 
 def cmd_create(args: argparse.Namespace) -> int:
     """Snapshot a running VM."""
+    from virtkit.daemon.client import RemoteError, call, remote, wait_task
     from virtkit.machine.vmsnap import snapshot_name
 
-    dest = _resolve(args.snapshot or snapshot_name())
-    parent = _resolve(args.diff_from) if args.diff_from else None
-    reply = _take(args.vm, dest, args.compress, parent)
+    plain = args.snapshot is None or "/" not in args.snapshot and not args.snapshot.startswith(".")
+    if remote() is not None and plain and not args.diff_from:  # through virtkitd: a task
+        task = call("POST", f"/vms/{args.vm}/snapshots", {"snapshot": args.snapshot, "compress": args.compress})
+        reply = wait_task(task, timeout=3600)
+    elif os.environ.get("VIRTKIT_REMOTE"):
+        raise RemoteError("through --remote, a snapshot takes a plain name (in the daemon's snapshot directory) "
+                          "and no --diff-from")
+    else:
+        dest = _resolve(args.snapshot or snapshot_name())
+        parent = _resolve(args.diff_from) if args.diff_from else None
+        reply = _take(args.vm, dest, args.compress, parent)
     if args.json:
         print(json.dumps({k: v for k, v in reply.items() if k != "ok"}))
         return 0

@@ -75,8 +75,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from virtkit.machine.control import list_vms
     from virtkit.units import format_size
 
-    if remote() is not None:  # the daemon's view: its running VMs
-        vms = [v for v in call("GET", "/vms?limit=1000")["items"] if v["state"] != "stopped"]
+    if remote() is not None:  # the daemon's view: its running VMs, as their control sockets tell them
+        vms = [v["live"] or {"name": v["name"], "state": v["state"], "pid": v["pid"]}
+               for v in call("GET", "/vms?limit=1000")["items"] if v["state"] != "stopped"]
     else:
         vms = list_vms()
     if args.json:
@@ -110,12 +111,10 @@ def cmd_simple(args: argparse.Namespace) -> int:
         wait = args.timeout + 40
     if args.op == "kill":
         wait = 40
-    from virtkit.daemon.client import RemoteError, call, remote
+    from virtkit.daemon.client import call, remote
 
     if remote() is not None:
-        if args.op == "resume" and args.catch_up:
-            raise RemoteError("resume --catch-up is not offered through a daemon yet")
-        q = f"?timeout={args.timeout}" if args.op == "stop" else ""
+        q = f"?timeout={args.timeout}" if args.op == "stop" else "?catch_up=true" if extra.get("catch_up") else ""
         vm = call("POST", f"/vms/{args.name}/{args.op}{q}", timeout=wait + 10)
         reply = {"state": vm["state"], "reason": vm["state"]}
     else:
@@ -129,15 +128,87 @@ def cmd_simple(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console_through_daemon(args: argparse.Namespace) -> int:
+    """The console over the daemon's WebSocket (``--remote``, or a virtkitd on this host): the same terminal
+    handling as on the control socket (Ctrl-A d detaches)."""
+    import threading
+
+    from websockets.exceptions import ConnectionClosed
+
+    from virtkit.commands import _terminal as term
+    from virtkit.daemon.client import RemoteError, open_console
+
+    ws = open_console(args.name, write=not args.read_only, force=args.force)
+    raw = term.RawTerminal(0)
+    detach = threading.Event()
+    why = ["detached"]
+
+    def on_escape(key: str) -> None:
+        if key == "d":
+            detach.set()
+        elif key in ("h", "?"):
+            os.write(1, term.help_text(term.VIEWER_ESCAPES))
+
+    def pump() -> None:
+        try:
+            while True:
+                data = ws.recv()
+                term.stdout_write(data if isinstance(data, bytes) else data.encode())
+        except ConnectionClosed as err:
+            rcvd = err.rcvd
+            if rcvd is not None and rcvd.code >= 4000:
+                why[0] = f"refused: {rcvd.reason}"
+            else:
+                why[0] = "the VM stopped"
+            detach.set()
+
+    esc = term.EscapeReader(on_escape, enabled=raw.is_tty)
+    print(f"virtkit: attached to {args.name} through virtkitd" + (" (Ctrl-A d detaches)" if raw.is_tty else ""),
+          file=sys.stderr)
+    reader = threading.Thread(target=pump, daemon=True)
+    with term.StopSignals(lambda name: detach.set()), raw:
+        reader.start()
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        eof_at = None
+        try:
+            sel.register(0, selectors.EVENT_READ)
+        except PermissionError:  # (stdin is a regular file, e.g. /dev/null: nothing will be typed)
+            eof_at = time.monotonic()
+        while not detach.is_set():
+            if eof_at is not None and time.monotonic() - eof_at > 1.0:
+                break
+            if eof_at is None and sel.select(0.2):
+                data = os.read(0, 4096)
+                if not data:
+                    sel.unregister(0)
+                    eof_at = time.monotonic()
+                    continue
+                data = esc.feed(data)
+                if data and not args.read_only:
+                    try:
+                        ws.send(data)
+                    except ConnectionClosed:
+                        break
+            elif eof_at is not None:
+                time.sleep(0.1)
+    ws.close()
+    reader.join(2)
+    print(f"\r\nvirtkit: {why[0]}", file=sys.stderr)
+    if why[0].startswith("refused"):
+        raise RemoteError(f"console of {args.name!r} {why[0]}")
+    return 0
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     """Attach to a VM's console until Ctrl-A d (or the VM ends)."""
     from virtkit.commands import _terminal as term
-    from virtkit.daemon.client import RemoteError, remote
+    from virtkit.daemon.client import remote
     from virtkit.machine.control import ControlError, connect
 
     if remote() is not None:
-        raise RemoteError("console through a daemon is not in the CLI yet: use the daemon's web page, or its "
-                          "WebSocket /vms/NAME/console")
+        return _console_through_daemon(args)
 
     s = connect(args.name)
     s.sendall(json.dumps({"op": "console", "write": not args.read_only, "force": args.force}).encode() + b"\n")
@@ -177,8 +248,11 @@ def cmd_console(args: argparse.Namespace) -> int:
 
         sel = selectors.DefaultSelector()
         sel.register(s, selectors.EVENT_READ)
-        sel.register(0, selectors.EVENT_READ)  # read-only viewers too: Ctrl-A d, end of input
         eof_at = None
+        try:
+            sel.register(0, selectors.EVENT_READ)  # read-only viewers too: Ctrl-A d, end of input
+        except PermissionError:  # (stdin is a regular file, e.g. /dev/null: nothing will be typed)
+            eof_at = time.monotonic()
         while not detach[0]:
             if eof_at is not None and time.monotonic() - eof_at > 1.0:
                 break  # end of input: detach once what it caused has had a moment to arrive

@@ -105,6 +105,8 @@ class VM(BaseModel):
     config: dict[str, Any] | None = None
     pid: int | None = None
     version: int | None = None
+    live: dict[str, Any] | None = Field(None, description=(
+        "a running VM's status as its control socket tells it (what virtkit ps shows)"))
 
 
 class Page(BaseModel):
@@ -223,10 +225,14 @@ class LiveView:
             return self.vms
 
 
-def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -> FastAPI:
+def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, tasks: Any = None) -> FastAPI:
     """The API for one listener: ``trusted`` (the Unix socket) or token-checked (TCP); ``running``: the view
-    of running VMs (shared by the listeners)."""
+    of running VMs and ``tasks`` the long operations (both shared by the listeners)."""
+    from virtkit.daemon import resources
+    from virtkit.daemon.tasks import Tasks
+
     running = running or LiveView()
+    tasks = tasks or Tasks(inv)
     app = FastAPI(title="virtkitd", version="1", description=__doc__, docs_url=None, redoc_url=None,
                   responses=ERRORS)
 
@@ -282,13 +288,14 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
     def view(name: str, d: dict[str, Any] | None, running: dict[str, Any] | None) -> VM:
         return VM(name=name, state=running.get("state", "running") if running else "stopped",
                   defined=d is not None, restart=d["restart"] if d else None, config=d["config"] if d else None,
-                  pid=running.get("pid") if running else None, version=d["version"] if d else None)
+                  pid=running.get("pid") if running else None, version=d["version"] if d else None,
+                  live=running)
 
-    def ctl(name: str, op: str, wait: float = 10, **args: Any) -> dict[str, Any]:
+    def ctl(vm: str, op: str, /, wait: float = 10, **args: Any) -> dict[str, Any]:
         from virtkit.machine import control
 
         try:
-            return control.request(name, op, wait=wait, **args)
+            return control.request(vm, op, wait=wait, **args)
         except VirtkitError as err:
             raise ApiError(409, "conflict", str(err)) from None
 
@@ -399,6 +406,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
     def lifecycle(op: str, scope: str) -> Any:
         def action(name: str, timeout: float = Query(10, gt=0, le=3600, description=(
                        "stop: seconds the guest gets to power off before the VM is killed")),
+                   catch_up: bool = Query(False, description="resume: deliver the timer ticks missed while paused"),
                    who: Who = Depends(need(scope))) -> VM:
             if name not in live():
                 raise ApiError(409, "conflict", f"VM {name!r} is not running")
@@ -408,6 +416,8 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
             try:
                 if op == "stop":
                     ctl(name, op, wait=timeout + 40, timeout=timeout)
+                elif op == "resume" and catch_up:
+                    ctl(name, op, wait=40, catch_up=True)
                 else:
                     ctl(name, op, wait=40)
             except ApiError:
@@ -448,6 +458,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
             need_scope = "operate" if write else "read"
             if tok is None or SCOPES.index(tok["scope"]) < SCOPES.index(need_scope) or (
                     tok["vm"] is not None and tok["vm"] != name):
+                await ws.accept()  # (then closed with a reason a browser or script can read)
                 await ws.close(code=4403, reason="a token with the scope for this console is needed")
                 return
             who = f"token:{tok['name']}"
@@ -455,7 +466,8 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
         except OSError:
-            await ws.close(code=4404, reason=f"no running VM named {name!r}")
+            await ws.accept()
+            await ws.close(code=4404, reason=f"no running VM named {name!r}"[:120])
             return
         writer.write(json.dumps({"op": "console", "write": write, "force": force}).encode() + b"\n")
         await writer.drain()
@@ -465,6 +477,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
             reply = {"ok": False, "error": "the VM did not answer"}
         if not reply.get("ok"):
             writer.close()
+            await ws.accept()
             await ws.close(code=4409, reason=str(reply.get("error", "console refused"))[:120])
             return
         await ws.accept()
@@ -495,6 +508,9 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
             for t in tasks:
                 t.cancel()
             writer.close()
+
+    resources.register(app, resources.Ctx(inv=inv, tasks=tasks, need=need, live=live, ctl=ctl, api_error=ApiError,
+                                          start_vm=start_vm_process, gone=gone))
 
     # -- the rest of the inventory -----------------------------------------------------------------------
     @app.get("/containers", response_model=Page, summary="Containers (virtkit container ps -a)")
@@ -559,13 +575,16 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
                                                         "description": "event: vm, data: a VM as GET /vms/{name}"}})
     async def events(request: Request, who: Who = Depends(need("read"))) -> Response:
         """``event: vm`` with the VM (as ``GET /vms/{name}``) whenever one appears, changes state or goes;
-        a comment every 15 s keeps proxies from closing the stream. Changes are seen within 0.5 s."""
+        ``event: task`` with the task (as ``GET /tasks/{id}``) whenever one started since changes; a comment
+        every 15 s keeps proxies from closing the stream. Changes are seen within 0.5 s."""
         import asyncio
 
         from fastapi.responses import StreamingResponse
 
         async def stream() -> Any:
             last: dict[str, str] = {}
+            seqs: dict[str, int] = {}
+            opened = time.time()
             quiet = 0.0
             first = True
             while not await request.is_disconnected():
@@ -580,6 +599,12 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None) -
                         yield f"event: vm\ndata: {vm.model_dump_json()}\n\n"
                         sent = True
                 last = {n: v.state for n, v in now.items()}
+                if who.vm is None:  # tasks: each change of one started since the stream opened
+                    for t in inv.tasks(100, 0, None, opened)[0][::-1]:
+                        if seqs.get(t["id"]) != t["seq"]:
+                            seqs[t["id"]] = t["seq"]
+                            yield f"event: task\ndata: {json.dumps(t)}\n\n"
+                            sent = True
                 first = False
                 quiet = 0.0 if sent else quiet + LIVE_TTL
                 if quiet >= 15:

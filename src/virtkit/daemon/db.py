@@ -27,6 +27,11 @@ MIGRATIONS = [
        CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, who TEXT NOT NULL,
                            method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL);""",
     """ALTER TABLE vms ADD COLUMN wanted TEXT NOT NULL DEFAULT 'stopped';""",
+    """CREATE TABLE tasks (id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, who TEXT NOT NULL,
+                           state TEXT NOT NULL DEFAULT 'running', progress REAL, message TEXT NOT NULL DEFAULT '',
+                           result TEXT, error TEXT, created REAL NOT NULL, ended REAL,
+                           seq INTEGER NOT NULL DEFAULT 0);
+       CREATE INDEX tasks_created ON tasks (created);""",
 ]
 
 
@@ -169,6 +174,48 @@ class Inventory:
     def audit_log(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """The newest audit records first."""
         return [dict(r) for r in self._q("SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))]
+
+
+    # -- tasks ----------------------------------------------------------------------------------------
+    def task_create(self, tid: str, kind: str, target: str, who: str) -> None:
+        """Record a task that starts now."""
+        self._q("INSERT INTO tasks (id, kind, target, who, created) VALUES (?, ?, ?, ?, ?)",
+                (tid, kind, target, who, time.time()))
+
+    def task_update(self, tid: str, **fields: Any) -> None:
+        """Change a task's state, progress, message, result, error or end time (its ``seq`` counts changes:
+        what the event stream compares)."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        vals = tuple(json.dumps(v) if k == "result" else v for k, v in fields.items())
+        self._q(f"UPDATE tasks SET {sets}, seq = seq + 1 WHERE id = ?", (*vals, tid))
+
+    def task(self, tid: str) -> dict[str, Any] | None:
+        """One task, or None."""
+        rows = self._q("SELECT * FROM tasks WHERE id = ?", (tid,))
+        return self._task(rows[0]) if rows else None
+
+    def tasks(self, limit: int = 50, offset: int = 0, state: str | None = None,
+              since: float = 0.0) -> tuple[list[dict[str, Any]], int]:
+        """Tasks newest first (optionally in one state, or created/ended after ``since``), and how many."""
+        where, args = "WHERE (created >= ? OR ended >= ? OR state = 'running')", [since, since]
+        if state is not None:
+            where += " AND state = ?"
+            args.append(state)
+        total = self._q(f"SELECT COUNT(*) FROM tasks {where}", tuple(args))[0][0]
+        rows = self._q(f"SELECT * FROM tasks {where} ORDER BY created DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+        return [self._task(r) for r in rows], total
+
+    def task_orphans(self, why: str) -> int:
+        """Mark tasks a previous daemon left running as failed; how many."""
+        with self.lock:
+            return self.db.execute("UPDATE tasks SET state = 'failed', error = ?, ended = ?, seq = seq + 1 "
+                                   "WHERE state = 'running'", (why, time.time())).rowcount
+
+    @staticmethod
+    def _task(r: sqlite3.Row) -> dict[str, Any]:
+        d = dict(r)
+        d["result"] = json.loads(d["result"]) if d["result"] else None
+        return d
 
 
 def _hash(secret: str) -> str:
