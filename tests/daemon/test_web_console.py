@@ -1,6 +1,7 @@
 """The web console in a real Chromium (Debian's chromium and chromium-driver, driven by Selenium): the page
 lists a running Linux guest, its console shows the guest's output, a command typed into the browser runs
-in the guest, the stop button stops it. Screenshots are saved beside the test's files."""
+in the guest, the counters are charted live, a snapshot and a modes comparison run from the page, the stop
+button stops it. Screenshots are saved beside the test's files."""
 
 from __future__ import annotations
 
@@ -80,6 +81,29 @@ def test_the_page_lists_a_vm_its_console_runs_a_command_and_stop_stops_it(tmp_pa
                 time.sleep(0.2)
         assert "vk-42" in rows(), rows()[-2000:]
         browser.save_screenshot(str(tmp_path / "console.png"))
+        # live charts of the VM's counters: MIPS, exits by reason, I/O
+        browser.find_element(By.CSS_SELECTOR, 'button[data-action="stats"][data-vm="web1"]').click()
+        wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#legend-exits li")) >= 1, what="exits by reason")
+        wait(lambda: browser.find_element(By.ID, "chart-mips").get_attribute("aria-label").startswith("MIPS: MIPS"),
+             what="the MIPS chart")
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-exits polyline")
+        browser.save_screenshot(str(tmp_path / "counters.png"))
+        # a snapshot from the page: a task, then the snapshot's row
+        browser.find_element(By.CSS_SELECTOR, 'button[data-action="snapshot"][data-vm="web1"]').click()
+        alert = wait(lambda: browser.switch_to.alert, what="the snapshot name prompt")
+        alert.send_keys("from-the-page")
+        alert.accept()
+        wait(lambda: "from-the-page" in browser.find_element(By.ID, "snapshots").text, timeout=120,
+             what="the snapshot in the list")
+        wait(lambda: "succeeded" in browser.find_element(By.ID, "tasks").text, what="the task succeeded")
+        # the modes comparison, one mode, as a table and a chart
+        for box in browser.find_elements(By.CSS_SELECTOR, 'input[name="mode"]'):
+            if box.is_selected() != (box.get_attribute("value") == "paravirt"):
+                box.click()
+        browser.find_element(By.ID, "modes-run").click()
+        wait(lambda: "paravirt" in browser.find_element(By.ID, "modes").text, timeout=300, what="the modes table")
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-modes rect")
+        browser.save_screenshot(str(tmp_path / "modes.png"))
         browser.find_element(By.CSS_SELECTOR, 'button[data-action="stop"][data-vm="web1"]').click()
         wait(lambda: ok(d.unix.get("/vms/web1"))["state"] == "stopped", timeout=90, what="web1 stopped")
         wait(lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-vm="web1"] td.state').text == "stopped",

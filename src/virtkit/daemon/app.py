@@ -260,6 +260,8 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         if trusted:
             request.state.who = "unix-socket"
             return Who(name="unix-socket", scope="admin")
+        if authorization is None and request.url.path == "/events" and request.query_params.get("token"):
+            authorization = "Bearer " + request.query_params["token"]  # (a browser's EventSource sends no headers)
         if not authorization or not authorization.startswith("Bearer "):
             request.state.who = "anonymous"
             raise ApiError(401, "unauthorized", "this listener needs a token: Authorization: Bearer vkt_...")
@@ -573,7 +575,9 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
     @app.get("/events", summary="A stream of VM state changes (Server-Sent Events)",
              response_class=Response, responses={200: {"content": {"text/event-stream": {}},
                                                         "description": "event: vm, data: a VM as GET /vms/{name}"}})
-    async def events(request: Request, who: Who = Depends(need("read"))) -> Response:
+    async def events(request: Request, token: str | None = Query(None, description=(
+                         "the token, for clients that cannot send headers (a browser's EventSource)")),
+                     who: Who = Depends(need("read"))) -> Response:
         """``event: vm`` with the VM (as ``GET /vms/{name}``) whenever one appears, changes state or goes;
         ``event: task`` with the task (as ``GET /tasks/{id}``) whenever one started since changes; a comment
         every 15 s keeps proxies from closing the stream. Changes are seen within 0.5 s."""

@@ -194,13 +194,15 @@ class Inventory:
         rows = self._q("SELECT * FROM tasks WHERE id = ?", (tid,))
         return self._task(rows[0]) if rows else None
 
-    def tasks(self, limit: int = 50, offset: int = 0, state: str | None = None,
-              since: float = 0.0) -> tuple[list[dict[str, Any]], int]:
-        """Tasks newest first (optionally in one state, or created/ended after ``since``), and how many."""
+    def tasks(self, limit: int = 50, offset: int = 0, state: str | None = None, since: float = 0.0,
+              kind: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Tasks newest first (optionally in one state, of one kind, or created/ended after ``since``), and
+        how many."""
         where, args = "WHERE (created >= ? OR ended >= ? OR state = 'running')", [since, since]
-        if state is not None:
-            where += " AND state = ?"
-            args.append(state)
+        for col, val in (("state", state), ("kind", kind)):
+            if val is not None:
+                where += f" AND {col} = ?"
+                args.append(val)
         total = self._q(f"SELECT COUNT(*) FROM tasks {where}", tuple(args))[0][0]
         rows = self._q(f"SELECT * FROM tasks {where} ORDER BY created DESC LIMIT ? OFFSET ?", (*args, limit, offset))
         return [self._task(r) for r in rows], total

@@ -100,6 +100,17 @@ class VolumeCreate(BaseModel):
     thin: bool = False
 
 
+class ModesRun(BaseModel):
+    """``virtkit modes``: the same guest booted in each virtualization mode, side by side."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    exec: str = Field("true", min_length=1, max_length=1000, description="the command each guest runs")
+    modes: list[Literal["emulation", "paravirt", "trap", "nested"]] = Field(
+        default_factory=list, max_length=4, description="only these (default: every mode)")
+    cpus: int = Field(1, ge=1, le=8)
+    runs: int = Field(1, ge=1, le=10)
+
+
 class SwitchCreate(BaseModel):
     """A new 802.1Q switch (its daemon is started)."""
 
@@ -321,6 +332,26 @@ def register(app: FastAPI, c: Ctx) -> None:
             return {"name": name, "state": now.get("state", "stopped"), "pid": now.get("pid")}
 
         return start("reboot", name, who, work)
+
+    # -- the modes comparison ----------------------------------------------------------------------------
+    @app.post("/modes", status_code=202, response_model=TaskView,
+              summary="Compare the virtualization modes on the default guest (a task; virtkit modes --json)")
+    def run_modes(body: ModesRun, who: Any = Depends(c.need("operate"))) -> Response:
+        def work(task: Task) -> dict[str, Any]:
+            task.progress(None, f"booting the guest in {len(body.modes) or 'every'} mode(s)")
+            args = ["modes", "--exec", body.exec, "--cpus", str(body.cpus), "--runs", str(body.runs)]
+            for m in body.modes:
+                args += ["--mode", m]
+            return cli_json(*args)
+
+        return start("modes", "default guest", who, work)
+
+    @app.get("/modes", summary="The latest finished modes comparison (404 before the first)")
+    def last_modes(who: Any = Depends(c.need("read"))) -> dict[str, Any]:
+        rows, _ = c.inv.tasks(1, 0, "succeeded", kind="modes")
+        if not rows:
+            raise err(404, "not_found", "no modes comparison has run yet: POST /modes")
+        return rows[0]["result"] | {"task": rows[0]["id"], "ended": rows[0]["ended"]}
 
     # -- pool volumes -----------------------------------------------------------------------------------
     def pool_open(pool: str) -> Any:
