@@ -256,7 +256,8 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
 
     app.add_middleware(Guard, inv=inv)
 
-    def caller(request: Request, authorization: str | None = Header(default=None)) -> Who:
+    # (async: a plain def dependency is run on the thread pool, two thread hops per request for a dict lookup)
+    async def caller(request: Request, authorization: str | None = Header(default=None)) -> Who:
         if trusted:
             request.state.who = "unix-socket"
             return Who(name="unix-socket", scope="admin")
@@ -273,7 +274,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         return Who(name=tok["name"], scope=tok["scope"], vm=tok["vm"])
 
     def need(scope: str) -> Any:
-        def check(request: Request, who: Who = Depends(caller)) -> Who:
+        async def check(request: Request, who: Who = Depends(caller)) -> Who:
             name = request.path_params.get("name")
             if SCOPES.index(who.scope) < SCOPES.index(scope):
                 raise ApiError(403, "forbidden", f"token {who.name!r} has scope {who.scope}; this needs {scope}")
@@ -318,19 +319,29 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         return out
 
     # -- VMs ----------------------------------------------------------------------------------------------
+    listed: dict[tuple, tuple[dict, bytes]] = {}  # GET /vms answers by query, with the scan they show
+
     @app.get("/vms", response_model=Page, summary="List VMs (defined here or running on the host)",
              description=f"Live states are at most {LIVE_TTL} s old.")
     async def list_vms(state: str | None = Query(None, description="only VMs in this state"),
                        limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
-                       who: Who = Depends(need("read"))) -> Page:
+                       who: Who = Depends(need("read"))) -> Response:
         run = await _cached_or_scan(running)
-        defs = {d["name"]: d for d in inv.vms()}
-        rows = [view(n, defs.get(n), run.get(n)) for n in sorted(set(defs) | set(run))]
-        if who.vm is not None:
-            rows = [r for r in rows if r.name == who.vm]
-        if state is not None:
-            rows = [r for r in rows if r.state == state]
-        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+        key = (inv.generation, who.vm, state, limit, offset)
+        scan, hit = listed.get(key, (None, None))
+        if scan is not run or hit is None:  # (the same answer until a scan or a definition changes)
+            defs = {d["name"]: d for d in inv.vms()}
+            rows = [view(n, defs.get(n), run.get(n)) for n in sorted(set(defs) | set(run))]
+            if who.vm is not None:
+                rows = [r for r in rows if r.name == who.vm]
+            if state is not None:
+                rows = [r for r in rows if r.state == state]
+            hit = Page(items=rows[offset:offset + limit], total=len(rows), limit=limit,
+                       offset=offset).model_dump_json().encode()
+            if len(listed) > 64:
+                listed.clear()
+            listed[key] = (run, hit)
+        return Response(hit, media_type="application/json")
 
     @app.post("/vms", response_model=VM, status_code=201, summary="Define a VM from a machine config")
     def define_vm(body: VMDefine, who: Who = Depends(need("admin"))) -> VM:

@@ -56,6 +56,8 @@ class Inventory:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.lock = threading.Lock()
+        self.generation = 0  # counts changes of VM definitions (what readers cache on)
+        self._vms: tuple[int, list[dict[str, Any]]] | None = None
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -84,12 +86,20 @@ class Inventory:
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self.lock:
+            if sql.startswith(("INSERT INTO vms", "UPDATE vms", "DELETE FROM vms")):
+                self.generation += 1
             return self.db.execute(sql, args).fetchall()
 
     # -- VMs ------------------------------------------------------------------------------------------
     def vms(self) -> list[dict[str, Any]]:
-        """Every defined VM, by name."""
-        return [self._vm(r) for r in self._q("SELECT * FROM vms ORDER BY name")]
+        """Every defined VM, by name (read once per change: only this process writes them; do not modify)."""
+        cached = self._vms
+        if cached is not None and cached[0] == self.generation:
+            return cached[1]
+        gen = self.generation
+        out = [self._vm(r) for r in self._q("SELECT * FROM vms ORDER BY name")]
+        self._vms = (gen, out)
+        return out
 
     def vm(self, name: str) -> dict[str, Any] | None:
         """One VM's definition, or None."""
@@ -116,6 +126,7 @@ class Inventory:
         sets = ", ".join(f"{k} = ?" for k in changes)
         vals = tuple(json.dumps(v) if k == "config" else v for k, v in changes.items())
         with self.lock:
+            self.generation += 1
             cur = self.db.execute(f"UPDATE vms SET {sets}, version = version + 1, updated = ? "
                                   "WHERE name = ? AND version = ?", (*vals, time.time(), name, version))
             if cur.rowcount != 1:
@@ -129,6 +140,7 @@ class Inventory:
     def undefine(self, name: str) -> bool:
         """Remove a definition; whether there was one."""
         with self.lock:
+            self.generation += 1
             return self.db.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount == 1
 
     # -- tokens ---------------------------------------------------------------------------------------
