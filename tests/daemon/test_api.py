@@ -66,6 +66,10 @@ class Daemon:
 
     def close(self) -> None:
         self.cli("daemon", "stop")
+        if (self.tmp / "c" / "containers").is_dir():  # (containers a test made, even one that failed)
+            ids = self.cli("container", "ps", "-a", "-q").stdout.split()
+            if ids:
+                self.cli("container", "rm", "-f", *ids)
         for info in (self.tmp / "run").glob("*.json"):
             try:
                 os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)

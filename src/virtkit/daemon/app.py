@@ -572,6 +572,19 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
 
         app.mount("/ui", StaticFiles(directory=static, html=True), name="ui")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        """The OpenAPI document rendered by Swagger UI (vendored with the web console's assets, no CDN)."""
+        if not (static / "vendor" / "swagger-ui" / "swagger-ui-bundle.js").exists():
+            return _error(503, "no_docs_page", "the docs page's assets are not installed: run scripts/vendor-web.sh "
+                          "(npm) in the source tree; the document itself is at /openapi.json")
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="virtkitd API",
+                                   swagger_js_url="/ui/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/ui/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="data:,")
+
     @app.get("/", include_in_schema=False)
     def root(request: Request) -> Response:
         """The web console (its front-end assets are fetched by ``make test`` or scripts/vendor-web.sh)."""

@@ -111,6 +111,21 @@ class ModesRun(BaseModel):
     runs: int = Field(1, ge=1, le=10)
 
 
+class ContainerRun(BaseModel):
+    """A container made from an image and started in the background (``virtkit container run -d``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    image: str = Field(min_length=1, max_length=255, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.:/@-]*$")
+    name: str | None = Field(None, pattern=NAME)
+    command: list[str] = Field(default_factory=list, max_length=256, description="default: the image's")
+    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    memory: str | None = Field(None, pattern=r"^\d+[kmgKMG]?$", description="a limit: 64m, 1g")
+    cpus: float | None = Field(None, gt=0, le=1024)
+    pids_limit: int | None = Field(None, ge=1, le=1 << 22)
+    restart: str = Field("no", pattern=r"^(no|always|unless-stopped|on-failure(:\d{1,6})?)$")
+    net: str = Field("none", pattern=r"^(none|host|switch:[a-zA-Z0-9_.,=:/-]{1,200})$")
+
+
 class SwitchCreate(BaseModel):
     """A new 802.1Q switch (its daemon is started)."""
 
@@ -486,9 +501,38 @@ def register(app: FastAPI, c: Ctx) -> None:
                          timeout=120)
             except VirtkitError as e:
                 raise err(409, "conflict", str(e)) from None
-            state = "removed" if verb == "rm" else Containers().get(rec["id"]).get("state")
+            state = "removed" if verb == "rm" else Containers().get(rec["id"])["status"]
             return {"id": rec["id"], "name": rec["name"], "state": state, "at": time.time()}
         return action
+
+    @app.post("/containers", status_code=201, summary="Make a container from an image and start it (run -d)")
+    def run_container(body: ContainerRun, who: Any = Depends(c.need("operate"))) -> dict[str, Any]:
+        from virtkit.containers.frontend import Containers
+
+        args = ["container", "run", "-d", "--restart", body.restart, "--net", body.net]
+        if body.name:
+            args += ["--name", body.name]
+        for k, v in body.env.items():
+            if not k or "=" in k or "\0" in k + v:
+                raise err(422, "invalid", f"env: {k!r} is not a variable name", "env")
+            args += ["-e", f"{k}={v}"]
+        for flag, val in (("--memory", body.memory), ("--cpus", body.cpus), ("--pids-limit", body.pids_limit)):
+            if val is not None:
+                args += [flag, str(val)]
+        if any("\0" in a for a in body.command):
+            raise err(422, "invalid", "command: an argument holds a NUL byte", "command")
+        try:
+            out = cli_json(*args, body.image, *body.command, json_flag=False, timeout=300)
+        except VirtkitError as e:
+            conflict = any(w in str(e) for w in ("exists", "in use", "taken"))
+            raise err(409 if conflict else 422, "conflict" if conflict else "run_failed", str(e)) from None
+        cid = out["output"].split()[-1]
+        return Containers().get(cid)
+
+    @app.delete("/containers/{cid}", status_code=204, summary="Remove a container (stopped first)")
+    def delete_container(cid: str, who: Any = Depends(c.need("admin"))) -> Response:
+        container_action("rm")(cid, who)
+        return Response(status_code=204)
 
     for verb, doc in (("start", "Start a created or stopped container"), ("stop", "Stop a container"),
                       ("restart", "Restart a container"), ("pause", "Freeze a container"),

@@ -53,7 +53,7 @@ async function refresh() {
     $("tasks").tBodies[0].replaceChildren(...tasks.items.map(taskRow));
     $("snapshots").tBodies[0].replaceChildren(...snaps.items.map(snapRow));
     const lists = await Promise.all(["/containers", "/pools", "/switches"].map(p => api("GET", p).catch(() => ({ items: [] }))));
-    $("containers").tBodies[0].replaceChildren(...lists[0].items.map(c => tr([c.name, c.image, c.state])));
+    $("containers").tBodies[0].replaceChildren(...lists[0].items.map(c => tr([c.name, c.image, c.status || c.state])));
     $("pools").tBodies[0].replaceChildren(...lists[1].items.map(p => tr([p.name, p.state, (p.volumes || []).join(", ")])));
     $("switches").tBodies[0].replaceChildren(...lists[2].items.map(s => tr([s.name, s.running ? "running" : "stopped", s.ports])));
     showError(null);
