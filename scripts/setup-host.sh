@@ -26,6 +26,7 @@ RUN_PKGS=(
 )
 TEST_PKGS=(
   "qemu-system-misc:the peer the RISC-V engine and boots are checked and measured against"
+  "qemu-system-x86:the peer the KVM engine's x86-64 test kernels also run on (proof of the tests)"
   "qemu-utils:qemu-img, the peer of virtkit disk"
   "nbdkit:NBD peer"
   "libnbd-bin:nbdinfo/nbdcopy, NBD clients"

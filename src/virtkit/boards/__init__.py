@@ -14,7 +14,7 @@ from typing import Any
 from virtkit.errors import ConfigError
 
 #: the module to try first for a board name (saves importing the others on every run)
-_HINTS = {"riscv64-virt": "riscv_virt", "riscv64-spike": "riscv_spike"}
+_HINTS = {"riscv64-virt": "riscv_virt", "riscv64-spike": "riscv_spike", "x86_64-microvm": "x86_64"}
 
 
 def _modules() -> list[str]:

@@ -327,7 +327,11 @@ def hidden_ram(cfg: MachineConfig) -> int:
 
 
 #: the CPU models and the options each takes (QEMU's names); an option's value is on/off (true/false, yes/no)
-CPU_MODELS = {"rv64": {"h": "the hypervisor extension (misa.H): HS/VS/VU modes, two-stage translation"}}
+CPU_MODELS = {"rv64": {"h": "the hypervisor extension (misa.H): HS/VS/VU modes, two-stage translation"},
+              # --engine kvm: the host's CPU as KVM offers it (KVM_GET_SUPPORTED_CPUID), features turned on or off
+              "host": {"x2apic": "the x2APIC (CPUID.1:ECX[21])", "avx": "AVX (CPUID.1:ECX[28])",
+                       "avx2": "AVX2 (CPUID.7:EBX[5])", "hypervisor": "the hypervisor-present bit (CPUID.1:ECX[31])",
+                       "pdpe1gb": "1 GiB pages (CPUID.80000001h:EDX[26])"}}
 
 
 def parse_cpu(spec: str, where: str = "cpu") -> dict[str, bool]:
@@ -414,6 +418,9 @@ class MachineConfig(_Section):
     def check(self, where: str) -> None:
         if self.name is not None:
             check_vm_name(self.name, _join(where, "name"))
+        if self.engine == "kvm":  # --engine kvm picks the x86-64 microVM and the host's CPU
+            self.board = "x86_64-microvm" if self.board == "riscv64-virt" else self.board
+            self.cpu = "host" if self.cpu == "rv64" else self.cpu
         for key in ("board", "engine"):
             v = getattr(self, key)
             if not v or not all(c.isalnum() or c in "-_" for c in v):

@@ -585,7 +585,7 @@ class Vm:
             self.power_event("poweroff")
             return
         elif r is ExitReason.RESET:
-            self.power_event("reset")
+            self.power_event("reset", 0, getattr(ex, "message", "") or "")
             return
         elif r is ExitReason.HYPERCALL:
             if self.hypercall is None:
