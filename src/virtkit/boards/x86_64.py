@@ -93,7 +93,7 @@ class X86MicroVm:
 
     def attach_platform(self, b: Any) -> None:
         """The 16550 (IRQ 4), debug-exit, i8042, CMOS RTC and the POST port, on port I/O."""
-        from virtkit.devices.pc import CmosRtc, DebugExit, I8042, Sink
+        from virtkit.devices.pc import I8042, CmosRtc, DebugExit, Sink
         from virtkit.devices.uart16550 import Uart16550
 
         vm, eng = b.vm, b.engine

@@ -11,6 +11,8 @@ static void on_timer(struct frame *f) {
 
 int kmain(void) {
   idt_init();
+  outb(0x21, 0xFF); /* the 8259 PICs masked: a BIOS may have left the PIT ticking on IRQ 0 */
+  outb(0xA1, 0xFF);
   set_handler(64, on_timer);
   lapic_enable();
   lapic_write(0x3E0, 0xB);                /* divide by 1 */
