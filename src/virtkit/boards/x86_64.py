@@ -105,6 +105,7 @@ class X86MicroVm:
         b.attach_pio(0x60, 5, I8042(lambda: vm.power_event("reset")), "i8042")
         b.attach_pio(0x70, 2, CmosRtc(self.cfg.memory), "rtc")
         b.attach_pio(0x80, 1, Sink(), "post")
+        eng.add_sink_port(0x80)  # (answered in the engine's compiled loop; the device serves the Python one)
 
     @staticmethod
     def irq(engine: Any, gsi: int) -> Callable[[bool], None]:

@@ -71,6 +71,8 @@ class Vcpu:
 
     def __init__(self, index: int, fd: int, run: mmap.mmap) -> None:
         self.index, self.fd, self.run = index, fd, run
+        self.runarr: np.ndarray | None = np.frombuffer(run, dtype=np.uint8)  # (the compiled loop's view)
+        self.handled = np.zeros(1, dtype=np.int64)  # exits the compiled loop answered
         self.tid: int | None = None
         self.queued: list[RawExit] = []  # string port I/O (rep ins/outs): one exit per element
         self.read_at: list[int] = []  # where in kvm_run each pending read's value goes
@@ -95,6 +97,9 @@ class KvmEngine:
         self._paused_clock: int | None = None
         self._dirty_logging = False
         self.kick_ok = _install_kick()
+        #: ports whose writes are dropped and reads give all ones, answered in the compiled loop
+        self.sinks = np.zeros(1 << 16, dtype=np.bool_)
+        self._fast = _fast_loop()
         try:
             self._create(irqchip, cpu)
         except BaseException:
@@ -219,6 +224,11 @@ class KvmEngine:
     def add_mmio_region(self, base: int, size: int) -> None:
         """Nothing to do: every guest-physical address outside the memory slot exits as MMIO."""
 
+    def add_sink_port(self, port: int, size: int = 1) -> None:
+        """Ports ``[port, port+size)`` need no device model: their writes are dropped and reads give all ones
+        in the compiled run loop, without a trip through Python (the POST port 0x80)."""
+        self.sinks[port:port + size] = True
+
     def run(self, budget: int, vcpu: int = 0) -> RawExit:
         """Run ``vcpu`` until an exit KVM hands to user space; ``budget`` is only a hint here."""
         v = self.vcpus[vcpu]
@@ -227,16 +237,23 @@ class KvmEngine:
         if v.tid is None:
             v.tid = threading.get_ident()
         run = v.run
-        try:
-            fcntl.ioctl(v.fd, k.RUN, 0)
-        except OSError as err:
+        if self._fast is not None:
+            reason = self._fast[0](v.fd, k.RUN, v.runarr, self.sinks, v.handled)
+            failed = self._fast[1]() if reason < 0 else 0
+        else:
+            try:
+                fcntl.ioctl(v.fd, k.RUN, 0)
+                failed = 0
+            except OSError as err:
+                failed = err.errno or errno.EIO
+            reason = -1 if failed else _U32.unpack_from(run, k.RUN_EXIT_REASON)[0]
+        if failed:
             run[k.RUN_IMMEDIATE_EXIT] = 0
-            if err.errno in (errno.EINTR, errno.EAGAIN):
+            if failed in (errno.EINTR, errno.EAGAIN):
                 self.exits["INTR"] += 1
                 return RawExit(ExitReason.BUDGET, vcpu, 0, 0, 0)
             return RawExit(ExitReason.INTERNAL_ERROR, vcpu, 0, 0, 0,
-                           f"KVM_RUN failed: {os.strerror(err.errno or errno.EIO)}; {self.describe_vcpu(vcpu)}")
-        reason = _U32.unpack_from(run, k.RUN_EXIT_REASON)[0]
+                           f"KVM_RUN failed: {os.strerror(failed)}; {self.describe_vcpu(vcpu)}")
         if reason == k.EXIT_IO:
             self.exits["IO"] += 1
             return self._io(v)
@@ -275,6 +292,11 @@ class KvmEngine:
     def _io(self, v: Vcpu) -> RawExit:
         run = v.run
         direction, size, port, count, off = _IO_HEAD.unpack_from(run, k.RUN_UNION)
+        if count == 1:  # (nearly always: one exit, no lists)
+            if direction == k.IO_OUT:
+                return RawExit(ExitReason.PIO_WRITE, v.index, port, size, int.from_bytes(run[off:off + size], "little"))
+            v.read_at, v.read_size = [off], size
+            return RawExit(ExitReason.PIO_READ, v.index, port, size, 0)
         if direction == k.IO_OUT:
             exits = [RawExit(ExitReason.PIO_WRITE, v.index, port, size,
                              int.from_bytes(run[off + i * size:off + (i + 1) * size], "little"))
@@ -338,8 +360,13 @@ class KvmEngine:
 
     def stats(self) -> dict[str, Any]:
         """Exits by KVM's reason (IO, MMIO, HLT, INTR, ...), the host kind; no instruction count (KVM has none)."""
-        return {"exits": dict(self.exits), "host": self.host["kind"], "kvm_module": self.host["module"],
-                "irqchip": self.irqchip, "pit": self.pit, "vcpus": self.nvcpus}
+        exits = dict(self.exits)
+        fast = sum(int(v.handled[0]) for v in self.vcpus)
+        if fast:
+            exits["IO"] = exits.get("IO", 0) + fast
+        return {"exits": exits, "exits_in_compiled_loop": fast, "host": self.host["kind"],
+                "kvm_module": self.host["module"], "irqchip": self.irqchip, "pit": self.pit, "vcpus": self.nvcpus,
+                "compiled_loop": self._fast is not None}
 
     # -- dirty tracking (snapshots and live migration) ------------------------------------------------------
     def dirty_log_clear(self) -> None:
@@ -437,6 +464,7 @@ class KvmEngine:
     def close(self) -> None:
         """Release the vCPUs, the VM and /dev/kvm."""
         for v in self.vcpus:
+            v.runarr = None
             try:
                 v.run.close()
             except (BufferError, ValueError):
@@ -452,6 +480,18 @@ class KvmEngine:
 #: MSRs a snapshot keeps (the SYSCALL/SYSENTER set, TSC, PAT, the kvmclock and APIC base)
 SAVED_MSRS = [0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083,
               0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103, 0x4B564D00, 0x4B564D01]
+
+
+def _fast_loop() -> tuple[Any, Any] | None:
+    """The compiled run loop and its errno reader, or None where Numba cannot provide it
+    (``VIRTKIT_KVM_PYTHON_LOOP=1`` asks for the plain Python loop, to compare)."""
+    if os.environ.get("VIRTKIT_KVM_PYTHON_LOOP"):
+        return None
+    try:
+        from virtkit.engines.kvm import fastrun
+    except Exception:  # noqa: BLE001 (no Numba, or it cannot compile here: the Python loop works too)
+        return None
+    return fastrun.run_loop, fastrun.errno
 
 
 def _open_kvm() -> int:
