@@ -97,8 +97,8 @@ class X86MicroVm:
         from virtkit.devices.uart16550 import Uart16550
 
         vm, eng = b.vm, b.engine
-        self.uart = Uart16550(b.console.write, self.irq(eng, COM1_IRQ), buffered=True)
-        vm.flushers.append(self.uart.flush)
+        # unbuffered: with the in-kernel irqchip a halted vCPU stays in KVM_RUN, so nothing would flush a buffer
+        self.uart = Uart16550(b.console.write, self.irq(eng, COM1_IRQ))
         b.attach_pio(COM1, 8, self.uart, "uart0")
         b.attach_serial(self.uart)
         b.attach_pio(DEBUG_EXIT_PORT, 4, DebugExit(lambda code: vm.power_event("exit", code)), "debug-exit")

@@ -171,9 +171,14 @@ def print_stats(stats: dict[str, Any], title: str = "virtkit run", to_terminal_r
     if stats.get("core"):
         t.add_row("core", stats["core"])
     insns, secs = stats.get("instructions", 0), stats.get("run_seconds", 0.0)
-    t.add_row("instructions", f"{insns:,}")
+    if stats.get("host"):  # the KVM engine: the host's kind of KVM; guest instructions are not counted
+        t.add_row("engine", f"KVM on {stats['host']} ({stats.get('kvm_module')})"
+                  + (", compiled run loop" if stats.get("compiled_loop") else ""))
+    else:
+        t.add_row("instructions", f"{insns:,}")
     t.add_row("run seconds", f"{secs:.3f}")
-    t.add_row("MIPS", f"{insns / secs / 1e6:.1f}" if secs > 0 else "-")  # a run too short to time: no rate
+    if not stats.get("host"):
+        t.add_row("MIPS", f"{insns / secs / 1e6:.1f}" if secs > 0 else "-")  # a run too short to time: no rate
     if insns and stats.get("jit_instructions"):
         t.add_row("run by JIT code", f"{stats['jit_instructions'] / insns:.0%}")
     for h, n in enumerate(stats.get("per_hart", [])):
@@ -192,6 +197,8 @@ def print_stats(stats: dict[str, Any], title: str = "virtkit run", to_terminal_r
         t.add_row(f"monitor: {what.replace('_', ' ')}", f"{n:,}")
     for dev, n in sorted(stats.get("mmio", {}).items()):
         t.add_row(f"MMIO: {dev}", f"{n:,}")
+    for dev, n in sorted(stats.get("pio", {}).items()):
+        t.add_row(f"port I/O: {dev}", f"{n:,}")
     if stats.get("fast_mmio_reads") or stats.get("fast_mmio_writes"):
         t.add_row("MMIO served without exit", f"{stats.get('fast_mmio_reads', 0):,} reads, "
                   f"{stats.get('fast_mmio_writes', 0):,} writes")
