@@ -78,6 +78,10 @@ class X86MicroVm:
         self.kind = x86boot.kind_of(data)
         cmdline = cfg.cmdline if cfg.cmdline is not None else (
             "" if self.kind == "multiboot" else self.default_cmdline)
+        if cfg.exec is not None:  # the initramfs's /init runs it and powers off (the RISC-V guest's contract)
+            from virtkit.images.initramfs import exec_command_line
+
+            cmdline = f"{cmdline} {exec_command_line(cfg.exec)}".strip()
         if self.kind != "multiboot":
             n = len(cfg.disks) + len(cfg.nics) + int(bool(cfg.rng)) + int(cfg.console.virtio)
             cmdline = " ".join([cmdline, *(f"virtio_mmio.device=4K@{VIRTIO_BASE + VIRTIO_WINDOW * i:#x}:"

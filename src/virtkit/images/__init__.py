@@ -37,8 +37,8 @@ from virtkit.images.cache import (
     read_meta,
 )
 from virtkit.images.ext4 import make_ext4, read_ext4_file
-from virtkit.images.initramfs import INIT_REACHED, InitramfsRecipe, exec_append, parse_exit_status
-from virtkit.images.kernel import KernelRecipe
+from virtkit.images.initramfs import INIT_REACHED, InitramfsRecipe, InitramfsX86Recipe, exec_append, parse_exit_status
+from virtkit.images.kernel import KernelRecipe, KernelX86Recipe
 from virtkit.images.qemu import firmware_default
 from virtkit.images.recipe import Recipe
 
@@ -47,7 +47,8 @@ __all__ = [
     "firmware_path", "image_path", "list_images", "make_ext4", "parse_exit_status", "read_ext4_file", "recipe_key",
 ]
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (KernelRecipe(), BusyboxRecipe(), InitramfsRecipe())}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (KernelRecipe(), BusyboxRecipe(), InitramfsRecipe(),
+                                                   KernelX86Recipe(), InitramfsX86Recipe())}
 #: The recipes making up the default guest, in build order.
 DEFAULT_GUEST = ("kernel", "initramfs")
 

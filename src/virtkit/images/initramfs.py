@@ -120,3 +120,33 @@ class InitramfsRecipe(Recipe):
         links = read_links((bb / "busybox.links").read_text())
         image = build_initramfs((bb / "busybox").read_bytes(), links, INIT_SCRIPT.read_bytes())
         (ctx.out / self.artifact).write_bytes(image)
+
+
+class InitramfsX86Recipe(Recipe):
+    """The x86-64 guest's root file system: Debian's static amd64 busybox (package ``busybox-static``, the
+    host's own when the host is amd64) and the same /init as the RISC-V guest (the same ``--exec`` contract)."""
+
+    name = "initramfs-x86_64"
+    summary = "busybox-static (amd64) + /init, gzip newc cpio, for --engine kvm"
+    artifact = "initramfs.cpio.gz"
+    BUSYBOX = Path("/bin/busybox")
+
+    def inputs(self) -> dict:
+        from virtkit.images.cache import deb_version, require_file
+
+        require_file(self.BUSYBOX, "busybox-static", self.name)
+        head = self.BUSYBOX.read_bytes()[:20]
+        if head[:4] != b"\x7fELF" or head[18] != 62:  # EM_X86_64
+            raise ImageError(f"{self.name}: {self.BUSYBOX} is not an x86-64 program (install busybox-static:amd64)")
+        return {"recipe": RECIPE_VERSION, "init": sha256_file(INIT_SCRIPT), "code": sha256_file(Path(__file__)),
+                "busybox-static": deb_version("busybox-static", self.name), "busybox": sha256_file(self.BUSYBOX)}
+
+    def build(self, ctx: BuildContext) -> None:
+        import subprocess
+
+        ctx.step("listing the applets of busybox-static")
+        out = subprocess.run([str(self.BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout
+        links = read_links("\n".join("/" + line for line in out.splitlines() if line))
+        ctx.step("writing cpio archive")
+        (ctx.out / self.artifact).write_bytes(build_initramfs(self.BUSYBOX.read_bytes(), links,
+                                                              INIT_SCRIPT.read_bytes()))

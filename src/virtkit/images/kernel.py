@@ -77,41 +77,63 @@ class KernelRecipe(Recipe):
     name = "kernel"
     summary = "Linux 6.1 RV64 Image (linux-source-6.1, allnoconfig + fragment)"
     artifact = "Image"
+    fragment = FRAGMENT
+    arch = "riscv"
+    cross = CROSS_COMPILE
+    tools = TOOLS
+    #: the Debian packages of the compilers (their versions key the cache entry)
+    compilers = ("gcc-riscv64-linux-gnu", "binutils-riscv64-linux-gnu")
 
     def inputs(self) -> dict:
-        for prog, pkg in TOOLS.items():
-            require_program(prog, pkg, "kernel")
-        require_file(SOURCE_TARBALL, SOURCE_PACKAGE, "kernel")
-        parse_config(FRAGMENT.read_text(), FRAGMENT.name)  # a malformed fragment fails before any work
+        for prog, pkg in self.tools.items():
+            require_program(prog, pkg, self.name)
+        require_file(SOURCE_TARBALL, SOURCE_PACKAGE, self.name)
+        parse_config(self.fragment.read_text(), self.fragment.name)  # a malformed fragment fails before any work
         return {
             "recipe": RECIPE_VERSION,
-            "fragment": sha256_file(FRAGMENT),
-            SOURCE_PACKAGE: deb_version(SOURCE_PACKAGE, "kernel"),
-            "gcc-riscv64-linux-gnu": deb_version("gcc-riscv64-linux-gnu", "kernel"),
-            "binutils-riscv64-linux-gnu": deb_version("binutils-riscv64-linux-gnu", "kernel"),
+            "fragment": sha256_file(self.fragment),
+            SOURCE_PACKAGE: deb_version(SOURCE_PACKAGE, self.name),
+            **{pkg: deb_version(pkg, self.name) for pkg in self.compilers},
         }
 
     def build(self, ctx: BuildContext) -> None:
-        fragment = parse_config(FRAGMENT.read_text(), FRAGMENT.name)
+        frag = self.fragment
+        fragment = parse_config(frag.read_text(), frag.name)
         ctx.step(f"extracting {SOURCE_TARBALL.name}")
         ctx.run(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(ctx.work)])
         src = ctx.work / SOURCE_PACKAGE
         if not (src / "Makefile").is_file():
             raise ImageError(f"kernel: {SOURCE_TARBALL} did not unpack to {SOURCE_PACKAGE}/")
-        make = ["make", f"-j{make_jobs()}", "ARCH=riscv", f"CROSS_COMPILE={CROSS_COMPILE}"]
+        make = ["make", f"-j{make_jobs()}", f"ARCH={self.arch}"]
+        if self.cross:
+            make.append(f"CROSS_COMPILE={self.cross}")
         env = {"KBUILD_BUILD_USER": "virtkit", "KBUILD_BUILD_HOST": "virtkit",
                "KBUILD_BUILD_TIMESTAMP": "2024-01-01"}
-        ctx.step("configuring: allnoconfig + kernel-riscv64.config")
-        ctx.run([*make, f"KCONFIG_ALLCONFIG={FRAGMENT}", "allnoconfig"], cwd=src, env=env)
+        ctx.step(f"configuring: allnoconfig + {frag.name}")
+        ctx.run([*make, f"KCONFIG_ALLCONFIG={frag}", "allnoconfig"], cwd=src, env=env)
         final = parse_config((src / ".config").read_text(), ".config")
         bad = config_mismatches(fragment, final)
         if bad:
             raise ImageError(f"kernel: fragment options not in the final .config (missing dependency?): "
                              f"{', '.join(bad)}")
-        ctx.step(f"compiling Image (make -j{make_jobs()})")
-        ctx.run([*make, "Image"], cwd=src, env=env)
-        shutil.copyfile(src / "arch/riscv/boot/Image", ctx.out / "Image")
+        ctx.step(f"compiling {self.artifact} (make -j{make_jobs()})")
+        ctx.run([*make, self.artifact], cwd=src, env=env)
+        shutil.copyfile(src / f"arch/{self.arch}/boot/{self.artifact}", ctx.out / self.artifact)
         shutil.copyfile(src / ".config", ctx.out / "config")
         shutil.copyfile(src / "System.map", ctx.out / "System.map")
-        # vmlinux is kept for debugging guest crashes in virtkit (addr2line, symbol lookup)
-        ctx.run([f"{CROSS_COMPILE}strip", "--strip-debug", "-o", str(ctx.out / "vmlinux"), str(src / "vmlinux")])
+        # vmlinux is kept for debugging guest crashes in virtkit (addr2line, symbol lookup); on x86 it is also
+        # the PVH kernel
+        ctx.run([f"{self.cross}strip", "--strip-debug", "-o", str(ctx.out / "vmlinux"), str(src / "vmlinux")])
+
+
+class KernelX86Recipe(KernelRecipe):
+    """Minimal x86-64 Linux kernel for the KVM engine's microVM: bzImage, and vmlinux with its PVH entry."""
+
+    name = "kernel-x86_64"
+    summary = "Linux 6.1 x86-64 bzImage + PVH vmlinux (linux-source-6.1, allnoconfig + fragment)"
+    artifact = "bzImage"
+    fragment = Path(__file__).with_name("kernel-x86_64.config")
+    arch = "x86_64"
+    cross = ""
+    tools = {k: v for k, v in TOOLS.items() if not k.startswith(CROSS_COMPILE)} | {"strip": "binutils"}
+    compilers = ("gcc", "binutils")

@@ -329,7 +329,8 @@ def hidden_ram(cfg: MachineConfig) -> int:
 #: the CPU models and the options each takes (QEMU's names); an option's value is on/off (true/false, yes/no)
 CPU_MODELS = {"rv64": {"h": "the hypervisor extension (misa.H): HS/VS/VU modes, two-stage translation"},
               # --engine kvm: the host's CPU as KVM offers it (KVM_GET_SUPPORTED_CPUID), features turned on or off
-              "host": {"x2apic": "the x2APIC (CPUID.1:ECX[21])", "avx": "AVX (CPUID.1:ECX[28])",
+              "host": {"x2apic": "the x2APIC (CPUID.1:ECX[21])", "cx16": "cmpxchg16b (CPUID.1:ECX[13]; off by default "
+                       "on kvm_pvm, whose emulator lacks it)", "avx": "AVX (CPUID.1:ECX[28])",
                        "avx2": "AVX2 (CPUID.7:EBX[5])", "hypervisor": "the hypervisor-present bit (CPUID.1:ECX[31])",
                        "pdpe1gb": "1 GiB pages (CPUID.80000001h:EDX[26])"}}
 

@@ -45,8 +45,8 @@ _MMIO_HEAD = struct.Struct("<Q8sIB")  # kvm_run.mmio: phys_addr, data[8], len, i
 _U32 = struct.Struct("<I")
 
 #: CPU options of the ``host`` model (``--cpu host,x2apic=off``): the CPUID bit each one turns on or off
-CPUID_OPTIONS = {"x2apic": (1, 0, "ecx", 21), "avx": (1, 0, "ecx", 28), "avx2": (7, 0, "ebx", 5),
-                 "hypervisor": (1, 0, "ecx", 31), "pdpe1gb": (0x80000001, 0, "edx", 26)}
+CPUID_OPTIONS = {"x2apic": (1, 0, "ecx", 21), "cx16": (1, 0, "ecx", 13), "avx": (1, 0, "ecx", 28),
+                 "avx2": (7, 0, "ebx", 5), "hypervisor": (1, 0, "ecx", 31), "pdpe1gb": (0x80000001, 0, "edx", 26)}
 
 
 def _ioctl_ulong(fd: int, request: int, value: int, what: str) -> None:
@@ -150,7 +150,12 @@ class KvmEngine:
         """The host's supported CPUID, changed by the CPU options (``host,x2apic=off``)."""
         c = k.Cpuid2(nent=k.MAX_CPUID)
         k.ioctl(self.kvm, k.GET_SUPPORTED_CPUID, c, "KVM_GET_SUPPORTED_CPUID")
-        for opt in spec.split(",")[1:]:
+        opts = spec.split(",")[1:]
+        if self.host["kind"] == "pvm" and not any(o.startswith("cx16=") for o in opts):
+            # kvm_pvm's emulator of ring-0 code cannot run cmpxchg16b (Linux's SLUB uses it when CPUID says
+            # CX16): the guest is told there is none unless asked for
+            opts.append("cx16=off")
+        for opt in opts:
             key, _, val = opt.partition("=")
             leaf, sub, reg, bit = CPUID_OPTIONS[key]
             on = val.lower() in ("on", "true", "yes")
