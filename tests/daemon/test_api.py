@@ -56,8 +56,9 @@ class Daemon:
         return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120,
                             headers={"Authorization": f"Bearer {token}"} if token else {})
 
-    def token(self, name: str, scope: str, vm: str | None = None) -> str:
-        p = self.cli("daemon", "token", "create", name, "--scope", scope, *(["--vm", vm] if vm else []))
+    def token(self, name: str, scope: str, vm: str | None = None, pool: str | None = None) -> str:
+        p = self.cli("daemon", "token", "create", name, "--scope", scope, *(["--vm", vm] if vm else []),
+                     *(["--pool", pool] if pool else []))
         assert p.returncode == 0, p.stderr
         return p.stdout.strip()
 

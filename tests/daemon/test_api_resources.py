@@ -402,3 +402,36 @@ def test_the_docs_page_renders_the_openapi_document(daemon):
     assert daemon.unix.get("/ui/vendor/swagger-ui/swagger-ui-bundle.js").status_code == 200
     doc = daemon.unix.get("/openapi.json").json()
     assert {"/vms", "/tasks/{tid}", "/pools/{pool}/volumes", "/containers", "/modes"} <= set(doc["paths"])
+
+
+def test_tokens_bound_to_a_pool_or_a_vm_stay_on_it(daemon, tmp_path):
+    """``token create --pool P``: the pool's volumes and nothing else; ``--vm V``: the VM, its tasks, and no
+    pool, switch or container."""
+    for name in ("tank", "other"):
+        with open(tmp_path / f"{name}.img", "wb") as f:
+            f.truncate(32 << 20)
+        assert daemon.cli("pool", "create", name, str(tmp_path / f"{name}.img")).returncode == 0
+    ok(daemon.unix.post("/vms", json={"name": "v1", "config": counting_config(tmp_path)}), 201)
+    pool_tok = daemon.tcp(daemon.token("tank-admin", "admin", pool="tank"))
+    ok(pool_tok.post("/pools/tank/volumes", json={"name": "a", "size": "4M"}), 201)
+    assert [p["name"] for p in ok(pool_tok.get("/pools"))["items"]] == ["tank"]
+    for method, path in (("POST", "/pools/other/volumes"), ("GET", "/pools/other/volumes"), ("GET", "/vms"),
+                         ("GET", "/switches"), ("GET", "/containers"), ("POST", "/vms/v1/start"),
+                         ("GET", "/snapshots"), ("GET", "/audit")):
+        r = pool_tok.request(method, path, json={"name": "b", "size": "4M"} if method == "POST" else None)
+        assert r.status_code == 403 and "pool 'tank'" in r.json()["error"]["message"], (path, r.text)
+    vm_tok = daemon.tcp(daemon.token("v1-op", "operate", vm="v1"))
+    for path in ("/pools", "/pools/tank/volumes", "/switches", "/containers", "/snapshots"):
+        assert vm_tok.get(path).status_code == 403, path
+    ok(vm_tok.post("/vms/v1/start"))
+    task = ok(vm_tok.post("/vms/v1/snapshots", json={"snapshot": "mine"}), 202)
+    assert finished(vm_tok, task)["state"] == "succeeded"
+    assert [t["target"] for t in ok(vm_tok.get("/tasks"))["items"]] == ["v1"]
+    other = ok(daemon.unix.post("/modes", json={"modes": ["paravirt"], "exec": "true"}), 202)
+    assert vm_tok.get(f"/tasks/{other['id']}").status_code == 404  # not its VM's task
+    ok(vm_tok.post("/vms/v1/kill"))
+    rows = json.loads(daemon.cli("daemon", "token", "list", "--json").stdout)
+    assert {(r["name"], r["vm"], r["pool"]) for r in rows} == {("tank-admin", None, "tank"), ("v1-op", "v1", None)}
+    p = daemon.cli("daemon", "token", "create", "both", "--vm", "v1", "--pool", "tank")
+    assert p.returncode == 1 and "not both" in p.stderr
+    finished(daemon.unix, other, 300)

@@ -32,12 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ss.add_argument("--json", action="store_true")
     ss.set_defaults(func=cmd_status)
     t = add(sub, "token", "API tokens: create NAME --scope read|operate|admin [--vm NAME], list, revoke NAME",
-            ["virtkit daemon token create ci --scope operate", "virtkit daemon token list",
+            ["virtkit daemon token create ci --scope operate", "virtkit daemon token create tank-admin --scope admin "
+             "--pool tank", "virtkit daemon token list",
              "virtkit daemon token revoke ci"])
     t.add_argument("verb", choices=("create", "list", "revoke"))
     t.add_argument("name", nargs="?", metavar="NAME")
     t.add_argument("--scope", default="read", choices=("read", "operate", "admin"))
     t.add_argument("--vm", metavar="NAME", help="the token may act on this VM only")
+    t.add_argument("--pool", metavar="NAME", help="the token may act on this storage pool only")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_token)
 
@@ -97,13 +99,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     inv = Inventory(server.paths()["db"])
     if args.verb == "list":
         rows = inv.tokens()
-        print(json.dumps(rows) if args.json else "\n".join(f"{r['name']}\t{r['scope']}\t{r['vm'] or '-'}"
-                                                            for r in rows))
+        print(json.dumps(rows) if args.json else "\n".join(
+            f"{r['name']}\t{r['scope']}\t" + (f"vm:{r['vm']}" if r["vm"] else f"pool:{r['pool']}" if r["pool"] else "-")
+            for r in rows))
         return 0
     if not args.name:
         raise ConfigError(f"token {args.verb}: give the token's NAME")
     if args.verb == "create":
-        tok = inv.new_token(args.name, args.scope, args.vm)
+        tok = inv.new_token(args.name, args.scope, args.vm, args.pool)
         print(json.dumps({"name": args.name, "scope": args.scope, "token": tok}) if args.json else tok)
         return 0
     if not inv.revoke(args.name):

@@ -119,11 +119,37 @@ class Page(BaseModel):
 
 
 class Who(BaseModel):
-    """The caller: a token's name and scope, or the trusted Unix socket."""
+    """The caller: a token's name and scope (and the VM or pool it is bound to), or the trusted Unix socket."""
 
     name: str
     scope: str
     vm: str | None = None
+    pool: str | None = None
+
+    def bound(self) -> str | None:
+        """The one VM or pool this caller may act on (None: any)."""
+        return self.vm or self.pool
+
+
+#: what a token bound to one VM or pool may call besides its object's own paths (lists show it alone)
+BOUND_LISTS = {"vm": ("/vms", "/events", "/tasks", "/whoami"), "pool": ("/pools", "/tasks", "/whoami")}
+
+
+def _within(who: Who, request: Request) -> bool:
+    """Whether a bound token's request stays on its VM or pool: a path naming it (``{name}`` for a VM,
+    ``{pool}`` for a pool), a task about it, or a list that shows it alone."""
+    params = request.path_params
+    if who.vm is not None:
+        if "name" in params:
+            return params["name"] == who.vm
+        if "pool" in params or "switch" in params or "cid" in params or "snap" in params:
+            return False
+        return request.url.path in BOUND_LISTS["vm"] or request.url.path.startswith("/tasks/")
+    if "pool" in params:
+        return params["pool"] == who.pool
+    if params:
+        return "tid" in params
+    return request.url.path in BOUND_LISTS["pool"]
 
 
 def start_vm_process(name: str, config: dict[str, Any]) -> None:
@@ -271,15 +297,15 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
             request.state.who = "bad-token"
             raise ApiError(401, "unauthorized", "the token is not valid (revoked, or mistyped)")
         request.state.who = f"token:{tok['name']}"
-        return Who(name=tok["name"], scope=tok["scope"], vm=tok["vm"])
+        return Who(name=tok["name"], scope=tok["scope"], vm=tok["vm"], pool=tok["pool"])
 
     def need(scope: str) -> Any:
         async def check(request: Request, who: Who = Depends(caller)) -> Who:
-            name = request.path_params.get("name")
             if SCOPES.index(who.scope) < SCOPES.index(scope):
                 raise ApiError(403, "forbidden", f"token {who.name!r} has scope {who.scope}; this needs {scope}")
-            if who.vm is not None and name is not None and name != who.vm:
-                raise ApiError(403, "forbidden", f"token {who.name!r} may only act on VM {who.vm!r}")
+            if who.bound() is not None and not _within(who, request):
+                what = f"VM {who.vm!r}" if who.vm else f"pool {who.pool!r}"
+                raise ApiError(403, "forbidden", f"token {who.name!r} may only act on {what}")
             return who
         return check
 
@@ -469,7 +495,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
             auth = ws.headers.get("authorization", "")
             tok = inv.check_token(token or (auth[7:].strip() if auth.startswith("Bearer ") else ""))
             need_scope = "operate" if write else "read"
-            if tok is None or SCOPES.index(tok["scope"]) < SCOPES.index(need_scope) or (
+            if tok is None or SCOPES.index(tok["scope"]) < SCOPES.index(need_scope) or tok["pool"] is not None or (
                     tok["vm"] is not None and tok["vm"] != name):
                 await ws.accept()  # (then closed with a reason a browser or script can read)
                 await ws.close(code=4403, reason="a token with the scope for this console is needed")
@@ -547,10 +573,13 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
               who: Who = Depends(need("read"))) -> Page:
         from virtkit.storage.pool import pool_statuses
 
+        statuses = pool_statuses()
+        if who.pool is not None:  # (a pool-bound token sees its pool alone)
+            statuses = [t for t in statuses if t[0] == who.pool]
         rows = [{"name": entry, "state": "error", "error": err} if st is None else
                 {k: st[k] for k in ("name", "state", "size", "used", "free", "open_volumes")}
                 | {"volumes": [v["name"] if isinstance(v, dict) else v for v in st["volumes"]]}
-                for entry, st, err in pool_statuses()]
+                for entry, st, err in statuses]
         return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
     @app.get("/switches", response_model=Page, summary="Virtual switches")

@@ -32,6 +32,7 @@ MIGRATIONS = [
                            result TEXT, error TEXT, created REAL NOT NULL, ended REAL,
                            seq INTEGER NOT NULL DEFAULT 0);
        CREATE INDEX tasks_created ON tasks (created);""",
+    """ALTER TABLE tokens ADD COLUMN pool TEXT;""",
 ]
 
 
@@ -144,14 +145,17 @@ class Inventory:
             return self.db.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount == 1
 
     # -- tokens ---------------------------------------------------------------------------------------
-    def new_token(self, name: str, scope: str, vm: str | None = None) -> str:
-        """A new API token (shown once: only its hash is kept): ``vkt_<id>_<secret>``."""
+    def new_token(self, name: str, scope: str, vm: str | None = None, pool: str | None = None) -> str:
+        """A new API token (shown once: only its hash is kept): ``vkt_<id>_<secret>``; ``vm`` or ``pool``
+        binds it to one VM or one storage pool."""
         if scope not in SCOPES:
             raise DaemonError(f"scope {scope!r}: one of {', '.join(SCOPES)}")
+        if vm is not None and pool is not None:
+            raise DaemonError("a token is bound to one VM or one pool, not both")
         tid, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         try:
-            self._q("INSERT INTO tokens (id, name, hash, scope, vm, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    (tid, name, _hash(secret), scope, vm, time.time()))
+            self._q("INSERT INTO tokens (id, name, hash, scope, vm, pool, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tid, name, _hash(secret), scope, vm, pool, time.time()))
         except sqlite3.IntegrityError:
             raise DaemonError(f"a token named {name!r} exists already") from None
         return f"vkt_{tid}_{secret}"
@@ -165,11 +169,12 @@ class Inventory:
         if not rows or not secrets.compare_digest(rows[0]["hash"], _hash(parts[2])):
             return None
         r = rows[0]
-        return {"id": r["id"], "name": r["name"], "scope": r["scope"], "vm": r["vm"]}
+        return {"id": r["id"], "name": r["name"], "scope": r["scope"], "vm": r["vm"], "pool": r["pool"]}
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every token's record (never the secret)."""
-        return [{"id": r["id"], "name": r["name"], "scope": r["scope"], "vm": r["vm"], "created": r["created"]}
+        return [{"id": r["id"], "name": r["name"], "scope": r["scope"], "vm": r["vm"], "pool": r["pool"],
+                 "created": r["created"]}
                 for r in self._q("SELECT * FROM tokens ORDER BY created")]
 
     def revoke(self, name: str) -> bool:

@@ -209,13 +209,16 @@ def register(app: FastAPI, c: Ctx) -> None:
     @app.get("/tasks", summary="Long operations, newest first")
     def list_tasks(state: Literal["running", "succeeded", "failed"] | None = None, limit: int = PAGE["limit"],
                    offset: int = PAGE["offset"], who: Any = Depends(c.need("read"))) -> dict[str, Any]:
+        if who.bound() is not None:  # (a bound token sees the tasks about its VM or pool)
+            rows = [r for r in c.inv.tasks(10_000, 0, state)[0] if r["target"] == who.bound()]
+            return page([TaskView(**r) for r in rows], limit, offset)
         rows, total = c.inv.tasks(limit, offset, state)
         return {"items": [TaskView(**r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     @app.get("/tasks/{tid}", response_model=TaskView, summary="One task: its state, progress and result")
     def get_task(tid: str, who: Any = Depends(c.need("read"))) -> TaskView:
         t = c.inv.task(tid)
-        if t is None:
+        if t is None or who.bound() is not None and t["target"] != who.bound():
             raise err(404, "not_found", f"no task {tid!r}")
         return TaskView(**t)
 
