@@ -118,6 +118,11 @@ class Page(BaseModel):
     offset: int
 
 
+def paged(rows: list[Any], limit: int, offset: int) -> Page:
+    """The page of ``rows`` a list call asked for (every list answers this way)."""
+    return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+
+
 class Who(BaseModel):
     """The caller: a token's name and scope (and the VM or pool it is bound to), or the trusted Unix socket."""
 
@@ -362,8 +367,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
                 rows = [r for r in rows if r.name == who.vm]
             if state is not None:
                 rows = [r for r in rows if r.state == state]
-            hit = Page(items=rows[offset:offset + limit], total=len(rows), limit=limit,
-                       offset=offset).model_dump_json().encode()
+            hit = paged(rows, limit, offset).model_dump_json().encode()
             if len(listed) > 64:
                 listed.clear()
             listed[key] = (run, hit)
@@ -558,7 +562,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         from virtkit.containers.frontend import Containers
 
         rows = Containers().all()
-        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+        return paged(rows, limit, offset)
 
     @app.get("/images", response_model=Page, summary="Container images")
     def images(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
@@ -566,7 +570,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         from virtkit.containers.images import Store
 
         rows = Store().images()
-        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+        return paged(rows, limit, offset)
 
     @app.get("/pools", response_model=Page, summary="Storage pools (virtkit pool list)")
     def pools(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
@@ -580,7 +584,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
                 {k: st[k] for k in ("name", "state", "size", "used", "free", "open_volumes")}
                 | {"volumes": [v["name"] if isinstance(v, dict) else v for v in st["volumes"]]}
                 for entry, st, err in statuses]
-        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+        return paged(rows, limit, offset)
 
     @app.get("/switches", response_model=Page, summary="Virtual switches")
     def switches(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
@@ -588,7 +592,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         from virtkit.network import control as net
 
         rows = net.list_switches()
-        return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
+        return paged(rows, limit, offset)
 
     @app.get("/audit", summary="The audit log of mutating calls, newest first")
     def audit(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),

@@ -172,13 +172,13 @@ class RuleAdd(BaseModel):
     position: int | None = Field(None, ge=1, le=100000)
 
 
-def page(rows: list[Any], limit: int, offset: int) -> dict[str, Any]:
-    """A page of a list, as every list answers."""
-    return {"items": rows[offset:offset + limit], "total": len(rows), "limit": limit, "offset": offset}
-
-
 def register(app: FastAPI, c: Ctx) -> None:
     """Add these routes to ``app``."""
+    from virtkit.daemon.app import paged
+
+    def page(rows: list[Any], limit: int, offset: int) -> dict[str, Any]:
+        return paged(rows, limit, offset).model_dump()
+
     err = c.api_error
 
     def accepted(task: dict[str, Any]) -> Response:
