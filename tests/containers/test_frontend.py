@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers.test_runtime import pytestmark as _runtime_marks
 from tests.helpers import virtkit
+from tests.helpers.containers import needs_containers
 
-pytestmark = list(_runtime_marks)
+pytestmark = needs_containers()
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="containers need root here (no rootless mode yet)"),
-    pytest.mark.skipif(shutil.which("busybox") is None or "static" not in subprocess.run(
-        ["file", "-L", shutil.which("busybox") or "/"], capture_output=True, text=True).stdout
-        if shutil.which("file") else False, reason="needs a static busybox (Debian's busybox-static)"),
-]
+from tests.helpers.containers import needs_containers
+
+pytestmark = needs_containers()
 
 APPLETS = ("sh", "ls", "cat", "echo", "id", "hostname", "mount", "ps", "sleep", "true", "false", "grep", "wc",
            "ip", "head", "sed", "touch", "mkdir", "readlink", "sort")

@@ -21,7 +21,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="needs httpx (pip install -e '.[test]')")
 pytest.importorskip("fastapi", reason="needs fastapi")
 
-from tests.daemon.test_api import Daemon, counting_config, ok  # noqa: E402
+from tests.helpers.daemon import Daemon, counting_config, ok  # noqa: E402
 
 
 @pytest.fixture
@@ -369,11 +369,10 @@ def test_the_inventory_survives_a_sigkill_in_the_middle_of_writes(daemon, tmp_pa
 
 def test_a_container_through_the_api(daemon, tmp_path):
     """POST /containers runs one from an image (as ``virtkit container run -d``); its actions; DELETE."""
-    from tests.containers.test_runtime import pytestmark as needs
+    from tests.helpers.containers import containers_missing
 
-    for mark in needs:
-        if mark.args[0]:
-            pytest.skip(mark.kwargs["reason"])
+    if containers_missing():
+        pytest.skip(containers_missing())
     p = daemon.cli("image", "build", "-t", "busybox", "--busybox")
     assert p.returncode == 0, p.stderr
     api = daemon.unix

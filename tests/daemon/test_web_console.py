@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
                                  reason="needs Debian's chromium and chromium-driver")]
 
-from tests.daemon.test_api import Daemon, ok  # noqa: E402
+from tests.helpers.daemon import Daemon, ok  # noqa: E402
 
 STATIC = Path(__file__).resolve().parents[2] / "src/virtkit/daemon/static/vendor/xterm/xterm.js"
 

@@ -66,3 +66,19 @@ def native(name: str = "compute_native") -> Path:
         subprocess.run(["gcc", "-O2", "-fcf-protection=none", "-o", str(out), str(SRC / f"{name}.c"), *extra],
                        check=True, capture_output=True, text=True)
     return out
+
+
+def kvm_missing() -> str | None:
+    """Why the KVM engine cannot run here (None when /dev/kvm is usable), with the host's kind of KVM."""
+    from virtkit.engines.kvm.host import kind
+
+    h = kind()
+    return None if h["usable"] else f"needs a usable /dev/kvm ({h['note']})"
+
+
+def needs_kvm() -> list:
+    """The marks of a test module that runs the test kernels on the KVM engine."""
+    import pytest
+
+    return [pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing())),
+            pytest.mark.skipif(kvm_missing() is not None, reason=str(kvm_missing()))]

@@ -18,17 +18,7 @@ from tests.helpers import x86guests
 PASS_STATUS = 33
 
 
-def _kvm_reason() -> str | None:
-    from virtkit.engines.kvm.host import kind
-
-    h = kind()
-    if not h["usable"]:
-        return f"needs a usable /dev/kvm ({h['note']})"
-    return None
-
-
-pytestmark = [pytest.mark.skipif(x86guests.tools_missing() is not None, reason=str(x86guests.tools_missing())),
-              pytest.mark.skipif(_kvm_reason() is not None, reason=str(_kvm_reason()))]
+pytestmark = x86guests.needs_kvm()
 
 QEMU = shutil.which("qemu-system-x86_64")
 ACCEL = os.environ.get("VIRTKIT_TEST_QEMU_ACCEL", "kvm")  # (TCG lets rdmsr of a missing MSR pass without #GP)

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from tests.kvm.test_kvm_kernels import _kvm_reason
+from tests.helpers.x86guests import kvm_missing
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_kvm_reason() is not None, reason=str(_kvm_reason()))]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(kvm_missing() is not None, reason=str(kvm_missing()))]
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ import time
 import pytest
 
 from tests.helpers import x86guests
-from tests.kvm.test_kvm_kernels import pytestmark as _needs  # noqa: F401 (the same skips)
 
-pytestmark = _needs
+pytestmark = x86guests.needs_kvm()
 
 
 @pytest.fixture
