@@ -434,3 +434,44 @@ def test_tokens_bound_to_a_pool_or_a_vm_stay_on_it(daemon, tmp_path):
     p = daemon.cli("daemon", "token", "create", "both", "--vm", "v1", "--pool", "tank")
     assert p.returncode == 1 and "not both" in p.stderr
     finished(daemon.unix, other, 300)
+
+
+def test_one_inventory_of_everything_in_sqlite(daemon, tmp_path):
+    """GET /inventory: VMs, pools, volumes, switches, snapshots in the daemon's SQLite database, whether made
+    through the API or on the host by the CLI (found by the next scan), gone when removed either way;
+    labels the daemon keeps, which survive its restart."""
+    api = daemon.unix
+    ok(api.post("/vms", json={"name": "i1", "config": counting_config(tmp_path)}), 201)
+    with open(tmp_path / "dev.img", "wb") as f:
+        f.truncate(32 << 20)
+    assert daemon.cli("pool", "create", "tank", str(tmp_path / "dev.img")).returncode == 0  # on the host
+    ok(api.post("/pools/tank/volumes", json={"name": "v1", "size": "4M"}), 201)  # through the API
+    assert daemon.cli("volume", "create", "tank/v2", "--size", "4M").returncode == 0
+    ok(api.post("/switches", json={"name": "sw"}), 201)
+    time.sleep(1.1)  # (a scan less than 1 s old is reused)
+    inv = ok(api.get("/inventory"))
+    got = {(o["kind"], o["name"]): o["origin"] for o in inv["items"]}
+    assert got == {("vm", "i1"): "api", ("pool", "tank"): "host", ("volume", "tank/v1"): "api",
+                   ("volume", "tank/v2"): "host", ("switch", "sw"): "api"}, got
+    assert inv["unreadable"] == {}
+    assert [o["name"] for o in ok(api.get("/inventory", params={"kind": "volume"}))["items"]] == ["tank/v1", "tank/v2"]
+    o = ok(api.put("/inventory/volume/tank/v2/labels", json={"labels": {"team": "db", "tier": "gold"}}))
+    assert o["labels"] == {"team": "db", "tier": "gold"}
+    assert [o["name"] for o in ok(api.get("/inventory", params={"label": "team=db"}))["items"]] == ["tank/v2"]
+    for bad in ({"labels": {"Bad Key": "x"}}, {"labels": {"k": 1}}, {"labels": []}, {"tags": {}}):
+        assert api.put("/inventory/volume/tank/v2/labels", json=bad).status_code == 422, bad
+    assert api.put("/inventory/volume/tank/nope/labels", json={"labels": {}}).status_code == 404
+    assert api.get("/inventory", params={"kind": "planet"}).status_code == 422
+    db = sqlite3.connect(tmp_path / "d" / "virtkitd.db")
+    assert db.execute("SELECT labels FROM objects WHERE kind = 'volume' AND name = 'tank/v2'").fetchone()[0] == \
+        '{"team": "db", "tier": "gold"}'
+    db.close()
+    assert daemon.cli("volume", "delete", "tank/v1").returncode == 0  # removed on the host
+    ok(api.delete("/switches/sw"), 204)  # removed through the API
+    time.sleep(1.1)
+    names = {(o["kind"], o["name"]) for o in ok(api.get("/inventory"))["items"]}
+    assert ("volume", "tank/v1") not in names and ("switch", "sw") not in names and ("volume", "tank/v2") in names
+    daemon.cli("daemon", "stop")
+    daemon.start()
+    kept = ok(daemon.unix.get("/inventory", params={"label": "tier=gold"}))["items"]
+    assert [o["name"] for o in kept] == ["tank/v2"]

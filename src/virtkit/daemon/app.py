@@ -256,14 +256,17 @@ class LiveView:
             return self.vms
 
 
-def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, tasks: Any = None) -> FastAPI:
+def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, tasks: Any = None,
+               scanner: Any = None) -> FastAPI:
     """The API for one listener: ``trusted`` (the Unix socket) or token-checked (TCP); ``running``: the view
     of running VMs and ``tasks`` the long operations (both shared by the listeners)."""
     from virtkit.daemon import resources
+    from virtkit.daemon.inventory import Scanner
     from virtkit.daemon.tasks import Tasks
 
     running = running or LiveView()
     tasks = tasks or Tasks(inv)
+    scanner = scanner or Scanner(inv, running)
     app = FastAPI(title="virtkitd", version="1", description=__doc__, docs_url=None, redoc_url=None,
                   responses=ERRORS)
 
@@ -380,6 +383,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
             d = inv.define(body.name, config, body.restart)
         except DaemonError as err:
             raise ApiError(409, "conflict", str(err), "name") from None
+        inv.made("vm", body.name)
         return view(body.name, d, None)
 
     def get_def(name: str) -> dict[str, Any]:
@@ -424,6 +428,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
         if name in live():
             raise ApiError(409, "conflict", f"VM {name!r} is running: stop it first")
         inv.undefine(name)
+        inv.forget("vm", name)
         return Response(status_code=204)
 
     @app.post("/vms/{name}/start", response_model=VM, summary="Start a defined VM (virtkit run -d)")
@@ -553,7 +558,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
             writer.close()
 
     resources.register(app, resources.Ctx(inv=inv, tasks=tasks, need=need, live=live, ctl=ctl, api_error=ApiError,
-                                          start_vm=start_vm_process, gone=gone))
+                                          start_vm=start_vm_process, gone=gone, scanner=scanner))
 
     # -- the rest of the inventory -----------------------------------------------------------------------
     @app.get("/containers", response_model=Page, summary="Containers (virtkit container ps -a)")

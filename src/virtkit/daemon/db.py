@@ -33,7 +33,13 @@ MIGRATIONS = [
                            seq INTEGER NOT NULL DEFAULT 0);
        CREATE INDEX tasks_created ON tasks (created);""",
     """ALTER TABLE tokens ADD COLUMN pool TEXT;""",
+    """CREATE TABLE objects (kind TEXT NOT NULL, name TEXT NOT NULL, origin TEXT NOT NULL,
+                             created REAL NOT NULL, seen REAL NOT NULL, labels TEXT NOT NULL DEFAULT '{}',
+                             PRIMARY KEY (kind, name));""",
 ]
+
+#: the kinds of thing the inventory holds
+KINDS = ("vm", "container", "image", "pool", "volume", "switch", "snapshot")
 
 
 class DaemonError(VirtkitError):
@@ -235,6 +241,51 @@ class Inventory:
         d = dict(r)
         d["result"] = json.loads(d["result"]) if d["result"] else None
         return d
+
+
+    # -- the inventory of everything --------------------------------------------------------------------
+    def reconcile(self, kind: str, names: set[str], origin: str = "host") -> None:
+        """Make the objects of ``kind`` the ``names`` found now: new ones are added (``origin``: made through
+        the API, or found on the host), gone ones removed with their labels, the others marked seen."""
+        now = time.time()
+        with self.lock:
+            known = {r[0] for r in self.db.execute("SELECT name FROM objects WHERE kind = ?", (kind,))}
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in names - known:
+                    self.db.execute("INSERT INTO objects (kind, name, origin, created, seen) VALUES (?, ?, ?, ?, ?)",
+                                    (kind, name, origin, now, now))
+                for name in known - names:
+                    self.db.execute("DELETE FROM objects WHERE kind = ? AND name = ?", (kind, name))
+                self.db.execute("UPDATE objects SET seen = ? WHERE kind = ?", (now, kind))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def made(self, kind: str, name: str) -> None:
+        """Record an object made through the API (before the next scan finds it)."""
+        now = time.time()
+        self._q("INSERT INTO objects (kind, name, origin, created, seen) VALUES (?, ?, 'api', ?, ?) "
+                "ON CONFLICT (kind, name) DO UPDATE SET origin = 'api', seen = excluded.seen", (kind, name, now, now))
+
+    def forget(self, kind: str, name: str) -> None:
+        """An object removed through the API."""
+        self._q("DELETE FROM objects WHERE kind = ? AND name = ?", (kind, name))
+
+    def objects(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The inventory, by kind and name."""
+        rows = self._q("SELECT * FROM objects" + (" WHERE kind = ?" if kind else "") + " ORDER BY kind, name",
+                       (kind,) if kind else ())
+        return [dict(r) | {"labels": json.loads(r["labels"])} for r in rows]
+
+    def set_labels(self, kind: str, name: str, labels: dict[str, str]) -> dict[str, Any] | None:
+        """Replace an object's labels; the object, or None when there is no such object."""
+        with self.lock:
+            if self.db.execute("UPDATE objects SET labels = ? WHERE kind = ? AND name = ?",
+                               (json.dumps(labels, sort_keys=True), kind, name)).rowcount != 1:
+                return None
+        return next(o for o in self.objects(kind) if o["name"] == name)
 
 
 def _hash(secret: str) -> str:

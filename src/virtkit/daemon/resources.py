@@ -13,10 +13,12 @@ from fastapi import Depends, FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from virtkit.daemon.db import KINDS
 from virtkit.daemon.tasks import Task, Tasks, cli_json
 from virtkit.errors import VirtkitError
 
 NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]{0,62}$"
+Kind = Literal[KINDS]  # type: ignore[valid-type]  (the inventory's kinds: vm, container, image, ...)
 PAGE = {"limit": Query(50, ge=1, le=1000), "offset": Query(0, ge=0, le=1_000_000_000)}
 
 
@@ -32,6 +34,7 @@ class Ctx:
     api_error: Any  # ApiError(status, code, message, field)
     start_vm: Any  # (name, config) -> None
     gone: Any  # (name, seconds) -> whether it stopped
+    scanner: Any = None  # the inventory's Scanner
 
 
 class TaskView(BaseModel):
@@ -124,6 +127,13 @@ class ContainerRun(BaseModel):
     pids_limit: int | None = Field(None, ge=1, le=1 << 22)
     restart: str = Field("no", pattern=r"^(no|always|unless-stopped|on-failure(:\d{1,6})?)$")
     net: str = Field("none", pattern=r"^(none|host|switch:[a-zA-Z0-9_.,=:/-]{1,200})$")
+
+
+class Labels(BaseModel):
+    """An inventory object's labels (replacing the ones it had)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    labels: dict[str, str] = Field(max_length=64, description="key: value, keys 1-63 of [a-z0-9_.-/]")
 
 
 class SwitchCreate(BaseModel):
@@ -222,6 +232,40 @@ def register(app: FastAPI, c: Ctx) -> None:
             raise err(404, "not_found", f"no task {tid!r}")
         return TaskView(**t)
 
+    # -- the inventory -------------------------------------------------------------------------------------
+    @app.get("/inventory", summary="Everything on the host: VMs, containers, images, pools, volumes, switches, "
+             "snapshots (SQLite, reconciled with their stores)",
+             description="What the CLI made on the host shows within 1 s; `unreadable` names the stores that "
+                         "could not be read (their objects are left as they were).")
+    def inventory(kind: Kind | None = None,
+                  label: str | None = Query(None, max_length=200, pattern=r"^[^=]+=.*$",
+                                            description="only objects with this label: key=value"),
+                  limit: int = PAGE["limit"], offset: int = PAGE["offset"],
+                  who: Any = Depends(c.need("read"))) -> dict[str, Any]:
+        errors = c.scanner.scan(max_age=1.0) if c.scanner is not None else {}
+        rows = c.inv.objects(kind)
+        if label is not None:
+            key, _, value = label.partition("=")
+            rows = [r for r in rows if r["labels"].get(key) == value]
+        return page(rows, limit, offset) | {"unreadable": errors}
+
+    @app.put("/inventory/{kind}/{name:path}/labels", summary="Set an object's labels (the daemon keeps them)")
+    def set_labels(kind: Kind, name: str, body: Labels,
+                   who: Any = Depends(c.need("admin"))) -> dict[str, Any]:
+        import re
+
+        for key, value in body.labels.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_./-]{0,62}", key) or len(value) > 256:
+                raise err(422, "invalid", f"labels: {key!r}: keys are 1-63 of a-z 0-9 _ . / -, values at most "
+                          "256 characters", "labels")
+        obj = c.inv.set_labels(kind, name, body.labels)
+        if obj is None and c.scanner is not None:  # (made a moment ago, not yet scanned)
+            c.scanner.scan()
+            obj = c.inv.set_labels(kind, name, body.labels)
+        if obj is None:
+            raise err(404, "not_found", f"no {kind} {name!r} in the inventory")
+        return obj
+
     # -- snapshots and clones ------------------------------------------------------------------------
     @app.get("/snapshots", summary="VM snapshots (virtkit snapshot list)")
     def snapshots(limit: int = PAGE["limit"], offset: int = PAGE["offset"],
@@ -243,7 +287,9 @@ def register(app: FastAPI, c: Ctx) -> None:
 
         def work(task: Task) -> dict[str, Any]:
             task.progress(None, "pausing the VM and writing its state")
-            return c.ctl(name, "snapshot", wait=600, path=str(dest), compress=body.compress, name=dest.name)
+            out = c.ctl(name, "snapshot", wait=600, path=str(dest), compress=body.compress, name=dest.name)
+            c.inv.made("snapshot", dest.name)
+            return out
 
         return start("snapshot", name, who, work)
 
@@ -257,6 +303,7 @@ def register(app: FastAPI, c: Ctx) -> None:
             cli_json("snapshot", "delete", snap)
         except VirtkitError as e:
             raise err(409, "conflict", str(e)) from None
+        c.inv.forget("snapshot", snap)
         return Response(status_code=204)
 
     @app.post("/snapshots/{snap}/clone", status_code=202, response_model=TaskView,
@@ -271,6 +318,8 @@ def register(app: FastAPI, c: Ctx) -> None:
             task.progress(None, f"starting {body.count} clone(s)")
             names = cli_json("clone", snap, "--count", str(body.count),
                              *(["--name-prefix", body.prefix] if body.prefix else []))
+            for n in names:
+                c.inv.made("vm", n["name"])
             return {"clones": names}
 
         return start("clone", snap, who, work)
@@ -400,6 +449,7 @@ def register(app: FastAPI, c: Ctx) -> None:
                 code = 409 if "exists" in str(e) or "space" in str(e) else 422
                 raise err(code, "conflict" if code == 409 else "invalid", str(e),
                           None if code == 409 else "size") from None
+            c.inv.made("volume", f"{pool}/{vol.name}")
             return {"name": vol.name, "size": vol.size, "layout": body.layout, "thin": vol.thin}
 
     @app.delete("/pools/{pool}/volumes/{vol}", status_code=204, summary="Delete a volume (not while in use)")
@@ -413,6 +463,7 @@ def register(app: FastAPI, c: Ctx) -> None:
                 p.delete_volume(vol)
             except PoolError as e:
                 raise err(409, "conflict", str(e)) from None
+        c.inv.forget("volume", f"{pool}/{vol}")
         return Response(status_code=204)
 
     # -- switches: ports, VLANs, security groups ------------------------------------------------------
@@ -434,6 +485,7 @@ def register(app: FastAPI, c: Ctx) -> None:
             netctl.create(body.name)
         except VirtkitError as e:
             raise err(409, "conflict", str(e), "name") from None
+        c.inv.made("switch", body.name)
         return {"name": body.name, "running": netctl.is_running(body.name)}
 
     @app.delete("/switches/{switch}", status_code=204, summary="Stop a switch and remove its configuration")
@@ -447,6 +499,7 @@ def register(app: FastAPI, c: Ctx) -> None:
         except VirtkitError as e:
             raise err(404 if "no switch" in str(e) else 409, "not_found" if "no switch" in str(e) else "conflict",
                       str(e)) from None
+        c.inv.forget("switch", switch)
         return Response(status_code=204)
 
     @app.get("/switches/{switch}", summary="A switch: ports, VLANs, counters, MAC table, groups")
@@ -505,6 +558,8 @@ def register(app: FastAPI, c: Ctx) -> None:
             except VirtkitError as e:
                 raise err(409, "conflict", str(e)) from None
             state = "removed" if verb == "rm" else Containers().get(rec["id"])["status"]
+            if verb == "rm":
+                c.inv.forget("container", rec["name"])
             return {"id": rec["id"], "name": rec["name"], "state": state, "at": time.time()}
         return action
 
@@ -530,7 +585,9 @@ def register(app: FastAPI, c: Ctx) -> None:
             conflict = any(w in str(e) for w in ("exists", "in use", "taken"))
             raise err(409 if conflict else 422, "conflict" if conflict else "run_failed", str(e)) from None
         cid = out["output"].split()[-1]
-        return Containers().get(cid)
+        rec = Containers().get(cid)
+        c.inv.made("container", rec["name"])
+        return rec
 
     @app.delete("/containers/{cid}", status_code=204, summary="Remove a container (stopped first)")
     def delete_container(cid: str, who: Any = Depends(c.need("admin"))) -> Response:

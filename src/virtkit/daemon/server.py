@@ -110,13 +110,15 @@ def serve(listen: str | None = None, root: Path | None = None, tls: bool = False
         unix.bind(str(p["sock"]))
     finally:
         os.umask(old)
+    from virtkit.daemon.inventory import Scanner
     from virtkit.daemon.tasks import Tasks
 
     running = LiveView()
     tasks = Tasks(inv)
+    scanner = Scanner(inv, running)
 
     def server(trusted: bool, **extra: Any) -> uvicorn.Server:
-        app = create_app(inv, trusted=trusted, running=running, tasks=tasks)
+        app = create_app(inv, trusted=trusted, running=running, tasks=tasks, scanner=scanner)
         return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                              timeout_graceful_shutdown=2, **extra))  # (event streams end at stop)
 
@@ -145,6 +147,7 @@ def serve(listen: str | None = None, root: Path | None = None, tls: bool = False
 
     done = threading.Event()
     threading.Thread(target=restarter, args=(inv, running, done), name="virtkitd-restart", daemon=True).start()
+    threading.Thread(target=scanner.run, args=(done,), name="virtkitd-inventory", daemon=True).start()
 
     async def main() -> None:
         await asyncio.gather(*(s.serve(sockets=sk) for s, sk in zip(servers, socks, strict=True)))
