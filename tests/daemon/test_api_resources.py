@@ -388,9 +388,18 @@ def test_a_container_through_the_api(daemon, tmp_path):
                 {"image": "busybox", "env": {"A=B": "c"}}, {"image": "busybox", "restart": "sometimes"}):
         r = api.post("/containers", json=bad)
         assert r.status_code == 422 and r.json()["error"]["message"], (bad, r.text)
+    assert [x["name"] for x in ok(api.get("/containers", params={"status": "exited"}))["items"]] == ["web"]
+    assert ok(api.get("/containers", params={"status": "running"}))["total"] == 0
+    assert api.get("/containers", params={"status": "sleepy"}).status_code == 422
+    r = api.delete("/images/busybox")  # a container stands on it
+    assert r.status_code == 409 and "container" in r.json()["error"]["message"], r.text
     ok(api.delete("/containers/web"), 204)
     assert api.delete("/containers/web").status_code == 404
     assert ok(api.get("/containers"))["total"] == 0
+    ok(api.delete("/images/busybox"), 204)
+    assert api.delete("/images/busybox").status_code == 404
+    assert api.delete("/images/..%2F..%2Fetc").status_code == 404
+    assert ok(api.get("/images"))["total"] == 0
 
 
 def test_the_docs_page_renders_the_openapi_document(daemon):

@@ -562,11 +562,15 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
 
     # -- the rest of the inventory -----------------------------------------------------------------------
     @app.get("/containers", response_model=Page, summary="Containers (virtkit container ps -a)")
-    def containers(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
+    def containers(status: Literal["created", "running", "paused", "restarting", "exited"] | None = Query(
+                       None, description="only containers in this state"),
+                   image: str | None = Query(None, max_length=255, description="only containers of this image"),
+                   limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000_000),
                    who: Who = Depends(need("read"))) -> Page:
         from virtkit.containers.frontend import Containers
 
-        rows = Containers().all()
+        rows = [c for c in Containers().all() if (status is None or c.get("status") == status)
+                and (image is None or c.get("image") == image)]
         return paged(rows, limit, offset)
 
     @app.get("/images", response_model=Page, summary="Container images")

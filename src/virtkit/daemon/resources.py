@@ -594,6 +594,21 @@ def register(app: FastAPI, c: Ctx) -> None:
         container_action("rm")(cid, who)
         return Response(status_code=204)
 
+    @app.delete("/images/{ref:path}", status_code=204, summary="Remove an image name (force: even if a "
+                "container uses it; its layers stay while the container does)")
+    def delete_image(ref: str, force: bool = False, who: Any = Depends(c.need("admin"))) -> Response:
+        import re
+
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.:/@-]{0,254}", ref) or ".." in ref:
+            raise err(404, "not_found", f"no image {ref!r}")
+        try:
+            cli_json("image", "rm", *(["-f"] if force else []), ref, json_flag=False, timeout=120)
+        except VirtkitError as e:
+            missing = "not in the store" in str(e)
+            raise err(404 if missing else 409, "not_found" if missing else "conflict", str(e)) from None
+        c.inv.forget("image", ref)
+        return Response(status_code=204)
+
     for verb, doc in (("start", "Start a created or stopped container"), ("stop", "Stop a container"),
                       ("restart", "Restart a container"), ("pause", "Freeze a container"),
                       ("resume", "Thaw a container"), ("rm", "Remove a container (stopped first)")):
