@@ -51,7 +51,7 @@ def bad(args, match):
     (["--timeout", "-1"], "bad --timeout '-1'"),
     (["--max-insns", "10"], "only apply to bare-metal runs"),
     (["--name", "bad/name"], "bad VM name 'bad/name'"),
-    (["--board", "pc"], "board: unknown board 'pc' (known: riscv64-spike, riscv64-virt)"),
+    (["--board", "pc"], "board: unknown board 'pc' (known: riscv64-spike, riscv64-virt, x86_64-microvm)"),
     (["--engine", "qemu"], "engine: unknown engine 'qemu'"),
     (["--config", "/nonexistent/vm.toml"], "config file '/nonexistent/vm.toml' does not exist"),
 ])

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from virtkit.daemon.db import SCOPES, DaemonError, Inventory
+from virtkit.daemon.pages import Page, paged
 from virtkit.errors import ConfigError, VirtkitError
 
 NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
@@ -107,20 +108,6 @@ class VM(BaseModel):
     version: int | None = None
     live: dict[str, Any] | None = Field(None, description=(
         "a running VM's status as its control socket tells it (what virtkit ps shows)"))
-
-
-class Page(BaseModel):
-    """A page of a list."""
-
-    items: list[Any]
-    total: int
-    limit: int
-    offset: int
-
-
-def paged(rows: list[Any], limit: int, offset: int) -> Page:
-    """The page of ``rows`` a list call asked for (every list answers this way)."""
-    return Page(items=rows[offset:offset + limit], total=len(rows), limit=limit, offset=offset)
 
 
 class Who(BaseModel):

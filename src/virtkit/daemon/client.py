@@ -14,10 +14,8 @@ import ssl
 import urllib.parse
 from typing import Any
 
+from virtkit.daemon.db import NO_DAEMON
 from virtkit.errors import VirtkitError
-
-#: set in the daemon's own children (and by users who want the control sockets): never route to a daemon
-NO_DAEMON = "VIRTKIT_NO_DAEMON"
 
 
 class RemoteError(VirtkitError):

@@ -16,6 +16,9 @@ from typing import Any
 from virtkit.errors import VirtkitError
 
 ENV = "VIRTKIT_DAEMON_DIR"
+#: set in the daemon's own children (and by users who want the control sockets): the CLI never routes to a
+#: daemon then (virtkit.daemon.client)
+NO_DAEMON = "VIRTKIT_NO_DAEMON"
 SCOPES = ("read", "operate", "admin")  # each includes the ones before it
 
 #: migration N brings the schema from version N to N+1 (PRAGMA user_version); never edit one, add one

@@ -184,7 +184,7 @@ class RuleAdd(BaseModel):
 
 def register(app: FastAPI, c: Ctx) -> None:
     """Add these routes to ``app``."""
-    from virtkit.daemon.app import paged
+    from virtkit.daemon.pages import paged
 
     def page(rows: list[Any], limit: int, offset: int) -> dict[str, Any]:
         return paged(rows, limit, offset).model_dump()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from virtkit.daemon.db import DaemonError, Inventory, home
+from virtkit.daemon.db import NO_DAEMON, DaemonError, Inventory, home
 
 
 def paths(root: Path | None = None) -> dict[str, Path]:
@@ -96,8 +96,6 @@ def serve(listen: str | None = None, root: Path | None = None, tls: bool = False
     import uvicorn
 
     from virtkit.daemon.app import LiveView, create_app
-    from virtkit.daemon.client import NO_DAEMON
-
     os.environ[NO_DAEMON] = "1"  # (the CLI the daemon runs for its work must not come back to it)
     p = paths(root)
     p["dir"].mkdir(parents=True, exist_ok=True, mode=0o700)

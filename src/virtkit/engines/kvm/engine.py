@@ -28,7 +28,7 @@ import numpy as np
 from virtkit.engines.kvm import api as k
 from virtkit.engines.kvm.api import KvmError
 from virtkit.machine.engine import ExitReason, RawExit
-from virtkit.machine.state import StateError
+from virtkit.machine.state import StateError, fields, record
 
 #: the signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing)
 KICK = signal.SIGRTMIN + 3
@@ -83,6 +83,8 @@ class KvmEngine:
     """The engine contract (:mod:`virtkit.machine.engine`) on ``/dev/kvm``, x86-64."""
 
     name = "kvm"
+    STATE_KIND = "kvm-engine"
+    STATE_VERSION = 1
 
     def __init__(self, mem: Any, nvcpus: int = 1, *, irqchip: bool = True, cpu: str = "host") -> None:
         from virtkit.engines.kvm.host import kind
@@ -427,14 +429,13 @@ class KvmEngine:
                 chips.append(base64.b64encode(bytes(c)).decode())
         clock = k.ClockData()
         k.ioctl(self.vm_fd, k.GET_CLOCK, clock, "KVM_GET_CLOCK")
-        return {"kind": "kvm-engine", "version": 1, "vcpus": vcpus, "irqchips": chips,
-                "pit": blob(self.vm_fd, k.GET_PIT2, k.PitState2, "KVM_GET_PIT2") if self.pit else None,
-                "clock": clock.clock, "ram_size": self.mem.size, "cpu": self.cpuid_options}
+        return record(self, vcpus=vcpus, irqchips=chips, clock=clock.clock, ram_size=self.mem.size,
+                      cpu=self.cpuid_options,
+                      pit=blob(self.vm_fd, k.GET_PIT2, k.PitState2, "KVM_GET_PIT2") if self.pit else None)
 
     def restore(self, state: dict) -> None:
         """Take a saved state (same vCPUs, RAM and devices)."""
-        if not isinstance(state, dict) or state.get("kind") != "kvm-engine":
-            raise StateError("not a KVM engine state")
+        fields(self, state)  # (its kind and version)
         if len(state.get("vcpus", [])) != self.nvcpus or state.get("ram_size") != self.mem.size:
             raise StateError(f"the saved KVM machine has {len(state.get('vcpus', []))} vCPUs and "
                              f"{state.get('ram_size')} bytes of RAM; this one {self.nvcpus} and {self.mem.size}")
