@@ -111,3 +111,15 @@ def test_live_migration_of_a_kvm_guest(env, tmp_path):
                        text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
     assert ticks(p.stdout), p.stdout  # it goes on counting at the target
     vk(env, "kill", "m2")
+
+
+def test_run_restore_in_the_foreground_shows_the_console_and_keeps_the_timeout(env, tmp_path):
+    """``virtkit run --restore`` of a snapshot taken from a detached VM (which had no console): the console is
+    on this terminal now, and --timeout ends it."""
+    vk(env, "run", "-d", "--name", "r1", "--engine", "kvm", "--kernel", str(x86guests.kernel("ticker")), "--mem", "64")
+    time.sleep(1)
+    vk(env, "snapshot", "create", "r1", str(tmp_path / "s2"))
+    vk(env, "kill", "r1")
+    p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--restore", str(tmp_path / "s2"), "--timeout",
+                        "2"], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert ticks(p.stdout) and "still running after 2 s" in p.stderr, (p.stdout[-500:], p.stderr)

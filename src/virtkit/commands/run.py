@@ -302,14 +302,19 @@ def run_restored(bundle: Any, args: argparse.Namespace, *, name: str | None, clo
     cfg.name = name or generate_name()
     if getattr(args, "serial", None):
         cfg.console = ConsoleConfig(args.serial, cfg.console.virtio)
+    elif cfg.console.serial == "none":  # (taken from a detached VM: in the foreground its console is here)
+        cfg.console = ConsoleConfig("stdio", cfg.console.virtio)
+    if getattr(args, "timeout", None):
+        from virtkit.units import parse_duration
+
+        cfg.timeout = parse_duration(args.timeout, what="--timeout")
     cfg.exec = None
     notes: list[str] = []
 
     def make(hub: Any) -> Any:
         m, n = vmsnap.restore(bundle, hub, name=cfg.name, clone=clone, disk_dir=disk_dir,
                               verify_memory=not getattr(args, "no_verify", False))
-        if getattr(args, "serial", None):
-            m.cfg.console = cfg.console
+        m.cfg.console = cfg.console
         notes.extend(n)
         return m
 
