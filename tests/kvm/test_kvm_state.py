@@ -123,3 +123,19 @@ def test_run_restore_in_the_foreground_shows_the_console_and_keeps_the_timeout(e
     p = subprocess.run([sys.executable, "-m", "virtkit.cli", "run", "--restore", str(tmp_path / "s2"), "--timeout",
                         "2"], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert ticks(p.stdout) and "still running after 2 s" in p.stderr, (p.stdout[-500:], p.stderr)
+
+
+def test_clones_of_a_kvm_guest_run_side_by_side(env, tmp_path):
+    """``virtkit clone`` of a KVM guest's snapshot: two more VMs from the same state, each counting on."""
+    vk(env, "run", "-d", "--name", "c0", "--engine", "kvm", "--kernel", str(x86guests.kernel("ticker")), "--mem", "64")
+    time.sleep(1)
+    vk(env, "snapshot", "create", "c0", str(tmp_path / "s3"))
+    clones = [c["name"] for c in json.loads(vk(env, "clone", str(tmp_path / "s3"), "--count", "2", "--json").stdout)]
+    assert clones == ["c0-1", "c0-2"]
+    time.sleep(1)
+    rows = {v["name"]: v["state"] for v in json.loads(vk(env, "ps", "--json").stdout)}
+    assert rows == {"c0": "running", "c0-1": "running", "c0-2": "running"}, rows
+    for name in clones:
+        p = subprocess.run([sys.executable, "-m", "virtkit.cli", "console", name, "--read-only"], capture_output=True,
+                           text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
+        assert ticks(p.stdout), (name, p.stdout)
