@@ -64,6 +64,8 @@ class Daemon:
             ids = self.cli("container", "ps", "-a", "-q").stdout.split()
             if ids:
                 self.cli("container", "rm", "-f", *ids)
+        for sw in (self.tmp / "n").glob("*/config.json"):  # (and switches, each with its daemon)
+            self.cli("net", "delete", sw.parent.name)
         for info in (self.tmp / "run").glob("*.json"):
             try:
                 os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
