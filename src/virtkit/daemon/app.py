@@ -486,6 +486,10 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
 
         from virtkit.machine import control
 
+        async def refuse(code: int, reason: str) -> None:
+            await ws.accept()  # (then closed with a reason a browser or script can read)
+            await ws.close(code=code, reason=reason[:120])
+
         who = "unix-socket"
         if not trusted:
             auth = ws.headers.get("authorization", "")
@@ -493,16 +497,14 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
             need_scope = "operate" if write else "read"
             if tok is None or SCOPES.index(tok["scope"]) < SCOPES.index(need_scope) or tok["pool"] is not None or (
                     tok["vm"] is not None and tok["vm"] != name):
-                await ws.accept()  # (then closed with a reason a browser or script can read)
-                await ws.close(code=4403, reason="a token with the scope for this console is needed")
+                await refuse(4403, "a token with the scope for this console is needed")
                 return
             who = f"token:{tok['name']}"
         path = control.socket_path(name)
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
         except OSError:
-            await ws.accept()
-            await ws.close(code=4404, reason=f"no running VM named {name!r}"[:120])
+            await refuse(4404, f"no running VM named {name!r}")
             return
         writer.write(json.dumps({"op": "console", "write": write, "force": force}).encode() + b"\n")
         await writer.drain()
@@ -512,8 +514,7 @@ def create_app(inv: Inventory, trusted: bool, running: LiveView | None = None, t
             reply = {"ok": False, "error": "the VM did not answer"}
         if not reply.get("ok"):
             writer.close()
-            await ws.accept()
-            await ws.close(code=4409, reason=str(reply.get("error", "console refused"))[:120])
+            await refuse(4409, str(reply.get("error", "console refused")))
             return
         await ws.accept()
         if write:

@@ -115,10 +115,9 @@ def wait_task(task: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     return task.get("result") or {}
 
 
-def console_url(name: str, write: bool, force: bool) -> tuple[str, dict[str, str], Any]:
-    """The WebSocket URL of VM ``name``'s console on the daemon, its headers and TLS context."""
-    target = remote()
-    assert target is not None
+def console_url(target: tuple[str, str | None], name: str, write: bool, force: bool) -> tuple[str, dict[str, str], Any]:
+    """The WebSocket URL of VM ``name``'s console on the daemon ``target`` (from :func:`remote`), its headers
+    and TLS context."""
     url, token = target
     q = urllib.parse.urlencode({"write": str(write).lower(), "force": str(force).lower()})
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -133,9 +132,10 @@ def open_console(name: str, write: bool, force: bool) -> Any:
     from websockets.exceptions import InvalidStatus, WebSocketException
     from websockets.sync.client import connect, unix_connect
 
-    url, headers, ctx = console_url(name, write, force)
     target = remote()
-    assert target is not None
+    if target is None:
+        raise RemoteError("no daemon given (--remote URL) and none runs here")
+    url, headers, ctx = console_url(target, name, write, force)
     try:
         if target[0].startswith("unix:"):
             return unix_connect(target[0][5:], url, additional_headers=headers, open_timeout=15)

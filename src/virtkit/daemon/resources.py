@@ -293,12 +293,16 @@ def register(app: FastAPI, c: Ctx) -> None:
 
         return start("snapshot", name, who, work)
 
-    @app.delete("/snapshots/{snap}", status_code=204, summary="Delete a snapshot (and its volume snapshots)")
-    def delete_snapshot(snap: str, who: Any = Depends(c.need("admin"))) -> Response:
+    def existing_snapshot(snap: str) -> None:
+        """404 unless ``snap`` names a snapshot in the snapshot directory (never a path)."""
         from virtkit.machine.snapshot import snapshot_root
 
         if not _named(snap) or not (snapshot_root() / snap).is_dir():
             raise err(404, "not_found", f"no snapshot {snap!r}")
+
+    @app.delete("/snapshots/{snap}", status_code=204, summary="Delete a snapshot (and its volume snapshots)")
+    def delete_snapshot(snap: str, who: Any = Depends(c.need("admin"))) -> Response:
+        existing_snapshot(snap)
         try:
             cli_json("snapshot", "delete", snap)
         except VirtkitError as e:
@@ -309,10 +313,7 @@ def register(app: FastAPI, c: Ctx) -> None:
     @app.post("/snapshots/{snap}/clone", status_code=202, response_model=TaskView,
               summary="Start new VMs from a snapshot (a task; its result lists them)")
     def clone(snap: str, body: CloneCreate, who: Any = Depends(c.need("operate"))) -> Response:
-        from virtkit.machine.snapshot import snapshot_root
-
-        if not _named(snap) or not (snapshot_root() / snap).is_dir():
-            raise err(404, "not_found", f"no snapshot {snap!r}")
+        existing_snapshot(snap)
 
         def work(task: Task) -> dict[str, Any]:
             task.progress(None, f"starting {body.count} clone(s)")

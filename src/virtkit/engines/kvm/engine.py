@@ -95,7 +95,6 @@ class KvmEngine:
         self.vm_fd = -1
         self.vcpus: list[Vcpu] = []
         self.exits: Counter[str] = Counter()
-        self.exit_seconds: Counter[str] = Counter()
         self._paused_clock: int | None = None
         self._dirty_logging = False
         self.kick_ok = _install_kick()
